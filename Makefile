@@ -1,0 +1,40 @@
+# AnomaLens developer commands. `make test` is what CI runs (.ci/run); `make demo` runs the main job.
+PY ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo "xvfb-run -a -s '-screen 0 1280x1024x24'")
+PYTEST_ARGS ?=
+
+.PHONY: install test lint demo bench slow clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# torch goes in first, pinned by constraints.txt to the local CPU build, so nothing pulls a CUDA build.
+$(STAMP): $(BIN)/python pyproject.toml setup.py constraints.txt
+	$(BIN)/python -m pip install -q -c constraints.txt torch
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[viewer,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+test: lint
+	$(XVFB) $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+slow: install
+	$(XVFB) $(BIN)/python -m pytest -m "slow" $(PYTEST_ARGS)
+
+demo: install
+	$(XVFB) $(BIN)/anomalens demo
+
+bench: install
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .ruff_cache demo-output

@@ -1,0 +1,32 @@
+"""``anomalens info``: what a scan is, without patient identifiers."""
+
+from __future__ import annotations
+
+import argparse
+
+from anomalens.engine.cli.main import emit
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("info", parents=[common], help="describe a scan (shape, spacing, orientation, modality)")
+    p.add_argument("path", help="file, DICOM folder or sample:NAME (optionally #slices)")
+    p.add_argument("--series", default=None, help="SeriesInstanceUID to pick when a folder holds several")
+    p.set_defaults(handler=run_info)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from anomalens.engine.errors import MultipleSeriesError
+    from anomalens.engine.io import describe
+    from anomalens.engine.pipeline import load_volume
+
+    try:
+        volume = load_volume(args.path, series_uid=args.series)
+    except MultipleSeriesError as exc:
+        if args.json:
+            emit(args, {"error": str(exc), "series": exc.series})
+            return 2
+        raise
+    info = describe(volume)
+    lines = [f"{k}: {v}" for k, v in info.items()]
+    emit(args, info, "\n".join(lines))
+    return 0

@@ -1,0 +1,69 @@
+"""``anomalens``: one entry point with sub-commands, ``--json`` for machine-readable output.
+
+Every user-caused failure is an ``AnomaLensError``: printed as one line on stderr, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from anomalens.engine.errors import AnomaLensError, Cancelled
+
+log = logging.getLogger("anomalens")
+
+Handler = Callable[[argparse.Namespace], Any]
+
+
+def emit(args: argparse.Namespace, data: Any, text: str | None = None) -> None:
+    """Print ``data`` as JSON with ``--json``, else the human-readable ``text``."""
+    if getattr(args, "json", False):
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(text if text is not None else json.dumps(data, indent=2, default=str))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from anomalens.engine import __version__
+    from anomalens.engine.cli import cmd_model, cmd_samples, cmd_scan
+
+    parser = argparse.ArgumentParser(prog="anomalens", description="Unsupervised anomaly detection for medical scans.")
+    parser.add_argument("--version", action="version", version=f"anomalens {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for module in (cmd_scan, cmd_samples, cmd_model):
+        module.register(sub, common)
+    for name in ("cmd_eval", "cmd_demo"):
+        try:
+            module = __import__(f"anomalens.engine.cli.{name}", fromlist=["register"])
+        except ImportError:
+            continue
+        module.register(sub, common)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = args.handler(args)
+    except Cancelled:
+        print("anomalens: cancelled", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("anomalens: interrupted", file=sys.stderr)
+        return 130
+    except AnomaLensError as exc:
+        print(f"anomalens: error: {exc}", file=sys.stderr)
+        return 2
+    return int(result or 0)

@@ -1,0 +1,20 @@
+"""The detector interface, its result type, the plugin registry and model bundles."""
+
+from anomalens.engine.detectors.base import Detector, DetectorConfig, validate_slices
+from anomalens.engine.detectors.bundle import load_bundle, read_manifest, save_bundle
+from anomalens.engine.detectors.registry import available_detectors, create_detector, get_detector_class
+from anomalens.engine.detectors.result import AnomalyResult, Embeddings
+
+__all__ = [
+    "AnomalyResult",
+    "Detector",
+    "DetectorConfig",
+    "Embeddings",
+    "available_detectors",
+    "create_detector",
+    "get_detector_class",
+    "load_bundle",
+    "read_manifest",
+    "save_bundle",
+    "validate_slices",
+]

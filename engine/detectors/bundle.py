@@ -1,0 +1,135 @@
+"""Model bundles: a folder with ``weights.safetensors`` and ``bundle.json``, loaded with no pickle.
+
+Like MONAI bundles without executable config: the JSON names a registered detector and its plain-data
+config; tensors come from safetensors, which cannot run code. Files that need unpickling (``.pt``,
+``.pkl``, …) are refused, because unpickling an untrusted file can run arbitrary code.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomalens.engine.errors import ModelError, UnsafeModelFileError
+from anomalens.engine.fileio import atomic_dir
+
+if TYPE_CHECKING:
+    from anomalens.engine.detectors.base import Detector
+
+SCHEMA_VERSION = 1
+WEIGHTS = "weights.safetensors"
+MANIFEST = "bundle.json"
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".npy")
+
+
+def _refuse_pickles(path: Path) -> None:
+    candidates = [path] if path.is_file() else list(path.glob("*")) if path.is_dir() else []
+    for p in candidates:
+        if p.suffix.lower() in PICKLE_SUFFIXES:
+            raise UnsafeModelFileError(
+                f"{p.name} is a pickle-based file; AnomaLens never unpickles model files because that can run "
+                "arbitrary code. Use a bundle folder (weights.safetensors + bundle.json) made by 'anomalens train'."
+            )
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    """Read and check ``bundle.json`` of a bundle folder (no weights are loaded)."""
+    path = Path(path)
+    if path.is_file() and path.name == MANIFEST:
+        path = path.parent
+    if not path.exists():
+        raise ModelError(f"no model at {path}")
+    _refuse_pickles(path)
+    if not path.is_dir():
+        raise ModelError(f"{path} is not a model bundle folder (expected {MANIFEST} and {WEIGHTS} inside)")
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ModelError(f"{path} is not a model bundle: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{manifest_path} is not valid JSON: {exc}") from exc
+    if not isinstance(manifest, dict):
+        raise ModelError(f"{manifest_path} must hold a JSON object")
+    schema = manifest.get("schema_version")
+    if not isinstance(schema, int):
+        raise ModelError(f"{manifest_path} has no integer schema_version")
+    if schema > SCHEMA_VERSION:
+        raise ModelError(
+            f"this model bundle uses schema version {schema}, but this AnomaLens reads up to version "
+            f"{SCHEMA_VERSION}: update AnomaLens to a release that reads schema {schema}"
+        )
+    for key in ("detector", "config"):
+        if key not in manifest:
+            raise ModelError(f"{manifest_path} lacks the required key {key!r}")
+    return manifest
+
+
+def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
+                parent: dict[str, Any] | None = None, note: str = "") -> Path:
+    """Save a fitted detector atomically (temporary folder, then rename)."""
+    from safetensors.torch import save_file
+
+    from anomalens.engine import __version__
+
+    if not detector.fitted:
+        raise ModelError("refusing to save an untrained detector")
+    path = Path(path)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in detector.state_dict().items()}
+    bundle_version = 1 if parent is None else int(parent.get("bundle_version", 1)) + 1
+    manifest = {
+        "schema_version": SCHEMA_VERSION,
+        "detector": detector.name,
+        "detector_version": detector.version,
+        "config": detector.config_dict(),
+        "seed": detector.seed,
+        "preprocessing": detector.preprocessing,
+        "training": detector.training,
+        "calibration": detector.calibration,
+        "extra": detector.extra_state(),
+        "bundle_version": bundle_version,
+        "parent": None if parent is None else {k: parent.get(k) for k in ("created", "bundle_version", "path")},
+        "note": note,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "anomalens_version": __version__,
+    }
+    try:
+        with atomic_dir(path, overwrite=overwrite) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS))
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+    except FileExistsError as exc:
+        raise ModelError(f"{path} already exists; choose a new folder (bundles are never overwritten)") from exc
+    return path
+
+
+def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
+    """Load a bundle folder into its registered detector class."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from anomalens.engine.detectors.registry import get_detector_class
+
+    path = Path(path)
+    manifest = read_manifest(path)
+    cls = get_detector_class(manifest["detector"])
+    weights = path / WEIGHTS
+    if not weights.is_file():
+        raise ModelError(f"{path} has no {WEIGHTS}")
+    try:
+        tensors = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{weights} is damaged or not a safetensors file: {exc}") from exc
+    detector = cls(config=manifest["config"], device=device, seed=int(manifest.get("seed", 0)))
+    detector.preprocessing = dict(manifest.get("preprocessing") or {})
+    detector.training = dict(manifest.get("training") or {})
+    detector.calibration = dict(manifest.get("calibration") or {})
+    try:
+        detector.load_extra_state(dict(manifest.get("extra") or {}))
+        detector.load_state_dict(tensors)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"{path} does not match the {cls.name} detector's layout: {exc}") from exc
+    detector.fitted = True
+    detector.bundle_manifest = manifest  # type: ignore[attr-defined]
+    return detector

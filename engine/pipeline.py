@@ -1,0 +1,184 @@
+"""The entry functions behind the CLI, the viewer's workers and the tests (one code path for all three).
+
+Data flows one way: spec → ``Volume`` → normalised slices → detector → ``AnomalyResult`` → outputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomalens.engine.detectors import AnomalyResult, Detector, create_detector
+from anomalens.engine.errors import ConfigError, InvalidVolumeError
+from anomalens.engine.fileio import atomic_path
+from anomalens.engine.preprocess import IntensityConfig, foreground_mask, normalise_volume
+from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+from anomalens.engine.volume import Volume
+
+
+@dataclass
+class PreparedScan:
+    """A scan normalised for a model: slices in [0, 1] on the scan's grid, and its tissue mask."""
+
+    volume: Volume
+    slices: np.ndarray
+    foreground: np.ndarray
+    indices: np.ndarray
+
+    @property
+    def n_slices(self) -> int:
+        return len(self.slices)
+
+
+@dataclass
+class VolumeScore:
+    """Scores of (some) slices of a volume, placed back on the full grid for export and display."""
+
+    prepared: PreparedScan
+    result: AnomalyResult
+    heatmap: np.ndarray  # (z, y, x) on the volume grid; unscored slices are 0
+    slice_scores: dict[int, float] = field(default_factory=dict)
+    seconds_per_slice: float = 0.0
+
+
+def load_volume(spec: str, **read_opts: Any) -> Volume:
+    """Read a scan from a SPEC (file, DICOM folder, ``sample:NAME``, optional ``#slices`` suffix)."""
+    from anomalens.engine.io.spec import load_spec
+
+    return load_spec(spec, **read_opts)
+
+
+def prepare(volume: Volume, intensity: IntensityConfig | dict | None = None) -> PreparedScan:
+    """Normalise a volume's intensities and compute its foreground."""
+    cfg = intensity if isinstance(intensity, IntensityConfig) else IntensityConfig.from_dict(intensity)
+    slices = normalise_volume(volume, cfg)
+    indices = np.asarray(volume.metadata.get("selected_slices", range(volume.n_slices)), dtype=int)
+    return PreparedScan(volume=volume, slices=slices, foreground=foreground_mask(slices), indices=indices)
+
+
+def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | None = None,
+                   size: int | None = None, progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None) -> np.ndarray:
+    """Normalised normal slices from several SPECs, resized to one common in-plane size.
+
+    Different scans have different grids; detectors need one stack. Empty slices (no tissue) are dropped
+    since they teach nothing about anatomy.
+    """
+    from anomalens.engine.preprocess import resize_slices
+
+    if not specs:
+        raise ConfigError("no normal scans given")
+    stacks = []
+    for i, spec in enumerate(specs):
+        check(cancel)
+        prepared = prepare(load_volume(spec), intensity)
+        keep = prepared.foreground.reshape(prepared.n_slices, -1).mean(1) > 0.02
+        slices = prepared.slices[keep]
+        if len(slices) == 0:
+            continue
+        target = size or max(prepared.slices.shape[1:])
+        stacks.append(resize_slices(slices, (target, target)) if slices.shape[1:] != (target, target) else slices)
+        size = target
+        report(progress, (i + 1) / len(specs), f"read {len(slices)} slices")
+    if not stacks:
+        raise InvalidVolumeError("none of the normal scans has slices with tissue in them")
+    return np.concatenate(stacks).astype(np.float32)
+
+
+def train(detector: str, normals: Sequence[str] | np.ndarray, config: dict | None = None, device: str = "auto",
+          seed: int = 0, intensity: dict | None = None, progress: ProgressCallback | None = None,
+          cancel: CancelToken | None = None) -> Detector:
+    """Create and fit a detector on normal scans (SPECs) or an already prepared slice stack."""
+    det = create_detector(detector, config=config, device=device, seed=seed)
+    icfg = IntensityConfig.from_dict(intensity)
+    if isinstance(normals, np.ndarray):
+        stack = normals
+    else:
+        stack = gather_normals(list(normals), icfg, progress=lambda f, m: report(progress, 0.1 * f, m),
+                               cancel=cancel)
+    det.preprocessing = {"intensity": icfg.to_dict()}
+    det.fit(stack, progress=lambda f, m: report(progress, 0.1 + 0.9 * f, m), cancel=cancel)
+    return det
+
+
+def parse_slices(selection: str | None, n: int) -> np.ndarray:
+    """Parse ``3-10,14`` into sorted unique indices within [0, n)."""
+    from anomalens.engine.io.spec import parse_selection
+
+    if not selection:
+        return np.arange(n)
+    return np.asarray(parse_selection(selection, n), dtype=int)
+
+
+def score_volume(detector: Detector, volume: Volume, slices: Sequence[int] | None = None,
+                 batch_size: int = 16, progress: ProgressCallback | None = None,
+                 cancel: CancelToken | None = None) -> VolumeScore:
+    """Score selected slices of a volume with a fitted detector, in batches, with progress and cancel."""
+    prepared = prepare(volume, (detector.preprocessing or {}).get("intensity"))
+    idx = np.arange(volume.n_slices) if slices is None else np.asarray(list(slices), dtype=int)
+    if idx.size == 0:
+        raise ConfigError("no slices selected")
+    if idx.min() < 0 or idx.max() >= volume.n_slices:
+        raise ConfigError(f"slice selection out of range 0-{volume.n_slices - 1}")
+    parts: list[AnomalyResult] = []
+    t0 = time.perf_counter()
+    for start in range(0, len(idx), batch_size):
+        check(cancel)
+        batch = idx[start:start + batch_size]
+        parts.append(detector.score(prepared.slices[batch], cancel=cancel))
+        report(progress, min(1.0, (start + len(batch)) / len(idx)), f"scored {start + len(batch)}/{len(idx)} slices")
+    elapsed = time.perf_counter() - t0
+    result = merge_results(parts)
+    heat = np.zeros(volume.shape, dtype=np.float32)
+    heat[idx] = result.heatmaps
+    scores = {int(volume.metadata.get("selected_slices", list(range(volume.n_slices)))[i]): float(s)
+              for i, s in zip(idx, result.scores, strict=True)}
+    return VolumeScore(prepared=prepared, result=result, heatmap=heat, slice_scores=scores,
+                       seconds_per_slice=elapsed / len(idx))
+
+
+def merge_results(parts: Sequence[AnomalyResult]) -> AnomalyResult:
+    """Concatenate batch results (embeddings get their slice indices offset)."""
+    if len(parts) == 1:
+        return parts[0]
+    from anomalens.engine.detectors import Embeddings
+
+    feats = None if any(p.features is None for p in parts) else np.concatenate([p.features for p in parts])
+    emb = None
+    if all(p.embeddings is not None for p in parts):
+        offsets = np.cumsum([0] + [p.n_slices for p in parts[:-1]])
+        es = [p.embeddings for p in parts]
+        e0 = es[0]
+        emb = Embeddings(
+            points=np.concatenate([e.points for e in es]),
+            slice_index=np.concatenate([e.slice_index + o for e, o in zip(es, offsets, strict=True)]),
+            centers=np.concatenate([e.centers for e in es]),
+            manifold=e0.manifold, curvature=e0.curvature,
+            scores=None if any(e.scores is None for e in es) else np.concatenate([e.scores for e in es]),
+            hyperplane=e0.hyperplane, hyperplane_offset=e0.hyperplane_offset,
+        )
+    return AnomalyResult(heatmaps=np.concatenate([p.heatmaps for p in parts]),
+                         scores=np.concatenate([p.scores for p in parts]), embeddings=emb, features=feats,
+                         normalised=parts[0].normalised, info=dict(parts[0].info))
+
+
+def write_score_outputs(vs: VolumeScore, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``heatmap.nii.gz`` on the input's grid and ``scores.csv`` (slice, score), atomically."""
+    from anomalens.engine.io import write_like
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    heat_path = write_like(vs.prepared.volume, vs.heatmap, out / "heatmap.nii.gz")
+    csv_path = out / "scores.csv"
+    with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["slice", "score"])
+        for k in sorted(vs.slice_scores):
+            w.writerow([k, f"{vs.slice_scores[k]:.6g}"])
+    return {"heatmap": Path(heat_path), "scores": csv_path}

@@ -1,0 +1,1 @@
+"""Real sample scans from package registries."""

@@ -1,0 +1,1 @@
+"""Detector plugins shipped with AnomaLens, each found through the ``anomalens.detectors`` entry point."""

@@ -1,0 +1,1 @@
+"""Data files (window presets, icons) installed with the package."""
