@@ -1,1 +1,1 @@
-"""Detector plugins shipped with AnomaLens, each found through the ``anomalens.detectors`` entry point."""
+"""Detector plugins shipped with AnomaLens; each registers itself under the ``anomalens.detectors`` entry point."""

@@ -38,6 +38,7 @@ def run_fetch(args: argparse.Namespace) -> int:
 
     with terminal_progress(f"fetching {args.name}") as progress:
         paths = fetch_sample(args.name, progress=progress)
-    data = {"image": str(paths.image), "mask": None if paths.mask is None else str(paths.mask)}
+    data = {"image": str(paths.image), "mask": None if paths.mask is None else str(paths.mask),
+            "roi_mask": None if paths.roi_mask is None else str(paths.roi_mask)}
     emit(args, data, "\n".join(f"{k}: {v}" for k, v in data.items() if v is not None))
     return 0

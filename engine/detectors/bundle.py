@@ -77,7 +77,9 @@ def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
     if not detector.fitted:
         raise ModelError("refusing to save an untrained detector")
     path = Path(path)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in detector.state_dict().items()}
+    # clone: a parameter shared by several layers (one curvature) appears under several keys, and
+    # safetensors refuses tensors that share memory.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in detector.state_dict().items()}
     bundle_version = 1 if parent is None else int(parent.get("bundle_version", 1)) + 1
     manifest = {
         "schema_version": SCHEMA_VERSION,

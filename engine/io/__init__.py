@@ -1,1 +1,101 @@
-"""Readers that turn files and folders into a ``Volume``."""
+"""Readers that turn files and folders into a ``Volume``, and the writer that puts results back on its grid.
+
+``read_scan`` is the one entry point: it finds a reader in the registry (``reader_for``), enforces the
+memory budget before pixels are read, and applies the NaN policy. Formats: DICOM folders and files
+(pydicom), NIfTI, NRRD, MetaImage, PNG/JPEG/TIFF (SimpleITK). Both libraries are imported only when a
+file of theirs is read.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from anomalens.engine.errors import ConfigError, EmptyInputError, NotAScanError
+from anomalens.engine.io.base import (
+    DEFAULT_MAX_BYTES,
+    MAX_BYTES_ENV,
+    NAN_POLICIES,
+    Reader,
+    apply_nan_policy,
+    reader_for,
+    register_reader,
+    registered_readers,
+    resolve_max_bytes,
+)
+from anomalens.engine.io.describe import describe, orientation_code
+from anomalens.engine.io.dicom import DicomFileReader, DicomFolderReader, list_series_in
+from anomalens.engine.io.itk import MetaImageReader, NiftiReader, NrrdReader, PictureReader
+from anomalens.engine.io.spec import load_spec, parse_selection, split_spec
+from anomalens.engine.io.write import write_like
+from anomalens.engine.progress import CancelToken, ProgressCallback, report
+from anomalens.engine.volume import Volume
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "MAX_BYTES_ENV",
+    "NAN_POLICIES",
+    "Reader",
+    "describe",
+    "list_series",
+    "load_spec",
+    "orientation_code",
+    "parse_selection",
+    "read_scan",
+    "reader_for",
+    "register_reader",
+    "registered_readers",
+    "split_spec",
+    "write_like",
+]
+
+for _reader in (DicomFolderReader(), DicomFileReader(), NiftiReader(), NrrdReader(), MetaImageReader(),
+                PictureReader()):
+    register_reader(_reader)
+
+
+def read_scan(path: str | Path, *, series_uid: str | None = None, nan_policy: str = "refuse",
+              max_bytes: int | None = None, modality: str | None = None,
+              progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Volume:
+    """Read a scan file or DICOM folder into a float32 (z, y, x) ``Volume``.
+
+    Args:
+        path: a file in a known format, or a folder holding DICOM files (searched recursively).
+        series_uid: which series to read when a DICOM folder holds several.
+        nan_policy: ``"refuse"`` NaN/inf voxels (InvalidVolumeError) or ``"clean"`` them to the lowest finite
+            value with a warning.
+        max_bytes: memory budget for the float32 volume; default ``ANOMALENS_MAX_SCAN_BYTES`` or 4 GiB.
+        modality: override the modality, e.g. ``"CT"`` for a NIfTI file known to hold Hounsfield units.
+        progress: ``progress(fraction, message)`` while a DICOM folder is read.
+        cancel: token checked between files.
+
+    Raises:
+        NotAScanError, CorruptFileError, EmptyInputError, MultipleSeriesError, InvalidVolumeError,
+        TooLargeError, ConfigError: each with a message meant for the user.
+    """
+    if nan_policy not in NAN_POLICIES:
+        raise ConfigError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise NotAScanError(f"{p} does not exist")
+    if p.is_file() and p.stat().st_size == 0:
+        raise EmptyInputError(f"{p} is an empty file")
+    budget = resolve_max_bytes(max_bytes)
+    reader = reader_for(p)
+    volume = reader.read(p, series_uid=series_uid, max_bytes=budget, progress=progress, cancel=cancel)
+    if modality:
+        volume.modality = modality.upper()
+    volume.source = p
+    volume = apply_nan_policy(volume, nan_policy)
+    report(progress, 1.0, f"read {p.name}")
+    return volume
+
+
+def list_series(folder: str | Path, *, max_bytes: int | None = None) -> list[dict]:
+    """The DICOM series in a folder (or file): ``uid``, ``description``, ``modality``, ``n_files`` and more.
+
+    Only technical fields: no patient names, IDs or dates, so the list can be shown or logged.
+    """
+    p = Path(folder).expanduser()
+    if not p.exists():
+        raise NotAScanError(f"{p} does not exist")
+    return list_series_in(p, resolve_max_bytes(max_bytes))

@@ -1,1 +1,23 @@
-"""synthesis."""
+"""Synthetic anomalies on normal slices, the training signal for the anomaly classifier.
+
+Three kinds, after the Lorentz hyperbolic anomaly detection paper (§2.1): CutPaste with Poisson
+blending, Gaussian intensity blobs and source/sink deformations. Every generator takes one float32
+(H, W) slice in [0, 1], an optional tissue mask and a ``numpy.random.Generator``, never modifies its
+input, and returns ``(slice, mask)`` with a non-empty boolean mask.
+"""
+
+from anomalens.engine.synthesis.batch import ANOMALY_KINDS, random_anomaly, synthesize_batch
+from anomalens.engine.synthesis.cutpaste import cutpaste_poisson
+from anomalens.engine.synthesis.deformation import source_deformation
+from anomalens.engine.synthesis.intensity import gaussian_intensity
+from anomalens.engine.synthesis.poisson import poisson_blend
+
+__all__ = [
+    "ANOMALY_KINDS",
+    "cutpaste_poisson",
+    "gaussian_intensity",
+    "poisson_blend",
+    "random_anomaly",
+    "source_deformation",
+    "synthesize_batch",
+]

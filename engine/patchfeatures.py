@@ -1,0 +1,79 @@
+"""Patch features from a frozen backbone, shared by every feature-based detector.
+
+PatchCore, the Lorentz classifier and the curved-geometry heads all start the same way: two backbone
+stages, each locally averaged over a ``patch_size`` neighbourhood (so a feature describes a patch, not a
+receptive-field centre), upsampled to the finer grid. Keeping this in one place means the reference
+detector and ours see exactly the same features, which is what makes the bench comparison fair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomalens.engine.preprocess.resize import to_tensor
+
+
+@dataclass
+class PatchGrid:
+    """Per-level patch features on one common grid: ``levels[name]`` is (n, C, h, w) float32."""
+
+    levels: dict[str, torch.Tensor]
+    grid: tuple[int, int]
+
+    def concat(self) -> torch.Tensor:
+        """All levels stacked along channels, (n, ΣC, h, w)."""
+        return torch.cat(list(self.levels.values()), dim=1)
+
+
+class PatchFeatureExtractor:
+    """Frozen backbone → locally averaged, co-registered multi-level patch features.
+
+    The backbone is loaded from a pip-installed package or a user file (never a hub) by
+    ``anomalens.engine.backbones.load_backbone``; it is not part of a model bundle, only its spec is.
+    """
+
+    def __init__(self, backbone: str = "lite0", input_size: int = 224, levels: tuple[str, ...] = ("s8", "s16"),
+                 patch_size: int = 3, device: torch.device | str = "cpu") -> None:
+        from anomalens.engine.backbones import load_backbone
+
+        self.device = torch.device(device)
+        self.backbone = load_backbone(backbone, device=self.device)
+        self.input_size = int(input_size)
+        self.levels = tuple(levels)
+        self.patch_size = int(patch_size)
+        self.channels = {lv: int(self.backbone.channels[lv]) for lv in self.levels}
+
+    @property
+    def dim(self) -> int:
+        return sum(self.channels.values())
+
+    @torch.inference_mode()
+    def __call__(self, slices: np.ndarray | torch.Tensor) -> PatchGrid:
+        """Features of (n, H, W) slices in [0, 1], computed at ``input_size`` px."""
+        x = slices if isinstance(slices, torch.Tensor) else to_tensor(slices)
+        if x.ndim == 3:
+            x = x.unsqueeze(1)
+        feats = self.backbone.extract(self.backbone.prepare(x.float(), self.input_size))
+        out: dict[str, torch.Tensor] = {}
+        grid: tuple[int, int] | None = None
+        for lv in self.levels:
+            f = feats[lv].float()
+            if self.patch_size > 1:
+                pad = self.patch_size // 2
+                f = F.avg_pool2d(f, self.patch_size, stride=1, padding=pad, count_include_pad=False)
+            if grid is None:
+                grid = (int(f.shape[-2]), int(f.shape[-1]))
+            elif tuple(f.shape[-2:]) != grid:
+                f = F.interpolate(f, size=grid, mode="bilinear", align_corners=False)
+            out[lv] = f.contiguous(memory_format=torch.contiguous_format)
+        assert grid is not None
+        return PatchGrid(levels=out, grid=grid)
+
+    def features(self, slices: np.ndarray | torch.Tensor) -> PatchGrid:
+        """Like calling the extractor, but the tensors are ordinary ones a trained head may use with autograd."""
+        grid = self(slices)
+        return PatchGrid(levels={k: v.clone() for k, v in grid.levels.items()}, grid=grid.grid)

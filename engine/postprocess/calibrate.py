@@ -1,0 +1,365 @@
+"""Calibrate threshold and SCR λ from NORMAL data only, so no lesion label is ever needed to set them.
+
+The rule is InvDetect's (following Roth et al. and ADINO-DPMM): pick the smallest λ that keeps the
+abnormal area detected on normal images — all of it false positive — below a target (1 %). The smallest
+such λ smooths as little as possible, so small lesions survive.
+
+The pixel threshold is calibrated first, at a looser false-positive rate (``threshold_fpr``, by default
+five times the target): with the threshold already at the target, plain thresholding would meet it and
+λ would always be 0. The paper's analogue is its one-class-SVM boundary (η = 0, ν = 0.1), which leaves
+about 10 % of normal patches outside and lets SCR bring the area down. A looser threshold catches more of
+a lesion's faint rim; SCR then removes the speckle that the looser threshold lets through on normals.
+
+Inputs may be one array ((n, H, W) slices or a (Z, H, W) volume) or a list of them (volumes of different
+sizes); ``foreground``, ``features`` and ``intensities`` follow the same structure. Only foreground pixels
+count towards the false-positive area.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from anomalens.engine.errors import ConfigError, InvalidVolumeError
+from anomalens.engine.postprocess.normalise import ScoreNormaliser, collect_pixels
+from anomalens.engine.postprocess.scr import (
+    DEFAULT_TEMPERATURE,
+    PairwiseWeights,
+    _check_mode,
+    _check_positive,
+    estimate_tau,
+    pairwise_weights,
+    scr_refine,
+)
+from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+
+#: λ values tried before bisection (log-spaced, ×√10 apart).
+DEFAULT_LAMBDA_GRID = tuple(float(x) for x in np.geomspace(1e-3, 1e3, 13))
+#: Bisection steps between the last failing and first passing grid λ (narrows ×√10 to ~1 %).
+BISECT_STEPS = 8
+#: Pixels used by the threshold search; beyond this a seeded uniform subsample (error ~1e-4 in FPR).
+MAX_THRESHOLD_PIXELS = 20_000_000
+#: Pixels cut per λ trial; beyond this whole slices (2d) or volumes (3d) are subsampled with a seed.
+MAX_SCR_PIXELS = 2_000_000
+
+
+def _as_list(x: np.ndarray | Sequence[np.ndarray] | None, n: int, what: str) -> list[np.ndarray | None]:
+    if x is None:
+        return [None] * n
+    lst = [x] if isinstance(x, np.ndarray) else list(x)
+    if len(lst) != n:
+        raise InvalidVolumeError(f"{n} anomaly maps but {len(lst)} {what}")
+    return lst
+
+
+def _check_fpr(name: str, value: float) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{name} must be a number, got {value!r}") from exc
+    if not (0.0 < v < 1.0):
+        raise ConfigError(f"{name} must be a fraction strictly between 0 and 1, got {value!r}")
+    return v
+
+
+def threshold_for_fpr(
+    normal_maps: np.ndarray | Sequence[np.ndarray],
+    foreground: np.ndarray | Sequence[np.ndarray] | None = None,
+    target_fpr: float = 0.01,
+    max_pixels: int = MAX_THRESHOLD_PIXELS,
+    seed: int = 0,
+) -> float:
+    """The smallest pixel threshold t with at most ``target_fpr`` of normal foreground pixels above it.
+
+    "Above" is strict (``score > t`` is abnormal), matching :func:`scr_refine` at λ = 0. Exact on the
+    pixels used (a partial sort); beyond ``max_pixels`` a seeded uniform subsample is used.
+    """
+    target_fpr = _check_fpr("target_fpr", target_fpr)
+    v = collect_pixels(normal_maps, foreground, "normal anomaly maps")
+    if v.size > max_pixels:
+        v = np.random.default_rng(seed).choice(v, size=max_pixels, replace=False)
+    n = v.size
+    k = math.floor(target_fpr * n)  # false positives allowed
+    idx = n - k - 1
+    return float(np.partition(v, idx)[idx])
+
+
+@dataclass
+class _Unit:
+    scores: np.ndarray
+    foreground: np.ndarray
+    weights: PairwiseWeights | None
+
+
+def _units(
+    normal_maps: np.ndarray | Sequence[np.ndarray],
+    foreground: np.ndarray | Sequence[np.ndarray] | None,
+    features: np.ndarray | Sequence[np.ndarray] | None,
+    intensities: np.ndarray | Sequence[np.ndarray] | None,
+    tau: float | None,
+    mode: str,
+    max_pixels: int,
+    seed: int,
+) -> list[_Unit]:
+    """Per-grid inputs with α precomputed once (it does not depend on λ), subsampled to ``max_pixels``."""
+    maps = [normal_maps] if isinstance(normal_maps, np.ndarray) else list(normal_maps)
+    if not maps:
+        raise InvalidVolumeError("no normal anomaly maps to calibrate on")
+    fgs = _as_list(foreground, len(maps), "foreground masks")
+    feats = _as_list(features, len(maps), "feature arrays")
+    ints = _as_list(intensities, len(maps), "intensity arrays")
+    # Split into the pieces SCR treats independently: slices in 2d mode, volumes in 3d mode.
+    pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+    for m, f, ft, it in zip(maps, fgs, feats, ints, strict=True):
+        m = np.asarray(m, dtype=np.float32)
+        _check_mode(mode, m.ndim)
+        f = np.ones(m.shape, dtype=bool) if f is None else np.asarray(f, dtype=bool)
+        if f.shape != m.shape:
+            raise InvalidVolumeError(f"foreground mask {f.shape} does not match the normal map {m.shape}")
+        if mode == "2d" and m.ndim == 3:
+            for i in range(m.shape[0]):
+                pieces.append((m[i], f[i], None if ft is None else ft[i], None if it is None else it[i]))
+        else:
+            pieces.append((m, f, ft, it))
+    total = sum(p[0].size for p in pieces)
+    if total > max_pixels:
+        order = np.random.default_rng(seed).permutation(len(pieces))
+        keep, acc = [], 0
+        for i in order:
+            if acc >= max_pixels:
+                break
+            keep.append(int(i))
+            acc += pieces[i][0].size
+        pieces = [pieces[i] for i in sorted(keep)]
+    # Stack equally sized 2d slices back into one grid: one graph per batch instead of one per slice.
+    groups: dict[tuple, list] = {}
+    for p in pieces:
+        key = (p[0].shape, p[2] is None, p[3] is None, None if p[2] is None else np.shape(p[2]))
+        groups.setdefault(key, []).append(p)
+    units = []
+    for grp in groups.values():
+        if mode == "2d" and len(grp) > 1:
+            s = np.stack([p[0] for p in grp])
+            f = np.stack([p[1] for p in grp])
+            ft = None if grp[0][2] is None else np.stack([np.asarray(p[2]) for p in grp])
+            it = None if grp[0][3] is None else np.stack([np.asarray(p[3]) for p in grp])
+            items = [(s, f, ft, it)]
+        else:
+            items = grp
+        for s, f, ft, it in items:
+            w = None
+            if tau is not None and (ft is not None or it is not None):
+                w = pairwise_weights(s.shape, tau, ft, it, mode)
+            units.append(_Unit(np.asarray(s, dtype=np.float32), np.asarray(f, dtype=bool), w))
+    return units
+
+
+def _fp_area(units: list[_Unit], threshold: float, lam: float, mode: str, temperature: float) -> float:
+    fp = 0
+    n = 0
+    for u in units:
+        if lam > 0 and u.weights is None:
+            raise ConfigError("λ calibration needs per-pixel features or intensities for SCR's pairwise weights")
+        mask = scr_refine(
+            u.scores, threshold, lam, mode=mode, temperature=temperature, weights=u.weights, foreground=u.foreground
+        )
+        fp += int(np.count_nonzero(mask))
+        n += int(np.count_nonzero(u.foreground))
+    if n == 0:
+        raise InvalidVolumeError("the foreground masks of the normal maps are empty")
+    return fp / n
+
+
+def _lambda_search(
+    units: list[_Unit],
+    threshold: float,
+    target_fpr: float,
+    grid: Sequence[float],
+    mode: str,
+    temperature: float,
+    bisect_steps: int,
+    progress: ProgressCallback | None,
+    cancel: CancelToken | None,
+) -> tuple[float, float]:
+    """(λ, FP area at λ): first passing grid value, then bisection in log-λ towards the failing one."""
+    fp0 = _fp_area(units, threshold, 0.0, mode, temperature)
+    if fp0 <= target_fpr:
+        return 0.0, fp0
+    grid = sorted(float(g) for g in grid)
+    if not grid or grid[0] <= 0:
+        raise ConfigError("the λ grid must hold positive values")
+    lo, hi, fp_hi = 0.0, None, None
+    steps = len(grid) + bisect_steps
+    for i, lam in enumerate(grid):
+        check(cancel)
+        fp = _fp_area(units, threshold, lam, mode, temperature)
+        report(progress, (i + 1) / steps, "calibrating SCR λ")
+        if fp <= target_fpr:
+            hi, fp_hi = lam, fp
+            break
+        lo = lam
+    if hi is None or fp_hi is None:
+        raise ConfigError(
+            f"no λ up to {grid[-1]:g} keeps SCR's false-positive area on normals below {target_fpr:.2%}; "
+            "the threshold is too low for these normal maps"
+        )
+    for j in range(bisect_steps):
+        check(cancel)
+        mid = math.sqrt(lo * hi) if lo > 0 else hi / 10.0
+        fp = _fp_area(units, threshold, mid, mode, temperature)
+        report(progress, (len(grid) + j + 1) / steps, "calibrating SCR λ")
+        if fp <= target_fpr:
+            hi, fp_hi = mid, fp
+        else:
+            lo = mid
+    return hi, fp_hi
+
+
+def lambda_for_fpr(
+    normal_maps: np.ndarray | Sequence[np.ndarray],
+    foreground: np.ndarray | Sequence[np.ndarray] | None,
+    threshold: float,
+    tau: float,
+    features: np.ndarray | Sequence[np.ndarray] | None = None,
+    intensities: np.ndarray | Sequence[np.ndarray] | None = None,
+    target_fpr: float = 0.01,
+    grid: Sequence[float] = DEFAULT_LAMBDA_GRID,
+    mode: str = "2d",
+    temperature: float = DEFAULT_TEMPERATURE,
+    bisect_steps: int = BISECT_STEPS,
+    max_pixels: int = MAX_SCR_PIXELS,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> float:
+    """The smallest λ whose SCR mask covers at most ``target_fpr`` of the normal foreground.
+
+    Returns 0.0 when plain thresholding already meets the target. α is computed once; every trial is one
+    max-flow per grid (slices of equal size are stacked into one graph). The search assumes the FP area
+    falls with λ, which holds in practice though not strictly; the returned λ is always one that was
+    verified to pass.
+
+    Raises:
+        ConfigError: bad target/τ/grid, or no λ on the grid reaches the target.
+    """
+    target_fpr = _check_fpr("target_fpr", target_fpr)
+    tau = _check_positive("tau", tau)
+    if features is None and intensities is None:
+        raise ConfigError("λ calibration needs per-pixel features or intensities for SCR's pairwise weights")
+    units = _units(normal_maps, foreground, features, intensities, tau, mode, max_pixels, seed)
+    lam, _ = _lambda_search(
+        units, float(threshold), target_fpr, grid, mode, temperature, bisect_steps, progress, cancel
+    )
+    return lam
+
+
+def _pooled_tau(
+    maps: list[np.ndarray],
+    fgs: list[np.ndarray | None],
+    feats: list[np.ndarray | None],
+    ints: list[np.ndarray | None],
+    mode: str,
+) -> float:
+    num, den = 0.0, 0
+    for m, f, ft, it in zip(maps, fgs, feats, ints, strict=True):
+        t = estimate_tau(np.shape(m), ft, it, mode, f)
+        w = int(np.count_nonzero(f)) if f is not None else int(np.size(m))
+        num += t * t * w
+        den += w
+    return math.sqrt(num / den) if den > 0 and num > 0 else 1.0
+
+
+def calibrate(
+    normal_maps: np.ndarray | Sequence[np.ndarray],
+    foreground: np.ndarray | Sequence[np.ndarray] | None = None,
+    features: np.ndarray | Sequence[np.ndarray] | None = None,
+    intensities: np.ndarray | Sequence[np.ndarray] | None = None,
+    target_fpr: float = 0.01,
+    threshold_fpr: float | None = None,
+    tau: float | None = None,
+    mode: str = "2d",
+    temperature: float = DEFAULT_TEMPERATURE,
+    grid: Sequence[float] = DEFAULT_LAMBDA_GRID,
+    seed: int = 0,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> dict[str, Any]:
+    """Fit the normaliser, then threshold, τ and λ, all on normal maps (raw detector scores).
+
+    Args:
+        normal_maps: Raw anomaly maps of normal data (held-out normals are better than training ones).
+        foreground: Tissue masks; only these pixels count.
+        features: Per-pixel descriptors for α (the detector's ``AnomalyResult.features``).
+        intensities: The slices, the α fallback when there are no features.
+        target_fpr: The false-positive area SCR must stay under (the paper's 1 %).
+        threshold_fpr: False-positive rate of the plain threshold; default ``min(5·target, 0.5)``.
+        tau: τ for α; estimated from the normals (RMS neighbour distance) when None.
+        mode: SCR mode, "2d" or "3d".
+        temperature: SCR temperature (in normalised units).
+        grid: λ grid for the search.
+        seed: Seed for every subsample.
+        progress: Progress callback.
+        cancel: Cancel token.
+
+    Returns:
+        A JSON-able dict for ``bundle.json``: ``normaliser`` (its ``to_dict()``), ``threshold`` (in
+        normalised units), ``threshold_fpr``, ``lambda``, ``tau``, ``temperature``, ``mode``, ``target_fpr``,
+        ``fp_area`` (plain threshold on the normals), ``fp_area_scr`` (SCR at λ), ``n_pixels`` and
+        ``notes``. Without features and intensities SCR cannot be calibrated: ``lambda``, ``tau`` and
+        ``fp_area_scr`` are None and a note says why.
+    """
+    target_fpr = _check_fpr("target_fpr", target_fpr)
+    threshold_fpr = max(target_fpr, min(5.0 * target_fpr, 0.5)) if threshold_fpr is None else threshold_fpr
+    threshold_fpr = _check_fpr("threshold_fpr", threshold_fpr)
+    temperature = _check_positive("temperature", temperature)
+    notes: list[str] = []
+    maps = [normal_maps] if isinstance(normal_maps, np.ndarray) else list(normal_maps)
+    if not maps:
+        raise InvalidVolumeError("no normal anomaly maps to calibrate on")
+    fgs = _as_list(foreground, len(maps), "foreground masks")
+    feats = _as_list(features, len(maps), "feature arrays")
+    ints = _as_list(intensities, len(maps), "intensity arrays")
+
+    report(progress, 0.0, "fitting the score normaliser")
+    normaliser = ScoreNormaliser().fit(maps, None if foreground is None else fgs, seed=seed)
+    if normaliser.degenerate:
+        notes.append("all normal scores are equal: the normaliser is degenerate and thresholds are not meaningful")
+    normed = [normaliser.transform(m) for m in maps]
+    fg_arg = None if foreground is None else fgs
+    threshold = threshold_for_fpr(normed, fg_arg, threshold_fpr, seed=seed)
+    pix = collect_pixels(normed, fg_arg, "normal anomaly maps")
+    fp_area = float(np.count_nonzero(pix > threshold)) / pix.size
+    check(cancel)
+
+    lam: float | None = None
+    fp_scr: float | None = None
+    if features is None and intensities is None:
+        tau = None
+        notes.append("no features or intensities were given, so SCR (τ, λ) was not calibrated")
+    else:
+        tau = _check_positive("tau", tau) if tau is not None else _pooled_tau(maps, fgs, feats, ints, mode)
+        units = _units(normed, fg_arg, features, intensities, tau, mode, MAX_SCR_PIXELS, seed)
+        lam, fp_scr = _lambda_search(
+            units, threshold, target_fpr, grid, mode, temperature, BISECT_STEPS, progress, cancel
+        )
+        if lam == 0.0:
+            notes.append("plain thresholding already meets the target on normals, so λ = 0")
+    report(progress, 1.0, "calibrated")
+    return {
+        "normaliser": normaliser.to_dict(),
+        "threshold": float(threshold),
+        "threshold_fpr": float(threshold_fpr),
+        "lambda": None if lam is None else float(lam),
+        "tau": None if tau is None else float(tau),
+        "temperature": float(temperature),
+        "mode": mode,
+        "target_fpr": float(target_fpr),
+        "fp_area": float(fp_area),
+        "fp_area_scr": None if fp_scr is None else float(fp_scr),
+        "n_pixels": int(pix.size),
+        "notes": notes,
+    }

@@ -1,0 +1,130 @@
+"""A PatchCore-kind detector (Roth et al. 2022) in the AnomaLens interface.
+
+A memory bank of normal patch features from the same frozen backbone and patch pipeline as our detectors
+(``anomalens.engine.patchfeatures``), subsampled by greedy coreset; the anomaly score of a patch is its
+distance to the nearest bank entry. It trains nothing, which makes it the honest baseline the Lorentz,
+curved-head and other detectors must beat on the same features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from anomalens.engine.detectors.base import Detector, DetectorConfig
+from anomalens.engine.detectors.result import AnomalyResult, Embeddings
+from anomalens.engine.errors import ConfigError
+from anomalens.engine.patchfeatures import PatchFeatureExtractor
+from anomalens.engine.preprocess.resize import resize_back
+from anomalens.engine.preprocess.smooth import gaussian_smooth
+from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+from anomalens.plugins.patchcore.coreset import greedy_coreset
+
+
+@dataclasses.dataclass
+class PatchCoreConfig(DetectorConfig):
+    """Defaults follow PatchCore (patch size 3, 10 % coreset) on the offline EfficientNet-Lite0 backbone."""
+
+    backbone: str = "lite0"
+    input_size: int = 224
+    levels: tuple[str, ...] = ("s8", "s16")
+    patch_size: int = 3
+    coreset_ratio: float = 0.1
+    max_bank: int = 16384
+    projection_dim: int = 128
+    smoothing_sigma: float = 4.0
+    batch_size: int = 16
+    chunk: int = 4096
+
+    def __post_init__(self) -> None:
+        self.levels = tuple(self.levels)
+        if not 0 < self.coreset_ratio <= 1:
+            raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        if self.input_size < 32 or self.patch_size < 1 or self.max_bank < 1 or self.batch_size < 1:
+            raise ConfigError("input_size ≥ 32, patch_size ≥ 1, max_bank ≥ 1 and batch_size ≥ 1 are required")
+
+
+class PatchCoreDetector(Detector):
+    name: ClassVar[str] = "patchcore"
+    version: ClassVar[str] = "1"
+    description: ClassVar[str] = "PatchCore-kind reference: nearest-neighbour distance to a coreset memory bank"
+    config_class = PatchCoreConfig
+
+    def __init__(self, config: dict[str, Any] | DetectorConfig | None = None, device: str = "cpu",
+                 seed: int = 0) -> None:
+        super().__init__(config, device, seed)
+        self._extractor: PatchFeatureExtractor | None = None
+        self.bank: torch.Tensor | None = None
+
+    @classmethod
+    def test_config(cls) -> dict[str, Any]:
+        return {"input_size": 64, "max_bank": 256, "smoothing_sigma": 1.0}
+
+    @property
+    def extractor(self) -> PatchFeatureExtractor:
+        if self._extractor is None:
+            c = self.config
+            self._extractor = PatchFeatureExtractor(c.backbone, c.input_size, c.levels, c.patch_size, self.device)
+        return self._extractor
+
+    def _features(self, slices: np.ndarray, progress: ProgressCallback | None, cancel: CancelToken | None,
+                  start: float = 0.0, stop: float = 1.0) -> torch.Tensor:
+        """(n, C, h, w) patch features, in batches, honouring cancel between batches."""
+        parts = []
+        bs = self.config.batch_size
+        for i in range(0, len(slices), bs):
+            check(cancel)
+            parts.append(self.extractor(slices[i:i + bs]).concat())
+            report(progress, start + (stop - start) * min(1.0, (i + bs) / len(slices)), "extracting features")
+        return torch.cat(parts)
+
+    def _fit(self, normals: np.ndarray, progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
+        feats = self._features(normals, progress, cancel, 0.0, 0.4)
+        flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+        n_select = min(self.config.max_bank, max(1, round(self.config.coreset_ratio * len(flat))))
+        idx = greedy_coreset(flat, n_select, self.config.projection_dim, self.seed,
+                             progress=lambda f, m: report(progress, 0.4 + 0.6 * f, m), cancel=cancel)
+        self.bank = flat[idx].contiguous()
+
+    def _nearest(self, query: torch.Tensor) -> torch.Tensor:
+        """Distance of each query row to its nearest bank row, chunked to bound memory."""
+        assert self.bank is not None
+        bank = self.bank.to(query.device)
+        bank_sq = (bank * bank).sum(1)
+        out = []
+        for i in range(0, len(query), self.config.chunk):
+            q = query[i:i + self.config.chunk]
+            d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ bank.T + bank_sq
+            out.append(d2.min(1).values.clamp_min(0).sqrt())
+        return torch.cat(out)
+
+    def _score(self, slices: np.ndarray, progress: ProgressCallback | None,
+               cancel: CancelToken | None) -> AnomalyResult:
+        feats = self._features(slices, progress, cancel, 0.0, 0.8)
+        n, c, h, w = feats.shape
+        flat = feats.permute(0, 2, 3, 1).reshape(-1, c)
+        check(cancel)
+        patch_scores = self._nearest(flat).reshape(n, h, w)
+        maps = torch.as_tensor(resize_back(patch_scores, slices.shape[1:]))
+        maps = gaussian_smooth(maps, self.config.smoothing_sigma).numpy()
+        report(progress, 1.0, "scored")
+        ys, xs = np.meshgrid((np.arange(h) + 0.5) * slices.shape[1] / h, (np.arange(w) + 0.5) * slices.shape[2] / w,
+                             indexing="ij")
+        centers = np.tile(np.stack([ys.ravel(), xs.ravel()], 1), (n, 1)).astype(np.float32)
+        emb = Embeddings(points=flat.cpu().numpy(), slice_index=np.repeat(np.arange(n), h * w), centers=centers,
+                         manifold="euclidean", curvature=0.0, scores=patch_scores.reshape(-1).cpu().numpy())
+        return AnomalyResult(heatmaps=maps, scores=maps.reshape(n, -1).max(1), embeddings=emb,
+                             info={"image_score": "max of the heatmap"})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        assert self.bank is not None
+        return {"memory_bank": self.bank}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        bank = state["memory_bank"]
+        if bank.ndim != 2:
+            raise ValueError(f"memory bank has shape {tuple(bank.shape)}")
+        self.bank = bank.to(self.device)

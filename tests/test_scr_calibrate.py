@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from anomalens.engine.errors import ConfigError, InvalidVolumeError
+from anomalens.engine.postprocess.calibrate import calibrate, lambda_for_fpr, threshold_for_fpr
+from anomalens.engine.postprocess.normalise import ScoreNormaliser
+from anomalens.engine.postprocess.scr import scr_refine
+
+
+def _normals(seed: int, n: int = 12, size: int = 48) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Speckled normal maps (smooth noise, the kind of false positives SCR should remove), slices, masks."""
+    rng = np.random.default_rng(seed)
+    maps = (ndimage.gaussian_filter(rng.normal(size=(n, size, size)), (0, 1, 1)) * 4 + 10).astype(np.float32)
+    img = ndimage.gaussian_filter(rng.normal(size=(n, size, size)), (0, 2, 2)).astype(np.float32)
+    fg = np.zeros(maps.shape, bool)
+    fg[:, 4:-4, 4:-4] = True
+    return maps, img, fg
+
+
+def _fp(maps, fg, t, lam, tau, img, mode="2d") -> float:
+    m = scr_refine(maps, t, lam, tau, intensities=img, mode=mode, foreground=fg)
+    return m.sum() / fg.sum()
+
+
+def test_threshold_for_fpr_is_the_smallest_passing() -> None:
+    maps, _, fg = _normals(0)
+    for target in (0.01, 0.05, 0.2):
+        t = threshold_for_fpr(maps, fg, target)
+        v = maps[fg]
+        assert np.mean(v > t) <= target
+        below = np.max(v[v < t])  # the next lower score would let in too many
+        assert np.mean(v > below) > target
+
+
+def test_lambda_is_the_smallest_that_meets_the_target() -> None:
+    maps, img, fg = _normals(1)
+    norm = ScoreNormaliser().fit(maps, fg)
+    nm = norm.transform(maps)
+    t = threshold_for_fpr(nm, fg, 0.05)
+    tau = 0.3
+    lam = lambda_for_fpr(nm, fg, t, tau, intensities=img, target_fpr=0.01)
+    assert lam > 0
+    assert _fp(nm, fg, t, lam, tau, img) <= 0.01
+    assert _fp(nm, fg, t, lam * 0.9, tau, img) > 0.01
+    # with the threshold already at the target, plain thresholding suffices
+    t1 = threshold_for_fpr(nm, fg, 0.01)
+    assert lambda_for_fpr(nm, fg, t1, tau, intensities=img, target_fpr=0.01) == 0.0
+
+
+def test_calibrate_end_to_end() -> None:
+    maps, img, fg = _normals(2)
+    cal = calibrate(maps, fg, intensities=img, target_fpr=0.01)
+    assert json.loads(json.dumps(cal)) == cal
+    assert set(cal) >= {"normaliser", "threshold", "lambda", "tau", "target_fpr", "fp_area", "fp_area_scr"}
+    assert cal["fp_area"] == pytest.approx(0.05, abs=0.002)
+    assert cal["fp_area_scr"] <= 0.01
+    assert cal["lambda"] > 0 and cal["tau"] > 0
+    # the stored numbers reproduce the guarantee from the raw maps
+    norm = ScoreNormaliser.from_dict(cal["normaliser"])
+    fp = _fp(norm.transform(maps), fg, cal["threshold"], cal["lambda"], cal["tau"], img)
+    assert fp == pytest.approx(cal["fp_area_scr"]) and fp <= 0.01
+    # and roughly hold on unseen normals from the same source
+    maps2, img2, fg2 = _normals(3)
+    assert _fp(norm.transform(maps2), fg2, cal["threshold"], cal["lambda"], cal["tau"], img2) <= 0.02
+
+
+def test_calibrate_3d_and_lists() -> None:
+    maps, img, fg = _normals(4, n=6, size=32)
+    cal = calibrate([maps[:3], maps[3:]], [fg[:3], fg[3:]], intensities=[img[:3], img[3:]], mode="3d")
+    assert cal["mode"] == "3d" and cal["fp_area_scr"] <= 0.01
+
+
+def test_calibrate_without_pairwise_inputs_skips_scr() -> None:
+    maps, _, fg = _normals(5, n=3)
+    cal = calibrate(maps, fg)
+    assert cal["lambda"] is None and cal["tau"] is None and cal["fp_area_scr"] is None
+    assert any("SCR" in n for n in cal["notes"])
+    assert cal["threshold"] > 0.9
+
+
+def test_calibration_errors() -> None:
+    maps, img, fg = _normals(6, n=2)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        threshold_for_fpr(maps, fg, 0.0)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        calibrate(maps, fg, intensities=img, target_fpr=1.5)
+    with pytest.raises(ConfigError, match="features or intensities"):
+        lambda_for_fpr(maps, fg, 10.0, 1.0)
+    with pytest.raises(ConfigError, match="tau"):
+        lambda_for_fpr(maps, fg, 10.0, 0.0, intensities=img)
+    with pytest.raises(InvalidVolumeError, match="empty"):
+        threshold_for_fpr(maps, np.zeros_like(fg))
+    with pytest.raises(InvalidVolumeError, match="does not match"):
+        lambda_for_fpr(maps, fg[:, :10], 10.0, 1.0, intensities=img)
+    with pytest.raises(ConfigError, match="no λ"):
+        # a threshold below every score: SCR can never clear a whole slice of "abnormal" pixels
+        lambda_for_fpr(maps, fg, float(maps.min()) - 100, 1.0, intensities=img, grid=(0.01, 0.1))
