@@ -65,25 +65,34 @@ def prepare(volume: Volume, intensity: IntensityConfig | dict | None = None) -> 
 def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | None = None,
                    size: int | None = None, progress: ProgressCallback | None = None,
                    cancel: CancelToken | None = None) -> np.ndarray:
-    """Normalised normal slices from several SPECs, resized to one common in-plane size.
+    """Normalised normal slices from several SPECs on one square grid, in one orientation.
 
-    Different scans have different grids; detectors need one stack. Empty slices (no tissue) are dropped
-    since they teach nothing about anatomy.
+    Different scans have different grids; detectors need one stack. Each scan is turned to the first
+    scan's orientation (flips only), padded to a square with air (so anatomy keeps its aspect ratio) and
+    resized. Empty slices (no tissue) are dropped since they teach nothing about anatomy.
     """
     from anomalens.engine.preprocess import resize_slices
+    from anomalens.engine.preprocess.orient import orientation_of, reorient
+    from anomalens.engine.preprocess.resize import pad_to_square
 
     if not specs:
         raise ConfigError("no normal scans given")
     stacks = []
+    orientation = None
     for i, spec in enumerate(specs):
         check(cancel)
-        prepared = prepare(load_volume(spec), intensity)
+        volume = load_volume(spec)
+        if orientation is None:
+            orientation = orientation_of(volume)
+        elif volume.n_slices > 1:
+            volume = reorient(volume, orientation)
+        prepared = prepare(volume, intensity)
         keep = prepared.foreground.reshape(prepared.n_slices, -1).mean(1) > 0.02
-        slices = prepared.slices[keep]
+        slices = pad_to_square(prepared.slices[keep])
         if len(slices) == 0:
             continue
-        target = size or max(prepared.slices.shape[1:])
-        stacks.append(resize_slices(slices, (target, target)) if slices.shape[1:] != (target, target) else slices)
+        target = size or slices.shape[1]
+        stacks.append(resize_slices(slices, (target, target)) if slices.shape[1] != target else slices)
         size = target
         report(progress, (i + 1) / len(specs), f"read {len(slices)} slices")
     if not stacks:
@@ -131,7 +140,7 @@ def score_volume(detector: Detector, volume: Volume, slices: Sequence[int] | Non
     for start in range(0, len(idx), batch_size):
         check(cancel)
         batch = idx[start:start + batch_size]
-        parts.append(detector.score(prepared.slices[batch], cancel=cancel))
+        parts.append(_score_square(detector, prepared.slices[batch], cancel))
         report(progress, min(1.0, (start + len(batch)) / len(idx)), f"scored {start + len(batch)}/{len(idx)} slices")
     elapsed = time.perf_counter() - t0
     result = merge_results(parts)
@@ -141,6 +150,24 @@ def score_volume(detector: Detector, volume: Volume, slices: Sequence[int] | Non
               for i, s in zip(idx, result.scores, strict=True)}
     return VolumeScore(prepared=prepared, result=result, heatmap=heat, slice_scores=scores,
                        seconds_per_slice=elapsed / len(idx))
+
+
+def _score_square(detector: Detector, slices: np.ndarray, cancel: CancelToken | None) -> AnomalyResult:
+    """Score slices padded to a square (as the normals were in training) and crop the maps back."""
+    from anomalens.engine.preprocess.resize import pad_to_square
+
+    _, h, w = slices.shape
+    if h == w:
+        return detector.score(slices, cancel=cancel)
+    res = detector.score(pad_to_square(slices), cancel=cancel)
+    top, left = (max(h, w) - h) // 2, (max(h, w) - w) // 2
+    crop = (slice(None), slice(top, top + h), slice(left, left + w))
+    emb = res.embeddings
+    if emb is not None:
+        emb.centers = emb.centers - np.asarray([top, left], np.float32)
+    return AnomalyResult(heatmaps=res.heatmaps[crop], scores=res.scores, embeddings=emb,
+                         features=None if res.features is None else res.features[crop], normalised=res.normalised,
+                         info=res.info)
 
 
 def merge_results(parts: Sequence[AnomalyResult]) -> AnomalyResult:
@@ -182,3 +209,100 @@ def write_score_outputs(vs: VolumeScore, out_dir: str | Path) -> dict[str, Path]
         for k in sorted(vs.slice_scores):
             w.writerow([k, f"{vs.slice_scores[k]:.6g}"])
     return {"heatmap": Path(heat_path), "scores": csv_path}
+
+
+# -- evaluation (``anomalens eval``, the viewer's evaluation worker and the tests) ---------------------
+
+@dataclass
+class Evaluation:
+    """Metrics of a model on labelled data, with the maps and masks they were computed from (for reports).
+
+    ``maps`` are in normal-quantile units when the model is calibrated (raw detector scores otherwise);
+    ``mask`` and ``scr_mask`` are the calibrated operating point without and with SCR (None when unavailable).
+    """
+
+    metrics: dict[str, Any]
+    maps: np.ndarray
+    mask: np.ndarray | None
+    scr_mask: np.ndarray | None
+    result: AnomalyResult
+
+
+def score_slices(detector: Detector, slices: np.ndarray, batch_size: int = 16, keep_embeddings: bool = False,
+                 progress: ProgressCallback | None = None,
+                 cancel: CancelToken | None = None) -> tuple[AnomalyResult, float]:
+    """Score an already normalised stack in batches; returns the result and the seconds per slice.
+
+    Embeddings are dropped unless asked for: one point per patch for a whole dataset is memory the
+    metrics never use.
+    """
+    if len(slices) == 0:
+        raise ConfigError("no slices to score")
+    parts: list[AnomalyResult] = []
+    t0 = time.perf_counter()
+    for start in range(0, len(slices), batch_size):
+        check(cancel)
+        part = detector.score(slices[start:start + batch_size], cancel=cancel)
+        if not keep_embeddings:
+            part.embeddings = None
+        parts.append(part)
+        done = min(len(slices), start + batch_size)
+        report(progress, done / len(slices), f"scored {done}/{len(slices)} slices")
+    return merge_results(parts), (time.perf_counter() - t0) / len(slices)
+
+
+def evaluate_model(detector: Detector, data: Any, scr: bool = True, reduce: str = "max", n_boot: int = 1000,
+                   batch_size: int = 16, progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None) -> Evaluation:
+    """Score labelled data (``datasets.EvalData``) and compute every metric, at the calibrated operating point.
+
+    Dice and precision need an operating point that was not tuned on the test data, so they come from
+    the model's calibration (normals only); an uncalibrated model gets None for them, with a note.
+    ``best_dice`` is tuned on this very data and is labelled as an upper bound wherever it is shown.
+    """
+    from anomalens.engine.calibration import apply_calibration
+    from anomalens.engine.metrics import evaluate
+
+    notes: list[str] = list(getattr(data, "notes", []))
+    result, sec = score_slices(detector, data.slices, batch_size,
+                               progress=lambda f, m: report(progress, 0.8 * f, m), cancel=cancel)
+    cal = detector.calibration or {}
+    mask = scr_mask = None
+    threshold = None
+    maps = result.heatmaps
+    if "normaliser" in cal:
+        check(cancel)
+        report(progress, 0.8, "applying the calibration" + (" and SCR" if scr else ""))
+        mode = cal.get("mode", "2d")
+        if mode == "3d" and not getattr(data, "is_stack", True):
+            mode = "2d"
+            notes.append("the model was calibrated for 3-D SCR, but these are separate 2-D images: SCR ran in 2-D")
+        calibrated = apply_calibration(detector, result, data.slices, data.foreground, scr=scr, mode=mode)
+        maps, mask, scr_mask, threshold = calibrated.maps, calibrated.mask, calibrated.scr_mask, calibrated.threshold
+        if not scr:
+            notes.append("SCR was switched off (--no-scr), so dice_scr and precision_scr are null")
+        elif scr_mask is None:
+            notes.append("the calibration has no SCR λ (no features or intensities at calibration time), "
+                         "so dice_scr and precision_scr are null")
+    else:
+        notes.append("the model is not calibrated, so dice/precision (with and without SCR) have no operating "
+                     "point and are null: run 'anomalens calibrate --model MODEL --normals SPEC... --out NEW' "
+                     "with held-out normal scans")
+    training = detector.training or {}
+    fps = data.fingerprints()
+    if training.get("fingerprint") in fps:
+        notes.append("this data is the data the model was fitted on: every metric is optimistic; evaluate on "
+                     "held-out scans")
+    elif (training.get("fine_tuned_on") or {}).get("fingerprint") in fps:
+        notes.append("this data is the data the model was fine-tuned on: every metric is optimistic")
+    if cal.get("fingerprint") in fps:
+        notes.append("this data is the data the model was calibrated on: the operating point is tuned to it")
+    report(progress, 0.9, "computing metrics")
+    metrics = evaluate(maps, data.masks, data.foreground, threshold=threshold, scr_masks=scr_mask,
+                       reduce=reduce, n_boot=n_boot, seed=detector.seed)
+    metrics["notes"] = notes + [n for n in metrics.get("notes", []) if n not in notes]
+    metrics["seconds_per_slice"] = float(sec)
+    metrics["calibrated"] = "normaliser" in cal
+    metrics["scr"] = scr_mask is not None
+    report(progress, 1.0, "done")
+    return Evaluation(metrics=metrics, maps=maps, mask=mask, scr_mask=scr_mask, result=result)

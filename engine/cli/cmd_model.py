@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--out", required=True, type=Path, help="new model bundle folder")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (detectors that train)")
+    p.add_argument("--backbone", default=None, metavar="SPEC",
+                   help="feature backbone: lite0 (default, shipped), lite1, lite2, wrn50 (torch hub cache) or "
+                        "wrn50=/path/to/wide_resnet50_2.pth")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="options", action="append", metavar="KEY=VALUE", help="detector option")
     p.set_defaults(handler=run_train)
@@ -78,6 +81,11 @@ def run_train(args: argparse.Namespace) -> int:
         if "epochs" not in known:
             raise ConfigError(f"the {args.detector} detector does not train for epochs")
         config["epochs"] = args.epochs
+    if args.backbone is not None:
+        known = get_detector_class(args.detector).config_class.__dataclass_fields__
+        if "backbone" not in known:
+            raise ConfigError(f"the {args.detector} detector does not use a pretrained backbone")
+        config["backbone"] = args.backbone
     with terminal_progress(f"training {args.detector}") as progress:
         det = train(args.detector, args.normals, config=config, device=args.device, seed=args.seed,
                     progress=progress)

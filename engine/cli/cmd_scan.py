@@ -11,6 +11,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("info", parents=[common], help="describe a scan (shape, spacing, orientation, modality)")
     p.add_argument("path", help="file, DICOM folder or sample:NAME (optionally #slices)")
     p.add_argument("--series", default=None, help="SeriesInstanceUID to pick when a folder holds several")
+    p.add_argument("--nan", choices=("refuse", "clean"), default="refuse",
+                   help="NaN/inf voxels: refuse the scan (default) or replace them by the minimum and say so")
+    p.add_argument("--max-bytes", type=int, default=None,
+                   help="memory budget for the voxels (default 4 GiB, or ANOMALENS_MAX_SCAN_BYTES)")
     p.set_defaults(handler=run_info)
 
 
@@ -20,7 +24,7 @@ def run_info(args: argparse.Namespace) -> int:
     from anomalens.engine.pipeline import load_volume
 
     try:
-        volume = load_volume(args.path, series_uid=args.series)
+        volume = load_volume(args.path, series_uid=args.series, nan_policy=args.nan, max_bytes=args.max_bytes)
     except MultipleSeriesError as exc:
         if args.json:
             emit(args, {"error": str(exc), "series": exc.series})

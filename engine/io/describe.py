@@ -61,6 +61,7 @@ def describe(volume: Volume) -> dict[str, Any]:
         "axes": "z, y, x",
         "shape": list(volume.shape),
         "spacing": [round(s, 4) for s in volume.spacing_zyx],
+        "spacing_xyz_mm": [round(s, 4) for s in volume.spacing],
         "orientation": orientation_code(volume.direction),
         "modality": volume.modality,
         "units": units(volume),

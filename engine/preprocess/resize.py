@@ -35,3 +35,15 @@ def resize_back(maps: torch.Tensor | np.ndarray, shape: tuple[int, int]) -> np.n
     if t.ndim == 3:
         t = t.unsqueeze(1)
     return resize_tensor(t, shape).squeeze(1).cpu().numpy()
+
+
+def pad_to_square(slices: np.ndarray, value: float = 0.0) -> np.ndarray:
+    """Pad (n, H, W) symmetrically with ``value`` (air) to (n, S, S), so resizing keeps the aspect ratio."""
+    n, h, w = slices.shape
+    s = max(h, w)
+    if h == w:
+        return slices
+    out = np.full((n, s, s), value, dtype=slices.dtype)
+    top, left = (s - h) // 2, (s - w) // 2
+    out[:, top:top + h, left:left + w] = slices
+    return out

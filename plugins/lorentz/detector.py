@@ -27,6 +27,7 @@ from anomalens.engine.progress import CancelToken, ProgressCallback, check, repo
 from anomalens.plugins.lorentz.head import HEADS
 
 GEOMETRIES = tuple(HEADS)
+INPUTS = ("residual", "raw")
 
 
 @dataclasses.dataclass
@@ -34,6 +35,8 @@ class LorentzConfig(DetectorConfig):
     """Paper settings where they exist (patch size 3, c₀ = 1 learnable, Adam 1e-3); the rest measured."""
 
     geometry: str = "lorentz"
+    inputs: str = "residual"
+    bank_size: int = 8192
     backbone: str = "lite0"
     input_size: int = 224
     levels: tuple[str, ...] = ("s8", "s16")
@@ -55,6 +58,8 @@ class LorentzConfig(DetectorConfig):
     def __post_init__(self) -> None:
         self.levels = tuple(self.levels)
         self.anomaly_kinds = tuple(self.anomaly_kinds)
+        if self.inputs not in INPUTS:
+            raise ConfigError(f"inputs must be one of {', '.join(INPUTS)}, got {self.inputs!r}")
         if self.geometry not in GEOMETRIES:
             raise ConfigError(f"geometry must be one of {', '.join(GEOMETRIES)}, got {self.geometry!r}")
         if self.curvature <= 0:
@@ -85,10 +90,11 @@ class LorentzDetector(Detector):
         self._extractor: PatchFeatureExtractor | None = None
         self.head: torch.nn.Module | None = None
         self.stats: dict[str, torch.Tensor] = {}
+        self.bank: torch.Tensor | None = None
 
     @classmethod
     def test_config(cls) -> dict[str, Any]:
-        return {"input_size": 64, "epochs": 2, "n_variants": 1, "dim": 8, "batch_patches": 256,
+        return {"input_size": 64, "epochs": 2, "n_variants": 1, "dim": 8, "batch_patches": 256, "bank_size": 256,
                 "smoothing_sigma": 1.0, "fine_tune_epochs": 1}
 
     # -- features ------------------------------------------------------------------------------
@@ -127,17 +133,57 @@ class LorentzDetector(Detector):
     def _flatten(feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {lv: f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for lv, f in feats.items()}
 
-    def _fit_stats(self, normals: np.ndarray, cancel: CancelToken | None) -> None:
-        feats = self._raw_features(normals, cancel)
+    def _fit_stats(self, feats: dict[str, torch.Tensor]) -> None:
         for lv, f in feats.items():
             flat = f.permute(1, 0, 2, 3).reshape(f.shape[1], -1)
             self.stats[f"{lv}.mean"] = flat.mean(1)
             self.stats[f"{lv}.std"] = flat.std(1).clamp_min(1e-3)
 
+    def _concat(self, flat: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.cat([flat[lv] for lv in self.config.levels], dim=1)
+
+    def _split(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        sizes = [self.extractor.channels[lv] for lv in self.config.levels]
+        return dict(zip(self.config.levels, torch.split(x, sizes, dim=1), strict=True))
+
+    def _inputs(self, flat: dict[str, torch.Tensor], bank: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """What goes onto the hyperboloid: standardised features, or their residual to the nearest normal.
+
+        ``residual`` (default) maps r = f − NN_normal(f) per level, scaled so a typical normal residual has
+        norm 1. The exp map's time coordinate cosh(√c‖r‖)/√c then carries the distance to normal anatomy,
+        which the Lorentz linear layer can use and a Euclidean linear layer cannot (README: our choice).
+        """
+        if self.config.inputs == "raw":
+            return flat
+        assert bank is not None
+        from anomalens.engine.coreset import nearest_distance
+
+        q = self._concat(flat)
+        _, idx = nearest_distance(q, bank, return_index=True)
+        res = self._split(q - bank[idx])
+        return {lv: r / self.stats[f"{lv}.rscale"] for lv, r in res.items()}
+
+    def _fold_banks(self, std_flat: torch.Tensor, n_slices: int, cancel: CancelToken | None) -> list[torch.Tensor]:
+        """Two memory banks from alternate normal slices, so training residuals never see their own slice."""
+        from anomalens.engine.coreset import greedy_coreset
+
+        per = std_flat.reshape(n_slices, -1, std_flat.shape[1])
+        folds = [per[0::2], per[1::2]] if n_slices >= 2 else [per, per]
+        banks = []
+        for k, fold in enumerate(folds):
+            check(cancel)
+            flat = fold.reshape(-1, fold.shape[-1])
+            n_sel = min(len(flat), max(1, self.config.bank_size // 2))
+            banks.append(flat[greedy_coreset(flat, n_sel, 128, self.seed + k, cancel=cancel)].contiguous())
+        return banks
+
     def _patch_set(self, normals: np.ndarray, n_variants: int, rng: np.random.Generator,
-                   progress: ProgressCallback | None, cancel: CancelToken | None,
-                   start: float, stop: float) -> _PatchSet:
-        """Synthetic-anomaly versions of the normals, featurised once and cached for all epochs."""
+                   banks: list[torch.Tensor] | None, progress: ProgressCallback | None,
+                   cancel: CancelToken | None, start: float, stop: float) -> _PatchSet:
+        """Synthetic-anomaly versions of the normals, featurised once and cached for all epochs.
+
+        With two fold banks, slice i's residuals are taken against the bank built without it.
+        """
         from anomalens.engine.synthesis import synthesize_batch
 
         fg = foreground_mask(normals)
@@ -154,12 +200,22 @@ class LorentzDetector(Detector):
             lab = torch.full_like(frac, -1.0)
             lab[(frac == 0) & (fg_frac > 0.1)] = 0.0
             lab[frac >= 0.5] = 1.0
+            inputs = self._fold_inputs(f, banks)
             keep = lab.reshape(-1) >= 0
-            for lv, x in self._flatten(f).items():
+            for lv, x in inputs.items():
                 feats[lv].append(x[keep].to(torch.float16))
             labels.append(lab.reshape(-1)[keep])
             report(progress, start + (stop - start) * (v + 1) / n_variants, f"synthetic set {v + 1}/{n_variants}")
         return _PatchSet({lv: torch.cat(x) for lv, x in feats.items()}, torch.cat(labels))
+
+    def _fold_inputs(self, f: dict[str, torch.Tensor], banks: list[torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Head inputs for (n, C, h, w) features of training slices, slice i against bank (i + 1) % 2."""
+        n = next(iter(f.values())).shape[0]
+        if banks is None or self.config.inputs == "raw":
+            return self._flatten(f)
+        per_slice = [self._inputs(self._flatten({lv: x[i:i + 1] for lv, x in f.items()}),
+                                  banks[(i + 1) % 2] if n >= 2 else banks[0]) for i in range(n)]
+        return {lv: torch.cat([p[lv] for p in per_slice]) for lv in self.config.levels}
 
     def _to_grid(self, masks: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
         """Fraction of each patch cell covered by a mask, on the feature grid."""
@@ -213,19 +269,52 @@ class LorentzDetector(Detector):
     def _fit(self, normals: np.ndarray, progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
         rng = np.random.default_rng(self.seed)
         report(progress, 0.0, "normal feature statistics")
-        self._fit_stats(normals, cancel)
+        raw = self._raw_features(normals, cancel)
+        self._fit_stats(raw)
+        banks = None
+        if self.config.inputs == "residual":
+            report(progress, 0.03, "normal memory banks")
+            std_flat = self._concat(self._flatten(self._standardise(raw)))
+            banks = self._fold_banks(std_flat, len(normals), cancel)
+            self._fit_residual_scale(std_flat, len(normals), banks)
+            self.bank = torch.cat(banks)
         report(progress, 0.05, "synthesising anomalies")
-        data = self._patch_set(normals, self.config.n_variants, rng, progress, cancel, 0.05, 0.5)
+        data = self._patch_set(normals, self.config.n_variants, rng, banks, progress, cancel, 0.05, 0.5)
         self.head = self._new_head()
         self._train(data, self.config.epochs, self.config.lr, progress, cancel, 0.5, 1.0)
 
+    def _fit_residual_scale(self, std_flat: torch.Tensor, n_slices: int, banks: list[torch.Tensor]) -> None:
+        """Median residual norm per level of normal patches against the other fold's bank → 1."""
+        from anomalens.engine.coreset import nearest_distance
+
+        per = std_flat.reshape(n_slices, -1, std_flat.shape[1])
+        res = []
+        for i in range(n_slices):
+            bank = banks[(i + 1) % 2] if n_slices >= 2 else banks[0]
+            _, idx = nearest_distance(per[i], bank, return_index=True)
+            res.append(per[i] - bank[idx])
+        for lv, r in self._split(torch.cat(res)).items():
+            self.stats[f"{lv}.rscale"] = r.norm(dim=1).median().clamp_min(1e-4).reshape(1)
+
     def _fine_tune(self, normals: np.ndarray, progress: ProgressCallback | None,
                    cancel: CancelToken | None) -> None:
-        """Few-shot: keep training the head on synthetic anomalies made from the site's marked normals."""
+        """Few-shot: train on synthetic anomalies made from the site's marked normals, then remember them.
+
+        Residuals of the new slices are taken against the existing bank (which does not hold them); after
+        training, a coreset of the new normal patches joins the bank, the strongest few-shot adaptation a
+        memory of normal anatomy allows.
+        """
+        from anomalens.engine.coreset import greedy_coreset
+
         rng = np.random.default_rng(self.seed + 1)
         n_var = max(1, min(self.config.n_variants, math.ceil(64 / max(1, len(normals)))))
-        data = self._patch_set(normals, n_var, rng, progress, cancel, 0.0, 0.5)
+        banks = None if self.bank is None else [self.bank, self.bank]
+        data = self._patch_set(normals, n_var, rng, banks, progress, cancel, 0.0, 0.5)
         self._train(data, self.config.fine_tune_epochs, self.config.fine_tune_lr, progress, cancel, 0.5, 1.0)
+        if self.bank is not None:
+            new = self._concat(self._flatten(self._standardise(self._raw_features(normals, cancel))))
+            n_sel = min(len(new), max(1, self.config.bank_size // 4))
+            self.bank = torch.cat([self.bank, new[greedy_coreset(new, n_sel, 128, self.seed + 7)]])
 
     # -- scoring -------------------------------------------------------------------------------
     def _score(self, slices: np.ndarray, progress: ProgressCallback | None,
@@ -239,7 +328,7 @@ class LorentzDetector(Detector):
             check(cancel)
             f = self._standardise(self._raw_features(slices[i:i + bs], cancel))
             grid = tuple(next(iter(f.values())).shape[-2:])
-            z = self.head.embed(self._flatten(f))
+            z = self.head.embed(self._inputs(self._flatten(f), self.bank))
             logit = self.head.logit(z)
             points.append(z)
             logits.append(logit)
@@ -267,6 +356,8 @@ class LorentzDetector(Detector):
         assert self.head is not None
         state = {f"head.{k}": v for k, v in self.head.state_dict().items()}
         state.update({f"stats.{k}": v for k, v in self.stats.items()})
+        if self.bank is not None:
+            state["bank"] = self.bank
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -274,6 +365,9 @@ class LorentzDetector(Detector):
         for lv in self.config.levels:
             if f"{lv}.mean" not in self.stats:
                 raise KeyError(f"normalisation statistics for level {lv}")
+        self.bank = state["bank"].to(self.device) if "bank" in state else None
+        if self.config.inputs == "residual" and self.bank is None:
+            raise KeyError("bank (the normal memory bank of a residual-input model)")
         self.head = self._new_head()
         self.head.load_state_dict({k[len("head."):]: v for k, v in state.items() if k.startswith("head.")})
         self.head.eval()

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from anomalens.engine.coreset import greedy_coreset, nearest_distance
 from anomalens.engine.detectors.base import Detector, DetectorConfig
 from anomalens.engine.detectors.result import AnomalyResult, Embeddings
 from anomalens.engine.errors import ConfigError
@@ -21,7 +22,6 @@ from anomalens.engine.patchfeatures import PatchFeatureExtractor
 from anomalens.engine.preprocess.resize import resize_back
 from anomalens.engine.preprocess.smooth import gaussian_smooth
 from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.plugins.patchcore.coreset import greedy_coreset
 
 
 @dataclasses.dataclass
@@ -92,14 +92,7 @@ class PatchCoreDetector(Detector):
     def _nearest(self, query: torch.Tensor) -> torch.Tensor:
         """Distance of each query row to its nearest bank row, chunked to bound memory."""
         assert self.bank is not None
-        bank = self.bank.to(query.device)
-        bank_sq = (bank * bank).sum(1)
-        out = []
-        for i in range(0, len(query), self.config.chunk):
-            q = query[i:i + self.config.chunk]
-            d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ bank.T + bank_sq
-            out.append(d2.min(1).values.clamp_min(0).sqrt())
-        return torch.cat(out)
+        return nearest_distance(query, self.bank, self.config.chunk)
 
     def _score(self, slices: np.ndarray, progress: ProgressCallback | None,
                cancel: CancelToken | None) -> AnomalyResult:

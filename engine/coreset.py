@@ -36,3 +36,19 @@ def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 
             check(cancel)
             report(progress, i / n_select, f"coreset {i}/{n_select}")
     return selected
+
+
+def nearest_distance(query: torch.Tensor, bank: torch.Tensor, chunk: int = 4096,
+                     return_index: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distance of each query row to its nearest bank row (and its index), chunked for memory."""
+    bank = bank.to(query.device, query.dtype)
+    bank_sq = (bank * bank).sum(1)
+    dists, idxs = [], []
+    for i in range(0, len(query), chunk):
+        q = query[i:i + chunk]
+        d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ bank.T + bank_sq
+        v, j = d2.min(1)
+        dists.append(v.clamp_min(0).sqrt())
+        idxs.append(j)
+    d = torch.cat(dists)
+    return (d, torch.cat(idxs)) if return_index else d

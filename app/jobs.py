@@ -1,0 +1,142 @@
+"""Background jobs for the docks: an engine call in a napari thread worker, with progress and Cancel.
+
+The engine function gets a ``progress`` callback and a ``CancelToken`` and knows nothing of Qt. Progress
+crosses threads as a queued Qt signal; Cancel sets the token (which the engine checks between small
+steps) and calls ``worker.quit()``. The work function never raises into napari: its outcome is kept and
+handled on the UI thread, so a cancel is not reported as a crash and errors show once, as our message.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
+
+from anomalens.app.messages import log, notify_error
+from anomalens.engine.errors import Cancelled
+from anomalens.engine.progress import CancelToken, ProgressCallback
+
+Work = Callable[[ProgressCallback, CancelToken], Any]
+
+
+class JobRunner(QObject):
+    """Runs one job at a time and mirrors it in a progress bar, a Cancel button and a status label.
+
+    Signals:
+        started(str): a job called NAME began.
+        done(str, object): NAME finished; the object is its result, or the exception it raised
+            (``Cancelled`` after a cancel).
+    """
+
+    started = Signal(str)
+    done = Signal(str, object)
+    _progressed = Signal(float, str)
+
+    def __init__(self, bar: QProgressBar, cancel_button: QPushButton, status: QLabel,
+                 parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.bar, self.cancel_button, self.status = bar, cancel_button, status
+        self._worker: Any = None
+        self._token: CancelToken | None = None
+        self._job: tuple[str, dict[str, Any], Callable[[Any], None] | None] | None = None
+        self.cancel_requested_at: float | None = None
+        self._progressed.connect(self._show_progress)
+        self.cancel_button.clicked.connect(self.cancel)
+        self._idle()
+
+    @property
+    def running(self) -> bool:
+        return self._job is not None
+
+    def start(self, name: str, work: Work, on_done: Callable[[Any], None] | None = None) -> bool:
+        """Run ``work(progress, cancel)`` in a thread worker; ``on_done(result)`` runs on the UI thread.
+
+        Returns False (and starts nothing) while another job is running.
+        """
+        from napari.qt.threading import create_worker
+
+        if self._job is not None:
+            self.status.setText(f"Busy: {self._job[0]} is still running")
+            return False
+        token = CancelToken()
+        box: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                box["value"] = work(self._progressed.emit, token)
+            except BaseException as exc:  # handled on the UI thread in _finished
+                box["error"] = exc
+
+        self._token, self._job = token, (name, box, on_done)
+        self.cancel_requested_at = None
+        self._worker = create_worker(run, _ignore_errors=True)
+        self._worker.finished.connect(self._finished)
+        self.bar.setRange(0, 1000)
+        self.bar.setValue(0)
+        self.bar.setVisible(True)
+        self.cancel_button.setVisible(True)
+        self.cancel_button.setEnabled(True)
+        self.status.setText(f"{name}…")
+        self.started.emit(name)
+        self._worker.start()
+        return True
+
+    def cancel(self) -> None:
+        """Ask the running job to stop (the engine raises ``Cancelled`` at its next check)."""
+        if self._token is None or self._job is None:
+            return
+        self.cancel_requested_at = time.perf_counter()
+        self._token.cancel()
+        if self._worker is not None:
+            self._worker.quit()
+        self.cancel_button.setEnabled(False)
+        self.status.setText(f"Cancelling {self._job[0]}…")
+
+    def wait(self, timeout_s: float = 10.0) -> bool:
+        """Block until the job is over (for tests and shutdown), processing Qt events meanwhile."""
+        from qtpy.QtWidgets import QApplication
+
+        end = time.perf_counter() + timeout_s
+        while self._job is not None and time.perf_counter() < end:
+            QApplication.processEvents()
+            time.sleep(0.005)
+        return self._job is None
+
+    def _show_progress(self, fraction: float, message: str) -> None:
+        if self._job is None:
+            return
+        self.bar.setValue(int(round(1000 * fraction)))
+        if message and (self._token is None or not self._token.cancelled):
+            self.status.setText(f"{self._job[0]}: {message}")
+
+    def _finished(self) -> None:
+        if self._job is None:
+            return
+        name, box, on_done = self._job
+        self._job, self._worker, self._token = None, None, None
+        self._idle()
+        if "error" in box:
+            exc = box["error"]
+            if isinstance(exc, Cancelled):
+                self.status.setText(f"{name}: cancelled")
+                log.info("%s cancelled", name)
+            else:
+                self.status.setText(f"{name} failed: {notify_error(exc, name)}")
+            self.done.emit(name, exc)
+            return
+        self.status.setText(f"{name}: done")
+        try:
+            if on_done is not None:
+                on_done(box.get("value"))
+        except Exception as exc:  # showing a result must not crash the viewer
+            self.status.setText(f"{name} failed: {notify_error(exc, name)}")
+            self.done.emit(name, exc)
+            return
+        self.done.emit(name, box.get("value"))
+
+    def _idle(self) -> None:
+        self.bar.setVisible(False)
+        self.cancel_button.setVisible(False)

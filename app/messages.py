@@ -1,0 +1,60 @@
+"""Errors and warnings shown to the user as napari notifications, and logged.
+
+One place decides how a failure reaches the user: an ``AnomaLensError`` carries a message written for
+them and is shown as is; anything else is a bug, shown briefly and logged with its traceback. Nothing
+here raises, so a bad file or a broken plugin never takes the viewer down.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from anomalens.engine.errors import AnomaLensError, Cancelled
+
+log = logging.getLogger("anomalens.app")
+
+
+def describe_error(exc: BaseException) -> str:
+    """The text a user sees for ``exc``: the message of our errors, a short note for bugs."""
+    if isinstance(exc, AnomaLensError):
+        return str(exc) or type(exc).__name__
+    return f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the log."
+
+
+def notify_error(exc: BaseException, context: str = "") -> str:
+    """Show ``exc`` as a napari error notification (a warning for a cancel) and log it; returns the text."""
+    text = describe_error(exc)
+    if context:
+        text = f"{context}: {text}"
+    if isinstance(exc, Cancelled):
+        log.info(text)
+        _show("info", text)
+    elif isinstance(exc, AnomaLensError):
+        log.warning(text)
+        _show("error", text)
+    else:
+        log.error(text, exc_info=(type(exc), exc, exc.__traceback__))
+        _show("error", text)
+    return text
+
+
+def notify_warning(text: str) -> None:
+    """Show a warning notification and log it."""
+    log.warning(text)
+    _show("warning", text)
+
+
+def notify_info(text: str) -> None:
+    """Show an information notification and log it."""
+    log.info(text)
+    _show("info", text)
+
+
+def _show(kind: str, text: str) -> None:
+    try:
+        from napari.utils import notifications
+
+        {"error": notifications.show_error, "warning": notifications.show_warning,
+         "info": notifications.show_info}[kind](text)
+    except Exception:  # the notification system itself failing must not hide the original problem
+        log.exception("could not show a notification: %s", text)

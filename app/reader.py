@@ -1,0 +1,95 @@
+"""The napari reader: DICOM folders and files, NIfTI, NRRD and MetaImage as image layers.
+
+Reading goes through ``anomalens.engine.io.read_scan``; this module only turns a ``Volume`` into napari
+layer data: the voxel spacing becomes the layer's ``scale`` (so millimetres are millimetres on screen) and
+the display window its contrast limits (the file's own window, else a preset for the modality). The
+``Volume`` rides along in the layer's metadata so the docks score exactly what was read, geometry included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomalens.engine.errors import AnomaLensError, InvalidVolumeError
+from anomalens.engine.volume import Volume
+
+#: Key of the source ``Volume`` in an image layer's metadata.
+VOLUME_KEY = "anomalens_volume"
+#: Key saying which role a layer plays for AnomaLens ("scan", "heatmap", "mask", "lesion").
+ROLE_KEY = "anomalens_role"
+
+LayerData = tuple[Any, dict[str, Any], str]
+_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom", ".ima")
+
+
+def image_layer_data(volume: Volume, name: str | None = None, preset: str | None = None) -> LayerData:
+    """A napari image-layer tuple for ``volume`` with its spacing as scale and its window as contrast."""
+    from anomalens.engine.windows import default_window_limits
+
+    limits, origin = default_window_limits(volume, preset)
+    meta = {VOLUME_KEY: volume, ROLE_KEY: "scan", "window_source": origin, "modality": volume.modality}
+    kwargs = {
+        "name": name or _layer_name(volume),
+        "scale": volume.spacing_zyx,
+        "contrast_limits": limits,
+        "colormap": "gray",
+        "metadata": meta,
+        "units": ("mm", "mm", "mm"),
+    }
+    return (volume.array, kwargs, "image")
+
+
+def _layer_name(volume: Volume) -> str:
+    if volume.source is None:
+        return "scan"
+    name = Path(volume.source).name
+    for suffix in (".nii.gz", *_SUFFIXES):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)] or name
+    return name
+
+
+def read_layers(path: str | Path | list[str | Path]) -> list[LayerData]:
+    """Read one scan (or the first of several paths) into a list with one image-layer tuple."""
+    from anomalens.engine.io import read_scan
+
+    p = path[0] if isinstance(path, list) else path
+    return [image_layer_data(read_scan(Path(p)))]
+
+
+def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
+    """npe2 reader hook: our reader if the engine knows the path, else None (napari tries others)."""
+    from anomalens.engine.io import reader_for
+
+    p = path[0] if isinstance(path, list) else path
+    try:
+        reader_for(Path(p))
+    except (AnomaLensError, OSError):
+        return None
+    return read_layers
+
+
+def volume_for_layer(layer: Any) -> Volume:
+    """The ``Volume`` behind an image layer: the one our reader stored, else one built from its data and scale.
+
+    Raises:
+        InvalidVolumeError: the layer is RGB or has more than three dimensions.
+    """
+    meta = getattr(layer, "metadata", {}) or {}
+    vol = meta.get(VOLUME_KEY)
+    data = layer.data
+    if getattr(layer, "rgb", False) or np.ndim(data) not in (2, 3):
+        raise InvalidVolumeError(f"layer {layer.name!r} is not a grey-level 2-D or 3-D image")
+    if isinstance(vol, Volume):
+        if vol.array is data:
+            return vol
+        if tuple(vol.shape) == tuple(np.shape(data)[-3:]) or (np.ndim(data) == 2 and vol.shape[0] == 1):
+            return vol.with_array(np.asarray(data, dtype=np.float32).reshape(vol.shape))
+    scale = [float(s) for s in layer.scale]
+    scale = [1.0] * (3 - len(scale)) + scale
+    return Volume(np.asarray(data, dtype=np.float32), spacing=(scale[2], scale[1], scale[0]),
+                  modality=str(meta.get("modality", "OT")))

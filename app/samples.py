@@ -1,0 +1,61 @@
+"""napari sample data: the engine's registry samples as image layers, expert lesion masks as labels.
+
+Each sample has a module attribute named after it (``brain1``, ``mni152``, …) because an npe2 sample
+contribution names one command per sample; ``tests/test_app_plugin.py`` checks that the manifest and
+``list_samples()`` stay in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from anomalens.app.reader import ROLE_KEY, LayerData, image_layer_data
+from anomalens.engine.volume import Volume
+
+
+def _labels(volume: Volume, name: str, role: str, visible: bool = True) -> LayerData:
+    arr = np.rint(np.nan_to_num(volume.array)).astype(np.int32)
+    arr = arr.astype(np.uint8) if arr.min() >= 0 and arr.max() < 256 else arr
+    return (arr, {"name": name, "scale": volume.spacing_zyx, "opacity": 0.5, "visible": visible,
+                  "metadata": {ROLE_KEY: role}, "units": ("mm", "mm", "mm")}, "labels")
+
+
+def load_sample(name: str) -> list[LayerData]:
+    """Layers of sample ``name``: the scan, then its lesion mask and its region mask when it has them.
+
+    Raises:
+        SampleError: unknown sample or a failed download (napari shows the message).
+    """
+    from anomalens.engine.io import read_scan
+    from anomalens.engine.samples import fetch_sample
+
+    paths = fetch_sample(name)
+    volume = read_scan(paths.image)
+    layers = [image_layer_data(volume, name=name)]
+    if paths.mask is not None:
+        layers.append(_labels(read_scan(paths.mask), f"{name} lesion", "lesion"))
+    if paths.roi_mask is not None:
+        layers.append(_labels(read_scan(paths.roi_mask), f"{name} region", "region", visible=False))
+    return layers
+
+
+def _loader(name: str) -> Callable[[], list[LayerData]]:
+    def load() -> list[LayerData]:
+        return load_sample(name)
+
+    load.__name__ = load.__qualname__ = name
+    load.__doc__ = f"Sample {name!r} from the AnomaLens registry."
+    return load
+
+
+brain1 = _loader("brain1")
+lung1 = _loader("lung1")
+breast1 = _loader("breast1")
+mni152 = _loader("mni152")
+ct_abdomen = _loader("ct_abdomen")
+mr_shoulder = _loader("mr_shoulder")
+mr_brain_small = _loader("mr_brain_small")
+ct_small = _loader("ct_small")
+mr_small = _loader("mr_small")

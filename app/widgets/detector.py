@@ -1,0 +1,411 @@
+"""The Detector dock: pick an image, a model and a device; score a slice or the volume.
+
+Scoring runs in a thread worker through ``anomalens.engine.pipeline.score_volume`` (progress bar, Cancel
+within a second). Results become a heatmap image layer, a mask labels layer (SCR at the calibrated
+operating point) and a per-slice score curve whose clicks move the viewer. Without a model the dock
+offers to train one from the slices marked normal instead of failing.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from anomalens.app.jobs import JobRunner
+from anomalens.app.messages import notify_error, notify_info, notify_warning
+from anomalens.app.paths import describe_bundle, list_bundles, models_dir
+from anomalens.app.reader import ROLE_KEY, volume_for_layer
+from anomalens.app.results import (
+    ScanResults,
+    ScoreOutcome,
+    current_index,
+    find_layer,
+    goto_index,
+    modality_warning,
+    score_work,
+    show_results,
+)
+from anomalens.app.state import get_state
+from anomalens.app.widgets.score_plot import ScorePlot
+from anomalens.engine.errors import AnomaLensError, ModelError
+
+if TYPE_CHECKING:
+    import napari
+
+    from anomalens.engine.detectors import Detector
+    from anomalens.engine.volume import Volume
+
+HIGHLIGHT_LAYER = "AnomaLens patch"
+
+
+class DetectorWidget(QWidget):
+    """Dock widget that scores the chosen image with the chosen model bundle."""
+
+    #: Detector config used by "Train from marked normals" (None: the detector's defaults; tests shrink it).
+    train_config: dict[str, Any] | None = None
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        from anomalens.engine.detectors import available_detectors
+        from anomalens.engine.device import available_devices
+
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        self._loaded: tuple[Path, str] | None = None
+        self._warned: set[tuple[int, int]] = set()
+
+        self.layer_combo = QComboBox()
+        self.detector_combo = QComboBox()
+        self.detector_combo.addItems(available_detectors())
+        self.bundle_combo = QComboBox()
+        self.bundle_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.browse_button = QPushButton("Browse…")
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(available_devices())
+        self.model_label = QLabel("No model loaded")
+        self.model_label.setWordWrap(True)
+        self.score_slice_button = QPushButton("Score slice")
+        self.score_volume_button = QPushButton("Score volume")
+        self.train_button = QPushButton("Train from marked normals")
+        self.train_hint = QLabel("No model: choose a bundle above, or mark normal slices in the Calibration "
+                                 "dock and train one here.")
+        self.train_hint.setWordWrap(True)
+        self.progress = QProgressBar()
+        self.cancel_button = QPushButton("Cancel")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.plot = ScorePlot()
+        self.jobs = JobRunner(self.progress, self.cancel_button, self.status, self)
+
+        form = QFormLayout()
+        form.addRow("Image", self.layer_combo)
+        form.addRow("Detector", self.detector_combo)
+        row = QHBoxLayout()
+        row.addWidget(self.bundle_combo, 1)
+        row.addWidget(self.browse_button)
+        form.addRow("Model", row)
+        form.addRow("Device", self.device_combo)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.score_slice_button)
+        buttons.addWidget(self.score_volume_button)
+        running = QHBoxLayout()
+        running.addWidget(self.progress, 1)
+        running.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(self.model_label)
+        layout.addLayout(buttons)
+        layout.addWidget(self.train_hint)
+        layout.addWidget(self.train_button)
+        layout.addLayout(running)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot, 1)
+
+        self.browse_button.clicked.connect(self._browse)
+        self.bundle_combo.activated.connect(self._on_bundle_chosen)
+        self.device_combo.currentTextChanged.connect(self._on_device_changed)
+        self.layer_combo.currentTextChanged.connect(self._on_layer_changed)
+        self.score_slice_button.clicked.connect(self.score_slice)
+        self.score_volume_button.clicked.connect(self.score_volume)
+        self.train_button.clicked.connect(self.train_from_marked)
+        self.plot.slice_clicked.connect(self.goto_slice)
+        self.jobs.started.connect(lambda _name: self._update_buttons())
+        self.jobs.done.connect(lambda _name, _value: self._update_buttons())
+        self.state.model_changed.connect(self._on_model_changed)
+        self.state.slice_requested.connect(self.goto_slice)
+        self.state.highlight_requested.connect(self._highlight)
+        self.state.marks_changed.connect(lambda _m: self._update_buttons())
+        self.state.volume_changed.connect(lambda _v: self._update_buttons())
+        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.reordered.connect(self._refresh_layers)
+        self.viewer.dims.events.current_step.connect(self._on_step)
+
+        self.refresh_bundles()
+        self._refresh_layers()
+        self._on_model_changed(self.state.detector)
+
+    # -- images ----------------------------------------------------------------------------------
+    def image_layer(self) -> Any:
+        """The image layer chosen in the dock (None when there is none)."""
+        return find_layer(self.viewer, self.layer_combo.currentText()) if self.layer_combo.count() else None
+
+    def _refresh_layers(self, event: Any = None) -> None:
+        from napari.layers import Image
+
+        names = [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Image)
+                 and lyr.metadata.get(ROLE_KEY) not in ("heatmap",) and not lyr.rgb]
+        current = self.layer_combo.currentText()
+        self.layer_combo.blockSignals(True)
+        self.layer_combo.clear()
+        self.layer_combo.addItems(names)
+        if current in names:
+            self.layer_combo.setCurrentText(current)
+        self.layer_combo.blockSignals(False)
+        if self.layer_combo.currentText() != current:
+            self._on_layer_changed(self.layer_combo.currentText())
+        self._update_buttons()
+
+    def _on_layer_changed(self, name: str) -> None:
+        layer = find_layer(self.viewer, name) if name else None
+        if layer is None:
+            return
+        try:
+            volume = volume_for_layer(layer)
+        except AnomaLensError as exc:
+            notify_error(exc)
+            return
+        self.state.set_volume(volume)
+        self._check_modality()
+
+    # -- models ----------------------------------------------------------------------------------
+    def refresh_bundles(self, select: Path | None = None) -> None:
+        """List the bundles of the model folder (plus any browsed one), keeping or setting the selection."""
+        current = select or self.bundle_combo.currentData()
+        extra = [self.bundle_combo.itemData(i) for i in range(self.bundle_combo.count())]
+        entries = {e.path: e for e in list_bundles()}
+        for p in extra:
+            if p is not None and p not in entries:
+                entries[p] = describe_bundle(p)
+        self.bundle_combo.blockSignals(True)
+        self.bundle_combo.clear()
+        self.bundle_combo.addItem("— choose a model —", None)
+        for path, entry in entries.items():
+            self.bundle_combo.addItem(entry.label, path)
+            self.bundle_combo.setItemData(self.bundle_combo.count() - 1, entry.error or str(path),
+                                          Qt.ItemDataRole.ToolTipRole)
+        if current is not None:
+            i = self.bundle_combo.findData(current)
+            self.bundle_combo.setCurrentIndex(max(i, 0))
+        self.bundle_combo.blockSignals(False)
+
+    def _browse(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Choose a model bundle folder", str(models_dir()))
+        if folder:
+            self.set_bundle(Path(folder))
+
+    def _on_bundle_chosen(self, index: int) -> None:
+        path = self.bundle_combo.itemData(index)
+        if path is not None:
+            self.set_bundle(path)
+
+    def set_bundle(self, path: str | Path) -> bool:
+        """Check a bundle's manifest and load it in the background; a bad bundle is reported, not raised."""
+        path = Path(path)
+        entry = describe_bundle(path)
+        if entry.error:
+            notify_error(ModelError(entry.error))
+            self.status.setText(entry.error)
+            return False
+        self.refresh_bundles(select=path)
+        if entry.detector and self.detector_combo.findText(entry.detector) >= 0:
+            self.detector_combo.setCurrentText(entry.detector)
+        return self._load(path)
+
+    def _load(self, path: Path) -> bool:
+        from anomalens.engine.detectors import load_bundle
+
+        device = self.device_combo.currentText() or "cpu"
+
+        def work(progress: Any, cancel: Any) -> Detector:
+            progress(0.1, "reading the bundle")
+            return load_bundle(path, device=device)
+
+        def done(detector: Detector) -> None:
+            self._loaded = (path, device)
+            self.state.set_model(detector, path)
+
+        return self.jobs.start("Loading model", work, done)
+
+    def _on_device_changed(self, device: str) -> None:
+        if self._loaded is not None and self._loaded[1] != device:
+            self._load(self._loaded[0])
+
+    def _on_model_changed(self, detector: Detector | None) -> None:
+        if detector is None:
+            self.model_label.setText("No model loaded")
+        else:
+            cal = detector.calibration or {}
+            where = self.state.model_path.name if self.state.model_path else "in memory"
+            self.model_label.setText(
+                f"{detector.name} model ({where}); "
+                + ("calibrated: heatmaps in normal-quantile units, masks at the calibrated point"
+                   if "normaliser" in cal else "not calibrated: raw heatmaps, no mask (calibrate it first)"))
+        self._update_buttons()
+        self._check_modality()
+
+    def _check_modality(self) -> None:
+        det, vol = self.state.detector, self.state.volume
+        if det is None or vol is None or (id(det), id(vol)) in self._warned:
+            return
+        text = modality_warning(det, vol)
+        if text:
+            self._warned.add((id(det), id(vol)))
+            notify_warning(text)
+            self.status.setText(text)
+
+    def _update_buttons(self) -> None:
+        has_model = self.state.detector is not None
+        busy = self.jobs.running
+        has_image = self.image_layer() is not None
+        for b in (self.score_slice_button, self.score_volume_button):
+            b.setVisible(has_model)
+            b.setEnabled(has_model and has_image and not busy)
+        marked = self.marked_slices()
+        self.train_button.setVisible(not has_model)
+        self.train_hint.setVisible(not has_model)
+        self.train_button.setEnabled(bool(marked) and has_image and not busy)
+        self.train_button.setText(f"Train from {len(marked)} marked normal slice{'s' * (len(marked) != 1)}"
+                                  if marked else "Train from marked normals")
+
+    def marked_slices(self) -> list[int]:
+        """z indices marked normal (by the Calibration dock, in ``state.extras['marked_slices']``)."""
+        marked = self.state.extras.get("marked_slices") or []
+        return sorted({int(z) for z in marked})
+
+    # -- scoring ---------------------------------------------------------------------------------
+    def score_slice(self) -> bool:
+        """Score the slice under the viewer's cursor."""
+        layer = self.image_layer()
+        return self._score(np.array([current_index(self.viewer, layer)]))
+
+    def score_volume(self) -> bool:
+        """Score every slice of the chosen image."""
+        layer = self.image_layer()
+        n = layer.data.shape[-3] if layer is not None and layer.ndim >= 3 else 1
+        return self._score(np.arange(n))
+
+    def _score(self, indices: np.ndarray) -> bool:
+        layer, detector = self.image_layer(), self.state.detector
+        if layer is None:
+            notify_info("open a scan first")
+            return False
+        if detector is None:
+            self._update_buttons()
+            self.status.setText("No model loaded: choose one, or train one from marked normal slices")
+            return False
+        try:
+            volume = volume_for_layer(layer)
+        except AnomaLensError as exc:
+            notify_error(exc)
+            return False
+        if self.state.volume is None or self.state.volume.array is not volume.array:
+            self.state.set_volume(volume)
+        self._check_modality()
+        scr = copy.copy(self.state.scr)
+        name = "Scoring slice" if len(indices) == 1 else f"Scoring {len(indices)} slices"
+        return self.jobs.start(
+            name, lambda progress, cancel: score_work(detector, volume, indices, scr, progress, cancel),
+            lambda outcome: self._show(outcome, layer.name, volume, detector))
+
+    def _show(self, outcome: ScoreOutcome, layer_name: str, volume: Volume, detector: Detector) -> None:
+        res = self.state.results
+        if (res is None or res.layer_name != layer_name or res.volume.array is not volume.array
+                or res.normalised != outcome.normalised or res.model is not detector):
+            res = ScanResults.start(layer_name, volume, outcome.score.prepared, outcome.normalised)
+            res.model = detector
+        res.merge(outcome)
+        self.state.results = res
+        self.state.prepared = outcome.score.prepared
+        cal = detector.calibration or {}
+        show_results(self.viewer, res, cal, outcome.indices)
+        self.plot.set_scores(res.slice_scores, threshold=cal.get("threshold") if res.normalised else None)
+        self.plot.set_current(current_index(self.viewer, self.image_layer()))
+        if not outcome.normalised:
+            notify_info("this model is not calibrated: the heatmap is in raw units and there is no mask; "
+                        "calibrate it on a few normal scans for masks")
+        self.state.set_score(outcome.score)
+        self.state.mask_changed.emit(res.mask)
+
+    def cancel(self) -> None:
+        """Stop the running job (scoring, loading or training)."""
+        self.jobs.cancel()
+
+    # -- training --------------------------------------------------------------------------------
+    def train_from_marked(self) -> bool:
+        """Fit and calibrate the chosen detector on the marked normal slices, save it, and load it."""
+        layer, marked = self.image_layer(), self.marked_slices()
+        if layer is None or not marked:
+            notify_info("mark a few normal slices first (Calibration dock), then train")
+            return False
+        try:
+            volume = volume_for_layer(layer)
+        except AnomaLensError as exc:
+            notify_error(exc)
+            return False
+        name = self.detector_combo.currentText()
+        device = self.device_combo.currentText() or "cpu"
+        config = self.train_config
+        target = models_dir() / f"{name}-{layer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+        def work(progress: Any, cancel: Any) -> tuple[Detector, Path]:
+            return train_on_slices(name, volume, marked, target, config, device, progress, cancel)
+
+        def done(value: tuple[Detector, Path]) -> None:
+            detector, path = value
+            self._loaded = (path, device)
+            self.refresh_bundles(select=path)
+            self.state.set_model(detector, path)
+            notify_info(f"trained and saved {path.name}")
+
+        return self.jobs.start("Training", work, done)
+
+    # -- navigation ------------------------------------------------------------------------------
+    def goto_slice(self, z: int) -> None:
+        """Show slice ``z`` of the chosen image."""
+        goto_index(self.viewer, self.image_layer(), int(z))
+
+    def _on_step(self, event: Any = None) -> None:
+        self.plot.set_current(current_index(self.viewer, self.image_layer()))
+
+    def _highlight(self, zyx: Any) -> None:
+        layer = self.image_layer()
+        if layer is None:
+            return
+        z, y, x = (float(v) for v in zyx)
+        self.goto_slice(int(round(z)))
+        pts = find_layer(self.viewer, HIGHLIGHT_LAYER)
+        if pts is None:
+            self.viewer.add_points([[z, y, x]], name=HIGHLIGHT_LAYER, scale=layer.scale, size=12, symbol="ring",
+                                   face_color="transparent", border_color="cyan", metadata={ROLE_KEY: "highlight"})
+        else:
+            pts.data = np.array([[z, y, x]])
+
+
+def train_on_slices(detector: str, volume: Volume, slices: list[int], target: Path,
+                    config: dict[str, Any] | None, device: str, progress: Any, cancel: Any) -> tuple[Detector, Path]:
+    """Fit a detector on some slices of a scan, calibrate it on them, and save the bundle (worker thread).
+
+    Calibrating on the training slices themselves gives permissive thresholds (a model scores its own
+    training data low); the bundle's note says so, and the Calibration dock can recalibrate on other normals.
+    """
+    from anomalens.engine.calibration import calibrate_detector
+    from anomalens.engine.pipeline import prepare, train
+    from anomalens.engine.preprocess.resize import pad_to_square
+
+    prepared = prepare(volume)
+    normals = pad_to_square(prepared.slices[slices])
+    det = train(detector, normals, config=config, device=device,
+                progress=lambda f, m: progress(0.7 * f, m), cancel=cancel)
+    det.training["modality"] = volume.modality
+    calibrate_detector(det, normals, progress=lambda f, m: progress(0.7 + 0.25 * f, m), cancel=cancel)
+    progress(0.97, "saving the model")
+    det.save(target, note=f"trained in the viewer on {len(slices)} slices marked normal; calibrated on the same "
+                          "slices, so thresholds are permissive until recalibrated on other normals")
+    return det, target

@@ -1,0 +1,222 @@
+"""``anomalens calibrate`` (normals only, a new bundle version) and ``anomalens eval`` (metrics, report)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomalens.engine.cli.main import emit
+from anomalens.engine.cli.progressbar import terminal_progress
+from anomalens.engine.errors import ConfigError
+from anomalens.engine.progress import ProgressCallback, report
+
+#: The keys ``anomalens eval --json`` always prints (scripts may rely on them).
+STABLE_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "best_dice", "dice", "precision",
+               "dice_scr", "precision_scr", "fpr95", "n_slices", "seconds_per_slice")
+
+CALIBRATE_HELP = """\
+Calibrate a trained model from NORMAL scans only (no anomalous example is needed): the score normaliser,
+the plain threshold and SCR's threshold, tau and lambda are set so that at most --target-fpr of the
+normal tissue is flagged. The result is a NEW bundle (version + 1, its parent recorded); the old one is
+left untouched.
+
+Use held-out normal scans, not the ones the model was fitted on: a model scores its own training slices
+lower than new normal scans, so thresholds calibrated on them are too permissive and flag too much on
+new patients. With --fine-tune, every other normal slice adapts the model and the rest calibrate it.
+"""
+
+EVAL_HELP = """\
+Evaluate a model on labelled data. DATA is one of:
+  sample:NAME[#slices]      a sample with a lesion mask (anomalens samples list)
+  IMAGE:MASK[#slices]       a scan and its lesion mask on the same grid; split at the LAST ':' whose
+                            right side is an existing path (and, preferably, whose left side is too);
+                            a Windows drive colon (C:\\...) is never a split point
+  FOLDER                    a BMAD / MVTec AD dataset folder, evaluated on its test/ split
+                            (test/good, test/<Ungood|defect>; masks in label/ beside img/, or in
+                            ground_truth/<defect>/<stem>_mask.png; good images may lack masks)
+Dice and precision use the model's calibrated operating point (run 'anomalens calibrate' first);
+best Dice is threshold-tuned on the test data itself and is only an upper bound.
+"""
+
+
+def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    from anomalens.engine.device import DEVICE_CHOICES
+
+    c = sub.add_parser("calibrate", parents=[common], help="calibrate a model from normal scans only (new bundle)",
+                       description=CALIBRATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    c.add_argument("--model", required=True, type=Path, help="model bundle folder to start from (not changed)")
+    c.add_argument("--normals", nargs="+", required=True, metavar="SPEC",
+                   help="HELD-OUT normal scans (file, DICOM folder, sample:NAME, each optionally #slices); "
+                        "the model's own training scans give too-permissive thresholds")
+    c.add_argument("--fine-tune", action="store_true",
+                   help="adapt the model to these normals first (half the slices), calibrate on the other half")
+    c.add_argument("--target-fpr", type=float, default=0.01,
+                   help="false-positive area allowed on normal tissue (default 0.01 = 1%%)")
+    c.add_argument("--mode", choices=("2d", "3d"), default="2d", help="SCR graph: within slices or across them")
+    c.add_argument("--out", required=True, type=Path, help="new model bundle folder")
+    c.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    c.set_defaults(handler=run_calibrate)
+
+    e = sub.add_parser("eval", parents=[common], help="evaluate a model on labelled data (AUROC, AP, Dice, ...)",
+                       description=EVAL_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("--model", required=True, type=Path, help="model bundle folder")
+    e.add_argument("--data", required=True, metavar="DATA", help="sample:NAME, IMAGE:MASK or a dataset folder")
+    e.add_argument("--report", type=Path, default=None, metavar="DIR",
+                   help="write metrics.json/.csv/.md, roc.png, pr.png and overlays into DIR")
+    e.add_argument("--reduce", choices=("max", "mean"), default="max", help="image score from the map")
+    e.add_argument("--no-scr", action="store_true", help="skip SCR (dice_scr/precision_scr become null)")
+    e.add_argument("--bootstrap", type=int, default=1000, metavar="N",
+                   help="bootstrap resamples over slices for the confidence intervals (0: none)")
+    e.add_argument("--batch-size", type=int, default=16, help="slices scored at once")
+    e.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    e.set_defaults(handler=run_eval)
+
+
+def _stage(progress: ProgressCallback | None, start: float, stop: float) -> ProgressCallback:
+    return lambda f, m: report(progress, start + (stop - start) * f, m)
+
+
+def fp_areas(detector: Any, normals: np.ndarray, foreground: np.ndarray, mode: str,
+             progress: ProgressCallback | None = None) -> dict[str, float | None]:
+    """False-positive area of a calibrated model on normal slices, at its plain and SCR operating points."""
+    from anomalens.engine.calibration import apply_calibration
+    from anomalens.engine.pipeline import score_slices
+
+    result, _ = score_slices(detector, normals, progress=progress)
+    cal = apply_calibration(detector, result, normals, foreground, scr=True, mode=mode)
+    n = max(int(np.count_nonzero(foreground)), 1)
+    return {"fp_area": float(np.count_nonzero(cal.mask & foreground)) / n,
+            "fp_area_scr": None if cal.scr_mask is None else float(np.count_nonzero(cal.scr_mask & foreground)) / n}
+
+
+def _pct(v: float | None) -> str:
+    return "–" if v is None else f"{100 * v:.2f} %"
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from anomalens.engine.calibration import calibrate_detector
+    from anomalens.engine.detectors import load_bundle, read_manifest, save_bundle
+    from anomalens.engine.detectors.base import fingerprint
+    from anomalens.engine.pipeline import gather_normals
+    from anomalens.engine.preprocess import foreground_mask
+
+    if not 0.0 < args.target_fpr < 0.5:
+        raise ConfigError(f"--target-fpr must be between 0 and 0.5, got {args.target_fpr}")
+    if args.out.exists():
+        raise ConfigError(f"{args.out} already exists; models are never overwritten, choose a new folder")
+    manifest = read_manifest(args.model)
+    det = load_bundle(args.model, device=args.device)
+    notes: list[str] = []
+    with terminal_progress("calibrating") as progress:
+        normals = gather_normals(args.normals, (det.preprocessing or {}).get("intensity"),
+                                 progress=_stage(progress, 0.0, 0.15))
+        if fingerprint(normals) == (det.training or {}).get("fingerprint"):
+            notes.append("these normals are the model's own training data: thresholds will be too permissive; "
+                         "calibrate on held-out normal scans")
+        if args.mode == "3d" and len(args.normals) > 1:
+            notes.append("3-D SCR links consecutive slices; slices of different scans are stacked end to end")
+        tune = None
+        calib = normals
+        if args.fine_tune:
+            if len(normals) < 2:
+                raise ConfigError("--fine-tune needs at least two normal slices (half adapt, half calibrate)")
+            tune, calib = normals[0::2], normals[1::2]
+        fg = foreground_mask(calib)
+        before = None
+        if "normaliser" in (det.calibration or {}):
+            before = fp_areas(det, calib, fg, args.mode, _stage(progress, 0.15, 0.3))
+        if tune is not None:
+            det.fine_tune(tune, progress=_stage(progress, 0.3, 0.5))
+        cal = calibrate_detector(det, calib, foreground=fg, target_fpr=args.target_fpr, mode=args.mode,
+                                 progress=_stage(progress, 0.5, 0.85))
+        after = fp_areas(det, calib, fg, args.mode, _stage(progress, 0.85, 1.0))
+    notes += list(cal.get("notes", []))
+    what = f"calibrated on {len(calib)} normal slices" + (f", fine-tuned on {len(tune)}" if tune is not None else "")
+    path = save_bundle(det, args.out, parent=manifest | {"path": str(args.model)}, note=what)
+    data = {
+        "model": str(path), "parent": str(args.model), "bundle_version": int(manifest.get("bundle_version", 1)) + 1,
+        "n_normal_slices": len(normals), "n_calibration_slices": len(calib),
+        "fine_tuned": tune is not None, "n_fine_tune_slices": None if tune is None else len(tune),
+        "target_fpr": args.target_fpr, "mode": args.mode, "threshold": cal.get("threshold"),
+        "scr_threshold": cal.get("scr_threshold"), "lambda": cal.get("lambda"), "tau": cal.get("tau"),
+        "before": before, "after": after, "notes": notes,
+    }
+    lines = [
+        f"saved calibrated model (bundle version {data['bundle_version']}) to {path}; {args.model} is unchanged",
+        f"{what}, target false-positive area {_pct(args.target_fpr)} ({args.mode} SCR)",
+        f"threshold {cal['threshold']:.4f}   SCR threshold {cal['scr_threshold']:.4f}   "
+        f"λ {format_num(cal.get('lambda'))}   τ {format_num(cal.get('tau'))}",
+        "false-positive area on these normals:",
+        "  before: " + ("the model was not calibrated" if before is None
+                       else f"{_pct(before['fp_area'])} plain, {_pct(before['fp_area_scr'])} with SCR"),
+        f"  after:  {_pct(after['fp_area'])} plain, {_pct(after['fp_area_scr'])} with SCR",
+    ] + [f"note: {n}" for n in notes]
+    emit(args, data, "\n".join(lines))
+    return 0
+
+
+def format_num(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4g}"
+
+
+def human_eval(m: dict[str, Any]) -> str:
+    """The metric table for people; best Dice is labelled as the upper bound it is."""
+    from anomalens.engine.report import format_ci, format_value
+
+    rows = [
+        ("image AUROC", "image_auroc", ""), ("image AP", "image_ap", ""),
+        ("pixel AUROC", "pixel_auroc", ""), ("pixel AP", "pixel_ap", ""),
+        ("best Dice", "best_dice", "threshold-tuned on the test data (upper bound)"),
+        ("Dice", "dice", "at the calibrated threshold"), ("precision", "precision", "at the calibrated threshold"),
+        ("Dice + SCR", "dice_scr", "calibrated on normals"), ("precision + SCR", "precision_scr", ""),
+        ("FPR @ 95% TPR", "fpr95", "pixel level"),
+    ]
+    lines = [f"model: {m.get('model')} ({m.get('detector')})", f"data:  {m.get('data')}",
+             f"slices: {m.get('n_slices')} ({m.get('n_anomalous_slices')} with a lesion), "
+             f"{m.get('seconds_per_slice', 0.0):.4f} s per slice", "",
+             f"{'metric':<17}{'value':>8}  {'95% CI':<18} "]
+    for label, key, extra in rows:
+        lines.append(f"{label:<17}{format_value(m.get(key)):>8}  {format_ci(m.get(key + '_ci')):<18} {extra}".rstrip())
+    if m.get("notes"):
+        lines += [""] + [f"note: {n}" for n in m["notes"]]
+    if m.get("report"):
+        lines += ["", f"report written to {m['report']}"]
+    return "\n".join(lines)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from anomalens.engine.datasets import load_eval_data
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.pipeline import evaluate_model
+    from anomalens.engine.report import jsonable, write_report
+
+    if args.bootstrap < 0 or args.batch_size < 1:
+        raise ConfigError("--bootstrap must be ≥ 0 and --batch-size ≥ 1")
+    if args.report is not None and args.report.exists() and not args.report.is_dir():
+        raise ConfigError(f"{args.report} is a file; --report needs a folder")
+    det = load_bundle(args.model, device=args.device)
+    with terminal_progress("evaluating") as progress:
+        data = load_eval_data(args.data, (det.preprocessing or {}).get("intensity"),
+                              progress=_stage(progress, 0.0, 0.1))
+        ev = evaluate_model(det, data, scr=not args.no_scr, reduce=args.reduce, n_boot=args.bootstrap,
+                            batch_size=args.batch_size, progress=_stage(progress, 0.1, 1.0))
+    metrics = ev.metrics
+    metrics.update({"model": str(args.model), "detector": det.name, "data": data.source,
+                    "device": str(det.device)})
+    cal = det.calibration or {}
+    metrics["calibration"] = ({k: cal.get(k) for k in ("threshold", "scr_threshold", "lambda", "tau", "mode",
+                                                     "target_fpr", "n_slices")} if "normaliser" in cal else None)
+    for key in STABLE_KEYS:
+        metrics.setdefault(key, None)
+    if args.report is not None:
+        predicted = ev.scr_mask if ev.scr_mask is not None else ev.mask
+        write_report(args.report, metrics, data.slices, ev.maps, data.masks, data.foreground, predicted,
+                     data.names, title=f"AnomaLens evaluation: {det.name}",
+                     seed=det.seed)
+        metrics["report"] = str(args.report)
+    out = jsonable(metrics)
+    emit(args, out, human_eval(out))
+    return 0

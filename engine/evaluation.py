@@ -1,0 +1,131 @@
+"""Evaluation datasets and the on-site protocol run shared by ``anomalens eval``, the bench and the demo.
+
+The on-site protocol (issue: Lorentz detector) fits on healthy sources plus a case's own lesion-free
+slices far from the lesion, and evaluates on the rest, so no number is ever measured on a fitted slice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from anomalens.engine.errors import ConfigError
+from anomalens.engine.preprocess import foreground_mask, normalise_volume, resize_slices
+from anomalens.engine.preprocess.resize import pad_to_square
+from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+from anomalens.engine.protocol import SliceSplit, onsite_split
+from anomalens.engine.volume import Volume
+
+
+@dataclass
+class OnsiteData:
+    """Normalised slices on one square grid: what to fit on and what to evaluate on."""
+
+    normals: np.ndarray
+    normal_sources: dict[str, int]
+    case_normals: np.ndarray
+    calibration: np.ndarray
+    eval_slices: np.ndarray
+    eval_masks: np.ndarray
+    eval_foreground: np.ndarray
+    split: SliceSplit
+    volume: Volume
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def healthy_slices(spec: str, size: int, orientation: str | None = None, min_tissue: float = 0.15,
+                   max_slices: int = 40) -> np.ndarray:
+    """Axial slices of a healthy scan with enough tissue, evenly subsampled, normalised, on a size² grid."""
+    from anomalens.engine.pipeline import load_volume
+    from anomalens.engine.preprocess.orient import reorient
+
+    vol = load_volume(spec)
+    if orientation:
+        vol = reorient(vol, orientation)
+    slices = normalise_volume(vol)
+    fg = foreground_mask(slices)
+    keep = np.flatnonzero(fg.reshape(len(fg), -1).mean(1) >= min_tissue)
+    if keep.size == 0:
+        return np.zeros((0, size, size), np.float32)
+    if keep.size > max_slices:
+        keep = keep[np.linspace(0, keep.size - 1, max_slices).round().astype(int)]
+    return resize_slices(pad_to_square(slices[keep]), size).astype(np.float32)
+
+
+def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), margin: int = 2, size: int = 256,
+                max_healthy: int = 40) -> OnsiteData:
+    """The on-site split of a sample with a lesion mask, plus healthy sources, on a size² grid."""
+    from anomalens.engine.io import read_scan
+    from anomalens.engine.pipeline import load_volume
+    from anomalens.engine.preprocess.orient import orientation_of
+    from anomalens.engine.samples import fetch_sample
+
+    paths = fetch_sample(sample)
+    if paths.mask is None:
+        raise ConfigError(f"sample {sample!r} has no lesion mask; the on-site protocol needs one")
+    vol = load_volume(f"sample:{sample}")
+    mask = read_scan(paths.mask).array > 0
+    if mask.shape != vol.shape:
+        raise ConfigError(f"the mask grid {mask.shape} does not match the image {vol.shape}")
+    split = onsite_split(mask, margin)
+    slices = resize_slices(pad_to_square(normalise_volume(vol)), size).astype(np.float32)
+    masks = resize_slices(pad_to_square(mask.astype(np.float32)), size) > 0.5
+    fg = foreground_mask(slices)
+    case_normals = slices[split.train]
+    case_normals = case_normals[fg[split.train].reshape(len(split.train), -1).mean(1) > 0.02]
+    # Every other lesion-free slice is held out of fitting for calibration: a model's own training slices
+    # score too low (a memory bank holds them exactly), which would make thresholds far too permissive.
+    fit_part, calib_part = case_normals[0::2], case_normals[1::2]
+    parts, sources = [fit_part], {f"{sample} lesion-free (fit)": len(fit_part),
+                                  f"{sample} lesion-free (calibration)": len(calib_part)}
+    for spec in healthy:
+        h = healthy_slices(f"sample:{spec}" if ":" not in spec else spec, size, orientation_of(vol),
+                           max_slices=max_healthy)
+        parts.append(h)
+        sources[spec] = len(h)
+    return OnsiteData(normals=np.concatenate(parts), normal_sources=sources, case_normals=case_normals,
+                      calibration=calib_part,
+                      eval_slices=slices[split.evaluate], eval_masks=masks[split.evaluate],
+                      eval_foreground=fg[split.evaluate], split=split, volume=vol,
+                      info={"sample": sample, "margin": margin, "size": size})
+
+
+def run_onsite(detector: str, data: OnsiteData, config: dict[str, Any] | None = None, device: str = "cpu",
+               seed: int = 0, target_fpr: float = 0.01,
+               progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> dict[str, Any]:
+    """Fit, calibrate (normals only), score the held-out slices and compute every metric.
+
+    Calibration uses the held-out half of the case's lesion-free slices (never fitted on).
+    """
+    from anomalens.engine.calibration import apply_calibration, calibrate_detector
+    from anomalens.engine.detectors import create_detector
+    from anomalens.engine.metrics import evaluate
+
+    det = create_detector(detector, config=config, device=device, seed=seed)
+    t0 = time.perf_counter()
+    det.fit(data.normals, progress=lambda f, m: report(progress, 0.7 * f, m), cancel=cancel)
+    fit_s = time.perf_counter() - t0
+    check(cancel)
+    cal_slices = data.calibration
+    calibrate_detector(det, cal_slices, target_fpr=target_fpr, cancel=cancel)
+    report(progress, 0.85, "scoring held-out slices")
+    t0 = time.perf_counter()
+    result = det.score(data.eval_slices, cancel=cancel)
+    score_s = (time.perf_counter() - t0) / len(data.eval_slices)
+    cal = apply_calibration(det, result, data.eval_slices, data.eval_foreground)
+    metrics = evaluate(cal.maps, data.eval_masks, data.eval_foreground, threshold=cal.threshold,
+                       scr_masks=cal.scr_mask)
+    metrics["seconds_per_slice"] = score_s
+    metrics["fit_seconds"] = fit_s
+    metrics["calibration"] = {k: v for k, v in det.calibration.items() if k != "normaliser"}
+    metrics["calibrated_on"] = f"{len(cal_slices)} held-out lesion-free slices of the case (not fitted on)"
+    metrics["evaluated_on"] = f"slices {data.split.spec_suffix('evaluate')} (never fitted or calibrated on)"
+    report(progress, 1.0, "done")
+    metrics["_detector"] = det
+    metrics["_result"] = result
+    metrics["_calibrated"] = cal
+    return metrics

@@ -1,0 +1,190 @@
+"""Exports of a scored scan: heatmap and mask as NIfTI, the mask as DICOM SEG, a PNG snapshot, slice scores.
+
+Every file appears atomically (complete or not at all). Results go on the scan's own geometry: NIfTI via
+``io.write_like``; DICOM SEG references the very images it was computed from, so a PACS viewer overlays
+it on the source series. The SEG copies the source's patient and study modules, as DICOM requires for the
+overlay to find its series; AnomaLens itself keeps no patient identifiers (``Volume.metadata`` has none),
+so the source headers are read again from ``Volume.source`` at export time.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomalens.engine.errors import ConfigError, InvalidVolumeError
+from anomalens.engine.fileio import atomic_path
+from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+from anomalens.engine.volume import Volume
+
+SEGMENT_LABEL = "Anomaly (AnomaLens)"
+#: Distance (mm) within which a file's slice position must match the scan's geometry.
+POSITION_TOLERANCE_MM = 0.05
+
+
+def export_heatmap(volume: Volume, heatmap: np.ndarray, path: str | Path) -> Path:
+    """The heatmap (float32, the scan's grid) as NIfTI/NRRD/MHA by suffix."""
+    from anomalens.engine.io import write_like
+
+    return write_like(volume, np.asarray(heatmap, dtype=np.float32), path)
+
+
+def export_mask(volume: Volume, mask: np.ndarray, path: str | Path) -> Path:
+    """The binary mask (uint8 0/1, the scan's grid) as NIfTI/NRRD/MHA by suffix."""
+    from anomalens.engine.io import write_like
+
+    return write_like(volume, np.asarray(mask).astype(bool), path)
+
+
+def export_scores_csv(slice_scores: Mapping[int, float] | Sequence[float], path: str | Path,
+                      extra: Mapping[str, Mapping[int, Any]] | None = None) -> Path:
+    """``slice,score[,extra columns...]`` sorted by slice; ``extra`` maps a column name to values per slice."""
+    scores = dict(slice_scores) if isinstance(slice_scores, Mapping) else dict(enumerate(slice_scores))
+    cols = list(extra or {})
+    target = Path(path)
+    with atomic_path(target) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["slice", "score", *cols])
+        for k in sorted(scores):
+            w.writerow([int(k), f"{float(scores[k]):.6g}", *[(extra or {})[c].get(k, "") for c in cols]])
+    return target
+
+
+def save_png(rgb: np.ndarray, path: str | Path) -> Path:
+    """A snapshot (``(H, W, 3|4)`` uint8 or floats in [0, 1], or ``(H, W)`` grey) as PNG."""
+    from PIL import Image
+
+    arr = np.asarray(rgb)
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)) or 0 in arr.shape:
+        raise InvalidVolumeError(f"a snapshot must be (H, W), (H, W, 3) or (H, W, 4), got shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        arr = np.clip(np.nan_to_num(arr.astype(np.float64)) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    target = Path(path)
+    with atomic_path(target, suffix=".png") as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return target
+
+
+# --------------------------------------------------------------------------------------------- DICOM SEG
+
+
+def _source_frames(volume: Volume) -> list[Any]:
+    """The source series' frames in the reader's order (one per position), re-read from ``volume.source``."""
+    from anomalens.engine.io.base import resolve_max_bytes
+    from anomalens.engine.io.dicom import _ordered, read_header, scan_folder
+
+    src = Path(volume.source) if volume.source is not None else None
+    if src is None or not src.exists():
+        raise ConfigError(f"the DICOM files of this scan are no longer at {src}; DICOM SEG needs them")
+    uid = str(volume.metadata.get("series_uid") or volume.metadata.get("SeriesInstanceUID") or "")
+    budget = resolve_max_bytes(None)
+    headers = scan_folder(src, budget).headers if src.is_dir() else [read_header(src, budget)]
+    headers = [h for h in headers if h.uid == uid]
+    if not headers:
+        raise ConfigError(f"the series of this scan is no longer in {src}; DICOM SEG needs its files")
+    frames, _, _ = _ordered([f for h in headers for f in h.frames], [])
+    return frames
+
+
+def _check_geometry(volume: Volume, frames: list[Any], picked: list[int]) -> None:
+    first = frames[picked[0]]
+    if first.orientation is not None:
+        row, col = first.orientation[:3], first.orientation[3:]
+        d = np.asarray(volume.direction).reshape(3, 3)
+        if not (np.allclose(d[:, 0], row, atol=1e-4) and np.allclose(d[:, 1], col, atol=1e-4)):
+            raise ConfigError("the scan was reoriented after reading; export DICOM SEG from the scan as read "
+                              "(or export the mask as NIfTI)")
+    if first.position is not None and \
+            np.abs(np.asarray(volume.origin) - first.position).max() > POSITION_TOLERANCE_MM:
+        raise ConfigError("the DICOM files at the scan's source no longer match the scan (first slice position "
+                          "differs); reload the scan and export again")
+    if (first.rows, first.cols) != volume.shape[1:]:
+        raise ConfigError(f"the DICOM images are {first.rows}×{first.cols} but the scan is "
+                          f"{volume.shape[1]}×{volume.shape[2]}; reload the scan and export again")
+
+
+def export_seg(volume: Volume, mask: np.ndarray, path: str | Path, *, series_description: str = "AnomaLens anomaly",
+               series_number: int = 9901, algorithm_version: str | None = None,
+               progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Path:
+    """The mask as a binary DICOM Segmentation on the source series, written atomically.
+
+    One segment, "Anomaly (AnomaLens)", algorithm type AUTOMATIC. Each mask slice becomes a frame that
+    references the source image it was computed on (slices without findings are left out, as the standard
+    allows). Needs a scan read from DICOM whose files are still at ``volume.source``.
+
+    Raises:
+        ConfigError: the scan did not come from DICOM, its files are gone or changed, or it was reoriented.
+        InvalidVolumeError: the mask does not match the scan's grid.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from anomalens.engine import __version__
+    from anomalens.engine.io.dicom import probe
+
+    m = np.asarray(mask).astype(bool)
+    if m.shape != volume.shape:
+        raise InvalidVolumeError(f"mask shape {m.shape} does not match the scan's grid {volume.shape}")
+    if str(volume.metadata.get("format", "")).upper() != "DICOM":
+        fmt = volume.metadata.get("format") or (Path(volume.source).suffix if volume.source else "memory")
+        raise ConfigError(f"DICOM SEG needs a scan read from DICOM; this one came from {fmt}: export the mask as "
+                          "NIfTI instead")
+    report(progress, 0.0, "reading the source DICOM headers")
+    frames = _source_frames(volume)
+    check(cancel)
+    sel = volume.metadata.get("selected_slices")
+    picked = [int(k) for k in sel] if sel else list(range(volume.n_slices))
+    if max(picked) >= len(frames) or (not sel and len(frames) != volume.n_slices):
+        raise ConfigError(f"the source series now has {len(frames)} images but the scan had "
+                          f"{max(picked) + 1 if sel else volume.n_slices}; reload the scan and export again")
+    _check_geometry(volume, frames, picked)
+
+    datasets: dict[Path, Any] = {}
+    for k in picked:
+        p = frames[k].path
+        if p not in datasets:
+            probed = probe(p)
+            if probed is None:
+                raise ConfigError(f"{p.name} can no longer be read as DICOM")
+            datasets[p] = probed[0]
+    multi = [frames[k].index is not None for k in picked]
+    if all(multi) and len(datasets) == 1:
+        ds = next(iter(datasets.values()))
+        n = int(ds.get("NumberOfFrames", 1))
+        pixels = np.zeros((n, *volume.shape[1:]), dtype=bool)
+        for j, k in enumerate(picked):
+            pixels[frames[k].index] = m[j]
+        sources = [ds]
+    elif not any(multi):
+        sources = [datasets[frames[k].path] for k in picked]
+        pixels = m
+    else:
+        raise ConfigError("DICOM SEG export supports series of single-frame images or one multi-frame image, "
+                          "not a mix; export the mask as NIfTI instead")
+    report(progress, 0.4, "building the segmentation")
+    check(cancel)
+    algorithm = hd.AlgorithmIdentificationSequence(name="AnomaLens", family=codes.cid7162.ArtificialIntelligence,
+                                                   version=algorithm_version or __version__)
+    segment = hd.seg.SegmentDescription(
+        segment_number=1, segment_label=SEGMENT_LABEL,
+        segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Lesion,
+        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
+    seg = hd.seg.Segmentation(
+        source_images=sources, pixel_array=pixels.astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
+        series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="AnomaLens", manufacturer_model_name="AnomaLens", software_versions=__version__,
+        device_serial_number="0", content_label="ANOMALY", content_description="Unsupervised anomaly mask",
+        omit_empty_frames=bool(m.any()))
+    seg.SeriesDescription = series_description[:64]
+    report(progress, 0.8, "writing the segmentation")
+    target = Path(path)
+    with atomic_path(target, suffix=".dcm") as tmp:
+        seg.save_as(tmp, enforce_file_format=True)
+    report(progress, 1.0, f"wrote {target.name}")
+    return target

@@ -1,0 +1,210 @@
+"""The user's model folder: bundles, site profiles with numbered versions, and which version is active.
+
+Layout (``<data dir>/models``, ``ANOMALENS_DATA_DIR`` overrides the data dir)::
+
+    models/
+      brain-ct/                 a site profile
+        v0001/                  bundle folders (weights.safetensors + bundle.json), never modified
+        v0002/                  fine-tuned from v0001: bundle.json's parent.path points to it
+        active.json             {"version": "v0001"}: the one in use, written atomically
+      some-bundle/              a lone bundle is listed too
+
+A fine-tune writes a *new* version (``save_bundle(parent=...)`` is atomic) and makes it active; a
+rollback only rewrites ``active.json``. No version is ever deleted or overwritten, so any state a site
+ran with can be restored and audited.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomalens.engine.detectors.bundle import MANIFEST, read_manifest, save_bundle
+from anomalens.engine.errors import ConfigError, ModelError
+from anomalens.engine.fileio import atomic_write_text
+from anomalens.engine.userdata import data_dir
+
+if TYPE_CHECKING:
+    from anomalens.engine.detectors.base import Detector
+
+ACTIVE = "active.json"
+_VERSION = re.compile(r"^v(\d{4,})$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def models_dir() -> Path:
+    """``<data dir>/models`` (not created here)."""
+    return data_dir() / "models"
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """A bundle as listed from its ``bundle.json``, without loading weights."""
+
+    path: Path
+    name: str
+    detector: str
+    bundle_version: int
+    created: str
+    parent: str | None
+    note: str
+    manifest: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def version(self) -> str | None:
+        """``v0002`` for a version folder of a profile, else None."""
+        return self.path.name if _VERSION.match(self.path.name) else None
+
+    @classmethod
+    def read(cls, path: Path) -> BundleInfo:
+        m = read_manifest(path)
+        parent = m.get("parent") or {}
+        name = f"{path.parent.name}/{path.name}" if _VERSION.match(path.name) else path.name
+        return cls(path=path, name=name, detector=str(m.get("detector")),
+                   bundle_version=int(m.get("bundle_version") or 1), created=str(m.get("created") or ""),
+                   parent=parent.get("path") if isinstance(parent, dict) else None, note=str(m.get("note") or ""),
+                   manifest=m)
+
+
+def _is_bundle(path: Path) -> bool:
+    return path.is_dir() and (path / MANIFEST).is_file() and not path.name.startswith(".")
+
+
+class ModelStore:
+    """The model folder: list bundles and profile versions, save new versions, roll back."""
+
+    def __init__(self, root: str | Path | None = None) -> None:
+        self.root = Path(root) if root is not None else models_dir()
+
+    # -- listing --------------------------------------------------------------------------------
+    def bundles(self) -> list[BundleInfo]:
+        """Every readable bundle directly in the folder or one level down (profile versions), by name."""
+        if not self.root.is_dir():
+            return []
+        found: list[BundleInfo] = []
+        for p in sorted(self.root.iterdir()):
+            candidates = [p] if _is_bundle(p) else sorted(q for q in p.iterdir() if _is_bundle(q)) \
+                if p.is_dir() and not p.name.startswith(".") else []
+            for q in candidates:
+                try:
+                    found.append(BundleInfo.read(q))
+                except ModelError:  # a damaged or foreign folder must not hide the others
+                    continue
+        return found
+
+    def profiles(self) -> list[str]:
+        """Names of site profiles (folders holding ``vNNNN`` versions)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir()
+                      if p.is_dir() and not _is_bundle(p) and any(self._version_dirs(p)))
+
+    def _profile_dir(self, profile: str) -> Path:
+        if not _NAME.match(profile):
+            raise ConfigError(f"a profile name may hold letters, digits, '.', '_' and '-' only, got {profile!r}")
+        return self.root / profile
+
+    @staticmethod
+    def _version_dirs(folder: Path) -> list[Path]:
+        if not folder.is_dir():
+            return []
+        return sorted((p for p in folder.iterdir() if _VERSION.match(p.name) and _is_bundle(p)),
+                      key=lambda p: int(p.name[1:]))
+
+    def versions(self, profile: str) -> list[BundleInfo]:
+        """A profile's versions, oldest first."""
+        return [BundleInfo.read(p) for p in self._version_dirs(self._profile_dir(profile))]
+
+    def active(self, profile: str) -> BundleInfo | None:
+        """The version in use: the one ``active.json`` names, else the newest; None for an empty profile."""
+        folder = self._profile_dir(profile)
+        pointer = folder / ACTIVE
+        if pointer.is_file():
+            try:
+                name = json.loads(pointer.read_text(encoding="utf-8")).get("version")
+            except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+                name = None
+            if isinstance(name, str) and _VERSION.match(name) and _is_bundle(folder / name):
+                return BundleInfo.read(folder / name)
+        versions = self._version_dirs(folder)
+        return BundleInfo.read(versions[-1]) if versions else None
+
+    def lineage(self, path: str | Path) -> list[BundleInfo]:
+        """A bundle and its ancestors through ``parent.path``, newest first (stops at a missing parent)."""
+        out: list[BundleInfo] = []
+        seen: set[Path] = set()
+        cur: Path | None = Path(path)
+        while cur is not None and cur.resolve() not in seen and _is_bundle(cur):
+            seen.add(cur.resolve())
+            info = BundleInfo.read(cur)
+            out.append(info)
+            cur = Path(info.parent) if info.parent else None
+        return out
+
+    # -- writing --------------------------------------------------------------------------------
+    def new_version_path(self, base: str | Path) -> Path:
+        """The folder for the next version of a profile: ``base`` is a profile name or any of its versions.
+
+        A bundle outside any profile (e.g. one trained elsewhere) starts a profile named after it.
+        """
+        base_path = Path(base)
+        if _VERSION.match(base_path.name) and base_path.parent.is_dir():
+            folder = base_path.parent
+        elif _is_bundle(base_path) or len(base_path.parts) > 1:
+            folder = self._profile_dir(re.sub(r"[^A-Za-z0-9._-]", "-", base_path.name).lstrip(".-") or "profile")
+        else:
+            folder = self._profile_dir(str(base))
+        existing = [int(p.name[1:]) for p in folder.iterdir() if _VERSION.match(p.name)] if folder.is_dir() else []
+        return folder / f"v{max(existing, default=0) + 1:04d}"
+
+    def set_active(self, version_path: str | Path) -> BundleInfo:
+        """Make a version its profile's active one (``active.json`` replaced atomically)."""
+        p = Path(version_path)
+        if not (_VERSION.match(p.name) and _is_bundle(p)):
+            raise ModelError(f"{p} is not a version folder of a profile")
+        info = BundleInfo.read(p)
+        atomic_write_text(p.parent / ACTIVE, json.dumps({"version": p.name}, indent=2) + "\n")
+        return info
+
+    def rollback(self, profile: str, version: str | int) -> BundleInfo:
+        """Make an earlier (or any) version active again; nothing is deleted."""
+        name = f"v{int(version):04d}" if isinstance(version, int) or str(version).isdigit() else str(version)
+        p = self._profile_dir(profile) / name
+        if not (_VERSION.match(name) and _is_bundle(p)):
+            have = ", ".join(v.path.name for v in self.versions(profile)) or "none"
+            raise ConfigError(f"profile {profile!r} has no version {name!r} (versions: {have})")
+        return self.set_active(p)
+
+    def save_version(self, detector: Detector, base: str | Path, note: str = "",
+                     parent: str | Path | None = None, activate: bool = True) -> BundleInfo:
+        """Save a detector as the next version of a profile (atomically) and, by default, make it active.
+
+        Args:
+            detector: the fitted (e.g. fine-tuned) detector.
+            base: profile name, or the bundle it was derived from (its profile is used, or started).
+            note: why this version exists (shown in the version list).
+            parent: the bundle it was derived from, recorded as ``parent.path`` (default: ``base`` when that
+                is a bundle).
+            activate: point ``active.json`` at the new version.
+        """
+        target = self.new_version_path(base)
+        parent_path = Path(parent) if parent is not None else (Path(base) if _is_bundle(Path(base)) else None)
+        parent_info = None
+        if parent_path is not None:
+            m = read_manifest(parent_path)
+            parent_info = {"created": m.get("created"), "bundle_version": m.get("bundle_version", 1),
+                           "path": str(parent_path.resolve())}
+        for _ in range(5):  # another process may take the same number first: then use the next one
+            try:
+                save_bundle(detector, target, parent=parent_info, note=note)
+                break
+            except ModelError:
+                if not target.exists():
+                    raise
+                target = self.new_version_path(base)
+        else:
+            raise ModelError(f"could not find a free version folder next to {target}")
+        return self.set_active(target) if activate else BundleInfo.read(target)

@@ -1,0 +1,165 @@
+"""The case library keeps normal-slice marks through restarts, concurrent users and killed processes."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomalens.engine.caselib import CaseLibrary, array_slices, default_path, original_slices, study_key
+from anomalens.engine.errors import ConfigError
+from anomalens.engine.volume import Volume
+
+
+def _volume(seed: int = 0, **meta) -> Volume:
+    arr = np.random.default_rng(seed).random((6, 8, 8)).astype(np.float32)
+    return Volume(array=arr, metadata=dict(meta))
+
+
+def test_marks_survive_a_restart(tmp_path):
+    path = tmp_path / "cases.sqlite"
+    lib = CaseLibrary(path)
+    key = lib.register(_volume(series_uid="1.2.3"))
+    assert lib.mark_normal(key, [4, 2, 2], source="range") == [2, 4]
+    assert lib.mark_normal(key, [4, 5]) == [5]
+    lib.mark_normal(key, [1], source="lasso", patches=[(1, 10.5, 3.0)])
+    lib.close()
+    with pytest.raises(ConfigError):
+        lib.marks(key)
+
+    again = CaseLibrary(path)
+    assert again.marks(key) == [1, 2, 4, 5]
+    assert again.patches(key) == [(1, 10.5, 3.0)]
+    assert again.all_marked() == [(key, [1, 2, 4, 5])]
+    assert again.study(key)["n_slices"] == 6
+    again.close()
+
+
+def test_unmark_and_undo_restore_exactly_what_changed(tmp_path):
+    with CaseLibrary(tmp_path / "c.sqlite") as lib:
+        lib.mark_normal("k", [1, 2], source="range")
+        lib.mark_normal("k", [2, 3])  # only 3 is new
+        assert [op.slices for op in lib.history("k")] == [(3,), (1, 2)]
+        assert lib.undo("k").slices == (3,)
+        assert lib.marks("k") == [1, 2]
+        assert lib.unmark("k", [2, 9]) == [2]
+        assert lib.marks("k") == [1]
+        op = lib.undo()
+        assert op.kind == "unmark" and lib.marks("k") == [1, 2]
+        assert lib.undo().slices == (1, 2) and lib.marks("k") == []
+        assert lib.undo() is None
+        assert lib.all_marked() == []
+
+
+def test_bad_source_and_negative_slices_are_refused(tmp_path):
+    with CaseLibrary(tmp_path / "c.sqlite") as lib:
+        with pytest.raises(ConfigError, match="source"):
+            lib.mark_normal("k", [1], source="guess")
+        with pytest.raises(ConfigError, match="negative"):
+            lib.mark_normal("k", [-1])
+        assert lib.marks("k") == []
+
+
+def test_two_connections_and_threads_see_each_others_marks(tmp_path):
+    path = tmp_path / "c.sqlite"
+    a, b = CaseLibrary(path), CaseLibrary(path)
+    a.mark_normal("k", [1])
+    b.mark_normal("k", [2])
+    assert a.marks("k") == b.marks("k") == [1, 2]
+
+    def worker(lib: CaseLibrary, base: int) -> None:
+        for i in range(20):
+            lib.mark_normal("t", [base + i])
+
+    threads = [threading.Thread(target=worker, args=(lib, base)) for lib, base in ((a, 100), (b, 200), (a, 300))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert a.marks("t") == sorted([*range(100, 120), *range(200, 220), *range(300, 320)])
+    a.close()
+    b.close()
+
+
+def test_a_killed_writer_loses_nothing_committed(tmp_path):
+    path = tmp_path / "c.sqlite"
+    script = f"""
+import os, sqlite3
+from anomalens.engine.caselib import CaseLibrary
+lib = CaseLibrary({str(path)!r})
+lib.mark_normal("k", [1, 2])
+db = sqlite3.connect({str(path)!r}, isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+db.execute("INSERT INTO marks VALUES ('k', 99, 'slice', 'now')")
+os._exit(9)  # killed before COMMIT
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 9, proc.stderr
+    lib = CaseLibrary(path)
+    assert lib.marks("k") == [1, 2]
+    assert lib.db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    lib.mark_normal("k", [3])  # the dead writer's lock is gone
+    assert lib.marks("k") == [1, 2, 3]
+    lib.close()
+
+
+def test_an_open_uncommitted_transaction_does_not_hide_committed_marks(tmp_path):
+    path = tmp_path / "c.sqlite"
+    lib = CaseLibrary(path)
+    lib.mark_normal("k", [5])
+    raw = sqlite3.connect(str(path), isolation_level=None)
+    raw.execute("BEGIN IMMEDIATE")
+    raw.execute("INSERT INTO marks VALUES ('k', 6, 'slice', 'now')")
+    assert lib.marks("k") == [5]  # WAL: readers are not blocked and see only committed rows
+    raw.execute("ROLLBACK")
+    raw.close()
+    lib.close()
+
+
+def test_study_keys_hide_identity_and_ignore_slice_selection(tmp_path):
+    v = _volume(series_uid="1.2.840.99")
+    k = study_key(v)
+    assert k.startswith("s-") and "1.2.840" not in k
+    assert study_key(v.select_slices([1, 3])) == k
+    assert study_key(_volume(series_uid="1.2.840.98")) != k
+
+    f = tmp_path / "scan.nii"
+    f.write_bytes(b"header-bytes" * 100)
+    a = _volume(seed=1)
+    a.source = f
+    b = _volume(seed=2)
+    b.source = f
+    assert study_key(a) == study_key(b)  # same file
+    f2 = tmp_path / "other.nii"
+    f2.write_bytes(b"other-bytes" * 100)
+    b.source = f2
+    assert study_key(a) != study_key(b)
+    assert study_key(_volume(seed=1)) != study_key(_volume(seed=2))  # no file: the voxels decide
+
+
+def test_selection_numbering_round_trips():
+    v = _volume().select_slices([1, 3, 4])
+    assert original_slices(v, [0, 2]) == [1, 4]
+    assert array_slices(v, [4, 1, 0, 5]) == [0, 2]
+    w = _volume()
+    assert original_slices(w, [2]) == [2] and array_slices(w, [2, 7]) == [2]
+
+
+def test_default_path_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANOMALENS_DATA_DIR", str(tmp_path / "data"))
+    assert default_path() == Path(tmp_path / "data" / "cases.sqlite")
+    lib = CaseLibrary()
+    assert lib.path.exists()
+    lib.close()
+
+
+def test_a_damaged_file_raises_a_user_error(tmp_path):
+    bad = tmp_path / "c.sqlite"
+    bad.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(ConfigError, match="cannot be opened"):
+        CaseLibrary(bad)

@@ -1,0 +1,113 @@
+"""The model folder: profile versions with lineage, an atomic active pointer, rollbacks that delete nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from anomalens.engine.detectors import Detector
+from anomalens.engine.detectors.result import AnomalyResult
+from anomalens.engine.errors import ConfigError, ModelError
+from anomalens.engine.modelstore import ModelStore, models_dir
+
+
+class MeanDetector(Detector):
+    """The smallest real detector: |x − mean normal slice| (manifests are all the store reads)."""
+
+    name = "mean-test"
+
+    def _fit(self, normals, progress, cancel):
+        self.mean = torch.as_tensor(normals.mean(0))
+
+    def _score(self, slices, progress, cancel):
+        maps = np.abs(slices - self.mean.numpy())
+        return AnomalyResult(heatmaps=maps, scores=maps.reshape(len(maps), -1).max(1))
+
+    def state_dict(self):
+        return {"mean": self.mean}
+
+    def load_state_dict(self, state):
+        self.mean = state["mean"]
+
+
+def _fitted(seed: int = 0) -> MeanDetector:
+    return MeanDetector().fit(np.random.default_rng(seed).random((3, 16, 16), dtype=np.float32))
+
+
+def test_versions_lineage_and_rollback(tmp_path):
+    store = ModelStore(tmp_path / "models")
+    assert store.bundles() == [] and store.profiles() == []
+    v1 = store.save_version(_fitted(), "brain-ct", note="trained")
+    assert v1.path == tmp_path / "models" / "brain-ct" / "v0001" and v1.parent is None
+    v2 = store.save_version(_fitted(1), v1.path, note="fine-tuned on 4 marked slices")
+    v3 = store.save_version(_fitted(2), v2.path, note="again")
+    assert [v.version for v in store.versions("brain-ct")] == ["v0001", "v0002", "v0003"]
+    assert [v.bundle_version for v in store.versions("brain-ct")] == [1, 2, 3]
+    assert store.active("brain-ct").path == v3.path
+    assert [i.path.name for i in store.lineage(v3.path)] == ["v0003", "v0002", "v0001"]
+    assert v2.note == "fine-tuned on 4 marked slices" and v2.parent == str(v1.path.resolve())
+
+    back = store.rollback("brain-ct", 1)
+    assert back.path == v1.path and store.active("brain-ct").path == v1.path
+    assert json.loads((v1.path.parent / "active.json").read_text())["version"] == "v0001"
+    assert all(v.path.is_dir() for v in (v1, v2, v3))  # nothing deleted
+    assert store.rollback("brain-ct", "v0003").path == v3.path
+    # a version made from an older active one still gets the next free number
+    v4 = store.save_version(_fitted(3), v1.path)
+    assert v4.version == "v0004" and v4.parent == str(v1.path.resolve())
+    assert store.profiles() == ["brain-ct"]
+    assert [b.name for b in store.bundles()] == [f"brain-ct/v000{i}" for i in range(1, 5)]
+
+
+def test_rollback_to_a_missing_version_names_the_existing_ones(tmp_path):
+    store = ModelStore(tmp_path)
+    store.save_version(_fitted(), "p")
+    with pytest.raises(ConfigError, match="v0001"):
+        store.rollback("p", 7)
+    with pytest.raises(ConfigError, match="profile name"):
+        store.versions("../etc")
+
+
+def test_a_lone_bundle_starts_a_profile_and_damaged_folders_are_skipped(tmp_path):
+    store = ModelStore(tmp_path / "models")
+    lone = _fitted().save(tmp_path / "models" / "my model")
+    (tmp_path / "models" / "broken").mkdir()
+    (tmp_path / "models" / "broken" / "bundle.json").write_text("{not json")
+    assert [b.name for b in store.bundles()] == ["my model"]
+    v = store.save_version(_fitted(1), lone)
+    assert v.path == tmp_path / "models" / "my-model" / "v0001" and v.bundle_version == 2
+    assert v.parent == str(lone.resolve())
+
+
+def test_active_falls_back_to_the_newest_when_the_pointer_is_bad(tmp_path):
+    store = ModelStore(tmp_path)
+    store.save_version(_fitted(), "p")
+    v2 = store.save_version(_fitted(1), "p")
+    (tmp_path / "p" / "active.json").write_text("garbage")
+    assert store.active("p").path == v2.path
+    assert store.active("empty") is None
+    with pytest.raises(ModelError):
+        store.set_active(tmp_path / "p")
+
+
+def test_a_taken_version_number_moves_to_the_next(tmp_path, monkeypatch):
+    store = ModelStore(tmp_path)
+    store.save_version(_fitted(), "p")
+    real = store.new_version_path
+    calls = []
+
+    def stale(base):  # the first answer is a number another process has just used
+        calls.append(base)
+        return tmp_path / "p" / "v0001" if len(calls) == 1 else real(base)
+
+    monkeypatch.setattr(store, "new_version_path", stale)
+    assert store.save_version(_fitted(1), "p").version == "v0002"
+
+
+def test_models_dir_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("ANOMALENS_DATA_DIR", str(tmp_path))
+    assert models_dir() == tmp_path / "models"
+    assert ModelStore().root == tmp_path / "models"
