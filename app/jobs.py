@@ -108,7 +108,7 @@ class JobRunner(QObject):
     def _show_progress(self, fraction: float, message: str) -> None:
         if self._job is None:
             return
-        self.bar.setValue(int(round(1000 * fraction)))
+        self.bar.setValue(round(1000 * fraction))
         if message and (self._token is None or not self._token.cancelled):
             self.status.setText(f"{self._job[0]}: {message}")
 

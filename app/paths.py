@@ -1,35 +1,19 @@
-"""Per-user folders of the viewer: models (in the data folder) and settings such as recent files.
+"""Folders the viewer uses, and the model list it shows (read from the engine's model store).
 
-``ANOMALENS_DATA_DIR`` moves the data folder (see ``anomalens.engine.userdata``) and
-``ANOMALENS_CONFIG_DIR`` the settings folder, so tests and shared installations never touch a real
-home folder.
+``ANOMALENS_DATA_DIR`` moves the data folder (models) and ``ANOMALENS_CONFIG_DIR`` the settings folder
+(recent files), so tests and shared installations never touch a real home folder.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from anomalens.engine.errors import AnomaLensError
-from anomalens.engine.userdata import data_dir
+from anomalens.engine.modelstore import ModelStore, models_dir
+from anomalens.engine.paths import config_dir
 
-CONFIG_ENV = "ANOMALENS_CONFIG_DIR"
-
-
-def models_dir() -> Path:
-    """Where the viewer lists and saves model bundles (not created here)."""
-    return data_dir() / "models"
-
-
-def config_dir() -> Path:
-    """The viewer's settings folder (platformdirs' user config folder unless overridden)."""
-    override = os.environ.get(CONFIG_ENV, "").strip()
-    if override:
-        return Path(override).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_config_dir("anomalens", appauthor=False))
+__all__ = ["BundleEntry", "config_dir", "describe_bundle", "list_bundles", "models_dir"]
 
 
 @dataclass(frozen=True)
@@ -37,19 +21,21 @@ class BundleEntry:
     """A model bundle found on disk, described without loading its weights."""
 
     path: Path
+    name: str = ""
     detector: str = ""
     calibrated: bool = False
     error: str = ""
 
     @property
     def label(self) -> str:
+        name = self.name or self.path.name
         if self.error:
-            return f"{self.path.name} (unreadable)"
-        return f"{self.path.name} ({self.detector}{', calibrated' if self.calibrated else ''})"
+            return f"{name} (unreadable)"
+        return f"{name} ({self.detector}{', calibrated' if self.calibrated else ''})"
 
 
 def describe_bundle(path: str | Path) -> BundleEntry:
-    """Read a bundle's manifest; a broken bundle gives an entry with ``error`` set instead of raising."""
+    """Read a bundle's manifest; a broken or newer-schema bundle gives an entry with ``error`` set."""
     from anomalens.engine.detectors import read_manifest
 
     p = Path(path)
@@ -58,13 +44,20 @@ def describe_bundle(path: str | Path) -> BundleEntry:
     except AnomaLensError as exc:
         return BundleEntry(p, error=str(exc))
     cal = manifest.get("calibration") or {}
-    return BundleEntry(p, str(manifest.get("detector", "")), "normaliser" in cal)
+    return BundleEntry(p, p.name, str(manifest.get("detector", "")), "normaliser" in cal)
 
 
 def list_bundles(folder: str | Path | None = None) -> list[BundleEntry]:
-    """Bundle folders (holding ``bundle.json``) directly inside ``folder`` (default: :func:`models_dir`)."""
-    root = Path(folder) if folder is not None else models_dir()
-    if not root.is_dir():
-        return []
-    return [describe_bundle(p) for p in sorted(root.iterdir())
-            if p.is_dir() and not p.name.startswith(".") and (p / "bundle.json").is_file()]
+    """Bundles of the model folder (lone bundles and profile versions), unreadable ones included and marked.
+
+    Unreadable bundles (damaged, or from a newer AnomaLens) stay in the list so choosing one shows why it
+    cannot be used, instead of the model silently missing.
+    """
+    store = ModelStore(folder)
+    entries = {b.path: BundleEntry(b.path, b.name, b.detector, "normaliser" in (b.manifest.get("calibration") or {}))
+               for b in store.bundles()}
+    if store.root.is_dir():
+        for p in sorted(store.root.iterdir()):
+            if p not in entries and p.is_dir() and not p.name.startswith(".") and (p / "bundle.json").is_file():
+                entries[p] = describe_bundle(p)
+    return sorted(entries.values(), key=lambda e: str(e.path))

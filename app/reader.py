@@ -22,6 +22,9 @@ VOLUME_KEY = "anomalens_volume"
 #: Key saying which role a layer plays for AnomaLens ("scan", "heatmap", "mask", "lesion").
 ROLE_KEY = "anomalens_role"
 
+#: ``id()`` of the layer data a stored ``Volume`` was built from (when it is a converted copy).
+_DATA_ID = "anomalens_volume_data_id"
+
 LayerData = tuple[Any, dict[str, Any], str]
 _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom", ".ima")
 
@@ -79,17 +82,22 @@ def volume_for_layer(layer: Any) -> Volume:
     Raises:
         InvalidVolumeError: the layer is RGB or has more than three dimensions.
     """
-    meta = getattr(layer, "metadata", {}) or {}
+    meta = getattr(layer, "metadata", None)
+    meta = meta if isinstance(meta, dict) else {}
     vol = meta.get(VOLUME_KEY)
     data = layer.data
     if getattr(layer, "rgb", False) or np.ndim(data) not in (2, 3):
         raise InvalidVolumeError(f"layer {layer.name!r} is not a grey-level 2-D or 3-D image")
-    if isinstance(vol, Volume):
-        if vol.array is data:
-            return vol
-        if tuple(vol.shape) == tuple(np.shape(data)[-3:]) or (np.ndim(data) == 2 and vol.shape[0] == 1):
-            return vol.with_array(np.asarray(data, dtype=np.float32).reshape(vol.shape))
-    scale = [float(s) for s in layer.scale]
-    scale = [1.0] * (3 - len(scale)) + scale
-    return Volume(np.asarray(data, dtype=np.float32), spacing=(scale[2], scale[1], scale[0]),
-                  modality=str(meta.get("modality", "OT")))
+    if isinstance(vol, Volume) and (vol.array is data or meta.get(_DATA_ID) == id(data)):
+        return vol
+    if isinstance(vol, Volume) and (tuple(vol.shape) == tuple(np.shape(data)[-3:])
+                                    or (np.ndim(data) == 2 and vol.shape[0] == 1)):
+        vol = vol.with_array(np.asarray(data, dtype=np.float32).reshape(vol.shape))
+    else:
+        scale = [float(s) for s in layer.scale]
+        scale = [1.0] * (3 - len(scale)) + scale
+        vol = Volume(np.asarray(data, dtype=np.float32), spacing=(scale[2], scale[1], scale[0]),
+                     modality=str(meta.get("modality", "OT")))
+    # Remember it for this layer's data, so scoring slice after slice works on one Volume.
+    meta[VOLUME_KEY], meta[_DATA_ID] = vol, id(data)
+    return vol

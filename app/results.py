@@ -170,6 +170,8 @@ def show_results(viewer: napari.Viewer, results: ScanResults, calibration: dict[
     layer's undo history of hand edits: napari resets that history only when ``layer.data`` is replaced.
     """
     scale = results.volume.spacing_zyx
+    source = find_layer(viewer, results.layer_name)
+    extra = {"units": source.units} if source is not None and getattr(source, "units", None) else {}
     limits = heatmap_contrast(results.maps[results.scored], calibration, results.normalised)
     heat = find_layer(viewer, results.heatmap_name)
     if heat is None or tuple(heat.data.shape) != results.maps.shape:
@@ -177,7 +179,7 @@ def show_results(viewer: napari.Viewer, results: ScanResults, calibration: dict[
             viewer.layers.remove(heat)
         heat = viewer.add_image(results.maps, name=results.heatmap_name, scale=scale, colormap=HEATMAP_COLORMAP,
                                 opacity=HEATMAP_OPACITY, blending="additive", contrast_limits=limits,
-                                metadata={ROLE_KEY: "heatmap"})
+                                metadata={ROLE_KEY: "heatmap"}, **extra)
     else:
         if heat.data is not results.maps:
             heat.data = results.maps
@@ -191,7 +193,7 @@ def show_results(viewer: napari.Viewer, results: ScanResults, calibration: dict[
             if mask is not None:
                 viewer.layers.remove(mask)
             mask = viewer.add_labels(results.mask, name=results.mask_name, scale=scale, opacity=MASK_OPACITY,
-                                     metadata={ROLE_KEY: "mask"})
+                                     metadata={ROLE_KEY: "mask"}, **extra)
         elif mask.data is not results.mask:
             write_mask(mask, results.mask)  # adopt the layer's array: hand edits and SCR share one mask
             results.mask = mask.data
@@ -200,15 +202,22 @@ def show_results(viewer: napari.Viewer, results: ScanResults, calibration: dict[
     return heat, mask
 
 
-def write_mask(layer: Any, values: np.ndarray, indices: np.ndarray | int | None = None) -> None:
-    """Write mask slices into a labels layer without replacing its data (its undo history survives)."""
+def write_mask(layer: Any, values: np.ndarray, indices: np.ndarray | int | None = None, fast: bool = False) -> None:
+    """Write mask slices into a labels layer without replacing its data (its undo history survives).
+
+    ``fast`` re-slices only what is drawn (no thumbnail, extent or highlight update): for slider drags,
+    where the caller refreshes the rest once the drag settles.
+    """
     data = layer.data
     if indices is None:
         if data is not values:
             data[...] = values
     else:
         data[indices] = values
-    layer.refresh()
+    if fast:
+        layer.refresh(thumbnail=False, highlight=False, extent=False)
+    else:
+        layer.refresh()
 
 
 def current_index(viewer: napari.Viewer, layer: Any) -> int:

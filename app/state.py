@@ -71,6 +71,7 @@ class AnomaLensState:
     highlight_requested = Signal(object)
     message = Signal(str)
     marks_changed = Signal(object)
+    selection_changed = Signal(object)
 
     def set_volume(self, volume: Volume, prepared: PreparedScan | None = None) -> None:
         self.volume, self.prepared, self.score = volume, prepared, None
@@ -98,12 +99,23 @@ class AnomaLensState:
         self.extras["marked_slices"] = sorted({int(z) for z in slices})
         self.marks_changed.emit(self.extras["marked_slices"])
 
+    def set_disk_selection(self, patches: list[tuple[int, float, float]]) -> None:
+        """Record the points lassoed on the Poincaré disk as (z, y, x) (``extras["disk_selection"]``)."""
+        self.extras["disk_selection"] = [(int(z), float(y), float(x)) for z, y, x in patches]
+        self.selection_changed.emit(self.extras["disk_selection"])
+
 
 _STATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def get_state(viewer: napari.Viewer) -> AnomaLensState:
-    """The state object of a viewer, created on first use."""
+    """The state object of a viewer, created on first use.
+
+    napari hands plugin widgets a ``PublicOnlyProxy`` of the viewer, a new wrapper per widget; the state
+    is keyed by the viewer behind it, so docks opened from the Plugins menu and docks the desktop app adds
+    share one state.
+    """
+    viewer = getattr(viewer, "__wrapped__", viewer)
     state = _STATES.get(viewer)
     if state is None:
         state = _STATES[viewer] = AnomaLensState()

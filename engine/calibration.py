@@ -37,9 +37,12 @@ def calibrate_detector(detector: Detector, normals: np.ndarray, foreground: np.n
                     mode=mode, seed=detector.seed, progress=lambda f, m: report(progress, 0.5 + 0.5 * f, m),
                     cancel=cancel)
     norm = ScoreNormaliser.from_dict(cal["normaliser"])
-    plain = threshold_for_fpr(norm.transform(result.heatmaps), fg, target_fpr)
+    maps = norm.transform(result.heatmaps)
+    plain = threshold_for_fpr(maps, fg, target_fpr)
     cal["scr_threshold"] = cal.pop("threshold")
+    cal["fp_area_unary"] = cal.pop("fp_area")  # SCR's looser unary threshold alone, before λ
     cal["threshold"] = float(plain)
+    cal["fp_area"] = float(((maps > plain) & fg).sum() / max(1, fg.sum()))
     cal["n_slices"] = len(normals)
     cal["fingerprint"] = fingerprint(normals)
     detector.calibration = cal

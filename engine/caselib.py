@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from anomalens.engine.errors import ConfigError
-from anomalens.engine.userdata import data_dir
+from anomalens.engine.paths import data_dir
 from anomalens.engine.volume import Volume
 
 SCHEMA_VERSION = 1
@@ -179,6 +179,10 @@ class CaseLibrary:
     def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
         with self._lock:
             return self.db.execute(sql, tuple(args)).fetchall()
+
+    @property
+    def closed(self) -> bool:
+        return self._db is None
 
     def close(self) -> None:
         """Close the connection (committed marks are on disk already)."""

@@ -22,6 +22,10 @@ from anomalens.engine.progress import CancelToken, ProgressCallback, check, repo
 from anomalens.engine.volume import Volume
 
 SEGMENT_LABEL = "Anomaly (AnomaLens)"
+#: Type 2 attributes (may be empty, must be present) of the patient and study modules that the SEG copies
+#: from its source; anonymised files often lack them and highdicom then refuses.
+_TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+          "ReferringPhysicianName", "StudyID", "AccessionNumber")
 #: Distance (mm) within which a file's slice position must match the scan's geometry.
 POSITION_TOLERANCE_MM = 0.05
 
@@ -75,7 +79,7 @@ def save_png(rgb: np.ndarray, path: str | Path) -> Path:
 def _source_frames(volume: Volume) -> list[Any]:
     """The source series' frames in the reader's order (one per position), re-read from ``volume.source``."""
     from anomalens.engine.io.base import resolve_max_bytes
-    from anomalens.engine.io.dicom import _ordered, read_header, scan_folder
+    from anomalens.engine.io.dicom import order_frames, read_header, scan_folder
 
     src = Path(volume.source) if volume.source is not None else None
     if src is None or not src.exists():
@@ -86,7 +90,7 @@ def _source_frames(volume: Volume) -> list[Any]:
     headers = [h for h in headers if h.uid == uid]
     if not headers:
         raise ConfigError(f"the series of this scan is no longer in {src}; DICOM SEG needs its files")
-    frames, _, _ = _ordered([f for h in headers for f in h.frames], [])
+    frames, _, _ = order_frames([f for h in headers for f in h.frames], [])
     return frames
 
 
@@ -150,7 +154,11 @@ def export_seg(volume: Volume, mask: np.ndarray, path: str | Path, *, series_des
             probed = probe(p)
             if probed is None:
                 raise ConfigError(f"{p.name} can no longer be read as DICOM")
-            datasets[p] = probed[0]
+            ds = probed[0]
+            for keyword in _TYPE2:  # our own in-memory copy: the source file is not touched
+                if keyword not in ds:
+                    setattr(ds, keyword, "")
+            datasets[p] = ds
     multi = [frames[k].index is not None for k in picked]
     if all(multi) and len(datasets) == 1:
         ds = next(iter(datasets.values()))
@@ -174,13 +182,17 @@ def export_seg(volume: Volume, mask: np.ndarray, path: str | Path, *, series_des
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Lesion,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
-    seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=pixels.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
-        series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(), instance_number=1,
-        manufacturer="AnomaLens", manufacturer_model_name="AnomaLens", software_versions=__version__,
-        device_serial_number="0", content_label="ANOMALY", content_description="Unsupervised anomaly mask",
-        omit_empty_frames=bool(m.any()))
+    try:
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=pixels.astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
+            series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(),
+            instance_number=1, manufacturer="AnomaLens", manufacturer_model_name="AnomaLens",
+            software_versions=__version__, device_serial_number="0", content_label="ANOMALY",
+            content_description="Unsupervised anomaly mask", omit_empty_frames=bool(m.any()))
+    except (ValueError, TypeError, AttributeError) as exc:  # highdicom's checks of the source headers
+        raise ConfigError(f"the source DICOM images lack what a DICOM SEG must reference ({exc}); export the "
+                          "mask as NIfTI instead") from exc
     seg.SeriesDescription = series_description[:64]
     report(progress, 0.8, "writing the segmentation")
     target = Path(path)

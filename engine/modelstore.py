@@ -22,10 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from anomalens.engine.detectors.bundle import MANIFEST, read_manifest, save_bundle
 from anomalens.engine.errors import ConfigError, ModelError
 from anomalens.engine.fileio import atomic_write_text
-from anomalens.engine.userdata import data_dir
+from anomalens.engine.paths import data_dir
+from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
 
 if TYPE_CHECKING:
     from anomalens.engine.detectors.base import Detector
@@ -208,3 +211,66 @@ class ModelStore:
         else:
             raise ModelError(f"could not find a free version folder next to {target}")
         return self.set_active(target) if activate else BundleInfo.read(target)
+
+
+# --------------------------------------------------------------------------------------------- site fine-tuning
+
+
+@dataclass
+class SiteUpdate:
+    """What a site fine-tune produced: the adapted detector, its saved version, and false positives.
+
+    ``fp_before``/``fp_after`` are the false-positive areas on the marked normals (``fp_before`` is None when
+    the earlier model had no calibration).
+    """
+
+    detector: Detector
+    info: BundleInfo
+    fp_before: float | None
+    fp_after: float
+
+
+def false_positive_area(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None) -> float | None:
+    """Share of the tissue of normal slices that the calibrated plain threshold flags (None: not calibrated)."""
+    from anomalens.engine.calibration import apply_calibration
+    from anomalens.engine.preprocess.foreground import foreground_mask
+
+    if "normaliser" not in (detector.calibration or {}):
+        return None
+    fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
+    cal = apply_calibration(detector, detector.score(normals), normals, fg, scr=False)
+    return float((cal.mask & fg).sum() / max(int(fg.sum()), 1))
+
+
+def fine_tune_site(detector: Detector, normals: np.ndarray, store: ModelStore, base: str | Path, note: str = "",
+                   parent: str | Path | None = None, target_fpr: float | None = None,
+                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> SiteUpdate:
+    """Fine-tune a detector on a site's normal slices, recalibrate it on them, save the next profile version.
+
+    The one entry point behind the viewer's "Fine-tune on marks" (and any CLI). ``detector`` is changed in
+    place, so pass a copy (e.g. freshly loaded from its bundle) when the original must stay usable. The
+    calibration uses the same slices it is measured on, so the "after" area is close to ``target_fpr`` by
+    construction; it shows the change, not an independent test. Nothing is saved if cancelled.
+    """
+    from anomalens.engine.calibration import calibrate_detector
+    from anomalens.engine.preprocess.foreground import foreground_mask
+
+    fg = foreground_mask(normals)
+    fpr = target_fpr if target_fpr is not None else float((detector.calibration or {}).get("target_fpr", 0.01))
+    report(progress, 0.0, "measuring false positives before")
+    before = false_positive_area(detector, normals, fg)
+    check(cancel)
+    report(progress, 0.15, "fine-tuning")
+    detector.fine_tune(normals, progress=lambda f, m: report(progress, 0.15 + 0.45 * f, m), cancel=cancel)
+    check(cancel)
+    mode = str((detector.calibration or {}).get("mode", "2d"))
+    calibrate_detector(detector, normals, fg, target_fpr=fpr, mode=mode,
+                       progress=lambda f, m: report(progress, 0.6 + 0.3 * f, m), cancel=cancel)
+    check(cancel)
+    report(progress, 0.9, "measuring false positives after")
+    after = false_positive_area(detector, normals, fg) or 0.0  # calibrated just above, so never None
+    check(cancel)
+    report(progress, 0.97, "saving the new version")
+    info = store.save_version(detector, base, note=note, parent=parent)
+    report(progress, 1.0, f"saved {info.name}")
+    return SiteUpdate(detector, info, before, after)

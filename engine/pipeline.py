@@ -64,7 +64,7 @@ def prepare(volume: Volume, intensity: IntensityConfig | dict | None = None) -> 
 
 def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | None = None,
                    size: int | None = None, progress: ProgressCallback | None = None,
-                   cancel: CancelToken | None = None) -> np.ndarray:
+                   cancel: CancelToken | None = None, info: dict | None = None) -> np.ndarray:
     """Normalised normal slices from several SPECs on one square grid, in one orientation.
 
     Different scans have different grids; detectors need one stack. Each scan is turned to the first
@@ -84,6 +84,9 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
         volume = load_volume(spec)
         if orientation is None:
             orientation = orientation_of(volume)
+            if info is not None:
+                info["modality"] = volume.modality
+                info["orientation"] = orientation
         elif volume.n_slices > 1:
             volume = reorient(volume, orientation)
         prepared = prepare(volume, intensity)
@@ -106,13 +109,15 @@ def train(detector: str, normals: Sequence[str] | np.ndarray, config: dict | Non
     """Create and fit a detector on normal scans (SPECs) or an already prepared slice stack."""
     det = create_detector(detector, config=config, device=device, seed=seed)
     icfg = IntensityConfig.from_dict(intensity)
+    info: dict = {}
     if isinstance(normals, np.ndarray):
         stack = normals
     else:
         stack = gather_normals(list(normals), icfg, progress=lambda f, m: report(progress, 0.1 * f, m),
-                               cancel=cancel)
+                               cancel=cancel, info=info)
     det.preprocessing = {"intensity": icfg.to_dict()}
     det.fit(stack, progress=lambda f, m: report(progress, 0.1 + 0.9 * f, m), cancel=cancel)
+    det.training.update(info)  # the viewer warns when a scan's modality differs from the training data
     return det
 
 
@@ -264,21 +269,54 @@ def evaluate_model(detector: Detector, data: Any, scr: bool = True, reduce: str 
     from anomalens.engine.metrics import evaluate
 
     notes: list[str] = list(getattr(data, "notes", []))
-    result, sec = score_slices(detector, data.slices, batch_size,
-                               progress=lambda f, m: report(progress, 0.8 * f, m), cancel=cancel)
     cal = detector.calibration or {}
+    is_calibrated = "normaliser" in cal
+    mode = cal.get("mode", "2d")
+    if is_calibrated and mode == "3d" and not getattr(data, "is_stack", True):
+        mode = "2d"
+        notes.append("the model was calibrated for 3-D SCR, but these are separate 2-D images: SCR ran in 2-D")
+    # In 2-D mode each slice is cut on its own, so the calibration is applied batch by batch and the
+    # per-pixel features (large for a whole dataset) are dropped right away; 3-D SCR needs the whole stack.
+    per_batch = is_calibrated and mode == "2d"
+    n = len(data.slices)
+    if n == 0:
+        raise ConfigError("no slices to evaluate")
+    parts: list[AnomalyResult] = []
+    maps_parts: list[np.ndarray] = []
+    mask_parts: list[np.ndarray] = []
+    scr_parts: list[np.ndarray | None] = []
+    seconds = 0.0
+    for start in range(0, n, batch_size):
+        check(cancel)
+        sl = slice(start, min(n, start + batch_size))
+        t0 = time.perf_counter()
+        part = detector.score(data.slices[sl], cancel=cancel)
+        seconds += time.perf_counter() - t0
+        part.embeddings = None
+        if per_batch:
+            c = apply_calibration(detector, part, data.slices[sl], data.foreground[sl], scr=scr, mode="2d")
+            maps_parts.append(c.maps)
+            mask_parts.append(c.mask)
+            scr_parts.append(c.scr_mask)
+        if not (is_calibrated and mode == "3d"):
+            part.features = None
+        parts.append(part)
+        report(progress, 0.85 * sl.stop / n, f"scored {sl.stop}/{n} slices")
+    result = merge_results(parts)
+    sec = seconds / n
     mask = scr_mask = None
     threshold = None
     maps = result.heatmaps
-    if "normaliser" in cal:
-        check(cancel)
-        report(progress, 0.8, "applying the calibration" + (" and SCR" if scr else ""))
-        mode = cal.get("mode", "2d")
-        if mode == "3d" and not getattr(data, "is_stack", True):
-            mode = "2d"
-            notes.append("the model was calibrated for 3-D SCR, but these are separate 2-D images: SCR ran in 2-D")
-        calibrated = apply_calibration(detector, result, data.slices, data.foreground, scr=scr, mode=mode)
-        maps, mask, scr_mask, threshold = calibrated.maps, calibrated.mask, calibrated.scr_mask, calibrated.threshold
+    if is_calibrated:
+        if per_batch:
+            maps, mask = np.concatenate(maps_parts), np.concatenate(mask_parts)
+            scr_ok = [p for p in scr_parts if p is not None]
+            scr_mask = np.concatenate(scr_ok) if len(scr_ok) == len(scr_parts) else None
+        else:
+            report(progress, 0.85, "applying the calibration" + (" and SCR" if scr else ""))
+            c = apply_calibration(detector, result, data.slices, data.foreground, scr=scr, mode=mode)
+            maps, mask, scr_mask = c.maps, c.mask, c.scr_mask
+        threshold = float(cal["threshold"])
         if not scr:
             notes.append("SCR was switched off (--no-scr), so dice_scr and precision_scr are null")
         elif scr_mask is None:

@@ -265,8 +265,12 @@ def _contour(mask: np.ndarray, width: int) -> np.ndarray:
 
 
 def overlay_image(slice_: np.ndarray, heat: np.ndarray, lo: float, hi: float, truth: np.ndarray | None = None,
-                  predicted: np.ndarray | None = None, caption: str = "", min_side: int = 256):
-    """One slice in grey with the anomaly map in colour (alpha rising with the score) and two contours."""
+                  predicted: np.ndarray | None = None, caption: str = "", min_side: int = 256,
+                  foreground: np.ndarray | None = None):
+    """One slice in grey with the anomaly map in colour (alpha rising with the score) and two contours.
+
+    The map is shown only inside ``foreground`` when given: the metrics ignore air, so should the eye.
+    """
     from PIL import Image, ImageDraw
 
     scale = max(1, math.ceil(min_side / max(slice_.shape)))
@@ -277,6 +281,8 @@ def overlay_image(slice_: np.ndarray, heat: np.ndarray, lo: float, hi: float, tr
     grey = (np.clip(up(slice_), 0, 1) * 255).astype(np.float32)
     rgb = np.repeat(grey[..., None], 3, axis=-1)
     t = np.clip((up(heat) - lo) / max(hi - lo, 1e-12), 0, 1)
+    if foreground is not None:
+        t = np.where(up(np.asarray(foreground, bool)), t, 0.0)
     alpha = (0.65 * t)[..., None]
     rgb = (1 - alpha) * rgb + alpha * colour_map(t).astype(np.float32)
     out = rgb.round().astype(np.uint8)
@@ -382,7 +388,7 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], slices: np.ndarra
         score = float(np.max(np.where(foreground[i], maps[i], -np.inf))) if foreground[i].any() else float("nan")
         caption = f"{names[i]}  max score {score:.3g}  ({why})"
         img = overlay_image(slices[i], maps[i], lo, hi, masks[i], None if predicted is None else predicted[i],
-                            caption)
+                            caption, foreground=foreground[i])
         fname = f"overlay_{k:02d}.png"
         files[fname] = _png_bytes(img)
         overlays.append((fname, f"{names[i]} ({why})"))

@@ -1,4 +1,4 @@
-"""The existing commands through ``main([...])``: exit codes, ``--json`` output, one-line errors, outputs on the grid."""
+"""The existing commands through ``main([...])``: exit codes, ``--json``, one-line errors, outputs on the grid."""
 
 from __future__ import annotations
 

@@ -181,3 +181,23 @@ def test_report_writes_all_files(world, capsys, tmp_path: Path) -> None:
     saved = json.loads((rep / "metrics.json").read_text())
     assert saved["pixel_auroc"] == pytest.approx(out["pixel_auroc"])
     assert "upper bound" in (rep / "metrics.md").read_text()
+
+
+def test_batched_scr_equals_whole_stack_and_cancel_stops(world) -> None:
+    from anomalens.engine.datasets import load_eval_data
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.errors import Cancelled
+    from anomalens.engine.pipeline import evaluate_model
+    from anomalens.engine.progress import CancelToken
+
+    det = load_bundle(world["calibrated"], device="cpu")
+    data = load_eval_data(f"{world['image']}:{world['mask']}", det.preprocessing.get("intensity"))
+    small = evaluate_model(det, data, n_boot=0, batch_size=2)
+    whole = evaluate_model(det, data, n_boot=0, batch_size=64)
+    np.testing.assert_array_equal(small.scr_mask, whole.scr_mask)
+    np.testing.assert_allclose(small.maps, whole.maps, rtol=1e-5, atol=1e-5)
+    assert small.metrics["dice_scr"] == pytest.approx(whole.metrics["dice_scr"])
+    token = CancelToken()
+    token.cancel()
+    with pytest.raises(Cancelled):
+        evaluate_model(det, data, n_boot=0, cancel=token)

@@ -171,7 +171,7 @@ def test_bmad_layout(tmp_path: Path) -> None:
 def test_anomalous_image_without_mask_is_refused(tmp_path: Path) -> None:
     root = make_bmad(tmp_path / "ds", n_good=1, n_bad=2)
     (root / "test" / "Ungood" / "label" / "00001.png").unlink()
-    with pytest.raises(ConfigError, match="00001.*has no mask"):
+    with pytest.raises(ConfigError, match=r"00001.*has no mask"):
         load_eval_data(str(root))
 
 

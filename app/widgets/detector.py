@@ -9,7 +9,7 @@ offers to train one from the slices marked normal instead of failing.
 from __future__ import annotations
 
 import copy
-import time
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,8 @@ if TYPE_CHECKING:
     from anomalens.engine.volume import Volume
 
 HIGHLIGHT_LAYER = "AnomaLens patch"
+#: What "Train from marked normals" fits unless another detector is chosen: the reference baseline.
+DEFAULT_DETECTOR = "patchcore"
 
 
 class DetectorWidget(QWidget):
@@ -69,10 +71,13 @@ class DetectorWidget(QWidget):
         self.state = get_state(napari_viewer)
         self._loaded: tuple[Path, str] | None = None
         self._warned: set[tuple[int, int]] = set()
+        self._told_uncalibrated: set[int] = set()
 
         self.layer_combo = QComboBox()
         self.detector_combo = QComboBox()
         self.detector_combo.addItems(available_detectors())
+        if self.detector_combo.findText(DEFAULT_DETECTOR) >= 0:
+            self.detector_combo.setCurrentText(DEFAULT_DETECTOR)
         self.bundle_combo = QComboBox()
         self.bundle_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.browse_button = QPushButton("Browse…")
@@ -125,13 +130,13 @@ class DetectorWidget(QWidget):
         self.score_volume_button.clicked.connect(self.score_volume)
         self.train_button.clicked.connect(self.train_from_marked)
         self.plot.slice_clicked.connect(self.goto_slice)
-        self.jobs.started.connect(lambda _name: self._update_buttons())
-        self.jobs.done.connect(lambda _name, _value: self._update_buttons())
+        self.jobs.started.connect(self._update_buttons)
+        self.jobs.done.connect(self._update_buttons)
         self.state.model_changed.connect(self._on_model_changed)
         self.state.slice_requested.connect(self.goto_slice)
         self.state.highlight_requested.connect(self._highlight)
-        self.state.marks_changed.connect(lambda _m: self._update_buttons())
-        self.state.volume_changed.connect(lambda _v: self._update_buttons())
+        self.state.marks_changed.connect(self._update_buttons)
+        self.state.volume_changed.connect(self._update_buttons)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.reordered.connect(self._refresh_layers)
@@ -172,14 +177,18 @@ class DetectorWidget(QWidget):
             notify_error(exc)
             return
         self.state.set_volume(volume)
+        self.plot.set_range(volume.n_slices)
         self._check_modality()
 
     # -- models ----------------------------------------------------------------------------------
     def refresh_bundles(self, select: Path | None = None) -> None:
-        """List the bundles of the model folder (plus any browsed one), keeping or setting the selection."""
-        current = select or self.bundle_combo.currentData()
+        """List the bundles of the model folder (plus any browsed one), keeping or setting the selection.
+
+        Item data are path strings (Qt compares them by value, unlike arbitrary Python objects).
+        """
+        current = str(select) if select is not None else self.bundle_combo.currentData()
         extra = [self.bundle_combo.itemData(i) for i in range(self.bundle_combo.count())]
-        entries = {e.path: e for e in list_bundles()}
+        entries = {str(e.path): e for e in list_bundles()}
         for p in extra:
             if p is not None and p not in entries:
                 entries[p] = describe_bundle(p)
@@ -188,11 +197,10 @@ class DetectorWidget(QWidget):
         self.bundle_combo.addItem("— choose a model —", None)
         for path, entry in entries.items():
             self.bundle_combo.addItem(entry.label, path)
-            self.bundle_combo.setItemData(self.bundle_combo.count() - 1, entry.error or str(path),
+            self.bundle_combo.setItemData(self.bundle_combo.count() - 1, entry.error or path,
                                           Qt.ItemDataRole.ToolTipRole)
         if current is not None:
-            i = self.bundle_combo.findData(current)
-            self.bundle_combo.setCurrentIndex(max(i, 0))
+            self.bundle_combo.setCurrentIndex(max(self.bundle_combo.findData(current), 0))
         self.bundle_combo.blockSignals(False)
 
     def _browse(self) -> None:
@@ -203,7 +211,7 @@ class DetectorWidget(QWidget):
     def _on_bundle_chosen(self, index: int) -> None:
         path = self.bundle_combo.itemData(index)
         if path is not None:
-            self.set_bundle(path)
+            self.set_bundle(Path(path))
 
     def set_bundle(self, path: str | Path) -> bool:
         """Check a bundle's manifest and load it in the background; a bad bundle is reported, not raised."""
@@ -260,7 +268,7 @@ class DetectorWidget(QWidget):
             notify_warning(text)
             self.status.setText(text)
 
-    def _update_buttons(self) -> None:
+    def _update_buttons(self, *_: Any) -> None:
         has_model = self.state.detector is not None
         busy = self.jobs.running
         has_image = self.image_layer() is not None
@@ -275,7 +283,7 @@ class DetectorWidget(QWidget):
                                   if marked else "Train from marked normals")
 
     def marked_slices(self) -> list[int]:
-        """z indices marked normal (by the Calibration dock, in ``state.extras['marked_slices']``)."""
+        """The z indices marked normal (by the Calibration dock, in ``state.extras['marked_slices']``)."""
         marked = self.state.extras.get("marked_slices") or []
         return sorted({int(z) for z in marked})
 
@@ -305,7 +313,7 @@ class DetectorWidget(QWidget):
         except AnomaLensError as exc:
             notify_error(exc)
             return False
-        if self.state.volume is None or self.state.volume.array is not volume.array:
+        if self.state.volume is not volume:
             self.state.set_volume(volume)
         self._check_modality()
         scr = copy.copy(self.state.scr)
@@ -316,7 +324,7 @@ class DetectorWidget(QWidget):
 
     def _show(self, outcome: ScoreOutcome, layer_name: str, volume: Volume, detector: Detector) -> None:
         res = self.state.results
-        if (res is None or res.layer_name != layer_name or res.volume.array is not volume.array
+        if (res is None or res.layer_name != layer_name or res.volume is not volume
                 or res.normalised != outcome.normalised or res.model is not detector):
             res = ScanResults.start(layer_name, volume, outcome.score.prepared, outcome.normalised)
             res.model = detector
@@ -327,7 +335,8 @@ class DetectorWidget(QWidget):
         show_results(self.viewer, res, cal, outcome.indices)
         self.plot.set_scores(res.slice_scores, threshold=cal.get("threshold") if res.normalised else None)
         self.plot.set_current(current_index(self.viewer, self.image_layer()))
-        if not outcome.normalised:
+        if not outcome.normalised and id(detector) not in self._told_uncalibrated:
+            self._told_uncalibrated.add(id(detector))
             notify_info("this model is not calibrated: the heatmap is in raw units and there is no mask; "
                         "calibrate it on a few normal scans for masks")
         self.state.set_score(outcome.score)
@@ -352,17 +361,17 @@ class DetectorWidget(QWidget):
         name = self.detector_combo.currentText()
         device = self.device_combo.currentText() or "cpu"
         config = self.train_config
-        target = models_dir() / f"{name}-{layer.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        profile = re.sub(r"[^A-Za-z0-9._-]", "-", f"{name}-{layer.name}").strip(".-")[:80] or name
 
         def work(progress: Any, cancel: Any) -> tuple[Detector, Path]:
-            return train_on_slices(name, volume, marked, target, config, device, progress, cancel)
+            return train_on_slices(name, volume, marked, profile, config, device, progress, cancel)
 
         def done(value: tuple[Detector, Path]) -> None:
             detector, path = value
             self._loaded = (path, device)
             self.refresh_bundles(select=path)
             self.state.set_model(detector, path)
-            notify_info(f"trained and saved {path.name}")
+            notify_info(f"trained and saved {path.parent.name}/{path.name}")
 
         return self.jobs.start("Training", work, done)
 
@@ -379,7 +388,7 @@ class DetectorWidget(QWidget):
         if layer is None:
             return
         z, y, x = (float(v) for v in zyx)
-        self.goto_slice(int(round(z)))
+        self.goto_slice(round(z))
         pts = find_layer(self.viewer, HIGHLIGHT_LAYER)
         if pts is None:
             self.viewer.add_points([[z, y, x]], name=HIGHLIGHT_LAYER, scale=layer.scale, size=12, symbol="ring",
@@ -388,14 +397,16 @@ class DetectorWidget(QWidget):
             pts.data = np.array([[z, y, x]])
 
 
-def train_on_slices(detector: str, volume: Volume, slices: list[int], target: Path,
+def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: str,
                     config: dict[str, Any] | None, device: str, progress: Any, cancel: Any) -> tuple[Detector, Path]:
-    """Fit a detector on some slices of a scan, calibrate it on them, and save the bundle (worker thread).
+    """Fit a detector on some slices of a scan, calibrate it on them, and save it as a new profile version.
 
-    Calibrating on the training slices themselves gives permissive thresholds (a model scores its own
-    training data low); the bundle's note says so, and the Calibration dock can recalibrate on other normals.
+    Runs in a worker thread. Calibrating on the training slices themselves gives permissive thresholds (a
+    model scores its own training data low); the bundle's note says so, and the Calibration dock can
+    recalibrate on other normals.
     """
     from anomalens.engine.calibration import calibrate_detector
+    from anomalens.engine.modelstore import ModelStore
     from anomalens.engine.pipeline import prepare, train
     from anomalens.engine.preprocess.resize import pad_to_square
 
@@ -406,6 +417,7 @@ def train_on_slices(detector: str, volume: Volume, slices: list[int], target: Pa
     det.training["modality"] = volume.modality
     calibrate_detector(det, normals, progress=lambda f, m: progress(0.7 + 0.25 * f, m), cancel=cancel)
     progress(0.97, "saving the model")
-    det.save(target, note=f"trained in the viewer on {len(slices)} slices marked normal; calibrated on the same "
-                          "slices, so thresholds are permissive until recalibrated on other normals")
-    return det, target
+    info = ModelStore().save_version(det, profile, note=f"trained in the viewer on {len(slices)} slices marked "
+                                     "normal; calibrated on the same slices, so thresholds are permissive until "
+                                     "recalibrated on other normals")
+    return det, info.path

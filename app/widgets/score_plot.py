@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-from qtpy.QtCore import Signal
+from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 
@@ -32,7 +32,7 @@ class ScorePlot(QWidget):
         self.curve = self.plot.plot([], [], pen=pg.mkPen("#f5a623", width=2), symbol="o", symbolSize=5,
                                     symbolBrush="#f5a623")
         self.cursor = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#4a90e2", width=1))
-        self.threshold = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen("#d0021b", style=2))
+        self.threshold = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen("#d0021b", style=Qt.PenStyle.DashLine))
         self.plot.addItem(self.cursor)
         self.plot.addItem(self.threshold)
         self.threshold.setVisible(False)
@@ -50,6 +50,10 @@ class ScorePlot(QWidget):
         self.threshold.setVisible(threshold is not None)
         if threshold is not None:
             self.threshold.setPos(float(threshold))
+
+    def set_range(self, n_slices: int) -> None:
+        """Span the slice axis over a volume of ``n_slices`` slices."""
+        self.plot.setXRange(-0.5, max(n_slices, 1) - 0.5, padding=0.02)
 
     def set_current(self, z: int) -> None:
         self.cursor.setPos(float(z))

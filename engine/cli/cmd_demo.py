@@ -2,15 +2,15 @@
 
 Fetches ``sample:brain1``, trains (first time; the bundle is cached in the user's model folder) and
 calibrates the default detector on healthy sources plus the case's lesion-free slices, scores the held-out
-slices, refines with SCR and writes everything to ``demo-output/``. The viewer opens on top of it when a
-display and the viewer extra are available (``--no-viewer`` to skip).
+slices, refines with SCR and writes everything to ``demo-output/``. This is the headless half of
+``make demo``; the viewer (``anomalens-viewer --demo``) runs the same pipeline and shows it, because the
+engine never imports the app.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 from anomalens.engine.cli.main import emit
@@ -23,7 +23,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("demo", parents=[common], help="run the main job on sample:brain1 and show it")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
     p.add_argument("--detector", default=DEFAULT_DETECTOR)
-    p.add_argument("--no-viewer", action="store_true", help="headless: write the outputs only")
     p.add_argument("--retrain", action="store_true", help="ignore the cached demo model")
     p.add_argument("--device", default="auto")
     p.set_defaults(handler=run_demo)
@@ -80,18 +79,8 @@ def run_demo(args: argparse.Namespace) -> int:
     files = {"heatmap": write_like(vol, heat, out / "heatmap.nii.gz"),
              "mask": write_like(vol, mask, out / "mask_scr.nii.gz")}
     files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
-    shown = False
-    if not args.no_viewer and os.environ.get("DISPLAY"):
-        try:
-            from anomalens.app.desktop import open_demo  # type: ignore[attr-defined]
-        except ImportError:
-            open_demo = None
-        if open_demo is not None:
-            files.update(open_demo(vol, det, path, out) or {})
-            shown = True
     summary = {k: metrics.get(k) for k in ("pixel_auroc", "pixel_ap", "best_dice", "dice", "dice_scr")}
-    emit(args, {"files": {k: str(v) for k, v in files.items()}, "metrics": summary, "model": str(path),
-                "viewer": shown},
+    emit(args, {"files": {k: str(v) for k, v in files.items()}, "metrics": summary, "model": str(path)},
          "\n".join([f"demo outputs in {out.resolve()}:"] + [f"  {k}: {v}" for k, v in files.items()]
                    + [f"  {k}: {v if v is None else round(v, 3)}" for k, v in summary.items()]
                    + [f"model: {path}"]))

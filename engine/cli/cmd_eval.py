@@ -79,14 +79,17 @@ def _stage(progress: ProgressCallback | None, start: float, stop: float) -> Prog
     return lambda f, m: report(progress, start + (stop - start) * f, m)
 
 
-def fp_areas(detector: Any, normals: np.ndarray, foreground: np.ndarray, mode: str,
+def fp_areas(detector: Any, normals: np.ndarray, foreground: np.ndarray,
              progress: ProgressCallback | None = None) -> dict[str, float | None]:
-    """False-positive area of a calibrated model on normal slices, at its plain and SCR operating points."""
+    """False-positive area of a calibrated model on normal slices, at its plain and SCR operating points.
+
+    Each calibration is applied as stored (its own SCR mode), so "before" and "after" compare like with like.
+    """
     from anomalens.engine.calibration import apply_calibration
     from anomalens.engine.pipeline import score_slices
 
     result, _ = score_slices(detector, normals, progress=progress)
-    cal = apply_calibration(detector, result, normals, foreground, scr=True, mode=mode)
+    cal = apply_calibration(detector, result, normals, foreground, scr=True)
     n = max(int(np.count_nonzero(foreground)), 1)
     return {"fp_area": float(np.count_nonzero(cal.mask & foreground)) / n,
             "fp_area_scr": None if cal.scr_mask is None else float(np.count_nonzero(cal.scr_mask & foreground)) / n}
@@ -127,12 +130,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         fg = foreground_mask(calib)
         before = None
         if "normaliser" in (det.calibration or {}):
-            before = fp_areas(det, calib, fg, args.mode, _stage(progress, 0.15, 0.3))
+            before = fp_areas(det, calib, fg, _stage(progress, 0.15, 0.3))
         if tune is not None:
             det.fine_tune(tune, progress=_stage(progress, 0.3, 0.5))
         cal = calibrate_detector(det, calib, foreground=fg, target_fpr=args.target_fpr, mode=args.mode,
                                  progress=_stage(progress, 0.5, 0.85))
-        after = fp_areas(det, calib, fg, args.mode, _stage(progress, 0.85, 1.0))
+        after = fp_areas(det, calib, fg, _stage(progress, 0.85, 1.0))
     notes += list(cal.get("notes", []))
     what = f"calibrated on {len(calib)} normal slices" + (f", fine-tuned on {len(tune)}" if tune is not None else "")
     path = save_bundle(det, args.out, parent=manifest | {"path": str(args.model)}, note=what)
@@ -177,7 +180,7 @@ def human_eval(m: dict[str, Any]) -> str:
     lines = [f"model: {m.get('model')} ({m.get('detector')})", f"data:  {m.get('data')}",
              f"slices: {m.get('n_slices')} ({m.get('n_anomalous_slices')} with a lesion), "
              f"{m.get('seconds_per_slice', 0.0):.4f} s per slice", "",
-             f"{'metric':<17}{'value':>8}  {'95% CI':<18} "]
+             f"{'metric':<17}{'value':>8}  95% CI"]
     for label, key, extra in rows:
         lines.append(f"{label:<17}{format_value(m.get(key)):>8}  {format_ci(m.get(key + '_ci')):<18} {extra}".rstrip())
     if m.get("notes"):

@@ -453,7 +453,7 @@ def _common_step(diffs: np.ndarray) -> float:
     return float(close.mean()) if close.size else float(step)
 
 
-def _ordered(frames: list[Frame], warnings: list[str]) -> tuple[list[Frame], np.ndarray | None, np.ndarray | None]:
+def order_frames(frames: list[Frame], warnings: list[str]) -> tuple[list[Frame], np.ndarray | None, np.ndarray | None]:
     """Frames sorted along the normal with one per position; returns (frames, orientation, distances)."""
     orientation = _same_orientation(frames)
     if len(frames) == 1:
@@ -518,12 +518,12 @@ def stack(headers: list[FileHeader], max_bytes: int, warnings: list[str],
     if len(shapes) > 1:
         listed = ", ".join(f"{c}×{r} ({n} images)" for (r, c), n in shapes.most_common())
         raise InvalidVolumeError(f"the images of this series differ in size ({listed}); they cannot be stacked")
-    frames, orientation, dist = _ordered(frames, warnings)
+    frames, orientation, dist = order_frames(frames, warnings)
     rows, cols = frames[0].rows, frames[0].cols
     check_budget((len(frames), rows, cols), max_bytes, "this series")
 
     first = frames[0]
-    if orientation is None:  # for several slices ``_ordered`` has already warned
+    if orientation is None:  # for several slices ``order_frames`` has already warned
         orientation = np.array([1.0, 0, 0, 0, 1.0, 0])
     normal = np.cross(orientation[:3], orientation[3:])
     if dist is not None and len(dist) > 1:

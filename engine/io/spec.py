@@ -79,12 +79,16 @@ def load_spec(spec: str, **read_opts: Any) -> Volume:
     source, selection = split_spec(spec)
     if not source.strip():
         raise ConfigError(f"no file, folder or sample before '#' in {spec!r}")
+    path = resolve_source(source)
     if source.startswith(SAMPLE_PREFIX) and read_opts.get("modality") is None:
         # NRRD/NIfTI carry no modality; the sample catalogue knows it (CT must get the HU window).
         from anomalens.engine.samples import sample_info
 
-        read_opts["modality"] = sample_info(source[len(SAMPLE_PREFIX):].strip()).modality
-    volume = read_scan(resolve_source(source), **read_opts)
+        try:
+            read_opts["modality"] = sample_info(source[len(SAMPLE_PREFIX):].strip()).modality
+        except SampleError:
+            pass
+    volume = read_scan(path, **read_opts)
     if source.startswith(SAMPLE_PREFIX):
         volume.metadata["sample"] = source[len(SAMPLE_PREFIX):].strip()
     if selection is None:

@@ -35,7 +35,7 @@ class LorentzConfig(DetectorConfig):
     """Paper settings where they exist (patch size 3, c₀ = 1 learnable, Adam 1e-3); the rest measured."""
 
     geometry: str = "lorentz"
-    inputs: str = "residual"
+    inputs: str = "raw"
     bank_size: int = 8192
     backbone: str = "lite0"
     input_size: int = 224

@@ -1,0 +1,247 @@
+"""``anomalens-viewer [PATH]``: napari with the AnomaLens docks laid out, our title, icon and File menu.
+
+The app never dies on a bad file: reading runs in a worker and every failure becomes a message (and a
+log line), while the layers already loaded stay. Uncaught exceptions in callbacks are shown by napari's
+notification manager (``napari.run(gui_exceptions=True)``) instead of ending the process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import os
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import QObject, QTimer
+from qtpy.QtGui import QAction
+from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMenu, QProgressBar, QPushButton, QWidget
+
+from anomalens.app.jobs import JobRunner
+from anomalens.app.messages import log, notify_error
+from anomalens.app.recent import RecentFiles
+
+if TYPE_CHECKING:
+    import napari
+
+TITLE = "AnomaLens"
+ICON = "anomalens.png"
+PLUGIN_NAME = "anomalens"
+_SCAN_FILTER = "Scans (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.dcm *.dicom *.ima);;All files (*)"
+
+
+def resource_path(name: str) -> Path:
+    """A file shipped in ``anomalens.resources`` (an editable install or a wheel: both are real files)."""
+    return Path(str(resources.files("anomalens.resources").joinpath(name)))
+
+
+def ensure_plugin_registered() -> None:
+    """Register our npe2 manifest when the ``napari.manifest`` entry point is not installed (a source tree)."""
+    from npe2 import PluginManager, PluginManifest
+
+    pm = PluginManager.instance()
+    try:
+        pm.get_manifest(PLUGIN_NAME)
+    except KeyError:
+        path = Path(str(resources.files("anomalens.app").joinpath("napari.yaml")))
+        pm.register(PluginManifest.from_file(path))
+
+
+class FileActions(QObject):
+    """File → Open scan / Open DICOM folder / Open recent, reading in a worker with a status-bar progress bar."""
+
+    def __init__(self, viewer: napari.Viewer, recent: RecentFiles | None = None) -> None:
+        super().__init__(viewer.window._qt_window)
+        self.viewer = viewer
+        self.recent = recent or RecentFiles()
+        self.open_file_action = QAction("Open scan…", self)
+        self.open_folder_action = QAction("Open DICOM folder…", self)
+        self.recent_menu = QMenu("Open recent scan")
+        self.open_file_action.triggered.connect(self.choose_file)
+        self.open_folder_action.triggered.connect(self.choose_folder)
+        self.recent_menu.aboutToShow.connect(self._fill_recent)
+
+        status = QWidget()
+        row = QHBoxLayout(status)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.status, self.bar, self.cancel_button = QLabel(""), QProgressBar(), QPushButton("Cancel")
+        self.bar.setMaximumWidth(160)
+        for w in (self.status, self.bar, self.cancel_button):
+            row.addWidget(w)
+        self.jobs = JobRunner(self.bar, self.cancel_button, self.status, self)
+        viewer.window._qt_window.statusBar().addPermanentWidget(status)
+        self.file_menu = viewer.window.file_menu
+        self._install()
+        # napari rebuilds its File menu when plugins change it; put our entries back when that happened.
+        self.file_menu.aboutToShow.connect(self._install)
+
+    def _install(self) -> None:
+        actions = self.file_menu.actions()
+        if self.open_file_action in actions:
+            return
+        first = actions[0] if actions else None
+        self.file_menu.insertAction(first, self.open_file_action)
+        self.file_menu.insertAction(first, self.open_folder_action)
+        self.file_menu.insertMenu(first, self.recent_menu)
+        if first is not None:
+            self.file_menu.insertSeparator(first)
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        entries = self.recent.load()
+        for p in entries:
+            act = self.recent_menu.addAction(str(p))
+            act.triggered.connect(lambda _checked=False, p=p: self.open_path(p))
+        if not entries:
+            self.recent_menu.addAction("(none yet)").setEnabled(False)
+        else:
+            self.recent_menu.addSeparator()
+            self.recent_menu.addAction("Clear list").triggered.connect(self.recent.clear)
+
+    def choose_file(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self.viewer.window._qt_window, "Open scan", "", _SCAN_FILTER)
+        if path:
+            self.open_path(path)
+
+    def choose_folder(self) -> None:
+        path = QFileDialog.getExistingDirectory(self.viewer.window._qt_window, "Open DICOM folder")
+        if path:
+            self.open_path(path)
+
+    def open_path(self, path: str | Path, series_uid: str | None = None) -> bool:
+        """Read a scan in the background and add it as a layer; failures become a message, nothing is lost.
+
+        A DICOM folder with several series asks which one to open (instead of failing).
+        """
+        from anomalens.app.reader import image_layer_data
+        from anomalens.engine.errors import MultipleSeriesError
+        from anomalens.engine.io import read_scan
+
+        p = Path(path).expanduser()
+
+        def work(progress: Any, cancel: Any) -> Any:
+            try:
+                return image_layer_data(read_scan(p, series_uid=series_uid, progress=progress, cancel=cancel))
+            except MultipleSeriesError as exc:
+                return exc  # handled on the UI thread: the user picks a series
+
+        def done(result: Any) -> None:
+            if isinstance(result, MultipleSeriesError):
+                uid = self.choose_series(result.series)
+                if uid:
+                    QTimer.singleShot(0, lambda: self.open_path(p, series_uid=uid))
+                return
+            data, kwargs, _kind = result
+            self.viewer.add_image(data, **kwargs)
+            self.viewer.reset_view()
+            self.recent.add(p)
+
+        return self.jobs.start(f"Opening {p.name}", work, done)
+
+    def choose_series(self, series: list[dict]) -> str | None:
+        """Ask which DICOM series to open; returns its UID (None when the user cancels)."""
+        from qtpy.QtWidgets import QInputDialog
+
+        labels = [f"{r.get('description') or '(no description)'} — {r.get('modality', '')}, "
+                  f"{r.get('n_files', '?')} files [{r.get('uid')}]" for r in series]
+        choice, ok = QInputDialog.getItem(self.viewer.window._qt_window, "Several series",
+                                          "This folder holds several series. Open which one?", labels, 0, False)
+        if not ok or choice not in labels:
+            return None
+        return series[labels.index(choice)].get("uid")
+
+
+def add_docks(viewer: napari.Viewer) -> dict[str, QWidget]:
+    """Create the AnomaLens docks (Detector and SCR on the right; Poincaré disk and Calibration tabbed below)."""
+    from anomalens.app.widgets.detector import DetectorWidget
+    from anomalens.app.widgets.scr import ScrWidget
+
+    docks: dict[str, QWidget] = {}
+    for name, factory, tabify in (("Detector", DetectorWidget, False), ("SCR", ScrWidget, False),
+                                  ("Poincaré disk", _optional("poincare", "PoincareWidget"), False),
+                                  ("Calibration", _optional("calibration", "CalibrationWidget"), True)):
+        if factory is None:
+            continue
+        try:
+            widget = factory(viewer)
+        except Exception as exc:  # one broken dock must not stop the app
+            notify_error(exc, f"the {name} dock could not start")
+            continue
+        viewer.window.add_dock_widget(widget, name=name, area="right", tabify=tabify)
+        docks[name] = widget
+    return docks
+
+
+def _optional(module: str, cls: str) -> Any:
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"anomalens.app.widgets.{module}"), cls)
+    except (ImportError, AttributeError) as exc:
+        log.warning("the %s dock is not available: %s", cls, exc)
+        return None
+
+
+def setup_viewer(viewer: napari.Viewer, recent: RecentFiles | None = None) -> FileActions:
+    """Turn a napari viewer into the AnomaLens main window: title, icon, docks and File entries."""
+    from qtpy.QtGui import QIcon
+
+    ensure_plugin_registered()
+    viewer.title = TITLE
+    viewer.window._qt_window.setWindowIcon(QIcon(str(resource_path(ICON))))
+    viewer.window.anomalens_docks = add_docks(viewer)
+    viewer.window.anomalens_files = FileActions(viewer, recent)
+    return viewer.window.anomalens_files
+
+
+def create_viewer(path: str | Path | None = None, show: bool = True,
+                  recent: RecentFiles | None = None) -> napari.Viewer:
+    """A new AnomaLens main window, opening ``path`` (in the background) when given."""
+    import napari
+
+    viewer = napari.Viewer(title=TITLE, show=show)
+    files = setup_viewer(viewer, recent)
+    if path is not None:
+        files.open_path(path)
+    return viewer
+
+
+def _setup_logging() -> None:
+    """Log to a rotating file in the user's log folder (and warnings to stderr)."""
+    import platformdirs
+
+    root = logging.getLogger("anomalens")
+    root.setLevel(logging.INFO)
+    try:
+        folder = Path(platformdirs.user_log_dir("anomalens", appauthor=False))
+        folder.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(folder / "viewer.log", maxBytes=1_000_000,
+                                                                         backupCount=3, encoding="utf-8")
+    except OSError:
+        handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``anomalens-viewer``."""
+    from napari.qt import get_qapp, run
+
+    from anomalens.engine import __version__
+
+    parser = argparse.ArgumentParser(prog="anomalens-viewer", description="Open the AnomaLens viewer.")
+    parser.add_argument("path", nargs="?", help="a scan file or DICOM folder to open")
+    parser.add_argument("--version", action="version", version=f"AnomaLens {__version__}")
+    parser.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)  # smoke tests
+    args = parser.parse_args(argv)
+    _setup_logging()
+    get_qapp(app_name=TITLE, app_version=__version__, icon=str(resource_path(ICON)), org_name=TITLE,
+             org_domain="anomalens.invalid", app_id=f"anomalens.viewer.{__version__}")
+    viewer = create_viewer(args.path)
+    seconds = args.quit_after if args.quit_after is not None else float(os.environ.get("ANOMALENS_QUIT_AFTER", 0) or 0)
+    if seconds > 0:
+        QTimer.singleShot(int(seconds * 1000), viewer.close)
+    run(gui_exceptions=True)
+    return 0

@@ -1,0 +1,476 @@
+"""The Calibration dock: mark normal slices, fine-tune the model on them, keep and roll back site versions.
+
+Marks go to the local case library (``anomalens.engine.caselib``), so they survive restarts and are shared
+by every viewer; the dock mirrors the current study's marks into ``state.extras["marked_slices"]`` (array z
+indices of the shown scan), which the Detector dock's "Train from marked normals" reads. "Fine-tune on
+marks" runs ``engine.modelstore.fine_tune_site`` in a worker (progress, Cancel) on a fresh copy of the
+model, so the loaded model stays usable until the new version is saved and loaded.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from anomalens.app.jobs import JobRunner
+from anomalens.app.messages import notify_error, notify_info
+from anomalens.app.reader import ROLE_KEY, VOLUME_KEY
+from anomalens.app.results import current_index, goto_index
+from anomalens.app.state import AnomaLensState, get_state
+from anomalens.engine.errors import AnomaLensError
+
+if TYPE_CHECKING:
+    import napari
+
+    from anomalens.engine.caselib import CaseLibrary
+    from anomalens.engine.detectors import Detector
+    from anomalens.engine.modelstore import BundleInfo, ModelStore, SiteUpdate
+    from anomalens.engine.volume import Volume
+
+LIBRARY_KEY = "case_library"
+STUDY_KEY = "study_key"
+
+
+# --------------------------------------------------------------------------------------------- shared helpers
+
+
+def case_library(state: AnomaLensState) -> CaseLibrary:
+    """The viewer's case library (opened on first use at the default path, ``ANOMALENS_DATA_DIR`` aware)."""
+    from anomalens.engine.caselib import CaseLibrary
+
+    lib = state.extras.get(LIBRARY_KEY)
+    if lib is None or lib.closed:
+        lib = state.extras[LIBRARY_KEY] = CaseLibrary()
+    return lib
+
+
+def current_study(state: AnomaLensState) -> str | None:
+    """The case-library key of the shown scan (cached per volume; None without a scan)."""
+    from anomalens.engine.caselib import study_key
+
+    vol = state.volume
+    if vol is None:
+        return None
+    cached = state.extras.get(STUDY_KEY)
+    if cached is not None and cached[0] is vol.array:
+        return cached[1]
+    key = study_key(vol)
+    state.extras[STUDY_KEY] = (vol.array, key)
+    return key
+
+
+def sync_marks(state: AnomaLensState) -> list[int]:
+    """Read the shown study's marks from the library into ``state`` (as array z indices) and return them."""
+    from anomalens.engine.caselib import array_slices
+
+    key = current_study(state)
+    if key is None or state.volume is None:
+        state.set_marked_slices([])
+        return []
+    z = array_slices(state.volume, case_library(state).marks(key))
+    state.set_marked_slices(z)
+    return z
+
+
+def mark_normal(state: AnomaLensState, z: list[int], source: str,
+                patches: list[tuple[int, float, float]] | None = None) -> list[int]:
+    """Mark array slices ``z`` of the shown scan normal (in one transaction); returns the newly marked z."""
+    from anomalens.engine.caselib import array_slices, original_slices
+
+    vol = state.volume
+    if vol is None:
+        raise AnomaLensError("open a scan first")
+    lib = case_library(state)
+    key = lib.register(vol)
+    pts = [(original_slices(vol, [p[0]])[0], p[1], p[2]) for p in (patches or [])]
+    new = lib.mark_normal(key, original_slices(vol, z), source=source, patches=pts)
+    sync_marks(state)
+    return array_slices(vol, new)
+
+
+def scan_layer(viewer: napari.viewer.Viewer, state: AnomaLensState) -> Any:
+    """The image layer showing ``state.volume`` (else the first scan layer, else the first image)."""
+    from napari.layers import Image
+
+    images = [lyr for lyr in viewer.layers if isinstance(lyr, Image) and not lyr.rgb]
+    vol = state.volume
+    if vol is not None:
+        for lyr in images:
+            if lyr.data is vol.array or lyr.metadata.get(VOLUME_KEY) is vol:
+                return lyr
+        res = state.results
+        if res is not None and res.layer_name in viewer.layers:
+            return viewer.layers[res.layer_name]
+    scans = [lyr for lyr in images if lyr.metadata.get(ROLE_KEY) == "scan"]
+    return (scans or [lyr for lyr in images if lyr.metadata.get(ROLE_KEY) not in ("heatmap",)] or [None])[0]
+
+
+def ensure_volume(viewer: napari.viewer.Viewer, state: AnomaLensState) -> Volume | None:
+    """``state.volume``, taken from the scan layer when no dock has set one yet."""
+    from anomalens.app.reader import volume_for_layer
+
+    if state.volume is None:
+        layer = scan_layer(viewer, state)
+        if layer is not None:
+            try:
+                state.set_volume(volume_for_layer(layer))
+            except AnomaLensError as exc:
+                notify_error(exc)
+    return state.volume
+
+
+def format_slices(z: list[int]) -> str:
+    """``[1, 2, 3, 7]`` → ``"1-3, 7"``."""
+    parts: list[str] = []
+    for k in sorted(set(z)):
+        if parts and k == parts[-1][1] + 1:
+            parts[-1] = (parts[-1][0], k)
+        else:
+            parts.append((k, k))
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)
+
+
+def profile_of(store: ModelStore, path: Path | None) -> tuple[str | None, str]:
+    """(profile, base) for a model path: the profile it belongs to (None if none) and where to fine-tune into.
+
+    A version inside the store fine-tunes into its own profile; any other bundle starts a profile named after
+    it in the store (nothing is ever written next to a bundle outside the store).
+    """
+    if path is None:
+        return None, "site-profile"
+    p = Path(path)
+    is_version = re.match(r"^v\d{4,}$", p.name) is not None
+    try:
+        inside = p.resolve().parent.parent == store.root.resolve()
+    except OSError:
+        inside = False
+    if is_version and inside:
+        return p.parent.name, p.parent.name
+    name = p.parent.name if is_version else p.name
+    return None, re.sub(r"[^A-Za-z0-9._-]", "-", name).strip(".-")[:80] or "site-profile"
+
+
+def fine_tune_work(detector: Detector, model_path: Path | None, volume: Volume, z: list[int], store: ModelStore,
+                   progress: Any, cancel: Any) -> SiteUpdate:
+    """Worker: a fresh copy of the model, fine-tuned and recalibrated on slices ``z``, saved as a new version."""
+    import copy
+
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.modelstore import fine_tune_site
+    from anomalens.engine.pipeline import prepare
+    from anomalens.engine.preprocess.resize import pad_to_square
+
+    progress(0.0, "copying the model")
+    work = load_bundle(model_path, device=str(detector.device)) if model_path is not None \
+        else copy.deepcopy(detector)
+    prepared = prepare(volume, (work.preprocessing or {}).get("intensity"))
+    normals = pad_to_square(prepared.slices[np.asarray(sorted(z), dtype=int)])
+    _, base = profile_of(store, model_path)
+    note = (f"fine-tuned on {len(z)} slice{'s' * (len(z) != 1)} marked normal, recalibrated on them "
+            f"({volume.modality} study)")
+    return fine_tune_site(work, normals, store, base, note=note, parent=model_path, progress=progress,
+                          cancel=cancel)
+
+
+# --------------------------------------------------------------------------------------------- the dock
+
+
+class CalibrationWidget(QWidget):
+    """Dock widget: normal-slice marks (slice, range, disk lasso), site fine-tuning, versions and rollback."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.state = get_state(napari_viewer)
+        self.last_update: SiteUpdate | None = None
+
+        self.study_label = QLabel("No scan")
+        self.study_label.setWordWrap(True)
+        self.marks_label = QLabel("")
+        self.marks_label.setWordWrap(True)
+        self.mark_slice_button = QPushButton("Mark current slice normal")
+        self.unmark_slice_button = QPushButton("Unmark current slice")
+        self.range_from, self.range_to = QSpinBox(), QSpinBox()
+        self.mark_range_button = QPushButton("Mark range normal")
+        self.mark_selection_button = QPushButton("Mark disk selection normal")
+        self.mark_selection_button.setToolTip("The slices of the points lassoed on the Poincaré disk; the "
+                                              "patches themselves are kept too")
+        self.undo_button = QPushButton("Undo last mark")
+        self.finetune_button = QPushButton("Fine-tune on marks")
+        self.fp_label = QLabel("")
+        self.fp_label.setWordWrap(True)
+        self.versions = QListWidget()
+        self.versions.setMinimumHeight(80)
+        self.rollback_button = QPushButton("Roll back to selected version")
+        self.profile_label = QLabel("")
+        self.profile_label.setWordWrap(True)
+        self.progress = QProgressBar()
+        self.cancel_button = QPushButton("Cancel")
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.jobs = JobRunner(self.progress, self.cancel_button, self.status, self)
+
+        marks = QGroupBox("Normal slices")
+        mv = QVBoxLayout(marks)
+        mv.addWidget(self.study_label)
+        mv.addWidget(self.marks_label)
+        row = QHBoxLayout()
+        row.addWidget(self.mark_slice_button)
+        row.addWidget(self.unmark_slice_button)
+        mv.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("from"))
+        row.addWidget(self.range_from)
+        row.addWidget(QLabel("to"))
+        row.addWidget(self.range_to)
+        row.addWidget(self.mark_range_button)
+        mv.addLayout(row)
+        row = QHBoxLayout()
+        row.addWidget(self.mark_selection_button)
+        row.addWidget(self.undo_button)
+        mv.addLayout(row)
+        tune = QGroupBox("Site profile")
+        tv = QVBoxLayout(tune)
+        tv.addWidget(self.finetune_button)
+        tv.addWidget(self.fp_label)
+        tv.addWidget(self.profile_label)
+        tv.addWidget(self.versions)
+        tv.addWidget(self.rollback_button)
+        running = QHBoxLayout()
+        running.addWidget(self.progress, 1)
+        running.addWidget(self.cancel_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(marks)
+        layout.addWidget(tune)
+        layout.addLayout(running)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.mark_slice_button.clicked.connect(self.mark_current_slice)
+        self.unmark_slice_button.clicked.connect(self.unmark_current_slice)
+        self.mark_range_button.clicked.connect(lambda: self.mark_range(self.range_from.value(),
+                                                                       self.range_to.value()))
+        self.mark_selection_button.clicked.connect(self.mark_selection)
+        self.undo_button.clicked.connect(self.undo)
+        self.finetune_button.clicked.connect(self.fine_tune)
+        self.rollback_button.clicked.connect(lambda: self.rollback())
+        self.versions.currentRowChanged.connect(self._update_buttons)
+        self.jobs.started.connect(self._update_buttons)
+        self.jobs.done.connect(self._update_buttons)
+        self.state.volume_changed.connect(self._on_volume_changed)
+        self.state.model_changed.connect(self.refresh_versions)
+        self.state.marks_changed.connect(self._show_marks)
+        self.state.selection_changed.connect(self._update_buttons)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.dims.events.current_step.connect(self._update_buttons)
+
+        ensure_volume(self.viewer, self.state)
+        self._on_volume_changed(self.state.volume)
+        self.refresh_versions()
+
+    # -- state mirroring -------------------------------------------------------------------------
+    def _on_layers_changed(self, event: Any = None) -> None:
+        if self.state.volume is None and ensure_volume(self.viewer, self.state) is not None:
+            return  # set_volume → volume_changed → _on_volume_changed
+        self._update_buttons()
+
+    def _on_volume_changed(self, volume: Any = None) -> None:
+        vol = self.state.volume
+        if vol is None:
+            self.study_label.setText("No scan: open one to mark its normal slices")
+            self.state.set_marked_slices([])
+        else:
+            n = vol.n_slices
+            for box in (self.range_from, self.range_to):
+                box.setRange(0, n - 1)
+            self.range_to.setValue(n - 1)
+            try:
+                key = current_study(self.state)
+                sync_marks(self.state)
+            except AnomaLensError as exc:
+                self.status.setText(notify_error(exc))
+                key = None
+            self.study_label.setText(f"Study {key[:10] if key else '?'}… ({n} slices, {vol.modality})")
+        self._update_buttons()
+
+    def marked_slices(self) -> list[int]:
+        """The shown study's marked z indices (as mirrored in the state)."""
+        return list(self.state.extras.get("marked_slices") or [])
+
+    def _show_marks(self, z: Any = None) -> None:
+        marked = self.marked_slices()
+        self.marks_label.setText(f"Marked normal: {format_slices(marked)} ({len(marked)} slices)" if marked
+                                 else "No slice marked normal yet")
+        self._update_buttons()
+
+    def _current_z(self) -> int:
+        return current_index(self.viewer, scan_layer(self.viewer, self.state))
+
+    def _update_buttons(self, *_: Any) -> None:
+        has_scan = self.state.volume is not None
+        busy = self.jobs.running
+        marked = self.marked_slices()
+        here = has_scan and self._current_z() in marked
+        self.mark_slice_button.setEnabled(has_scan and not here)
+        self.unmark_slice_button.setEnabled(has_scan and here)
+        self.mark_range_button.setEnabled(has_scan)
+        self.mark_selection_button.setEnabled(has_scan and bool(self.state.extras.get("disk_selection")))
+        self.undo_button.setEnabled(has_scan)
+        self.finetune_button.setEnabled(has_scan and bool(marked) and self.state.detector is not None and not busy)
+        self.finetune_button.setToolTip("" if self.state.detector is not None else
+                                        "load a model in the Detector dock first")
+        self.rollback_button.setEnabled(not busy and self.versions.currentItem() is not None
+                                        and self.versions.currentItem().data(Qt.ItemDataRole.UserRole) is not None)
+
+    # -- marking ---------------------------------------------------------------------------------
+    def _mark(self, z: list[int], source: str, patches: list | None = None) -> list[int]:
+        if ensure_volume(self.viewer, self.state) is None:
+            notify_info("open a scan first")
+            return []
+        try:
+            new = mark_normal(self.state, z, source, patches)
+        except AnomaLensError as exc:
+            self.status.setText(notify_error(exc))
+            return []
+        self.status.setText(f"marked {len(new)} new slice{'s' * (len(new) != 1)} normal" if new
+                            else "already marked")
+        return new
+
+    def mark_current_slice(self) -> list[int]:
+        """Mark the slice under the viewer's cursor normal."""
+        return self._mark([self._current_z()], "slice")
+
+    def mark_range(self, start: int, stop: int) -> list[int]:
+        """Mark slices ``start``..``stop`` (inclusive, either order) normal."""
+        a, b = sorted((int(start), int(stop)))
+        return self._mark(list(range(a, b + 1)), "range")
+
+    def mark_selection(self) -> list[int]:
+        """Mark the slices of the points lassoed on the Poincaré disk normal (their patches are kept too)."""
+        sel = self.state.extras.get("disk_selection") or []
+        if not sel:
+            notify_info("lasso some points on the Poincaré disk first")
+            return []
+        return self._mark(sorted({int(p[0]) for p in sel}), "lasso", list(sel))
+
+    def unmark_current_slice(self) -> list[int]:
+        """Remove the current slice's mark."""
+        from anomalens.engine.caselib import array_slices, original_slices
+
+        key, vol = current_study(self.state), self.state.volume
+        if key is None or vol is None:
+            return []
+        removed = case_library(self.state).unmark(key, original_slices(vol, [self._current_z()]))
+        sync_marks(self.state)
+        return array_slices(vol, removed)
+
+    def undo(self) -> bool:
+        """Undo the shown study's latest mark or unmark."""
+        key = current_study(self.state)
+        op = case_library(self.state).undo(key) if key is not None else None
+        sync_marks(self.state)
+        self.status.setText("nothing to undo" if op is None else f"undid {op.kind} of {len(op.slices)} slice(s)")
+        return op is not None
+
+    def goto_slice(self, z: int) -> None:
+        goto_index(self.viewer, scan_layer(self.viewer, self.state), int(z))
+
+    # -- fine-tuning -----------------------------------------------------------------------------
+    def fine_tune(self) -> bool:
+        """Fine-tune and recalibrate the loaded model on the marked slices, in the background."""
+        from anomalens.engine.modelstore import ModelStore
+
+        det, vol, marked = self.state.detector, self.state.volume, self.marked_slices()
+        if det is None or vol is None or not marked:
+            notify_info("load a model (Detector dock) and mark some normal slices first")
+            return False
+        store, path = ModelStore(), self.state.model_path
+
+        def done(update: SiteUpdate) -> None:
+            self.last_update = update
+            self.state.set_model(update.detector, update.info.path)
+            before = "n/a (uncalibrated)" if update.fp_before is None else f"{100 * update.fp_before:.2f}%"
+            self.fp_label.setText(f"False-positive area on the {len(marked)} marked slices: {before} before → "
+                                  f"{100 * update.fp_after:.2f}% after (calibrated on these slices)")
+            notify_info(f"saved and loaded {update.info.name}")
+
+        return self.jobs.start("Fine-tuning", lambda progress, cancel: fine_tune_work(
+            det, path, vol, marked, store, progress, cancel), done)
+
+    # -- versions --------------------------------------------------------------------------------
+    def refresh_versions(self, *_: Any) -> None:
+        """List the versions of the loaded model's site profile (the active one marked ●)."""
+        from anomalens.engine.modelstore import ModelStore
+
+        self.versions.clear()
+        store = ModelStore()
+        profile, base = profile_of(store, self.state.model_path)
+        if profile is None:
+            self.profile_label.setText("No site profile yet: fine-tuning saves the first version as "
+                                       f"'{base}'" if self.state.detector is not None else "No model loaded")
+            self._update_buttons()
+            return
+        try:
+            versions = store.versions(profile)
+            active = store.active(profile)
+        except AnomaLensError as exc:
+            self.profile_label.setText(str(exc))
+            return
+        self.profile_label.setText(f"Site profile '{profile}': {len(versions)} version(s)")
+        for info in reversed(versions):
+            is_active = active is not None and info.path == active.path
+            loaded = self.state.model_path is not None and Path(self.state.model_path) == info.path
+            text = (f"{'● ' if is_active else '   '}{info.version}  {info.created.replace('T', ' ')[:16]}"
+                    f"{'  (loaded)' if loaded else ''}  {info.note}")
+            item = QListWidgetItem(text)
+            item.setData(Qt.ItemDataRole.UserRole, str(info.path))
+            item.setToolTip(info.note or info.version or "")
+            self.versions.addItem(item)
+        self._update_buttons()
+
+    def version_rows(self) -> list[str]:
+        """Folder names of the listed versions, as shown (newest first)."""
+        return [Path(self.versions.item(i).data(Qt.ItemDataRole.UserRole)).name for i in range(self.versions.count())]
+
+    def rollback(self, version: str | None = None) -> bool:
+        """Make ``version`` (default: the selected row) the profile's active version and load it."""
+        from anomalens.engine.detectors import load_bundle
+        from anomalens.engine.modelstore import ModelStore
+
+        store = ModelStore()
+        profile, _ = profile_of(store, self.state.model_path)
+        if version is None:
+            item = self.versions.currentItem()
+            version = Path(item.data(Qt.ItemDataRole.UserRole)).name if item is not None else None
+        if profile is None or version is None:
+            notify_info("choose a version of a site profile first")
+            return False
+        try:
+            info: BundleInfo = store.rollback(profile, version)
+        except AnomaLensError as exc:
+            self.status.setText(notify_error(exc))
+            return False
+        device = str(self.state.detector.device) if self.state.detector is not None else "cpu"
+
+        def done(det: Detector) -> None:
+            self.state.set_model(det, info.path)
+            notify_info(f"rolled back to {info.name}")
+
+        return self.jobs.start(f"Loading {info.name}", lambda progress, cancel: load_bundle(info.path, device=device),
+                               done)

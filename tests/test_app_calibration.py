@@ -1,0 +1,140 @@
+"""The Calibration dock with real Qt/OpenGL (run under ``xvfb-run -a``; never QT_QPA_PLATFORM=offscreen).
+
+A PatchCore model (tiny test config) is trained once on phantom slices and saved as version v0001 of a
+site profile; fine-tuning in the dock is then real engine work on a few marked slices.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from anomalens.engine.volume import Volume
+from tests.phantoms import phantom_slices
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def profile_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from anomalens.engine.calibration import calibrate_detector
+    from anomalens.engine.modelstore import ModelStore
+    from anomalens.plugins.patchcore import PatchCoreDetector
+
+    torch.set_num_threads(1)
+    det = PatchCoreDetector(config=PatchCoreDetector.test_config(), seed=0)
+    det.fit(phantom_slices(6, 64, seed=0)[0])
+    calibrate_detector(det, phantom_slices(4, 64, seed=1)[0])
+    root = tmp_path_factory.mktemp("data")
+    return ModelStore(root / "models").save_version(det, "phantom", note="trained on phantoms").path
+
+
+@pytest.fixture
+def env(profile_v1: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("ANOMALENS_DATA_DIR", str(profile_v1.parent.parent.parent))
+    monkeypatch.setenv("ANOMALENS_CONFIG_DIR", str(tmp_path / "config"))
+    return profile_v1
+
+
+def _scan(viewer: Any, seed: int = 7) -> tuple[Any, Volume]:
+    """A phantom scan; each seed is another study (the case library is shared by the module's tests)."""
+    from anomalens.app.reader import image_layer_data
+
+    vol = Volume(phantom_slices(5, 64, seed=seed)[0], spacing=(0.9, 0.9, 3.0), modality="MR")
+    data, kwargs, _ = image_layer_data(vol, name="phantom")
+    return viewer.add_image(data, **kwargs), vol
+
+
+def _dock(viewer: Any) -> Any:
+    from anomalens.app.widgets.calibration import CalibrationWidget
+
+    w = CalibrationWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Calibration")
+    return w
+
+
+def test_marks_persist_across_a_restart(make_napari_viewer: Any, qtbot: Any, env: Path) -> None:
+    from anomalens.app.results import goto_index
+    from anomalens.app.state import get_state
+    from anomalens.app.widgets.calibration import case_library
+    from anomalens.engine.caselib import CaseLibrary, default_path, study_key
+
+    viewer = make_napari_viewer(show=True)
+    layer, vol = _scan(viewer)
+    w = _dock(viewer)
+    state = get_state(viewer)
+    assert state.volume is not None and state.volume.array is layer.data  # taken from the scan layer
+    goto_index(viewer, layer, 3)
+    assert w.mark_current_slice() == [3]
+    assert not w.mark_slice_button.isEnabled() and w.unmark_slice_button.isEnabled()
+    assert w.mark_range(0, 1) == [0, 1]
+    assert state.extras["marked_slices"] == [0, 1, 3]
+    assert "0-1, 3" in w.marks_label.text()
+    assert w.undo() and state.extras["marked_slices"] == [3]
+    w.mark_range(1, 0)
+    assert w.unmark_current_slice() == [3] and state.extras["marked_slices"] == [0, 1]
+    state.set_disk_selection([(4, 10.0, 12.0)])
+    assert w.mark_selection_button.isEnabled() and w.mark_selection() == [4]
+    case_library(state).close()  # the viewer goes away
+
+    lib = CaseLibrary(default_path())  # a restart
+    key = study_key(vol)
+    assert lib.marks(key) == [0, 1, 4] and lib.patches(key) == [(4, 10.0, 12.0)]
+    lib.close()
+    viewer2 = make_napari_viewer(show=True)
+    _scan(viewer2)
+    w2 = _dock(viewer2)
+    assert w2.marked_slices() == [0, 1, 4]
+
+
+def test_fine_tune_makes_a_new_version_and_rollback_restores_the_old(make_napari_viewer: Any, qtbot: Any,
+                                                                     env: Path) -> None:
+    from anomalens.app.state import get_state
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.modelstore import ModelStore
+
+    viewer = make_napari_viewer(show=True)
+    _scan(viewer, seed=8)
+    w = _dock(viewer)
+    state = get_state(viewer)
+    assert not w.finetune_button.isEnabled()  # no model yet
+    state.set_model(load_bundle(env), env)
+    assert w.version_rows() == ["v0001"]
+    w.mark_range(0, 2)
+    assert w.finetune_button.isEnabled()
+    assert w.fine_tune()
+    qtbot.waitUntil(lambda: not w.jobs.running, timeout=90_000)
+    assert w.last_update is not None, w.status.text()
+    v2 = env.parent / "v0002"
+    assert state.model_path == v2 and v2.is_dir()
+    assert w.last_update.fp_before is not None and 0 <= w.last_update.fp_after <= 1
+    assert "before" in w.fp_label.text() and "after" in w.fp_label.text()
+    manifest = json.loads((v2 / "bundle.json").read_text())
+    assert manifest["parent"]["path"] == str(env.resolve()) and manifest["bundle_version"] == 2
+    assert "3 slices marked normal" in manifest["note"]
+    assert w.version_rows() == ["v0002", "v0001"]
+    assert ModelStore().active("phantom").path == v2
+
+    w.versions.setCurrentRow(1)
+    assert w.rollback_button.isEnabled()
+    assert w.rollback()
+    qtbot.waitUntil(lambda: not w.jobs.running, timeout=30_000)
+    assert state.model_path == env
+    assert json.loads((env.parent / "active.json").read_text())["version"] == "v0001"
+    assert v2.is_dir()  # nothing deleted
+    assert state.detector.calibration == load_bundle(env).calibration
+    assert np.isfinite(state.detector.calibration["threshold"])
+    assert w.version_rows() == ["v0002", "v0001"] and w.versions.item(1).text().startswith("●")
+
+    # Cancel: nothing is saved and the loaded model stays
+    assert w.fine_tune()
+    w.jobs.cancel()
+    qtbot.waitUntil(lambda: not w.jobs.running, timeout=30_000)
+    assert "cancelled" in w.status.text()
+    assert not (env.parent / "v0003").exists() and state.model_path == env

@@ -1,0 +1,293 @@
+"""The viewer with real Qt and OpenGL (run under ``xvfb-run -a``; never with QT_QPA_PLATFORM=offscreen).
+
+A PatchCore bundle is trained once per session on phantom slices (tiny test config) and calibrated on
+other phantom normals, so scoring in the docks is real engine work that takes well under a second.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from anomalens.engine.volume import Volume
+from tests.io_support import phantom, write_ct_series, write_sitk
+from tests.phantoms import phantom_slices
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="session")
+def calibrated_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from anomalens.engine.calibration import calibrate_detector
+    from anomalens.plugins.patchcore import PatchCoreDetector
+
+    torch.set_num_threads(1)
+    det = PatchCoreDetector(config=PatchCoreDetector.test_config(), seed=0)
+    det.fit(phantom_slices(6, 64, seed=0)[0])
+    calibrate_detector(det, phantom_slices(6, 64, seed=1)[0])
+    det.training["modality"] = "MR"
+    root = tmp_path_factory.mktemp("data")
+    return det.save(root / "models" / "phantom-patchcore")
+
+
+@pytest.fixture
+def app_env(calibrated_bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ANOMALENS_DATA_DIR", str(calibrated_bundle.parent.parent))
+    monkeypatch.setenv("ANOMALENS_CONFIG_DIR", str(tmp_path / "config"))
+    return calibrated_bundle
+
+
+def _lesion_layer(viewer: Any, n: int = 4) -> Any:
+    from anomalens.app.reader import image_layer_data
+
+    slices, masks = phantom_slices(n, 64, seed=5, lesion=True)
+    vol = Volume(slices, spacing=(0.9, 0.9, 3.0), modality="MR")
+    data, kwargs, _ = image_layer_data(vol, name="phantom")
+    return viewer.add_image(data, **kwargs), masks
+
+
+def _wait(qtbot: Any, widget: Any, timeout: float = 30.0) -> None:
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=int(timeout * 1000))
+
+
+def _labels_history(layer: Any) -> int:
+    return len(layer._undo_history)
+
+
+def test_reader_plugin_opens_a_scan_with_its_spacing(make_napari_viewer: Any, tmp_path: Path) -> None:
+    from anomalens.app.desktop import ensure_plugin_registered
+
+    ensure_plugin_registered()
+    path = write_sitk(tmp_path / "scan.nrrd", phantom((5, 16, 20)), spacing=(0.8, 0.9, 2.5))
+    viewer = make_napari_viewer(show=True)
+    [layer] = viewer.open(str(path), plugin="anomalens")
+    assert tuple(layer.scale) == pytest.approx((2.5, 0.9, 0.8))
+    assert layer.metadata["anomalens_role"] == "scan"
+    from anomalens.app.state import get_state
+    from anomalens.app.widgets.scr import ScrWidget
+
+    _dock, widget = viewer.window.add_plugin_dock_widget("anomalens", "SCR")
+    assert isinstance(widget, ScrWidget)
+    assert widget.state is get_state(viewer)  # napari passed a proxy of the viewer: still one shared state
+    [sample] = viewer.open_sample("anomalens", "mr_small")  # ships inside pydicom: no network
+    assert sample.name == "mr_small" and min(sample.scale) > 0
+
+
+def test_scoring_a_slice_adds_heatmap_mask_and_curve_and_sliders_recut(make_napari_viewer: Any, qtbot: Any,
+                                                                         app_env: Path) -> None:
+    from napari.layers import Image, Labels
+
+    from anomalens.app.state import get_state
+    from anomalens.app.widgets.detector import DetectorWidget
+    from anomalens.app.widgets.scr import ScrWidget
+
+    viewer = make_napari_viewer(show=True)
+    image, _ = _lesion_layer(viewer)
+    det_w, scr_w = DetectorWidget(viewer), ScrWidget(viewer)
+    viewer.window.add_dock_widget(det_w, name="Detector")
+    viewer.window.add_dock_widget(scr_w, name="SCR")
+    state = get_state(viewer)
+    assert det_w.bundle_combo.findData(str(app_env)) > 0  # listed from the model folder
+    assert not det_w.train_button.isHidden()  # no model yet: offer training, not an error
+    assert det_w.set_bundle(app_env)
+    _wait(qtbot, det_w)
+    assert state.detector is not None and det_w.train_button.isHidden()
+
+    det_w.goto_slice(2)
+    assert det_w.score_slice()
+    _wait(qtbot, det_w)
+    heat, mask = viewer.layers["phantom anomaly"], viewer.layers["phantom mask"]
+    assert isinstance(heat, Image) and isinstance(mask, Labels)
+    assert tuple(heat.scale) == tuple(image.scale) == tuple(mask.scale)
+    assert heat.data[2].max() > 0 and heat.data[[0, 1, 3]].max() == 0  # only the scored slice
+    assert state.results is not None and list(np.flatnonzero(state.results.scored)) == [2]
+    assert state.score is not None and set(state.score.slice_scores) == {2}
+
+    # hand edit on slice 0, then slider moves on slice 2: the edit stays undoable
+    mask.paint((0, 5, 5), 3, refresh=True)
+    history = _labels_history(mask)
+    assert mask.data[0, 5, 5] == 3
+    scr_w.threshold_slider.setValue(0.55)  # low threshold: speckle for λ to remove
+    scr_w.lam_slider.setValue(0.0)
+    plain = mask.data[2].copy()
+    assert plain.any()
+    scr_w.lam_slider.setValue(scr_w.lam_slider.maximum())
+    smooth = mask.data[2].copy()
+    assert not np.array_equal(plain, smooth)
+    assert state.scr.lam == pytest.approx(scr_w.lam_slider.maximum())
+    assert scr_w.last_solve_ms is not None and scr_w.last_solve_ms < 500
+    assert _labels_history(mask) == history
+    mask.undo()
+    assert mask.data[0, 5, 5] == 0
+    np.testing.assert_array_equal(mask.data[2], smooth)
+
+    scr_w.mode_3d.setChecked(True)  # the 2D/3D switch goes to the state and re-cuts
+    assert state.scr.mode == "3d" and state.results.cut_params[2][3] == "3d"
+    # the model's state drives the sliders back (reset to calibrated)
+    scr_w.reset_button.click()
+    assert scr_w.lam_slider.value() == pytest.approx(state.scr.lam, abs=1e-3)
+
+    # score the volume, then a click on the curve moves the viewer
+    assert det_w.score_volume()
+    _wait(qtbot, det_w)
+    assert state.results.scored.all()
+    det_w.plot.click_at(0.2)
+    from anomalens.app.results import current_index
+
+    assert current_index(viewer, image) == 0
+    state.slice_requested.emit(3)
+    assert current_index(viewer, image) == 3
+
+    # apply SCR to every scored slice in the background
+    assert scr_w.apply_to_volume()
+    _wait(qtbot, scr_w)
+    assert all(state.results.cut_params[z] == state.scr.key() for z in range(4))
+
+
+def test_cancel_stops_a_running_job_within_a_second(make_napari_viewer: Any, qtbot: Any, app_env: Path) -> None:
+    from anomalens.app.state import get_state
+    from anomalens.app.widgets.detector import DetectorWidget
+    from anomalens.engine.detectors import AnomalyResult, Detector
+    from anomalens.engine.progress import check
+
+    class SlowDetector(Detector):
+        name = "slow"
+
+        def _fit(self, normals, progress, cancel):
+            return None
+
+        def _score(self, slices, progress, cancel):
+            for _ in range(200):  # 2 s per batch unless cancelled
+                check(cancel)
+                time.sleep(0.01)
+            return AnomalyResult(heatmaps=np.zeros_like(slices), scores=np.zeros(len(slices)))
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            return None
+
+    viewer = make_napari_viewer(show=True)
+    _lesion_layer(viewer, n=12)
+    widget = DetectorWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    slow = SlowDetector()
+    slow.fitted = True
+    get_state(viewer).set_model(slow)
+    assert widget.score_volume()
+    qtbot.wait(300)
+    assert widget.jobs.running and not widget.cancel_button.isHidden()
+    t0 = time.perf_counter()
+    widget.cancel_button.click()
+    _wait(qtbot, widget, timeout=5)
+    assert time.perf_counter() - t0 < 1.0
+    assert "cancelled" in widget.status.text()
+    assert "phantom anomaly" not in viewer.layers
+
+
+def test_train_from_marked_normals_when_there_is_no_model(make_napari_viewer: Any, qtbot: Any, app_env: Path,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomalens.app.state import get_state
+    from anomalens.app.widgets.detector import DetectorWidget
+    from anomalens.engine.modelstore import ModelStore
+    from anomalens.plugins.patchcore import PatchCoreDetector
+
+    monkeypatch.setenv("ANOMALENS_DATA_DIR", str(tmp_path / "empty"))
+    viewer = make_napari_viewer(show=True)
+    _lesion_layer(viewer, n=3)
+    widget = DetectorWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.train_config = PatchCoreDetector.test_config()
+    widget.detector_combo.setCurrentText("patchcore")
+    state = get_state(viewer)
+    assert widget.bundle_combo.count() == 1  # only the placeholder: the model folder is empty
+    assert widget.score_slice_button.isHidden() and not widget.train_button.isHidden()
+    assert not widget.train_button.isEnabled()  # nothing marked yet
+    state.set_marked_slices([0, 2])
+    assert widget.train_button.isEnabled() and "2 marked" in widget.train_button.text()
+    widget.train_button.click()
+    _wait(qtbot, widget, timeout=60)
+    assert state.detector is not None and "normaliser" in state.detector.calibration
+    assert state.detector.training["modality"] == "MR"
+    [saved] = ModelStore().bundles()
+    assert state.model_path == saved.path and widget.bundle_combo.currentData() == str(saved.path)
+    assert not widget.score_slice_button.isHidden() and widget.train_button.isHidden()
+
+
+def test_desktop_window_opens_files_and_survives_bad_ones(make_napari_viewer: Any, qtbot: Any, app_env: Path,
+                                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari.utils.notifications import notification_manager
+
+    from anomalens.app.desktop import TITLE, setup_viewer
+    from anomalens.app.recent import RecentFiles
+
+    viewer = make_napari_viewer(show=True)
+    recent = RecentFiles(tmp_path / "recent.json")
+    files = setup_viewer(viewer, recent)
+    assert viewer.title == TITLE and not viewer.window._qt_window.windowIcon().isNull()
+    assert {"Detector", "SCR"} <= set(viewer.window.anomalens_docks)
+    texts = [a.text() for a in viewer.window.file_menu.actions()]
+    assert texts[:2] == ["Open scan…", "Open DICOM folder…"]
+
+    good = write_sitk(tmp_path / "ct.nii.gz", phantom((5, 16, 20)), spacing=(0.8, 0.9, 2.5))
+    assert files.open_path(good)
+    qtbot.waitUntil(lambda: not files.jobs.running, timeout=20000)
+    assert [lyr.name for lyr in viewer.layers] == ["ct"]
+    assert recent.load() == [good.resolve()]
+
+    bad = tmp_path / "notes.nii.gz"
+    bad.write_bytes(b"this is not a scan at all" * 10)
+    before = len(notification_manager.records)
+    assert files.open_path(bad)
+    qtbot.waitUntil(lambda: not files.jobs.running, timeout=20000)
+    assert [lyr.name for lyr in viewer.layers] == ["ct"]  # nothing already loaded is lost
+    new = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("notes.nii.gz" in m for m in new), new
+    assert recent.load() == [good.resolve()]
+
+    two = tmp_path / "two-series"
+    write_ct_series(two, phantom((3, 12, 10)), series_uid="1.2.3.4.1", description="first")
+    write_ct_series(two, phantom((4, 12, 10)), series_uid="1.2.3.4.2", description="second", name="B")
+    asked: list[list[dict]] = []
+    monkeypatch.setattr(files, "choose_series", lambda series: asked.append(series) or "1.2.3.4.2")
+    assert files.open_path(two)
+    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=20000)
+    assert {r["uid"] for r in asked[0]} == {"1.2.3.4.1", "1.2.3.4.2"}
+    assert viewer.layers[-1].data.shape == (4, 12, 10)
+    qtbot.waitUntil(lambda: not files.jobs.running, timeout=20000)
+
+    newer = tmp_path / "newer-model"
+    newer.mkdir()
+    (newer / "bundle.json").write_text('{"schema_version": 99, "detector": "patchcore", "config": {}}')
+    before = len(notification_manager.records)
+    assert not viewer.window.anomalens_docks["Detector"].set_bundle(newer)
+    assert any("schema version 99" in str(n.message) for n in notification_manager.records[before:])
+
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    assert shot.ndim == 3 and shot[..., :3].std() > 5  # the window drew something, not a blank frame
+    canvas = viewer.screenshot(canvas_only=True, flash=False)
+    assert canvas[..., :3].std() > 1  # the scan is visible on the OpenGL canvas
+
+
+def test_desktop_app_starts_and_closes(tmp_path: Path) -> None:
+    env = {**os.environ, "ANOMALENS_DATA_DIR": str(tmp_path / "data"), "ANOMALENS_CONFIG_DIR": str(tmp_path / "cfg"),
+           "XDG_STATE_HOME": str(tmp_path / "state"), "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    scan = write_sitk(tmp_path / "scan.mha", phantom((3, 16, 20)))
+    code = "import sys; from anomalens.app.desktop import main; sys.exit(main(sys.argv[1:]))"
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code, str(scan), "--quit-after", "0.5"], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert time.perf_counter() - t0 < 60
+    log = (tmp_path / "state" / "anomalens" / "log" / "viewer.log")
+    assert not log.exists() or "Traceback" not in log.read_text()

@@ -1,0 +1,70 @@
+"""Lorentz detector specifics beyond the shared contract: geometry switch, embeddings, residual inputs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomalens.engine.detectors import load_bundle
+from anomalens.engine.errors import ConfigError
+from anomalens.engine.geometry import lorentz
+from anomalens.plugins.lorentz import LorentzDetector
+from tests.phantoms import phantom_slices
+
+
+@pytest.fixture(scope="module")
+def data():
+    normals, _ = phantom_slices(6, 64, seed=3)
+    tests, _ = phantom_slices(2, 64, seed=4, lesion=True)
+    return normals, tests
+
+
+def make(**kw) -> LorentzDetector:
+    return LorentzDetector(config={**LorentzDetector.test_config(), **kw}, seed=0)
+
+
+def test_lorentz_embeddings_lie_on_the_hyperboloid(data) -> None:
+    normals, tests = data
+    det = make().fit(normals)
+    res = det.score(tests)
+    emb = res.embeddings
+    assert emb.manifold == "lorentz" and emb.curvature > 0
+    assert emb.points.shape[1] == det.config.dim + 1
+    import torch
+
+    ok = lorentz.check_point_on_manifold(torch.as_tensor(emb.points, dtype=torch.float64), emb.curvature,
+                                         atol=1e-3, rtol=1e-3)
+    assert ok
+    assert emb.hyperplane is not None and np.isfinite(emb.hyperplane).all()
+    assert det.head.manifold.c.requires_grad, "the curvature is learnable"
+    assert 0.0 <= res.heatmaps.min() and res.heatmaps.max() <= 1.0
+    np.testing.assert_allclose(res.scores, res.heatmaps.reshape(2, -1).max(1))
+
+
+def test_euclidean_ablation_is_one_switch_away(data) -> None:
+    normals, tests = data
+    det = make(geometry="euclidean").fit(normals)
+    emb = det.score(tests).embeddings
+    assert emb.manifold == "euclidean" and emb.curvature == 0.0
+    assert emb.points.shape[1] == det.config.dim
+
+
+def test_residual_inputs_round_trip(data, tmp_path: Path) -> None:
+    normals, tests = data
+    det = make(inputs="residual").fit(normals)
+    assert det.bank is not None and det.bank.shape[1] == sum(det.extractor.channels.values())
+    for lv in det.config.levels:
+        assert float(det.stats[f"{lv}.rscale"]) > 0
+    again = load_bundle(det.save(tmp_path / "m"))
+    np.testing.assert_allclose(det.score(tests).heatmaps, again.score(tests).heatmaps, atol=1e-6)
+    n_before = len(again.bank)
+    again.fine_tune(normals[:2])
+    assert len(again.bank) > n_before, "few-shot normals join the memory bank"
+
+
+def test_bad_options_are_refused() -> None:
+    for bad in ({"geometry": "spherical"}, {"inputs": "pixels"}, {"curvature": -1.0}, {"epochs": 0}):
+        with pytest.raises(ConfigError):
+            make(**bad)
