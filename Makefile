@@ -30,8 +30,13 @@ test: lint
 slow: install
 	$(XVFB) $(BIN)/python -m pytest -m "slow" $(PYTEST_ARGS)
 
+# With a display the viewer opens on the result; without one the same run goes headless and, when an
+# X server can be started (xvfb-run), a screenshot of the viewer lands in demo-output/ as well.
 demo: install
-	$(XVFB) $(BIN)/anomalens demo
+	@if [ -n "$$DISPLAY" ]; then $(BIN)/anomalens-viewer --demo; \
+	elif [ -n "$(XVFB)" ]; then $(XVFB) $(BIN)/anomalens-viewer --demo --screenshot demo-output/viewer.png; \
+	else $(BIN)/anomalens demo; fi
+	@echo "demo outputs are in $(CURDIR)/demo-output"
 
 bench: install
 	$(BIN)/python bench/run_all.py

@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtGui import QAction
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMenu, QProgressBar, QPushButton, QWidget
@@ -208,6 +209,42 @@ def create_viewer(path: str | Path | None = None, show: bool = True,
     return viewer
 
 
+def show_demo(viewer: napari.Viewer, screenshot: Path | None = None) -> None:
+    """Run the engine's demo job (terminal progress bar), then show scan, heatmap and SCR mask.
+
+    The engine does the work (``anomalens.engine.demo``); this only shows it and hands the trained model
+    to the docks so λ, τ and the threshold can be tuned at once.
+    """
+    from anomalens.app.reader import image_layer_data
+    from anomalens.app.state import get_state
+    from anomalens.engine.cli.progressbar import terminal_progress
+    from anomalens.engine.demo import run_demo
+    from anomalens.engine.detectors import load_bundle
+
+    with terminal_progress("demo: training/scoring sample:brain1") as progress:
+        out = run_demo(progress=progress)
+    data, kwargs, _ = image_layer_data(out.volume, name="brain1")
+    viewer.add_image(data, **kwargs)
+    viewer.add_image(out.heatmap, name="brain1 heatmap", scale=out.volume.spacing_zyx, colormap="inferno",
+                     blending="additive", opacity=0.6, contrast_limits=(0.9, max(1.0, float(out.heatmap.max()))),
+                     units=("mm", "mm", "mm"))
+    viewer.add_labels(out.mask.astype(np.uint8), name="brain1 SCR mask", scale=out.volume.spacing_zyx, opacity=0.6,
+                      units=("mm", "mm", "mm"))
+    viewer.dims.set_current_step(0, int(out.evaluated[len(out.evaluated) // 2]))
+    state = get_state(viewer)
+    state.set_model(load_bundle(out.model), out.model)
+    print("demo outputs: " + ", ".join(str(p) for p in out.files.values()))
+    if screenshot is not None:
+        def grab() -> None:
+            from anomalens.engine.export import save_png
+
+            save_png(viewer.screenshot(canvas_only=False, flash=False), screenshot)
+            print(f"viewer screenshot: {screenshot}")
+            viewer.close()
+
+        QTimer.singleShot(1500, grab)
+
+
 def _setup_logging() -> None:
     """Log to a rotating file in the user's log folder (and warnings to stderr)."""
     import platformdirs
@@ -234,12 +271,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="anomalens-viewer", description="Open the AnomaLens viewer.")
     parser.add_argument("path", nargs="?", help="a scan file or DICOM folder to open")
     parser.add_argument("--version", action="version", version=f"AnomaLens {__version__}")
+    parser.add_argument("--demo", action="store_true",
+                        help="run the main job on sample:brain1 (train once, calibrate, score) and show it")
+    parser.add_argument("--screenshot", type=Path, default=None,
+                        help="with --demo: save a screenshot of the window there, then close")
     parser.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)  # smoke tests
     args = parser.parse_args(argv)
     _setup_logging()
     get_qapp(app_name=TITLE, app_version=__version__, icon=str(resource_path(ICON)), org_name=TITLE,
              org_domain="anomalens.invalid", app_id=f"anomalens.viewer.{__version__}")
-    viewer = create_viewer(args.path)
+    viewer = create_viewer(None if args.demo else args.path)
+    if args.demo:
+        show_demo(viewer, args.screenshot)
     seconds = args.quit_after if args.quit_after is not None else float(os.environ.get("ANOMALENS_QUIT_AFTER", 0) or 0)
     if seconds > 0:
         QTimer.singleShot(int(seconds * 1000), viewer.close)
