@@ -30,6 +30,10 @@ if TYPE_CHECKING:
 TITLE = "AnomaLens"
 ICON = "anomalens.png"
 PLUGIN_NAME = "anomalens"
+#: File → Export entries: (Export dock button prefix, menu text, Export dock method).
+_EXPORT_ENTRIES = (("heatmap", "Heatmap as NIfTI…", "export_heatmap"), ("mask", "Mask as NIfTI…", "export_mask"),
+                   ("seg", "Mask as DICOM SEG…", "export_seg"), ("png", "Snapshot as PNG…", "export_snapshot"),
+                   ("csv", "Slice scores as CSV…", "export_scores"))
 _SCAN_FILTER = "Scans (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.dcm *.dicom *.ima);;All files (*)"
 
 
@@ -51,7 +55,7 @@ def ensure_plugin_registered() -> None:
 
 
 class FileActions(QObject):
-    """File → Open scan / Open DICOM folder / Open recent, reading in a worker with a status-bar progress bar."""
+    """File → Open scan / Open DICOM folder / Open recent (reading in a worker, status-bar progress) / Export."""
 
     def __init__(self, viewer: napari.Viewer, recent: RecentFiles | None = None) -> None:
         super().__init__(viewer.window._qt_window)
@@ -63,6 +67,13 @@ class FileActions(QObject):
         self.open_file_action.triggered.connect(self.choose_file)
         self.open_folder_action.triggered.connect(self.choose_folder)
         self.recent_menu.aboutToShow.connect(self._fill_recent)
+        self.export_menu = QMenu("Export")
+        self.export_actions: dict[str, QAction] = {}
+        for key, text, method in _EXPORT_ENTRIES:
+            act = self.export_menu.addAction(text)
+            act.triggered.connect(lambda _checked=False, method=method: self._export(method))
+            self.export_actions[key] = act
+        self.export_menu.aboutToShow.connect(self._sync_export)
 
         status = QWidget()
         row = QHBoxLayout(status)
@@ -86,6 +97,7 @@ class FileActions(QObject):
         self.file_menu.insertAction(first, self.open_file_action)
         self.file_menu.insertAction(first, self.open_folder_action)
         self.file_menu.insertMenu(first, self.recent_menu)
+        self.file_menu.insertMenu(first, self.export_menu)
         if first is not None:
             self.file_menu.insertSeparator(first)
 
@@ -100,6 +112,24 @@ class FileActions(QObject):
         else:
             self.recent_menu.addSeparator()
             self.recent_menu.addAction("Clear list").triggered.connect(self.recent.clear)
+
+    def export_dock(self) -> Any:
+        """The Export dock the menu drives (same functions, same checks, same background writing)."""
+        return getattr(self.viewer.window, "anomalens_docks", {}).get("Export")
+
+    def _sync_export(self) -> None:
+        """Mirror the dock's buttons: an entry is enabled (with its tooltip) exactly when its button is."""
+        dock = self.export_dock()
+        self.export_menu.setToolTipsVisible(True)
+        for key, act in self.export_actions.items():
+            button = getattr(dock, f"{key}_button", None) if dock is not None else None
+            act.setEnabled(button is not None and button.isEnabled())
+            act.setToolTip(button.toolTip() if button is not None else "the Export dock is not available")
+
+    def _export(self, method: str) -> None:
+        dock = self.export_dock()
+        if dock is not None:
+            getattr(dock, method)()
 
     def choose_file(self) -> None:
         path, _ = QFileDialog.getOpenFileName(self.viewer.window._qt_window, "Open scan", "", _SCAN_FILTER)
@@ -155,14 +185,15 @@ class FileActions(QObject):
 
 
 def add_docks(viewer: napari.Viewer) -> dict[str, QWidget]:
-    """Create the AnomaLens docks (Detector and SCR on the right; Poincaré disk and Calibration tabbed below)."""
+    """Create the AnomaLens docks (Detector and SCR on the right; Poincaré disk, Calibration, Export tabbed below)."""
     from anomalens.app.widgets.detector import DetectorWidget
     from anomalens.app.widgets.scr import ScrWidget
 
     docks: dict[str, QWidget] = {}
     for name, factory, tabify in (("Detector", DetectorWidget, False), ("SCR", ScrWidget, False),
                                   ("Poincaré disk", _optional("poincare", "PoincareWidget"), False),
-                                  ("Calibration", _optional("calibration", "CalibrationWidget"), True)):
+                                  ("Calibration", _optional("calibration", "CalibrationWidget"), True),
+                                  ("Export", _optional("export", "ExportWidget"), True)):
         if factory is None:
             continue
         try:

@@ -22,6 +22,16 @@ from anomalens.engine.progress import CancelToken, ProgressCallback
 Work = Callable[[ProgressCallback, CancelToken], Any]
 
 
+def _preload_heavy_imports() -> None:
+    """Import what training imports lazily, now, while the docks are being built.
+
+    The first ``torch.optim`` optimiser imports ``torch._dynamo`` (and sympy); done inside a worker thread
+    that import holds the interpreter lock for about half a second and freezes the UI mid-job
+    (bench/bench_responsiveness.py measured 390–525 ms gaps). Paying it once at start-up is cheaper.
+    """
+    import torch._dynamo  # noqa: F401
+
+
 class JobRunner(QObject):
     """Runs one job at a time and mirrors it in a progress bar, a Cancel button and a status label.
 
@@ -46,6 +56,7 @@ class JobRunner(QObject):
         self._progressed.connect(self._show_progress)
         self.cancel_button.clicked.connect(self.cancel)
         self._idle()
+        _preload_heavy_imports()
 
     @property
     def running(self) -> bool:

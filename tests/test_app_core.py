@@ -256,7 +256,7 @@ def test_manifest_passes_npe2_validate() -> None:
     assert "valid" in out.stdout
 
 
-def test_manifest_lists_every_sample_and_the_four_docks() -> None:
+def test_manifest_lists_every_sample_and_the_docks() -> None:
     from npe2 import PluginManifest
 
     from anomalens.app import samples
@@ -273,7 +273,8 @@ def test_manifest_lists_every_sample_and_the_four_docks() -> None:
     assert widgets == {"Detector": "anomalens.app.widgets.detector:DetectorWidget",
                        "SCR": "anomalens.app.widgets.scr:ScrWidget",
                        "Poincaré disk": "anomalens.app.widgets.poincare:PoincareWidget",
-                       "Calibration": "anomalens.app.widgets.calibration:CalibrationWidget"}
+                       "Calibration": "anomalens.app.widgets.calibration:CalibrationWidget",
+                       "Export": "anomalens.app.widgets.export:ExportWidget"}
     [reader] = mf.contributions.readers
     assert reader.accepts_directories and "*.nii.gz" in reader.filename_patterns
 

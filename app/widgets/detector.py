@@ -246,6 +246,7 @@ class DetectorWidget(QWidget):
             self._load(self._loaded[0])
 
     def _on_model_changed(self, detector: Detector | None) -> None:
+        self._show_model_choice(detector)
         if detector is None:
             self.model_label.setText("No model loaded")
         else:
@@ -257,6 +258,30 @@ class DetectorWidget(QWidget):
                    if "normaliser" in cal else "not calibrated: raw heatmaps, no mask (calibrate it first)"))
         self._update_buttons()
         self._check_modality()
+
+    def _show_model_choice(self, detector: Detector | None) -> None:
+        """Make the Detector and Model boxes show the state's model, wherever it was set (demo, Calibration dock).
+
+        Signals are blocked: mirroring the state must not load the bundle again.
+        """
+        if detector is None:
+            return
+        if self.detector_combo.findText(detector.name) < 0:
+            self.detector_combo.addItem(detector.name)
+        self.detector_combo.blockSignals(True)
+        self.detector_combo.setCurrentText(detector.name)
+        self.detector_combo.blockSignals(False)
+        path = self.state.model_path
+        if path is None:
+            return
+        if self.bundle_combo.findData(str(path)) < 0:
+            entry = describe_bundle(path)
+            self.bundle_combo.addItem(entry.label if not entry.error else path.name, str(path))
+        self.bundle_combo.blockSignals(True)
+        self.bundle_combo.setCurrentIndex(self.bundle_combo.findData(str(path)))
+        self.bundle_combo.blockSignals(False)
+        if self._loaded is None or self._loaded[0] != path:
+            self._loaded = (path, self.device_combo.currentText() or "cpu")
 
     def _check_modality(self) -> None:
         det, vol = self.state.detector, self.state.volume

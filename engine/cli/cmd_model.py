@@ -43,12 +43,22 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--set", dest="options", action="append", metavar="KEY=VALUE", help="detector option")
     p.set_defaults(handler=run_train)
 
-    s = sub.add_parser("score", parents=[common], help="score a scan with a trained model")
+    s = sub.add_parser("score", parents=[common], help="score scans with a trained model (one, or many in a batch)",
+                       description="One INPUT scores in this process. Several INPUTs, a folder of studies or "
+                                   "@LIST (one SPEC a line) score on dask.distributed, one task per study, into "
+                                   "OUT/<study-id>/ with OUT/manifest.json; a rerun skips finished studies. "
+                                   "Exit status 1 when some studies failed (the others' results are kept).")
     s.add_argument("--model", required=True, type=Path, help="model bundle folder")
-    s.add_argument("input", metavar="INPUT", help="file, DICOM folder or sample:NAME")
-    s.add_argument("--slices", default=None, help="slice selection, e.g. 3-10,14")
+    s.add_argument("input", metavar="INPUT", nargs="+",
+                   help="file, DICOM folder, sample:NAME, a folder of studies, or @LIST.txt")
+    s.add_argument("--slices", default=None, help="slice selection, e.g. 3-10,14 (one INPUT only; in a batch "
+                                                  "give SPEC#slices per study)")
     s.add_argument("--out", required=True, type=Path, help="output folder")
     s.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
+    s.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="batch: local cluster of N worker processes, 1 thread each (default: CPU count)")
+    s.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="batch: use a running dask scheduler, e.g. tcp://host:8786, instead of a local cluster")
     s.set_defaults(handler=run_score)
 
     d = sub.add_parser("detectors", parents=[common], help="list installed detectors")
@@ -96,11 +106,17 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
+    from anomalens.engine.batch import is_batch
+
+    inputs = list(args.input)
+    if is_batch(inputs) or args.workers is not None or args.scheduler is not None:
+        return run_score_batch(args, inputs)
+
     from anomalens.engine.detectors import load_bundle
     from anomalens.engine.pipeline import load_volume, parse_slices, score_volume, write_score_outputs
 
     det = load_bundle(args.model, device=args.device)
-    volume = load_volume(args.input)
+    volume = load_volume(inputs[0])
     idx = parse_slices(args.slices, volume.n_slices)
     with terminal_progress("scoring") as progress:
         vs = score_volume(det, volume, slices=idx, progress=progress)
@@ -110,3 +126,24 @@ def run_score(args: argparse.Namespace) -> int:
                  "max_score": max(vs.slice_scores.values())})
     emit(args, data, "\n".join(f"{k}: {v}" for k, v in data.items()))
     return 0
+
+
+def run_score_batch(args: argparse.Namespace, inputs: list[str]) -> int:
+    """Batch mode of ``score``: exit 0 when every study has results, 1 (with a summary) when some failed."""
+    import sys
+
+    from anomalens.engine.batch import run_batch
+
+    if args.slices:
+        raise ConfigError("--slices applies to one INPUT; in a batch add #slices to each study's SPEC")
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    summary = run_batch(args.model, inputs, args.out, workers=args.workers, scheduler=args.scheduler,
+                        device=args.device)
+    data = summary.to_dict()
+    emit(args, data, f"{data['ok']} scored, {data['skipped']} already done, {len(summary.failed)} failed "
+                     f"in {data['seconds']:.1f} s on {data['workers']} workers; manifest: {data['manifest']}")
+    if summary.failed:
+        for sid, err in summary.failed.items():
+            print(f"anomalens: failed: {sid}: {err}", file=sys.stderr)
+    return summary.exit_code

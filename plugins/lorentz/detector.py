@@ -49,7 +49,10 @@ class LorentzConfig(DetectorConfig):
     batch_patches: int = 4096
     n_variants: int = 4
     p_anomaly: float = 0.8
-    anomaly_kinds: tuple[str, ...] = ("cutpaste", "gaussian", "deformation")
+    # Gaussian intensity anomalies only: on brain1 the paper's full mix (with CutPaste and deformation)
+    # measured 0.55 pixel AUROC against 0.91 for this (plugins/lorentz/README.md); all three are one option away.
+    anomaly_kinds: tuple[str, ...] = ("gaussian",)
+    p_cross_slice: float = 0.0
     smoothing_sigma: float = 4.0
     batch_size: int = 16
     fine_tune_epochs: int = 10
@@ -192,14 +195,16 @@ class LorentzDetector(Detector):
         for v in range(n_variants):
             check(cancel)
             images, masks = synthesize_batch(normals, rng, foregrounds=fg, p_anomaly=self.config.p_anomaly,
-                                             kinds=self.config.anomaly_kinds)
+                                             kinds=self.config.anomaly_kinds, p_cross_slice=self.config.p_cross_slice)
             f = self._standardise(self._raw_features(images, cancel))
             grid = next(iter(f.values())).shape[-2:]
             frac = self._to_grid(masks, grid)
             fg_frac = self._to_grid(fg, grid)
             lab = torch.full_like(frac, -1.0)
             lab[(frac == 0) & (fg_frac > 0.1)] = 0.0
-            lab[frac >= 0.5] = 1.0
+            # Anomalous where half a cell is covered; small blobs on a coarse grid (few-shot slices, small
+            # inputs) may cover no cell that much, so the bar drops to half the largest coverage then.
+            lab[frac >= min(0.5, max(0.5 * float(frac.max()), 1e-3))] = 1.0
             inputs = self._fold_inputs(f, banks)
             keep = lab.reshape(-1) >= 0
             for lv, x in inputs.items():

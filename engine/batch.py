@@ -1,0 +1,363 @@
+"""Batch scoring of many studies on dask.distributed: a local cluster by default, any scheduler on request.
+
+One task per study. Workers write each study's outputs into ``OUT/<study-id>/`` through a temporary folder
+that is renamed into place, so a worker killed mid-write leaves no half result. Only the client writes
+``OUT/manifest.json`` (atomically, after every result), so a crash of the client or of a worker loses at
+most the studies still running; a rerun skips every study recorded as ``ok`` with the same model and its
+files present, and retries the failed and missing ones. A failing study (corrupt file, unreadable folder)
+is recorded with its error and never stops the others.
+
+The same code runs on a laptop and on a cluster: point ``scheduler`` at a scheduler started by
+dask-jobqueue, dask-kubernetes or dask-gateway (see ``docs/scale-out.md``); nothing here depends on where
+workers run, only on them seeing the same paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from anomalens.engine.errors import AnomaLensError, ConfigError, EmptyInputError
+from anomalens.engine.fileio import atomic_dir, atomic_write_text
+
+if TYPE_CHECKING:
+    from anomalens.engine.detectors import Detector
+
+MANIFEST = "manifest.json"
+MANIFEST_VERSION = 1
+OUTPUT_FILES = {"heatmap": "heatmap.nii.gz", "scores": "scores.csv"}
+# Files in a folder of studies that are clearly not studies (notes, lists, previous outputs).
+_NOT_STUDIES = (".txt", ".md", ".json", ".csv", ".log", ".yaml", ".yml", ".py")
+# Suffixes of single-file scans: a folder holding one is a folder of studies, never a DICOM series.
+_SCAN_FILES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+@dataclass(frozen=True)
+class Study:
+    """One unit of work: a stable id (its output folder name) and the SPEC the workers read."""
+
+    id: str
+    spec: str
+
+
+@dataclass
+class BatchSummary:
+    """What a batch run did; ``failed`` maps study id to its error message."""
+
+    out: Path
+    ok: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    workers: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every study has results, 1 when any failed (the others' results are kept)."""
+        return 1 if self.failed else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out": str(self.out), "manifest": str(self.out / MANIFEST), "ok": len(self.ok),
+                "skipped": len(self.skipped), "failed": dict(self.failed), "seconds": round(self.seconds, 3),
+                "workers": self.workers}
+
+
+# -- inputs ------------------------------------------------------------------------------------------------
+
+def study_id(spec: str) -> str:
+    """A filesystem-safe, stable name: the scan's stem (readable) plus a short hash of the SPEC (unique)."""
+    from anomalens.engine.io.spec import SAMPLE_PREFIX, split_spec
+
+    source, selection = split_spec(spec)
+    if source.startswith(SAMPLE_PREFIX):
+        stem = source[len(SAMPLE_PREFIX):]
+    else:
+        name = Path(source.rstrip("/\\")).name
+        lower = name.lower()
+        for suffix in sorted((*_SCAN_FILES, ".dcm"), key=len, reverse=True):
+            if lower.endswith(suffix):
+                name = name[: -len(suffix)]
+                break
+        stem = name
+    if selection:
+        stem = f"{stem}_{selection}"
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:48] or "study"
+    digest = hashlib.sha256(spec.encode("utf-8")).hexdigest()[:8]
+    return f"{stem}-{digest}"
+
+
+def _absolute_spec(spec: str, base: Path | None = None) -> str:
+    """The SPEC with its path made absolute, so ids and workers do not depend on the current folder."""
+    from anomalens.engine.io.spec import SAMPLE_PREFIX, split_spec
+
+    spec = spec.strip()
+    if spec.startswith(SAMPLE_PREFIX):
+        return spec
+    if base is not None and not Path(spec).expanduser().is_absolute():
+        spec = str(base / spec)
+    source, selection = split_spec(spec)
+    path = str(Path(source).expanduser().resolve())
+    return path if selection is None else f"{path}#{selection}"
+
+
+def is_study_folder(path: Path) -> bool:
+    """Whether a folder holds several studies rather than being one DICOM series.
+
+    DICOM folders are read recursively as one scan, so a folder counts as a collection when it has
+    sub-folders (one per study) or holds single-file scans (NIfTI, NRRD, MetaImage).
+    """
+    if not path.is_dir():
+        return False
+    for child in path.iterdir():
+        if child.name.startswith("."):
+            continue
+        if child.is_dir() or child.name.lower().endswith(_SCAN_FILES):
+            return True
+    return False
+
+
+def _read_list(path: Path) -> list[str]:
+    if not path.is_file():
+        raise ConfigError(f"the study list {path} does not exist")
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def expand_inputs(inputs: Sequence[str]) -> list[Study]:
+    """Studies from INPUT arguments: SPECs, folders of studies, and ``@list.txt`` files (one SPEC a line).
+
+    Relative paths in a list file are taken relative to the list's folder, so a list travels with its data.
+    Duplicates are dropped (the same SPEC twice would race on one output folder).
+    """
+    specs: list[str] = []
+    for item in inputs:
+        if item.startswith("@"):
+            lst = Path(item[1:]).expanduser()
+            specs.extend(_absolute_spec(s, lst.resolve().parent) for s in _read_list(lst))
+            continue
+        path = Path(item).expanduser()
+        if is_study_folder(path):
+            children = sorted(c for c in path.iterdir() if not c.name.startswith(".")
+                              and not (c.is_file() and c.name.lower().endswith(_NOT_STUDIES)))
+            specs.extend(_absolute_spec(str(c)) for c in children)
+        else:
+            specs.append(_absolute_spec(item))
+    studies: dict[str, Study] = {}
+    for spec in specs:
+        s = Study(study_id(spec), spec)
+        studies.setdefault(s.id, s)
+    if not studies:
+        raise EmptyInputError("no studies found in the inputs: " + ", ".join(inputs))
+    return list(studies.values())
+
+
+def is_batch(inputs: Sequence[str]) -> bool:
+    """Several INPUTs, a list file or a folder of studies means batch mode; one scan stays in-process."""
+    return len(inputs) > 1 or any(i.startswith("@") or is_study_folder(Path(i).expanduser()) for i in inputs)
+
+
+# -- model identity and the per-process cache ------------------------------------------------------------
+
+def model_fingerprint(model: str | Path) -> str:
+    """A hash of the bundle's manifest and weights: a rerun with a retrained model rescores everything."""
+    from anomalens.engine.detectors.bundle import MANIFEST as BUNDLE_JSON
+    from anomalens.engine.detectors.bundle import WEIGHTS, read_manifest
+
+    model = Path(model)
+    read_manifest(model)  # a clear ModelError up front instead of one per study
+    h = hashlib.sha256()
+    for name in (BUNDLE_JSON, WEIGHTS):
+        p = model / name
+        if p.is_file():
+            with p.open("rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()[:16]
+
+
+_cache = threading.local()
+
+
+def cached_bundle(model: str | Path, device: str = "cpu") -> Detector:
+    """The model, loaded once per worker (keyed by path, device and file times, so a new model reloads).
+
+    The cache is per thread: with one thread per worker process (the default) that is once per process,
+    and with thread workers no two tasks share a detector's buffers.
+    """
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.detectors.bundle import MANIFEST as BUNDLE_JSON
+    from anomalens.engine.detectors.bundle import WEIGHTS
+
+    p = Path(model).resolve()
+    stamps = tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in (p / BUNDLE_JSON, p / WEIGHTS))
+    key = (str(p), device, stamps)
+    if getattr(_cache, "key", None) != key:
+        _cache.detector = load_bundle(p, device=device)
+        _cache.key = key
+        _cache.loads = getattr(_cache, "loads", 0) + 1
+    return _cache.detector
+
+
+def bundle_loads() -> int:
+    """How many times this thread loaded a bundle (tests check the cache works)."""
+    return getattr(_cache, "loads", 0)
+
+
+# -- the task ----------------------------------------------------------------------------------------------
+
+def score_study(study: Study, model: str, out_root: str, device: str = "cpu") -> dict[str, Any]:
+    """Score one study on a worker and write its folder atomically; errors become a ``failed`` record.
+
+    User-caused failures (corrupt file, not a scan) and unexpected exceptions are both returned rather than
+    raised, so the scheduler never retries a study that will fail again; only a dying worker is retried.
+    """
+    from anomalens.engine import pipeline
+
+    t0 = time.perf_counter()
+    record: dict[str, Any] = {"spec": study.spec, "worker_pid": os.getpid()}
+    try:
+        det = cached_bundle(model, device)
+        volume = pipeline.load_volume(study.spec)
+        vs = pipeline.score_volume(det, volume)
+        target = Path(out_root) / study.id
+        with atomic_dir(target, overwrite=True) as tmp:
+            pipeline.write_score_outputs(vs, tmp)
+        record.update(status="ok", error=None, max_score=max(vs.slice_scores.values()),
+                      n_slices=len(vs.slice_scores), bundle_loads=bundle_loads(),
+                      outputs={k: str(Path(study.id) / v) for k, v in OUTPUT_FILES.items()})
+    except AnomaLensError as exc:
+        record.update(status="failed", error=str(exc), outputs={})
+    except Exception as exc:  # a bug or an unreadable file must not take the batch down
+        record.update(status="failed", error=f"{type(exc).__name__}: {exc}", outputs={})
+    record["seconds"] = round(time.perf_counter() - t0, 3)
+    return record
+
+
+# -- manifest ----------------------------------------------------------------------------------------------
+
+def read_batch_manifest(out: str | Path) -> dict[str, Any]:
+    """The manifest of an output folder (empty if none yet); a damaged one is treated as empty."""
+    path = Path(out) / MANIFEST
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"version": MANIFEST_VERSION, "studies": {}}
+    if not isinstance(data, dict) or not isinstance(data.get("studies"), dict):
+        return {"version": MANIFEST_VERSION, "studies": {}}
+    return data
+
+
+def _is_done(entry: dict[str, Any] | None, out: Path, fingerprint: str) -> bool:
+    if not entry or entry.get("status") != "ok" or entry.get("model_fingerprint") != fingerprint:
+        return False
+    return all((out / rel).is_file() for rel in (entry.get("outputs") or {}).values()) and bool(entry.get("outputs"))
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+
+def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: str | Path, *,
+              workers: int | None = None, scheduler: str | None = None, client: Any = None,
+              device: str = "cpu", processes: bool = True, show_progress: bool | None = None,
+              on_result: Callable[[str, dict[str, Any]], None] | None = None) -> BatchSummary:
+    """Score many studies on dask.distributed, resumable, writing ``out/<id>/`` and ``out/manifest.json``.
+
+    Args:
+        model: bundle folder; must be readable by every worker at the same path.
+        inputs: INPUT strings (see ``expand_inputs``) or ready ``Study`` objects.
+        out: output folder, on a filesystem the workers share with this process.
+        workers: local cluster size (default: CPU count, at most the number of studies to score).
+        scheduler: address of an existing scheduler (``tcp://host:8786``); no local cluster is started.
+        client: an existing ``distributed.Client`` (tests, notebooks); takes precedence over the above.
+        device: device each worker scores on (``auto`` resolves on the worker).
+        processes: local cluster of processes (default) or threads.
+        show_progress: tqdm bar over finished studies on stderr (default: when stderr is a terminal).
+        on_result: called as ``on_result(study_id, record)`` after each result is recorded.
+    """
+    from distributed import Client, LocalCluster, as_completed
+
+    t0 = time.perf_counter()
+    out = Path(out).expanduser().resolve()
+    model_path = str(Path(model).expanduser().resolve())
+    fingerprint = model_fingerprint(model_path)
+    if inputs and all(isinstance(i, Study) for i in inputs):
+        studies: list[Study] = list(inputs)  # type: ignore[arg-type]
+    else:
+        studies = expand_inputs([str(i) for i in inputs])
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = read_batch_manifest(out)
+    manifest.update(version=MANIFEST_VERSION, model=model_path, model_fingerprint=fingerprint)
+    summary = BatchSummary(out=out)
+    todo: list[Study] = []
+    for s in studies:
+        if _is_done(manifest["studies"].get(s.id), out, fingerprint):
+            summary.skipped.append(s.id)
+        else:
+            todo.append(s)
+    _save(out, manifest)
+    if not todo:
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+    cluster = None
+    own_client = client is None
+    if client is None:
+        if scheduler:
+            client = Client(scheduler)
+        else:
+            n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes,
+                                   dashboard_address=":0", host="127.0.0.1")
+            client = Client(cluster)
+    try:
+        summary.workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        futures = {client.submit(score_study, s, model_path, str(out), device, pure=False,
+                                 key=f"anomalens-score-{s.id}-{fingerprint}-{time.time_ns()}"): s for s in todo}
+        for fut in _progress(as_completed(futures), len(futures), show_progress):
+            s = futures[fut]
+            try:
+                record = fut.result()
+            except Exception as exc:  # the worker died (KilledWorker) or the task could not be shipped
+                record = {"spec": s.spec, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
+                          "outputs": {}, "seconds": None}
+            record.update(model_fingerprint=fingerprint,
+                          finished=datetime.now(UTC).isoformat(timespec="seconds"))
+            manifest["studies"][s.id] = record
+            _save(out, manifest)
+            if record["status"] == "ok":
+                summary.ok.append(s.id)
+            else:
+                summary.failed[s.id] = str(record.get("error"))
+            if on_result is not None:
+                on_result(s.id, record)
+    finally:
+        if own_client:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _save(out: Path, manifest: dict[str, Any]) -> None:
+    manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
+    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
+
+
+def _progress(items: Iterable[Any], total: int, enabled: bool | None) -> Iterable[Any]:
+    if enabled is None:
+        enabled = sys.stderr.isatty() or os.environ.get("ANOMALENS_PROGRESS", "") == "1"
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc="studies", unit="study", file=sys.stderr)

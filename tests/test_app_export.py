@@ -1,0 +1,220 @@
+"""The Export dock and File → Export with real Qt/OpenGL (run under ``xvfb-run -a``).
+
+A DICOM CT series is scored with a tiny calibrated PatchCore bundle through the Detector dock, the mask is
+edited by hand, and every export is read back: NIfTI on the scan's geometry, a DICOM SEG whose pixels are
+the edited mask on the source images, a non-blank PNG and one CSV row per scored slice.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.io_support import write_ct_series
+from tests.phantoms import phantom_slices
+
+pytestmark = pytest.mark.gui
+
+FRAME_OF_REFERENCE = "1.2.826.0.1.3680043.8.498.78"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import torch
+
+    from anomalens.engine.calibration import calibrate_detector
+    from anomalens.plugins.patchcore import PatchCoreDetector
+
+    torch.set_num_threads(1)
+    det = PatchCoreDetector(config=PatchCoreDetector.test_config(), seed=0)
+    det.fit(phantom_slices(6, 64, seed=0)[0])
+    calibrate_detector(det, phantom_slices(4, 64, seed=1)[0])
+    det.training["modality"] = "CT"
+    return det.save(tmp_path_factory.mktemp("data") / "models" / "phantom-patchcore")
+
+
+@pytest.fixture
+def env(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ANOMALENS_DATA_DIR", str(bundle.parent.parent))
+    monkeypatch.setenv("ANOMALENS_CONFIG_DIR", str(tmp_path / "config"))
+    return bundle
+
+
+def _ct_series(folder: Path) -> Path:
+    """A 4-slice CT series (phantoms with lesions, in HU) carrying a frame of reference, as real CT does."""
+    import pydicom
+
+    slices, _ = phantom_slices(4, 64, seed=5, lesion=True)
+    for p in write_ct_series(folder, slices * 1000.0 - 500.0, z0=-10.0, dz=3.0):
+        ds = pydicom.dcmread(p)
+        ds.FrameOfReferenceUID = FRAME_OF_REFERENCE
+        ds.PositionReferenceIndicator = ""
+        ds.save_as(p, enforce_file_format=True)
+    return folder
+
+
+def _docks(viewer: Any) -> tuple[Any, Any]:
+    from anomalens.app.widgets.detector import DetectorWidget
+    from anomalens.app.widgets.export import ExportWidget
+
+    det_w, exp_w = DetectorWidget(viewer), ExportWidget(viewer)
+    viewer.window.add_dock_widget(det_w, name="Detector")
+    viewer.window.add_dock_widget(exp_w, name="Export")
+    return det_w, exp_w
+
+
+def _wait(qtbot: Any, widget: Any) -> None:
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=30_000)
+
+
+def test_exports_of_a_scored_dicom_series_read_back(make_napari_viewer: Any, qtbot: Any, env: Path,
+                                                    tmp_path: Path) -> None:
+    import highdicom as hd
+    import pydicom
+    import SimpleITK as sitk
+    from PIL import Image
+
+    from anomalens.app.reader import image_layer_data
+    from anomalens.app.state import get_state
+    from anomalens.engine.io import read_scan
+
+    src = _ct_series(tmp_path / "series")
+    vol = read_scan(src)
+    viewer = make_napari_viewer(show=True)
+    data, kwargs, _ = image_layer_data(vol, name="ct")
+    viewer.add_image(data, **kwargs)
+    det_w, exp_w = _docks(viewer)
+    state = get_state(viewer)
+    assert not exp_w.mask_button.isEnabled() and "score" in exp_w.mask_button.toolTip()
+    assert not exp_w.export_mask(tmp_path / "early.nii.gz") and not (tmp_path / "early.nii.gz").exists()
+
+    assert det_w.set_bundle(env)
+    _wait(qtbot, det_w)
+    assert det_w.score_volume()
+    _wait(qtbot, det_w)
+    assert state.results is not None and state.results.scored.all()
+    assert exp_w.seg_button.isEnabled() and exp_w.mask_button.isEnabled()
+    mask_layer = viewer.layers["ct mask"]
+    mask_layer.paint((1, 20, 20), 3, refresh=True)  # a hand edit: the export must hold it
+    mask_layer.paint((2, 40, 30), 1, refresh=True)
+    shown = np.asarray(mask_layer.data) != 0
+    assert shown[1, 20, 20] and shown.any()
+
+    out = tmp_path / "out"
+    out.mkdir()
+    # NIfTI heatmap and mask on the scan's geometry
+    assert exp_w.export_heatmap(out / "heat")  # the suffix is added
+    _wait(qtbot, exp_w)
+    assert exp_w.last_written == (out / "heat.nii.gz").resolve(), exp_w.status.text()
+    assert exp_w.export_mask(out / "mask.nii.gz")
+    _wait(qtbot, exp_w)
+    for name in ("heat.nii.gz", "mask.nii.gz"):
+        img = sitk.ReadImage(str(out / name))
+        assert img.GetSize() == tuple(reversed(vol.shape))
+        assert img.GetSpacing() == pytest.approx(vol.spacing)
+        assert img.GetOrigin() == pytest.approx(vol.origin)
+        assert img.GetDirection() == pytest.approx(tuple(np.asarray(vol.direction).ravel()))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "heat.nii.gz"))),
+                               state.results.maps, rtol=1e-6)
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "mask.nii.gz"))).astype(bool), shown)
+
+    # DICOM SEG on the source images, pixels equal to the mask layer
+    assert exp_w.export_seg(out / "mask_seg.dcm")
+    _wait(qtbot, exp_w)
+    assert exp_w.last_written == (out / "mask_seg.dcm").resolve(), exp_w.status.text()
+    sop_by_z = {}
+    for p in src.iterdir():
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        sop_by_z[round(float(ds.ImagePositionPatient[2]), 3)] = ds.SOPInstanceUID
+    sops = [sop_by_z[round(vol.origin[2] + vol.spacing[2] * z, 3)] for z in range(vol.n_slices)]
+    seg = hd.seg.segread(out / "mask_seg.dcm")
+    assert seg.Modality == "SEG" and seg.FrameOfReferenceUID == FRAME_OF_REFERENCE
+    arr = seg.get_pixels_by_source_instance(source_sop_instance_uids=sops, segment_numbers=[1],
+                                            ignore_spatial_locations=True, assert_missing_frames_are_empty=True)
+    assert np.array_equal(arr[..., 0].astype(bool), shown)
+
+    # PNG snapshot of the viewer, and the slice scores
+    assert exp_w.export_snapshot(out / "view.png")
+    _wait(qtbot, exp_w)
+    png = np.asarray(Image.open(out / "view.png"))
+    assert png.ndim == 3 and png.shape[0] > 50 and png[..., :3].std() > 5
+    assert exp_w.export_scores(out / "scores.csv")
+    _wait(qtbot, exp_w)
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert [int(r["slice"]) for r in rows] == sorted(state.results.slice_scores) == list(range(vol.n_slices))
+    assert [float(r["score"]) for r in rows] == pytest.approx([state.results.slice_scores[z] for z in range(4)],
+                                                              rel=1e-5)
+    assert [int(r["mask_voxels"]) for r in rows] == [int(shown[z].sum()) for z in range(4)]
+
+    # the source DICOM folder is never written into; a failing write is a message, not a crash
+    before = sorted(p.name for p in src.iterdir())
+    assert not exp_w.export_mask(src / "mask.nii.gz")
+    assert "source DICOM series" in exp_w.status.text()
+    assert not exp_w.export_seg(src / "sub" / "seg.dcm")
+    assert sorted(p.name for p in src.iterdir()) == before
+    (tmp_path / "a-file").write_text("not a folder")
+    assert exp_w.export_heatmap(tmp_path / "a-file" / "heat.nii.gz")
+    _wait(qtbot, exp_w)
+    assert "failed" in exp_w.status.text() and exp_w.isVisible()
+
+    # the dialog step: an injected chooser gets a suggestion outside the source folder; cancel writes nothing
+    asked: list[tuple[str, str]] = []
+    exp_w.choose_path = lambda kind, title, filters, suggested: asked.append((kind, suggested)) or None
+    assert not exp_w.export_mask()
+    assert asked[0][0] == "mask" and not Path(asked[0][1]).resolve().is_relative_to(src.resolve())
+
+
+def test_file_export_menu_and_seg_needs_dicom(make_napari_viewer: Any, qtbot: Any, env: Path,
+                                              tmp_path: Path) -> None:
+    from anomalens.app.desktop import setup_viewer
+    from anomalens.app.reader import image_layer_data
+    from anomalens.app.recent import RecentFiles
+    from anomalens.engine.volume import Volume
+
+    viewer = make_napari_viewer(show=True)
+    files = setup_viewer(viewer, RecentFiles(tmp_path / "recent.json"))
+    exp_w, det_w = viewer.window.anomalens_docks["Export"], viewer.window.anomalens_docks["Detector"]
+    assert files.export_menu.title() == "Export" and files.export_menu.menuAction() in viewer.window.file_menu.actions()
+    vol = Volume(phantom_slices(3, 64, seed=4)[0], spacing=(0.9, 0.9, 3.0), modality="CT",
+                 metadata={"format": "NIfTI"})
+    data, kwargs, _ = image_layer_data(vol, name="nifti")
+    viewer.add_image(data, **kwargs)
+    assert det_w.set_bundle(env)
+    _wait(qtbot, det_w)
+    assert det_w.score_slice()
+    _wait(qtbot, det_w)
+    files._sync_export()
+    assert files.export_actions["mask"].isEnabled()
+    assert not files.export_actions["seg"].isEnabled() and not exp_w.seg_button.isEnabled()
+    assert "DICOM" in exp_w.seg_button.toolTip() and "DICOM" in files.export_actions["seg"].toolTip()
+
+    chosen: list[str] = []
+    exp_w.choose_path = lambda kind, title, filters, suggested: (chosen.append(kind)
+                                                                 or tmp_path / "menu_scores.csv")
+    files.export_actions["csv"].trigger()  # the menu calls the dock's own function
+    _wait(qtbot, exp_w)
+    assert chosen == ["csv"] and len(list(csv.reader((tmp_path / "menu_scores.csv").open()))) == 2
+
+
+def test_detector_dock_follows_a_model_set_elsewhere(make_napari_viewer: Any, env: Path) -> None:
+    from anomalens.app.state import get_state
+    from anomalens.app.widgets.detector import DetectorWidget
+    from anomalens.engine.detectors import load_bundle
+
+    viewer = make_napari_viewer(show=True)
+    w = DetectorWidget(viewer)
+    viewer.window.add_dock_widget(w, name="Detector")
+    others = [w.detector_combo.itemText(i) for i in range(w.detector_combo.count()) if
+              w.detector_combo.itemText(i) != "patchcore"]
+    if others:
+        w.detector_combo.setCurrentText(others[0])
+    state = get_state(viewer)
+    state.set_model(load_bundle(env), env)  # as the demo or the Calibration dock do
+    assert w.detector_combo.currentText() == "patchcore"
+    assert w.bundle_combo.currentData() == str(env)
+    assert "patchcore model (phantom-patchcore)" in w.model_label.text()
+    assert not w.jobs.running  # mirroring the state loaded nothing again

@@ -1,0 +1,224 @@
+"""Batch scoring on a dask LocalCluster of 2 worker processes on loopback.
+
+Process workers (not threads) are used because the kill test must end a worker's process for real; on the
+2-core CI machine the cluster starts in about 1 s and each worker imports torch and AnomaLens in about 2.5 s.
+The cluster is created with ``allowed-failures = 0`` so a killed worker turns its study into a recorded
+failure (``KilledWorker``) instead of a silent retry: that is what lets the test see the rerun finish it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomalens.engine.batch import (
+    MANIFEST,
+    Study,
+    expand_inputs,
+    is_batch,
+    read_batch_manifest,
+    run_batch,
+    study_id,
+)
+from tests.phantoms import phantom_slices
+from tests.test_datasets import write_volume
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> dict[str, Path]:
+    from anomalens.engine.detectors import get_detector_class
+    from anomalens.engine.pipeline import train
+
+    d = tmp_path_factory.mktemp("batch")
+    normals, _ = phantom_slices(6, 64, seed=1)
+    det = train("patchcore", normals, config=get_detector_class("patchcore").test_config(), device="cpu")
+    model = det.save(d / "model")
+    studies = d / "studies"
+    for i in range(4):
+        vol, _ = phantom_slices(3, 64, seed=10 + i, lesion=True)
+        write_volume(studies / f"case{i}.nii.gz", (vol * 1000).astype(np.float32))
+    (studies / "broken.nii.gz").write_bytes(b"\x1f\x8b not really a gzip stream" * 8)
+    (studies / "notes.txt").write_text("not a study\n")
+    return {"dir": d, "model": Path(model), "studies": studies}
+
+
+@pytest.fixture(scope="module")
+def client():
+    import dask
+    from distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+                               host="127.0.0.1")
+        c = Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+def read_heat(path: Path) -> np.ndarray:
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+
+
+def test_study_ids_are_stable_safe_and_distinct(tmp_path: Path) -> None:
+    a = study_id(f"{tmp_path}/scans/ct 01.nii.gz")
+    assert a == study_id(f"{tmp_path}/scans/ct 01.nii.gz")
+    assert a.startswith("ct_01-") and all(ch.isalnum() or ch in "._-" for ch in a)
+    assert study_id(f"{tmp_path}/other/ct 01.nii.gz") != a  # same stem, different study
+    assert study_id(f"{tmp_path}/scans/ct 01.nii.gz#0-3") != a
+    assert study_id("sample:brain1").startswith("brain1-")
+
+
+def test_inputs_expand_from_folders_and_list_files(data, tmp_path: Path) -> None:
+    studies = expand_inputs([str(data["studies"])])
+    names = sorted(Path(s.spec).name for s in studies)
+    assert names == ["broken.nii.gz", "case0.nii.gz", "case1.nii.gz", "case2.nii.gz", "case3.nii.gz"]
+    lst = data["studies"] / "list.txt"
+    lst.write_text("# a comment\ncase1.nii.gz\n\ncase2.nii.gz#0-1\ncase1.nii.gz\n")
+    listed = expand_inputs([f"@{lst}"])
+    assert [s.spec for s in listed] == [str(data["studies"] / "case1.nii.gz"),
+                                        str(data["studies"] / "case2.nii.gz") + "#0-1"]
+    lst.unlink()
+    # A DICOM series folder (files only, no sub-folders) is one study, not a collection.
+    series = tmp_path / "series"
+    series.mkdir()
+    (series / "IM0001").write_bytes(b"x")
+    assert not is_batch([str(series)]) and is_batch([str(data["studies"])])
+    assert is_batch(["a.nii", "b.nii"]) and not is_batch([str(data["studies"] / "case0.nii.gz")])
+
+
+def test_cluster_matches_in_process_and_a_corrupt_study_fails_alone(capsys, data, client, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    seen: list[str] = []
+    summary = run_batch(data["model"], [str(data["studies"])], out, client=client, device="cpu",
+                        on_result=lambda sid, rec: seen.append(sid))
+    assert summary.exit_code == 1 and len(summary.ok) == 4 and len(seen) == 5
+    (bad,) = summary.failed
+    assert bad.startswith("broken-") and summary.failed[bad]
+    manifest = read_batch_manifest(out)
+    assert manifest["studies"][bad]["status"] == "failed" and manifest["studies"][bad]["error"]
+    records = [manifest["studies"][sid] for sid in summary.ok]
+    assert {r["status"] for r in records} == {"ok"}
+    assert summary.workers == 2
+    assert {r["bundle_loads"] for r in records} == {1}  # one load per worker, not per study
+
+    # Same voxels and scores as today's single-INPUT command, run in this process. Workers run torch on one
+    # thread (dask sets OMP_NUM_THREADS=1); with more threads float sums are ordered differently (~1e-6).
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _compare_with_single_input_command(capsys, data, out, manifest, summary.ok, tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+    # Rerun: finished studies are skipped (files untouched), the failed one is retried.
+    stamps = {sid: (out / sid / "heatmap.nii.gz").stat().st_mtime_ns for sid in summary.ok}
+    again = run_batch(data["model"], [str(data["studies"])], out, client=client, device="cpu")
+    assert sorted(again.skipped) == sorted(summary.ok) and again.ok == [] and list(again.failed) == [bad]
+    assert stamps == {sid: (out / sid / "heatmap.nii.gz").stat().st_mtime_ns for sid in summary.ok}
+    # A study whose files vanished is scored again.
+    victim = summary.ok[0]
+    (out / victim / "scores.csv").unlink()
+    # So is one scored by another model (its fingerprint differs).
+    other = summary.ok[1]
+    manifest = read_batch_manifest(out)
+    manifest["studies"][other]["model_fingerprint"] = "0" * 16
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    third = run_batch(data["model"], [str(data["studies"])], out, client=client, device="cpu")
+    assert sorted(third.ok) == sorted([victim, other]) and (out / victim / "scores.csv").is_file()
+
+
+def _compare_with_single_input_command(capsys, data, out: Path, manifest: dict, ids: list[str],
+                                       tmp_path: Path) -> None:
+    from anomalens.engine.cli.main import main
+
+    for sid in ids:
+        rec = manifest["studies"][sid]
+        single = tmp_path / f"single-{sid}"
+        assert main(["score", "--model", str(data["model"]), rec["spec"], "--out", str(single),
+                     "--device", "cpu", "--json"]) == 0
+        capsys.readouterr()
+        np.testing.assert_array_equal(read_heat(out / rec["outputs"]["heatmap"]), read_heat(single / "heatmap.nii.gz"))
+        assert (out / rec["outputs"]["scores"]).read_text() == (single / "scores.csv").read_text()
+
+
+def test_a_killed_worker_loses_no_finished_result_and_the_rerun_completes(data, client, tmp_path: Path) -> None:
+    flag = tmp_path / "killed-once"
+    specs = [str(data["studies"] / f"case{i}.nii.gz") for i in range(4)]
+    doomed = str(tmp_path / "killme.nii.gz")
+    write_volume(Path(doomed), (phantom_slices(3, 64, seed=99)[0] * 1000).astype(np.float32))
+
+    out = tmp_path / "out"
+
+    def arm(flag_path: str = str(flag), out_dir: str = str(out)) -> None:
+        """In each worker process: the first 'killme' study waits until two others are finished, then ends
+        its worker process abruptly (no cleanup, like an OOM kill or a node lost)."""
+        import time
+
+        from anomalens.engine import pipeline
+
+        original = pipeline.load_volume
+
+        def load_volume(spec, **opts):
+            if "killme" in spec and not os.path.exists(flag_path):
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline and len(list(Path(out_dir).glob("case*/scores.csv"))) < 2:
+                    time.sleep(0.05)
+                Path(flag_path).write_text("x")
+                os._exit(1)
+            return original(spec, **opts)
+
+        pipeline.load_volume = load_volume
+
+    client.run(arm)
+    inputs = [Study(study_id(s), s) for s in [*specs, doomed]]
+    first = run_batch(data["model"], inputs, out, client=client, device="cpu")
+    killed = study_id(doomed)
+    assert flag.exists() and killed in first.failed
+    # With allowed-failures=0 the studies running or queued on the dying worker are failed too (by default
+    # dask would retry them elsewhere); every failure is the kill, and the finished ones are all kept.
+    assert all("KilledWorker" in err for err in first.failed.values())
+    assert len(first.ok) >= 2 and len(first.ok) + len(first.failed) == 5
+    manifest = json.loads((out / MANIFEST).read_text())
+    for sid in first.ok:  # every finished result is recorded and complete on disk
+        assert manifest["studies"][sid]["status"] == "ok"
+        rows = list(csv.reader((out / sid / "scores.csv").open()))
+        assert [int(r[0]) for r in rows[1:]] == [0, 1, 2]
+        assert read_heat(out / sid / "heatmap.nii.gz").shape == (3, 64, 64)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+    client.wait_for_workers(2, timeout=60)  # the nanny restarts the killed worker
+    second = run_batch(data["model"], inputs, out, client=client, device="cpu")
+    assert sorted(second.skipped) == sorted(first.ok)
+    assert killed in second.ok and not second.failed
+    assert all(v["status"] == "ok" for v in read_batch_manifest(out)["studies"].values())
+
+
+def test_cli_batch_on_a_running_scheduler_exits_1_with_a_summary(capsys, data, client, tmp_path: Path) -> None:
+    from anomalens.engine.cli.main import main
+
+    lst = tmp_path / "studies.txt"
+    lst.write_text(f"{data['studies']}/case0.nii.gz\n{data['studies']}/broken.nii.gz\n")
+    out = tmp_path / "cli"
+    code = main(["score", "--model", str(data["model"]), f"@{lst}", "--out", str(out),
+                 "--scheduler", client.scheduler.address, "--device", "cpu", "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    res = json.loads(captured.out)
+    assert res["ok"] == 1 and len(res["failed"]) == 1 and res["workers"] >= 1
+    assert "anomalens: failed: broken-" in captured.err
+    manifest = read_batch_manifest(out)
+    ok = next(v for v in manifest["studies"].values() if v["status"] == "ok")
+    assert (out / ok["outputs"]["heatmap"]).is_file() and ok["model_fingerprint"] == manifest["model_fingerprint"]
+    # --slices is for one INPUT only.
+    assert main(["score", "--model", str(data["model"]), f"@{lst}", "--out", str(out), "--slices", "0"]) == 2
