@@ -291,3 +291,16 @@ def test_desktop_app_starts_and_closes(tmp_path: Path) -> None:
     assert time.perf_counter() - t0 < 60
     log = (tmp_path / "state" / "anomalens" / "log" / "viewer.log")
     assert not log.exists() or "Traceback" not in log.read_text()
+
+
+def test_detector_dock_lists_detector_variants(make_napari_viewer: Any, app_env: Path) -> None:
+    from anomalens.app.widgets.detector import DetectorWidget
+
+    viewer = make_napari_viewer(show=True)
+    widget = DetectorWidget(viewer)
+    labels = [widget.detector_combo.itemText(i) for i in range(widget.detector_combo.count())]
+    assert "curved (MiT)" in labels and "lorentz" in labels and "patchcore" in labels
+    widget.detector_combo.setCurrentText("curved (MiT)")
+    assert widget.detector_choice() == ("curved", {"variant": "MiT"})
+    widget.detector_combo.setCurrentText("patchcore")
+    assert widget.detector_choice() == ("patchcore", {})

@@ -173,3 +173,23 @@ def test_cancel_between_epochs_leaves_it_unfitted(data) -> None:
     with pytest.raises(Cancelled):
         det.fit(data["normals"], progress=progress, cancel=token)
     assert not det.fitted
+
+
+def test_variants_are_offered_to_pickers_and_the_cli(tmp_path) -> None:
+    from anomalens.engine.cli.main import main
+    from anomalens.engine.detectors import detector_choices, read_manifest
+    from anomalens.engine.io import write_like
+    from anomalens.engine.volume import Volume
+    from tests.phantoms import phantom_slices
+
+    labels = {label: (name, cfg) for label, name, cfg in detector_choices()}
+    assert labels["curved (MiT)"] == ("curved", {"variant": "MiT"})
+    assert {f"curved ({v})" for v in ("SiO", "HiO", "MiO", "SiT", "HiT", "MiT")} <= set(labels)
+    assert "patchcore" in labels and not any(k.startswith("patchcore (") for k in labels)
+    scan = write_like(Volume(phantom_slices(4, 64)[0]), phantom_slices(4, 64)[0], tmp_path / "n.nii.gz")
+    code = main(["train", "--detector", "curved", "--variant", "MiT", "--normals", str(scan), "--out",
+                 str(tmp_path / "m"), "--set", "input_size=64", "--set", "epochs=1"])
+    assert code == 0
+    assert read_manifest(tmp_path / "m")["config"]["variant"] == "MiT"
+    assert main(["train", "--detector", "patchcore", "--variant", "x", "--normals", str(scan), "--out",
+                 str(tmp_path / "p")]) == 2

@@ -63,7 +63,7 @@ class DetectorWidget(QWidget):
     train_config: dict[str, Any] | None = None
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        from anomalens.engine.detectors import available_detectors
+        from anomalens.engine.detectors import detector_choices
         from anomalens.engine.device import available_devices
 
         super().__init__(parent)
@@ -75,7 +75,9 @@ class DetectorWidget(QWidget):
 
         self.layer_combo = QComboBox()
         self.detector_combo = QComboBox()
-        self.detector_combo.addItems(available_detectors())
+        # One entry per detector and per named variant ("curved (MiT)"); the data is (name, config).
+        for label, name, variant_config in detector_choices():
+            self.detector_combo.addItem(label, (name, variant_config))
         if self.detector_combo.findText(DEFAULT_DETECTOR) >= 0:
             self.detector_combo.setCurrentText(DEFAULT_DETECTOR)
         self.bundle_combo = QComboBox()
@@ -266,10 +268,14 @@ class DetectorWidget(QWidget):
         """
         if detector is None:
             return
-        if self.detector_combo.findText(detector.name) < 0:
-            self.detector_combo.addItem(detector.name)
+        variant = getattr(detector.config, "variant", None) if detector.variants else None
+        label = f"{detector.name} ({variant})" if variant else detector.name
+        if self.detector_combo.findText(label) < 0:
+            label = detector.name
+        if self.detector_combo.findText(label) < 0:
+            self.detector_combo.addItem(label, (detector.name, {}))
         self.detector_combo.blockSignals(True)
-        self.detector_combo.setCurrentText(detector.name)
+        self.detector_combo.setCurrentText(label)
         self.detector_combo.blockSignals(False)
         path = self.state.model_path
         if path is None:
@@ -383,9 +389,9 @@ class DetectorWidget(QWidget):
         except AnomaLensError as exc:
             notify_error(exc)
             return False
-        name = self.detector_combo.currentText()
+        name, variant_config = self.detector_choice()
         device = self.device_combo.currentText() or "cpu"
-        config = self.train_config
+        config = {**variant_config, **(self.train_config or {})} or None
         profile = re.sub(r"[^A-Za-z0-9._-]", "-", f"{name}-{layer.name}").strip(".-")[:80] or name
 
         def work(progress: Any, cancel: Any) -> tuple[Detector, Path]:
@@ -399,6 +405,13 @@ class DetectorWidget(QWidget):
             notify_info(f"trained and saved {path.parent.name}/{path.name}")
 
         return self.jobs.start("Training", work, done)
+
+    def detector_choice(self) -> tuple[str, dict[str, Any]]:
+        """The chosen detector's registry name and the variant config of the chosen entry."""
+        data = self.detector_combo.currentData()
+        if isinstance(data, tuple):
+            return data[0], dict(data[1])
+        return self.detector_combo.currentText(), {}
 
     # -- navigation ------------------------------------------------------------------------------
     def goto_slice(self, z: int) -> None:

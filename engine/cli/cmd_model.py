@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--out", required=True, type=Path, help="new model bundle folder")
     p.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     p.add_argument("--epochs", type=int, default=None, help="training epochs (detectors that train)")
+    p.add_argument("--variant", default=None, help="a named variant of the detector (e.g. curved: MiT, HiO, SiO …)")
     p.add_argument("--backbone", default=None, metavar="SPEC",
                    help="feature backbone: lite0 (default, shipped), lite1, lite2, wrn50 (torch hub cache) or "
                         "wrn50=/path/to/wide_resnet50_2.pth")
@@ -91,6 +92,11 @@ def run_train(args: argparse.Namespace) -> int:
         if "epochs" not in known:
             raise ConfigError(f"the {args.detector} detector does not train for epochs")
         config["epochs"] = args.epochs
+    if args.variant is not None:
+        cls = get_detector_class(args.detector)
+        if not cls.variants:
+            raise ConfigError(f"the {args.detector} detector has no variants")
+        config["variant"] = args.variant
     if args.backbone is not None:
         known = get_detector_class(args.detector).config_class.__dataclass_fields__
         if "backbone" not in known:

@@ -2,7 +2,12 @@
 
 from anomalens.engine.detectors.base import Detector, DetectorConfig, validate_slices
 from anomalens.engine.detectors.bundle import load_bundle, read_manifest, save_bundle
-from anomalens.engine.detectors.registry import available_detectors, create_detector, get_detector_class
+from anomalens.engine.detectors.registry import (
+    available_detectors,
+    create_detector,
+    detector_choices,
+    get_detector_class,
+)
 from anomalens.engine.detectors.result import AnomalyResult, Embeddings
 
 __all__ = [
@@ -12,6 +17,7 @@ __all__ = [
     "Embeddings",
     "available_detectors",
     "create_detector",
+    "detector_choices",
     "get_detector_class",
     "load_bundle",
     "read_manifest",

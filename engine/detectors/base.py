@@ -77,6 +77,8 @@ class Detector(ABC):
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ""
     config_class: ClassVar[type[DetectorConfig]] = DetectorConfig
+    #: Named configurations offered next to the detector in the CLI and the viewer (config key "variant").
+    variants: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: dict[str, Any] | DetectorConfig | None = None, device: str = "cpu",
                  seed: int = 0) -> None:

@@ -46,3 +46,20 @@ def create_detector(name: str, config: dict[str, Any] | None = None, device: str
                     seed: int = 0) -> Detector:
     """Instantiate a registered detector."""
     return get_detector_class(name)(config=config, device=device, seed=seed)
+
+
+def detector_choices() -> list[tuple[str, str, dict[str, Any]]]:
+    """(label, detector name, config) for every detector and each of its variants, for pickers.
+
+    A detector with ``variants`` appears once per variant as ``name (variant)``; a broken plugin is left
+    out here (``anomalens detectors`` still lists it with its error).
+    """
+    out: list[tuple[str, str, dict[str, Any]]] = []
+    for name in available_detectors():
+        try:
+            cls = get_detector_class(name)
+        except (ConfigError, ModelError):
+            continue
+        out.append((name, name, {}))
+        out.extend((f"{name} ({v})", name, {"variant": v}) for v in cls.variants)
+    return out

@@ -27,7 +27,7 @@ from anomalens.engine.preprocess.foreground import foreground_mask
 from anomalens.engine.preprocess.resize import resize_back, resize_tensor, to_tensor
 from anomalens.engine.preprocess.smooth import gaussian_smooth
 from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.plugins.curved_heads.heads import N_ROTATIONS, CurvedHeads, canonical_variant, default_kappa_h
+from anomalens.plugins.curved_heads.heads import N_ROTATIONS, VARIANTS, CurvedHeads, canonical_variant, default_kappa_h
 
 
 @dataclasses.dataclass
@@ -98,6 +98,7 @@ class _RotationSet:
 
 class CurvedHeadsDetector(Detector):
     name: ClassVar[str] = "curved"
+    variants: ClassVar[tuple[str, ...]] = VARIANTS
     version: ClassVar[str] = "1"
     description: ClassVar[str] = ("Curved-geometry heads (spherical / hyperbolic / mixed, in-One and in-Two) on a "
                                   "patch-level rotation-prediction task; variant=euclidean is the baseline")
