@@ -8,6 +8,7 @@ detector and ours see exactly the same features, which is what makes the bench c
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,3 +78,22 @@ class PatchFeatureExtractor:
         """Like calling the extractor, but the tensors are ordinary ones a trained head may use with autograd."""
         grid = self(slices)
         return PatchGrid(levels={k: v.clone() for k, v in grid.levels.items()}, grid=grid.grid)
+
+
+@functools.lru_cache(maxsize=4)
+def _shared(backbone: str, input_size: int, levels: tuple[str, ...], patch_size: int,
+            device: str) -> PatchFeatureExtractor:
+    # Building the network draws its (then overwritten) initial weights from torch's global generator;
+    # fork it so whether the cache was warm never changes a detector's seeded training.
+    with torch.random.fork_rng(devices=[]):
+        return PatchFeatureExtractor(backbone, input_size, levels, patch_size, device)
+
+
+def extractor_for(config: object, device: torch.device | str) -> PatchFeatureExtractor:
+    """The extractor a detector config asks for (``backbone``, ``input_size``, ``levels``, ``patch_size``).
+
+    Cached and shared: the backbone is frozen, so every detector on the same settings (a model and its
+    fine-tuned copy, the bench's variants, the viewer's docks) can use one copy instead of loading it again.
+    """
+    c = config
+    return _shared(str(c.backbone), int(c.input_size), tuple(c.levels), int(c.patch_size), str(device))

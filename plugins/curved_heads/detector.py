@@ -22,7 +22,7 @@ from anomalens.engine.detectors.base import Detector, DetectorConfig
 from anomalens.engine.detectors.result import AnomalyResult, Embeddings
 from anomalens.engine.errors import ConfigError
 from anomalens.engine.geometry.manifolds import C_MAX, C_MIN
-from anomalens.engine.patchfeatures import PatchFeatureExtractor
+from anomalens.engine.patchfeatures import PatchFeatureExtractor, extractor_for
 from anomalens.engine.preprocess.foreground import foreground_mask
 from anomalens.engine.preprocess.resize import resize_back, resize_tensor, to_tensor
 from anomalens.engine.preprocess.smooth import gaussian_smooth
@@ -107,7 +107,6 @@ class CurvedHeadsDetector(Detector):
     def __init__(self, config: dict[str, Any] | DetectorConfig | None = None, device: str = "cpu",
                  seed: int = 0) -> None:
         super().__init__(config, device, seed)
-        self._extractor: PatchFeatureExtractor | None = None
         self.head: CurvedHeads | None = None
         self.stats: dict[str, torch.Tensor] = {}
         self.training_log: dict[str, Any] = {}
@@ -120,10 +119,7 @@ class CurvedHeadsDetector(Detector):
     # -- features ------------------------------------------------------------------------------
     @property
     def extractor(self) -> PatchFeatureExtractor:
-        if self._extractor is None:
-            c = self.config
-            self._extractor = PatchFeatureExtractor(c.backbone, c.input_size, c.levels, c.patch_size, self.device)
-        return self._extractor
+        return extractor_for(self.config, self.device)
 
     def _square(self, slices: np.ndarray) -> torch.Tensor:
         """(n, H, W) → (n, 1, S, S) at the backbone's input size, so a rotation by 90° is exact."""

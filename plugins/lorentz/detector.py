@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from anomalens.engine.detectors.base import Detector, DetectorConfig
 from anomalens.engine.detectors.result import AnomalyResult, Embeddings
 from anomalens.engine.errors import ConfigError
-from anomalens.engine.patchfeatures import PatchFeatureExtractor
+from anomalens.engine.patchfeatures import PatchFeatureExtractor, extractor_for
 from anomalens.engine.preprocess.foreground import foreground_mask
 from anomalens.engine.preprocess.resize import resize_back, resize_tensor, to_tensor
 from anomalens.engine.preprocess.smooth import gaussian_smooth
@@ -90,7 +90,6 @@ class LorentzDetector(Detector):
     def __init__(self, config: dict[str, Any] | DetectorConfig | None = None, device: str = "cpu",
                  seed: int = 0) -> None:
         super().__init__(config, device, seed)
-        self._extractor: PatchFeatureExtractor | None = None
         self.head: torch.nn.Module | None = None
         self.stats: dict[str, torch.Tensor] = {}
         self.bank: torch.Tensor | None = None
@@ -103,10 +102,7 @@ class LorentzDetector(Detector):
     # -- features ------------------------------------------------------------------------------
     @property
     def extractor(self) -> PatchFeatureExtractor:
-        if self._extractor is None:
-            c = self.config
-            self._extractor = PatchFeatureExtractor(c.backbone, c.input_size, c.levels, c.patch_size, self.device)
-        return self._extractor
+        return extractor_for(self.config, self.device)
 
     def _raw_features(self, slices: np.ndarray, cancel: CancelToken | None) -> dict[str, torch.Tensor]:
         """(n, C, h, w) per level, in batches."""

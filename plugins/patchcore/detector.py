@@ -18,7 +18,7 @@ from anomalens.engine.coreset import greedy_coreset, nearest_distance
 from anomalens.engine.detectors.base import Detector, DetectorConfig
 from anomalens.engine.detectors.result import AnomalyResult, Embeddings
 from anomalens.engine.errors import ConfigError
-from anomalens.engine.patchfeatures import PatchFeatureExtractor
+from anomalens.engine.patchfeatures import PatchFeatureExtractor, extractor_for
 from anomalens.engine.preprocess.resize import resize_back
 from anomalens.engine.preprocess.smooth import gaussian_smooth
 from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
@@ -56,7 +56,6 @@ class PatchCoreDetector(Detector):
     def __init__(self, config: dict[str, Any] | DetectorConfig | None = None, device: str = "cpu",
                  seed: int = 0) -> None:
         super().__init__(config, device, seed)
-        self._extractor: PatchFeatureExtractor | None = None
         self.bank: torch.Tensor | None = None
 
     @classmethod
@@ -65,10 +64,7 @@ class PatchCoreDetector(Detector):
 
     @property
     def extractor(self) -> PatchFeatureExtractor:
-        if self._extractor is None:
-            c = self.config
-            self._extractor = PatchFeatureExtractor(c.backbone, c.input_size, c.levels, c.patch_size, self.device)
-        return self._extractor
+        return extractor_for(self.config, self.device)
 
     def _features(self, slices: np.ndarray, progress: ProgressCallback | None, cancel: CancelToken | None,
                   start: float = 0.0, stop: float = 1.0) -> torch.Tensor:
