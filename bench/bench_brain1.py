@@ -33,12 +33,14 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--healthy", default="mni152")
+    ap.add_argument("--max-healthy", type=int, default=40, help="at most this many slices per healthy source")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     t0 = time.perf_counter()
-    data = onsite_data("brain1", healthy=[h for h in args.healthy.split(",") if h], size=args.size)
+    data = onsite_data("brain1", healthy=[h for h in args.healthy.split(",") if h], size=args.size,
+                       max_healthy=args.max_healthy)
     print(f"normals: {data.normal_sources} ({len(data.normals)} slices); evaluated slices "
           f"{data.split.spec_suffix('evaluate')} ({len(data.eval_slices)}), "
           f"lesion slices {data.split.lesion.tolist()}; "
