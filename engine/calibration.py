@@ -28,21 +28,18 @@ def calibrate_detector(detector: Detector, normals: np.ndarray, foreground: np.n
     Use normals the detector was not fitted on where possible: a model's own training slices score lower
     than new normals, which makes thresholds too permissive.
     """
-    from anomalens.engine.postprocess.calibrate import calibrate, threshold_for_fpr
-    from anomalens.engine.postprocess.normalise import ScoreNormaliser
+    from anomalens.engine.postprocess.calibrate import calibrate
 
     fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
     result = detector.score(normals, progress=lambda f, m: report(progress, 0.5 * f, m), cancel=cancel)
     cal = calibrate(result.heatmaps, fg, features=result.features, intensities=normals, target_fpr=target_fpr,
                     mode=mode, seed=detector.seed, progress=lambda f, m: report(progress, 0.5 + 0.5 * f, m),
                     cancel=cancel)
-    norm = ScoreNormaliser.from_dict(cal["normaliser"])
-    maps = norm.transform(result.heatmaps)
-    plain = threshold_for_fpr(maps, fg, target_fpr)
+    # The bundle's names: ``threshold`` is the plain operating point, ``scr_threshold`` SCR's unary one.
     cal["scr_threshold"] = cal.pop("threshold")
-    cal["fp_area_unary"] = cal.pop("fp_area")  # SCR's looser unary threshold alone, before λ
-    cal["threshold"] = float(plain)
-    cal["fp_area"] = float(((maps > plain) & fg).sum() / max(1, fg.sum()))
+    cal["fp_area_unary"] = cal.pop("fp_area")
+    cal["threshold"] = cal.pop("plain_threshold")
+    cal["fp_area"] = cal.pop("fp_area_plain")
     cal["n_slices"] = len(normals)
     cal["fingerprint"] = fingerprint(normals)
     detector.calibration = cal

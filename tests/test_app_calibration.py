@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from anomalens.engine.volume import Volume
+from tests.fakes import calibrated_patchcore
 from tests.phantoms import phantom_slices
 
 pytestmark = pytest.mark.gui
@@ -21,18 +22,11 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture(scope="module")
 def profile_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from anomalens.engine.calibration import calibrate_detector
     from anomalens.engine.modelstore import ModelStore
-    from anomalens.plugins.patchcore import PatchCoreDetector
 
-    torch.set_num_threads(1)
-    det = PatchCoreDetector(config=PatchCoreDetector.test_config(), seed=0)
-    det.fit(phantom_slices(6, 64, seed=0)[0])
-    calibrate_detector(det, phantom_slices(4, 64, seed=1)[0])
     root = tmp_path_factory.mktemp("data")
-    return ModelStore(root / "models").save_version(det, "phantom", note="trained on phantoms").path
+    return ModelStore(root / "models").save_version(calibrated_patchcore(4), "phantom",
+                                                    note="trained on phantoms").path
 
 
 @pytest.fixture

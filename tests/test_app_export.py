@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.fakes import calibrated_patchcore
 from tests.io_support import write_ct_series
 from tests.phantoms import phantom_slices
 
@@ -24,16 +25,7 @@ FRAME_OF_REFERENCE = "1.2.826.0.1.3680043.8.498.78"
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from anomalens.engine.calibration import calibrate_detector
-    from anomalens.plugins.patchcore import PatchCoreDetector
-
-    torch.set_num_threads(1)
-    det = PatchCoreDetector(config=PatchCoreDetector.test_config(), seed=0)
-    det.fit(phantom_slices(6, 64, seed=0)[0])
-    calibrate_detector(det, phantom_slices(4, 64, seed=1)[0])
-    det.training["modality"] = "CT"
+    det = calibrated_patchcore(4, modality="CT")
     return det.save(tmp_path_factory.mktemp("data") / "models" / "phantom-patchcore")
 
 

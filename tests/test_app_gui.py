@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from anomalens.engine.volume import Volume
+from tests.fakes import calibrated_patchcore
 from tests.io_support import phantom, write_ct_series, write_sitk
 from tests.phantoms import phantom_slices
 
@@ -25,18 +26,8 @@ pytestmark = pytest.mark.gui
 
 @pytest.fixture(scope="session")
 def calibrated_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from anomalens.engine.calibration import calibrate_detector
-    from anomalens.plugins.patchcore import PatchCoreDetector
-
-    torch.set_num_threads(1)
-    det = PatchCoreDetector(config=PatchCoreDetector.test_config(), seed=0)
-    det.fit(phantom_slices(6, 64, seed=0)[0])
-    calibrate_detector(det, phantom_slices(6, 64, seed=1)[0])
-    det.training["modality"] = "MR"
     root = tmp_path_factory.mktemp("data")
-    return det.save(root / "models" / "phantom-patchcore")
+    return calibrated_patchcore(6, modality="MR").save(root / "models" / "phantom-patchcore")
 
 
 @pytest.fixture

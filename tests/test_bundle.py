@@ -10,30 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from anomalens.engine.detectors import Detector, load_bundle, read_manifest
+from anomalens.engine.detectors import load_bundle, read_manifest
 from anomalens.engine.detectors import registry as reg
 from anomalens.engine.detectors.bundle import SCHEMA_VERSION
-from anomalens.engine.detectors.result import AnomalyResult
 from anomalens.engine.errors import ConfigError, ModelError, UnsafeModelFileError
-
-
-class MeanDetector(Detector):
-    """Scores |x − mean normal slice|: the smallest real detector, for bundle mechanics."""
-
-    name = "mean-test"
-
-    def _fit(self, normals, progress, cancel):
-        self.mean = torch.as_tensor(normals.mean(0))
-
-    def _score(self, slices, progress, cancel):
-        maps = np.abs(slices - self.mean.numpy())
-        return AnomalyResult(heatmaps=maps, scores=maps.reshape(len(maps), -1).max(1))
-
-    def state_dict(self):
-        return {"mean": self.mean}
-
-    def load_state_dict(self, state):
-        self.mean = state["mean"]
+from tests.fakes import MeanDetector
 
 
 class FakeEntryPoint:

@@ -145,5 +145,7 @@ def test_fine_tune_keeps_it_working(fitted, data, tmp_path: Path) -> None:
     assert det.training["fine_tuned_on"]["n_slices"] == 2
 
 
-def test_runs_on_cpu(fitted) -> None:
-    assert fitted.device.type == "cpu"
+def test_runs_on_cpu(fitted, data) -> None:
+    assert all(v.device.type == "cpu" for v in fitted.state_dict().values()), "weights left the CPU"
+    res = fitted.score(data["tests"][:1])
+    assert isinstance(res.heatmaps, np.ndarray) and res.heatmaps.dtype == np.float32

@@ -6,31 +6,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from anomalens.engine.detectors import Detector
-from anomalens.engine.detectors.result import AnomalyResult
 from anomalens.engine.errors import ConfigError, ModelError
 from anomalens.engine.modelstore import ModelStore, models_dir
-
-
-class MeanDetector(Detector):
-    """The smallest real detector: |x − mean normal slice| (manifests are all the store reads)."""
-
-    name = "mean-test"
-
-    def _fit(self, normals, progress, cancel):
-        self.mean = torch.as_tensor(normals.mean(0))
-
-    def _score(self, slices, progress, cancel):
-        maps = np.abs(slices - self.mean.numpy())
-        return AnomalyResult(heatmaps=maps, scores=maps.reshape(len(maps), -1).max(1))
-
-    def state_dict(self):
-        return {"mean": self.mean}
-
-    def load_state_dict(self, state):
-        self.mean = state["mean"]
+from tests.fakes import MeanDetector
 
 
 def _fitted(seed: int = 0) -> MeanDetector:

@@ -173,10 +173,8 @@ class DetectorWidget(QWidget):
         layer = find_layer(self.viewer, name) if name else None
         if layer is None:
             return
-        try:
-            volume = volume_for_layer(layer)
-        except AnomaLensError as exc:
-            notify_error(exc)
+        volume = self._volume_of(layer)
+        if volume is None:
             return
         self.state.set_volume(volume)
         self.plot.set_range(volume.n_slices)
@@ -339,10 +337,8 @@ class DetectorWidget(QWidget):
             self._update_buttons()
             self.status.setText("No model loaded: choose one, or train one from marked normal slices")
             return False
-        try:
-            volume = volume_for_layer(layer)
-        except AnomaLensError as exc:
-            notify_error(exc)
+        volume = self._volume_of(layer)
+        if volume is None:
             return False
         if self.state.volume is not volume:
             self.state.set_volume(volume)
@@ -373,6 +369,15 @@ class DetectorWidget(QWidget):
         self.state.set_score(outcome.score)
         self.state.mask_changed.emit(res.mask)
 
+    @staticmethod
+    def _volume_of(layer: Any) -> Volume | None:
+        """The scan behind an image layer, or None after telling the user why there is none."""
+        try:
+            return volume_for_layer(layer)
+        except AnomaLensError as exc:
+            notify_error(exc)
+            return None
+
     def cancel(self) -> None:
         """Stop the running job (scoring, loading or training)."""
         self.jobs.cancel()
@@ -384,10 +389,8 @@ class DetectorWidget(QWidget):
         if layer is None or not marked:
             notify_info("mark a few normal slices first (Calibration dock), then train")
             return False
-        try:
-            volume = volume_for_layer(layer)
-        except AnomaLensError as exc:
-            notify_error(exc)
+        volume = self._volume_of(layer)
+        if volume is None:
             return False
         name, variant_config = self.detector_choice()
         device = self.device_combo.currentText() or "cpu"

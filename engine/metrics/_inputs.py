@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
+from anomalens.engine.errors import InvalidVolumeError
 
 #: Foreground pixels fed to scikit-learn's curves; beyond this negatives (and, if needed, positives) are
 #: subsampled uniformly with a seed and re-weighted, which keeps the estimates unbiased.
@@ -74,16 +74,6 @@ def check_inputs(
     y = check_mask(masks, m.shape, "ground-truth masks")
     fg = np.ones(m.shape, dtype=bool) if foreground is None else check_mask(foreground, m.shape, "foreground masks")
     return m, y, fg
-
-
-def check_fraction(name: str, value: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name} must be a number, got {value!r}") from exc
-    if not (0.0 < v < 1.0):
-        raise ConfigError(f"{name} must be strictly between 0 and 1, got {value!r}")
-    return v
 
 
 def pixel_sample(

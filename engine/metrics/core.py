@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from anomalens.engine.checks import check_fraction
 from anomalens.engine.errors import ConfigError, InvalidVolumeError
 from anomalens.engine.metrics._inputs import (
     MAX_PIXELS,
     ArrayLike,
     add_note,
     as_stack,
-    check_fraction,
     check_inputs,
     check_maps,
     check_mask,
@@ -126,11 +126,7 @@ def pixel_auroc(
     """Pixel AUROC within the foreground (None without both anomalous and normal pixels)."""
     from sklearn.metrics import roc_auc_score
 
-    s, y, w = pixel_sample(*check_inputs(maps, masks, foreground), max_pixels, seed)
-    if not _both_classes(y, "foreground pixels", "pixel AUROC", notes):
-        return None
-    _note_constant(s, "pixel AUROC", notes)
-    return float(roc_auc_score(y, s, sample_weight=w))
+    return _pixel_metric(roc_auc_score, "pixel AUROC", maps, masks, foreground, max_pixels, seed, notes)
 
 
 def pixel_ap(
@@ -144,11 +140,17 @@ def pixel_ap(
     """Pixel average precision within the foreground (None without both classes)."""
     from sklearn.metrics import average_precision_score
 
+    return _pixel_metric(average_precision_score, "pixel AP", maps, masks, foreground, max_pixels, seed, notes)
+
+
+def _pixel_metric(fn, name: str, maps: ArrayLike, masks: ArrayLike, foreground: ArrayLike | None,
+                  max_pixels: int, seed: int, notes: list[str] | None) -> float | None:
+    """A scikit-learn ranking metric over (subsampled, reweighted) foreground pixels."""
     s, y, w = pixel_sample(*check_inputs(maps, masks, foreground), max_pixels, seed)
-    if not _both_classes(y, "foreground pixels", "pixel AP", notes):
+    if not _both_classes(y, "foreground pixels", name, notes):
         return None
-    _note_constant(s, "pixel AP", notes)
-    return float(average_precision_score(y, s, sample_weight=w))
+    _note_constant(s, name, notes)
+    return float(fn(y, s, sample_weight=w))
 
 
 def best_dice(

@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from anomalens.engine.checks import check_fraction, check_positive
 from anomalens.engine.errors import ConfigError, InvalidVolumeError
 from anomalens.engine.postprocess.normalise import ScoreNormaliser, collect_pixels
 from anomalens.engine.postprocess.scr import (
     DEFAULT_TEMPERATURE,
     PairwiseWeights,
     _check_mode,
-    _check_positive,
     estimate_tau,
     pairwise_weights,
     scr_refine,
@@ -56,14 +56,18 @@ def _as_list(x: np.ndarray | Sequence[np.ndarray] | None, n: int, what: str) -> 
     return lst
 
 
-def _check_fpr(name: str, value: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name} must be a number, got {value!r}") from exc
-    if not (0.0 < v < 1.0):
-        raise ConfigError(f"{name} must be a fraction strictly between 0 and 1, got {value!r}")
-    return v
+def _listed(
+    normal_maps: np.ndarray | Sequence[np.ndarray],
+    foreground: np.ndarray | Sequence[np.ndarray] | None,
+    features: np.ndarray | Sequence[np.ndarray] | None,
+    intensities: np.ndarray | Sequence[np.ndarray] | None,
+) -> tuple[list[np.ndarray], list, list, list]:
+    """The maps and their companions as equal-length lists, one entry per grid."""
+    maps = [normal_maps] if isinstance(normal_maps, np.ndarray) else list(normal_maps)
+    if not maps:
+        raise InvalidVolumeError("no normal anomaly maps to calibrate on")
+    return (maps, _as_list(foreground, len(maps), "foreground masks"),
+            _as_list(features, len(maps), "feature arrays"), _as_list(intensities, len(maps), "intensity arrays"))
 
 
 def threshold_for_fpr(
@@ -78,7 +82,7 @@ def threshold_for_fpr(
     "Above" is strict (``score > t`` is abnormal), matching :func:`scr_refine` at λ = 0. Exact on the
     pixels used (a partial sort); beyond ``max_pixels`` a seeded uniform subsample is used.
     """
-    target_fpr = _check_fpr("target_fpr", target_fpr)
+    target_fpr = check_fraction("target_fpr", target_fpr)
     v = collect_pixels(normal_maps, foreground, "normal anomaly maps")
     if v.size > max_pixels:
         v = np.random.default_rng(seed).choice(v, size=max_pixels, replace=False)
@@ -106,12 +110,7 @@ def _units(
     seed: int,
 ) -> list[_Unit]:
     """Per-grid inputs with α precomputed once (it does not depend on λ), subsampled to ``max_pixels``."""
-    maps = [normal_maps] if isinstance(normal_maps, np.ndarray) else list(normal_maps)
-    if not maps:
-        raise InvalidVolumeError("no normal anomaly maps to calibrate on")
-    fgs = _as_list(foreground, len(maps), "foreground masks")
-    feats = _as_list(features, len(maps), "feature arrays")
-    ints = _as_list(intensities, len(maps), "intensity arrays")
+    maps, fgs, feats, ints = _listed(normal_maps, foreground, features, intensities)
     # Split into the pieces SCR treats independently: slices in 2d mode, volumes in 3d mode.
     pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]] = []
     for m, f, ft, it in zip(maps, fgs, feats, ints, strict=True):
@@ -246,8 +245,8 @@ def lambda_for_fpr(
     Raises:
         ConfigError: bad target/τ/grid, or no λ on the grid reaches the target.
     """
-    target_fpr = _check_fpr("target_fpr", target_fpr)
-    tau = _check_positive("tau", tau)
+    target_fpr = check_fraction("target_fpr", target_fpr)
+    tau = check_positive("tau", tau)
     if features is None and intensities is None:
         raise ConfigError("λ calibration needs per-pixel features or intensities for SCR's pairwise weights")
     units = _units(normal_maps, foreground, features, intensities, tau, mode, max_pixels, seed)
@@ -308,21 +307,17 @@ def calibrate(
     Returns:
         A JSON-able dict for ``bundle.json``: ``normaliser`` (its ``to_dict()``), ``threshold`` (in
         normalised units), ``threshold_fpr``, ``lambda``, ``tau``, ``temperature``, ``mode``, ``target_fpr``,
-        ``fp_area`` (plain threshold on the normals), ``fp_area_scr`` (SCR at λ), ``n_pixels`` and
+        ``fp_area`` (SCR's unary threshold alone on the normals), ``plain_threshold`` and ``fp_area_plain``
+        (the plain operating point at ``target_fpr``), ``fp_area_scr`` (SCR at λ), ``n_pixels`` and
         ``notes``. Without features and intensities SCR cannot be calibrated: ``lambda``, ``tau`` and
         ``fp_area_scr`` are None and a note says why.
     """
-    target_fpr = _check_fpr("target_fpr", target_fpr)
+    target_fpr = check_fraction("target_fpr", target_fpr)
     threshold_fpr = max(target_fpr, min(5.0 * target_fpr, 0.5)) if threshold_fpr is None else threshold_fpr
-    threshold_fpr = _check_fpr("threshold_fpr", threshold_fpr)
-    temperature = _check_positive("temperature", temperature)
+    threshold_fpr = check_fraction("threshold_fpr", threshold_fpr)
+    temperature = check_positive("temperature", temperature)
     notes: list[str] = []
-    maps = [normal_maps] if isinstance(normal_maps, np.ndarray) else list(normal_maps)
-    if not maps:
-        raise InvalidVolumeError("no normal anomaly maps to calibrate on")
-    fgs = _as_list(foreground, len(maps), "foreground masks")
-    feats = _as_list(features, len(maps), "feature arrays")
-    ints = _as_list(intensities, len(maps), "intensity arrays")
+    maps, fgs, feats, ints = _listed(normal_maps, foreground, features, intensities)
 
     report(progress, 0.0, "fitting the score normaliser")
     normaliser = ScoreNormaliser().fit(maps, None if foreground is None else fgs, seed=seed)
@@ -331,8 +326,10 @@ def calibrate(
     normed = [normaliser.transform(m) for m in maps]
     fg_arg = None if foreground is None else fgs
     threshold = threshold_for_fpr(normed, fg_arg, threshold_fpr, seed=seed)
+    plain = threshold_for_fpr(normed, fg_arg, target_fpr, seed=seed)
     pix = collect_pixels(normed, fg_arg, "normal anomaly maps")
     fp_area = float(np.count_nonzero(pix > threshold)) / pix.size
+    fp_plain = float(np.count_nonzero(pix > plain)) / pix.size
     check(cancel)
 
     lam: float | None = None
@@ -341,7 +338,7 @@ def calibrate(
         tau = None
         notes.append("no features or intensities were given, so SCR (τ, λ) was not calibrated")
     else:
-        tau = _check_positive("tau", tau) if tau is not None else _pooled_tau(maps, fgs, feats, ints, mode)
+        tau = check_positive("tau", tau) if tau is not None else _pooled_tau(maps, fgs, feats, ints, mode)
         units = _units(normed, fg_arg, features, intensities, tau, mode, MAX_SCR_PIXELS, seed)
         lam, fp_scr = _lambda_search(
             units, threshold, target_fpr, grid, mode, temperature, BISECT_STEPS, progress, cancel
@@ -359,6 +356,8 @@ def calibrate(
         "mode": mode,
         "target_fpr": float(target_fpr),
         "fp_area": float(fp_area),
+        "plain_threshold": float(plain),
+        "fp_area_plain": fp_plain,
         "fp_area_scr": None if fp_scr is None else float(fp_scr),
         "n_pixels": int(pix.size),
         "notes": notes,

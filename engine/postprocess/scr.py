@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from anomalens.engine.checks import check_positive
 from anomalens.engine.errors import ConfigError, InvalidVolumeError
 
 if TYPE_CHECKING:
@@ -74,16 +75,6 @@ def _axes(ndim: int, mode: str) -> tuple[int, ...]:
     if ndim == 2:
         return (0, 1)
     return (0, 1, 2) if mode == "3d" else (1, 2)
-
-
-def _check_positive(name: str, value: float) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{name} must be a number, got {value!r}") from exc
-    if not math.isfinite(v) or v <= 0:
-        raise ConfigError(f"{name} must be a finite number > 0, got {value!r}")
-    return v
 
 
 def _descriptors(shape: tuple[int, ...], features: np.ndarray | None, intensities: np.ndarray | None) -> np.ndarray:
@@ -150,7 +141,7 @@ def pairwise_weights(
     """
     shape = tuple(int(n) for n in shape)
     _check_mode(mode, len(shape))
-    tau = _check_positive("tau", tau)
+    tau = check_positive("tau", tau)
     r = _descriptors(shape, features, intensities)
     axes = _axes(len(shape), mode)
     scale = np.float32(-1.0 / (tau * tau))
@@ -274,7 +265,7 @@ def scr_refine(
     _check_mode(mode, s.ndim)
     t = _check_threshold(threshold)
     lam = _check_lambda(lam)
-    temperature = _check_positive("temperature", temperature)
+    temperature = check_positive("temperature", temperature)
     fg = None
     if foreground is not None:
         fg = np.asarray(foreground, dtype=bool)
@@ -285,7 +276,7 @@ def scr_refine(
         if weights is None:
             if tau is None:
                 raise ConfigError("SCR with λ > 0 needs τ (or cached weights from pairwise_weights)")
-            tau = _check_positive("tau", tau)
+            tau = check_positive("tau", tau)
             weights = pairwise_weights(s.shape, tau, features, intensities, mode)
         elif weights.shape != s.shape or weights.mode != mode:
             raise ConfigError(
