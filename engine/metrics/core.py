@@ -87,13 +87,7 @@ def image_auroc(
     """Slice-level AUROC (None when all slices are normal or all anomalous)."""
     from sklearn.metrics import roc_auc_score
 
-    m, y, fg = check_inputs(maps, masks, foreground)
-    s = image_scores(m, reduce, None if foreground is None else fg)
-    lab = y.reshape(len(y), -1).any(axis=1)
-    if not _both_classes(lab, "slices", "image AUROC", notes):
-        return None
-    _note_constant(s, "image AUROC", notes)
-    return float(roc_auc_score(lab, s))
+    return _image_metric(roc_auc_score, "image AUROC", maps, masks, foreground, reduce, notes)
 
 
 def image_ap(
@@ -106,13 +100,19 @@ def image_ap(
     """Slice-level average precision (None without anomalous or without normal slices)."""
     from sklearn.metrics import average_precision_score
 
+    return _image_metric(average_precision_score, "image AP", maps, masks, foreground, reduce, notes)
+
+
+def _image_metric(fn, name: str, maps: ArrayLike, masks: ArrayLike, foreground: ArrayLike | None, reduce: str,
+                  notes: list[str] | None) -> float | None:
+    """A scikit-learn ranking metric over slices (score = the reduced map, label = any lesion voxel)."""
     m, y, fg = check_inputs(maps, masks, foreground)
     s = image_scores(m, reduce, None if foreground is None else fg)
     lab = y.reshape(len(y), -1).any(axis=1)
-    if not _both_classes(lab, "slices", "image AP", notes):
+    if not _both_classes(lab, "slices", name, notes):
         return None
-    _note_constant(s, "image AP", notes)
-    return float(average_precision_score(lab, s))
+    _note_constant(s, name, notes)
+    return float(fn(lab, s))
 
 
 def pixel_auroc(
