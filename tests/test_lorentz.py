@@ -65,6 +65,30 @@ def test_residual_inputs_round_trip(data, tmp_path: Path) -> None:
 
 
 def test_bad_options_are_refused() -> None:
-    for bad in ({"geometry": "spherical"}, {"inputs": "pixels"}, {"curvature": -1.0}, {"epochs": 0}):
+    for bad in ({"geometry": "spherical"}, {"inputs": "pixels"}, {"curvature": -1.0}, {"epochs": 0},
+                {"anomaly_margin": -0.1}, {"anomaly_margin": 0.5}):
         with pytest.raises(ConfigError):
             make(**bad)
+
+
+def test_synthetic_anomalies_stay_inside_the_outline(data, monkeypatch) -> None:
+    """With a margin, every synthetic label lies in the interior; with none, labels may reach the rim."""
+    import anomalens.engine.synthesis as synthesis
+    from anomalens.engine.preprocess import foreground_mask
+    from anomalens.engine.preprocess.foreground import interior_mask
+
+    normals, _ = data
+    seen: list[np.ndarray] = []
+    real = synthesis.synthesize_batch
+
+    def spy(images, rng, foregrounds=None, **kw):
+        out, masks = real(images, rng, foregrounds=foregrounds, **kw)
+        seen.append(masks)
+        return out, masks
+
+    monkeypatch.setattr(synthesis, "synthesize_batch", spy)
+    make(anomaly_margin=0.15, n_variants=3).fit(normals)
+    inner = interior_mask(foreground_mask(normals), 0.15)
+    labels = np.concatenate(seen)
+    assert labels.any()
+    assert not (labels & ~np.tile(inner, (len(seen), 1, 1))).any()

@@ -217,3 +217,18 @@ def test_synthesize_batch_proportions_and_labels():
     assert all_masks.any(axis=(1, 2)).all()
     with pytest.raises(ConfigError):
         synthesize_batch(imgs, np.random.default_rng(0), p_anomaly=1.5)
+
+
+def test_interior_mask_keeps_a_margin_from_the_outline() -> None:
+    from anomalens.engine.preprocess.foreground import interior_mask
+
+    fg = np.zeros((2, 64, 64), bool)
+    fg[0, 8:56, 8:56] = True
+    fg[1, 30:33, 30:33] = True  # too small for any interior: keeps its whole foreground
+    inner = interior_mask(fg, 0.1)
+    assert inner[0].any() and not (inner[0] & ~fg[0]).any()
+    dist = ndimage.distance_transform_edt(np.pad(fg[0], 1))[1:-1, 1:-1]
+    assert dist[inner[0]].min() >= 0.1 * 64
+    assert (inner[1] == fg[1]).all()
+    assert (interior_mask(fg, 0.0) == fg).all()
+    assert interior_mask(fg[0], 0.1).shape == (64, 64)

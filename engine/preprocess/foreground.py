@@ -42,3 +42,28 @@ def foreground_mask(slices: np.ndarray, min_fraction: float = 0.002) -> np.ndarr
         m = np.isin(labels, keep)
         out[i] = ndimage.binary_fill_holes(m)
     return out[0] if single else out
+
+
+def interior_mask(foreground: np.ndarray, margin: float) -> np.ndarray:
+    """The part of each slice's foreground at least ``margin`` × the slice's longer side from its outline.
+
+    Where synthetic anomalies go: blobs straddling the body outline (scalp, skull, skin) teach a
+    classifier that outline shapes are anomalous, and real scans whose outline differs from the normals'
+    then light up along the rim (measured on brain1, plugins/lorentz/README.md). A slice whose interior is
+    empty keeps its whole foreground, so every slice can still carry an anomaly.
+
+    Args:
+        foreground: Boolean masks (n, H, W) or one (H, W).
+        margin: Distance as a fraction of max(H, W); 0 returns the foreground unchanged.
+    """
+    fg = np.asarray(foreground, dtype=bool)
+    if margin <= 0:
+        return fg.copy()
+    single = fg.ndim == 2
+    stack = fg[None] if single else fg
+    r = margin * max(stack.shape[-2:])
+    out = np.empty_like(stack)
+    for i, m in enumerate(stack):
+        inner = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1] >= r
+        out[i] = inner if inner.any() else m
+    return out[0] if single else out

@@ -1,0 +1,34 @@
+"""Log lines must not carry file paths (folders named after patients)."""
+
+from __future__ import annotations
+
+import logging
+
+from anomalens.engine.logredact import RedactingFormatter, redact_paths
+
+
+def test_paths_are_replaced_by_stable_placeholders() -> None:
+    line = ("could not read '/data/Smith, John 1961/CT/IM0001.dcm': not a DICOM file; "
+            "also C:\\Users\\jdoe\\scans\\brain.nii.gz and ./relative/case.nrrd")
+    out = redact_paths(line)
+    for secret in ("Smith", "John", "jdoe", "IM0001", "relative", "brain.nii"):
+        assert secret not in out
+    assert out.count("<path:") == 3
+    assert "not a DICOM file" in out and "could not read" in out
+    assert redact_paths("'/a/b.dcm'") == redact_paths("'/a/b.dcm'") != redact_paths("'/a/c.dcm'")
+
+
+def test_plain_text_is_left_alone() -> None:
+    text = "epoch 3/30: scored 25 slices in 1.2 s, threshold 0.53 (1 % FPR), λ = 30; 3 of 4 learners"
+    assert redact_paths(text) == text
+
+
+def test_formatter_redacts_messages_and_tracebacks() -> None:
+    fmt = RedactingFormatter("%(levelname)s %(message)s")
+    try:
+        raise FileNotFoundError("/home/patient_doe/scan.mha")
+    except FileNotFoundError as exc:
+        record = logging.LogRecord("anomalens", logging.ERROR, __file__, 1, "failed on %s",
+                                   ("/home/patient_doe/scan.mha",), (type(exc), exc, exc.__traceback__))
+    out = fmt.format(record)
+    assert "patient_doe" not in out and "FileNotFoundError" in out and "<path:" in out
