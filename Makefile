@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo "xvfb-run -a -s '-screen 0 1280x1024x24'")
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo bench slow clean
+.PHONY: install test lint demo bench slow clean installer
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,31 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+# Desktop bundle (installer/README.md): a separate build environment with a normal (non-editable) install of
+# this tree, so the bundle holds the package as a wheel lays it out, then PyInstaller → dist/anomalens/.
+# Run from build/ so that the source tree's anomalens/ symlink folder never shadows the installed package.
+IVENV := build/installer-venv
+IBIN := $(IVENV)/bin
+ISTAMP := $(IVENV)/.installed
+
+$(IBIN)/python:
+	$(PY) -m venv $(IVENV)
+	$(IBIN)/python -m pip install -q --upgrade pip
+
+$(ISTAMP): $(IBIN)/python pyproject.toml setup.py constraints.txt
+	$(IBIN)/python -m pip install -q -c constraints.txt torch
+	$(IBIN)/python -m pip install -q -c constraints.txt ".[viewer,installer]"
+	touch $(ISTAMP)
+
+installer: $(ISTAMP)
+	rm -rf build/lib build/bdist.*
+	$(IBIN)/python -m pip install -q --no-deps --force-reinstall .
+	cd build && start=$$(date +%s) && nice -n 10 ../$(IBIN)/pyinstaller --noconfirm --clean --log-level WARN \
+		--distpath ../dist --workpath pyinstaller ../installer/anomalens.spec \
+		&& echo "pyinstaller: $$(( $$(date +%s) - start )) s"
+	du -sh dist/anomalens
+	@echo "bundle in $(CURDIR)/dist/anomalens; check it with installer/smoke_test"
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache demo-output

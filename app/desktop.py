@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 TITLE = "AnomaLens"
 ICON = "anomalens.png"
+#: napari's get_qapp renders its icon argument as SVG (a PNG there only logs "Cannot read file").
+APP_ICON_SVG = "anomalens.svg"
 PLUGIN_NAME = "anomalens"
 #: File → Export entries: (Export dock button prefix, menu text, Export dock method).
 _EXPORT_ENTRIES = (("heatmap", "Heatmap as NIfTI…", "export_heatmap"), ("mask", "Mask as NIfTI…", "export_mask"),
@@ -276,9 +278,41 @@ def show_demo(viewer: napari.Viewer, screenshot: Path | None = None) -> None:
         QTimer.singleShot(1500, grab)
 
 
+def discovered_plugins() -> list[str]:
+    """Names of the npe2 manifests found through installed ``napari.manifest`` entry points.
+
+    This is how napari itself finds plugins, so a frozen bundle that lost a package's metadata shows
+    here (``ensure_plugin_registered`` would otherwise hide a missing AnomaLens entry point).
+    """
+    from npe2 import PluginManager
+
+    pm = PluginManager.instance()
+    pm.discover()
+    return sorted(m.name for m in pm.iter_manifests())
+
+
+def describe_window(viewer: napari.Viewer) -> str:
+    """One line on the main window (title, size, docks that started, layers), printed by ``--quit-after``."""
+    qt = viewer.window._qt_window
+    docks = ", ".join(getattr(viewer.window, "anomalens_docks", {})) or "none"
+    return (f"AnomaLens viewer: window {qt.windowTitle()!r} {qt.width()}x{qt.height()} "
+            f"visible={qt.isVisible()}; docks: {docks}; layers: {len(viewer.layers)}")
+
+
+def close_after(viewer: napari.Viewer, seconds: float) -> None:
+    """Describe the window on stdout and close it after ``seconds`` (smoke tests of installs and bundles)."""
+    def close() -> None:
+        print(describe_window(viewer), flush=True)
+        viewer.close()
+
+    QTimer.singleShot(int(seconds * 1000), close)
+
+
 def _setup_logging() -> None:
     """Log to a rotating file in the user's log folder (and warnings to stderr)."""
     import platformdirs
+
+    from anomalens.engine.logredact import RedactingFormatter
 
     root = logging.getLogger("anomalens")
     root.setLevel(logging.INFO)
@@ -289,7 +323,8 @@ def _setup_logging() -> None:
                                                                          backupCount=3, encoding="utf-8")
     except OSError:
         handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Messages on screen name the user's files; the log file, which may be sent to support, does not.
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
 
 
@@ -307,15 +342,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--screenshot", type=Path, default=None,
                         help="with --demo: save a screenshot of the window there, then close")
     parser.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)  # smoke tests
+    parser.add_argument("--list-plugins", action="store_true", help=argparse.SUPPRESS)  # installer smoke test
     args = parser.parse_args(argv)
+    if args.list_plugins:
+        names = discovered_plugins()
+        print("\n".join(names))
+        return 0 if PLUGIN_NAME in names else 1
     _setup_logging()
-    get_qapp(app_name=TITLE, app_version=__version__, icon=str(resource_path(ICON)), org_name=TITLE,
+    get_qapp(app_name=TITLE, app_version=__version__, icon=str(resource_path(APP_ICON_SVG)), org_name=TITLE,
              org_domain="anomalens.invalid", app_id=f"anomalens.viewer.{__version__}")
     viewer = create_viewer(None if args.demo else args.path)
     if args.demo:
         show_demo(viewer, args.screenshot)
     seconds = args.quit_after if args.quit_after is not None else float(os.environ.get("ANOMALENS_QUIT_AFTER", 0) or 0)
     if seconds > 0:
-        QTimer.singleShot(int(seconds * 1000), viewer.close)
+        close_after(viewer, seconds)
     run(gui_exceptions=True)
     return 0

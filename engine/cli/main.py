@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from anomalens.engine.errors import AnomaLensError, Cancelled
+from anomalens.engine.logredact import RedactingFormatter
 
 log = logging.getLogger("anomalens")
 
@@ -29,16 +30,17 @@ def emit(args: argparse.Namespace, data: Any, text: str | None = None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from anomalens.engine import __version__
-    from anomalens.engine.cli import cmd_model, cmd_samples, cmd_scan
+    from anomalens.engine.cli import cmd_model, cmd_samples, cmd_scan, cmd_selftest
 
     parser = argparse.ArgumentParser(prog="anomalens", description="Unsupervised anomaly detection for medical scans.")
     parser.add_argument("--version", action="version", version=f"anomalens {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--self-test", action="store_true", help="same as the self-test command")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (cmd_scan, cmd_samples, cmd_model):
+    for module in (cmd_scan, cmd_samples, cmd_model, cmd_selftest):
         module.register(sub, common)
     for name in ("cmd_eval", "cmd_demo"):
         try:
@@ -52,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    args = parser.parse_args(_self_test_alias(sys.argv[1:] if argv is None else argv))
+    # Logs outlive the terminal (batch jobs redirect them to files): no file paths, which may name patients.
+    handler = logging.StreamHandler()
+    handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
         result = args.handler(args)
     except Cancelled:
@@ -67,3 +71,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"anomalens: error: {exc}", file=sys.stderr)
         return 2
     return int(result or 0)
+
+
+def _self_test_alias(argv: Sequence[str]) -> list[str]:
+    """``anomalens [-v] --self-test [options]`` is ``anomalens [-v] self-test [options]``.
+
+    Installers and packagers conventionally probe a bundle with a flag, not a sub-command; the flag is
+    rewritten before parsing because argparse requires the sub-command.
+    """
+    out = list(argv)
+    for i, token in enumerate(out):
+        if token == "--self-test":
+            out[i] = "self-test"
+            break
+        if not token.startswith("-"):
+            break
+    return out
