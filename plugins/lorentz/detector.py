@@ -47,7 +47,7 @@ class LorentzConfig(DetectorConfig):
     epochs: int = 30
     lr: float = 1e-3
     batch_patches: int = 4096
-    n_variants: int = 4
+    n_variants: int = 8
     p_anomaly: float = 0.8
     # Gaussian intensity anomalies only: on brain1 the paper's full mix (with CutPaste and deformation)
     # measured 0.74 mean pixel AUROC over 3 seeds against 0.90 (plugins/lorentz/README.md); one option away.
