@@ -4,7 +4,7 @@ Targets (issue): scoring ≥ 20 slices/s with Lite0 on the 2-core CPU; training 
 default config ≤ 10 minutes. Both are printed as ratios to their targets, measured in one run; PatchCore's
 scoring rate is printed beside them for scale.
 
-    .venv/bin/python bench/bench_lorentz_speed.py [--n 200]
+    .venv/bin/python bench/bench_lorentz_speed.py [--n 200] [--threads 1]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from anomalens.engine.evaluation import healthy_slices
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=200)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     normals = healthy_slices("sample:mni152", 224, max_slices=args.n, min_tissue=0.02)
