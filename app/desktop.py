@@ -15,7 +15,6 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtGui import QAction
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMenu, QProgressBar, QPushButton, QWidget
@@ -26,6 +25,10 @@ from anomalens.app.recent import RecentFiles
 
 if TYPE_CHECKING:
     import napari
+
+    from anomalens.app.results import ScanResults
+    from anomalens.engine.demo import DemoOutput
+    from anomalens.engine.detectors import Detector
 
 TITLE = "AnomaLens"
 ICON = "anomalens.png"
@@ -242,30 +245,22 @@ def create_viewer(path: str | Path | None = None, show: bool = True,
     return viewer
 
 
+#: Name of the demo's scan layer; its heatmap and mask layers follow the results' naming ("brain1 anomaly", …).
+DEMO_LAYER = "brain1"
+
+
 def show_demo(viewer: napari.Viewer, screenshot: Path | None = None) -> None:
     """Run the engine's demo job (terminal progress bar), then show scan, heatmap and SCR mask.
 
-    The engine does the work (``anomalens.engine.demo``); this only shows it and hands the trained model
-    to the docks so λ, τ and the threshold can be tuned at once.
+    The engine does the work (``anomalens.engine.demo``); ``show_demo_output`` registers its result as the
+    viewer's results, so the docks treat it like a result of the Detector dock (export, SCR re-tuning).
     """
-    from anomalens.app.reader import image_layer_data
-    from anomalens.app.state import get_state
     from anomalens.engine.cli.progressbar import terminal_progress
     from anomalens.engine.demo import run_demo
-    from anomalens.engine.detectors import load_bundle
 
     with terminal_progress("demo: training/scoring sample:brain1") as progress:
         out = run_demo(progress=progress)
-    data, kwargs, _ = image_layer_data(out.volume, name="brain1")
-    viewer.add_image(data, **kwargs)
-    viewer.add_image(out.heatmap, name="brain1 heatmap", scale=out.volume.spacing_zyx, colormap="inferno",
-                     blending="additive", opacity=0.6, contrast_limits=(0.9, max(1.0, float(out.heatmap.max()))),
-                     units=("mm", "mm", "mm"))
-    viewer.add_labels(out.mask.astype(np.uint8), name="brain1 SCR mask", scale=out.volume.spacing_zyx, opacity=0.6,
-                      units=("mm", "mm", "mm"))
-    viewer.dims.set_current_step(0, int(out.evaluated[len(out.evaluated) // 2]))
-    state = get_state(viewer)
-    state.set_model(load_bundle(out.model), out.model)
+    show_demo_output(viewer, out)
     print("demo outputs: " + ", ".join(str(p) for p in out.files.values()))
     if screenshot is not None:
         def grab() -> None:
@@ -276,6 +271,46 @@ def show_demo(viewer: napari.Viewer, screenshot: Path | None = None) -> None:
             viewer.close()
 
         QTimer.singleShot(1500, grab)
+
+
+def show_demo_output(viewer: napari.Viewer, out: DemoOutput, detector: Detector | None = None) -> ScanResults:
+    """Show a demo job's scan, heatmap and mask through the results registry the Detector dock uses.
+
+    The demo's maps and mask are already on the scan's grid (slices ``out.evaluated``), so they become the
+    state's ``ScanResults`` as they are, and its trained model (``detector``, else the bundle at ``out.model``)
+    becomes the state's model: the Export dock then exports them and the SCR dock re-cuts the mask at new λ,
+    τ and threshold. The demo hands back no per-pixel features, so SCR weighs edges by intensity, as the
+    demo's own cut did for PatchCore (which gives none). ``ScanResults`` needs the scan prepared for the
+    model (tissue mask, normalised intensities); the engine's ``prepare`` gives it, as in every scoring.
+    """
+    from anomalens.app.reader import image_layer_data
+    from anomalens.app.results import ScanResults, show_results
+    from anomalens.app.state import get_state
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.pipeline import prepare
+
+    if detector is None:
+        detector = load_bundle(out.model)
+    data, kwargs, _ = image_layer_data(out.volume, name=DEMO_LAYER)
+    layer = viewer.add_image(data, **kwargs)
+    state = get_state(viewer)
+    state.set_model(detector, out.model)  # sets state.scr to the calibrated point the demo cut its mask at
+    prepared = prepare(out.volume, (detector.preprocessing or {}).get("intensity"))
+    state.set_volume(out.volume, prepared)
+    cal = detector.calibration or {}
+    normalised = "normaliser" in cal
+    res = ScanResults.from_maps(layer.name, out.volume, prepared, out.evaluated, out.heatmap,
+                                out.mask if normalised else None, normalised, model=detector,
+                                params=state.scr.key() if normalised else None)
+    state.results = res
+    show_results(viewer, res, cal)
+    dock = getattr(viewer.window, "anomalens_docks", {}).get("Detector")
+    if dock is not None:  # the score curve, as after scoring in the dock
+        dock.plot.set_scores(res.slice_scores, threshold=cal.get("threshold") if normalised else None)
+    viewer.dims.set_current_step(0, int(out.evaluated[len(out.evaluated) // 2]))
+    state.set_score(None)  # the demo hands back no VolumeScore (no embeddings for the Poincaré disk)
+    state.mask_changed.emit(res.mask)
+    return res
 
 
 def discovered_plugins() -> list[str]:

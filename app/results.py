@@ -86,22 +86,42 @@ class ScanResults:
         return cls(layer_name, volume, prepared, np.zeros(shape, np.float32), np.zeros(shape, np.uint8),
                    np.zeros(shape[0], bool), normalised)
 
+    @classmethod
+    def from_maps(cls, layer_name: str, volume: Volume, prepared: PreparedScan, indices: np.ndarray,
+                  maps: np.ndarray, mask: np.ndarray | None, normalised: bool, model: Any = None,
+                  params: tuple | None = None) -> ScanResults:
+        """Results for maps the engine already placed on the scan's full grid (the demo job's output).
+
+        Only the ``indices`` slices count as scored: the rest of a full-grid map is zeros, not a score.
+        ``params`` is the SCR operating point ``mask`` was cut at, so the SCR dock re-cuts only on a change.
+        """
+        res = cls.start(layer_name, volume, prepared, normalised)
+        res.model = model
+        idx = np.asarray(indices, dtype=int)
+        res.write_slices(idx, np.asarray(maps, dtype=np.float32)[idx], None if mask is None else np.asarray(mask)[idx],
+                         params, None)
+        return res
+
     def merge(self, outcome: ScoreOutcome) -> None:
         """Write an outcome's slices into the full-grid arrays (in place, so layers showing them stay valid)."""
-        idx = outcome.indices
-        self.maps[idx] = outcome.maps
-        if outcome.mask is not None:
-            self.mask[idx] = outcome.mask.astype(np.uint8)
+        self.write_slices(outcome.indices, outcome.maps, outcome.mask, outcome.params, outcome.score.result.features)
+
+    def write_slices(self, indices: np.ndarray, maps: np.ndarray, mask: np.ndarray | None, params: tuple | None,
+                     features: np.ndarray | None) -> None:
+        """Record scored slices (maps, mask, slice scores, cut parameters, SCR descriptors) in place."""
+        idx = indices
+        self.maps[idx] = maps
+        if mask is not None:
+            self.mask[idx] = mask.astype(np.uint8)
         self.scored[idx] = True
-        feats = outcome.score.result.features
         for i, z in enumerate(idx):
             fg = self.prepared.foreground[z]
             vals = self.maps[z][fg] if fg.any() else self.maps[z].ravel()
             self.slice_scores[int(z)] = float(vals.max())
-            if outcome.params is not None:
-                self.cut_params[int(z)] = outcome.params
-            if feats is not None:
-                self.features[int(z)] = feats[i]
+            if params is not None:
+                self.cut_params[int(z)] = params
+            if features is not None:
+                self.features[int(z)] = features[i]
             else:
                 self.features.pop(int(z), None)
         self.generation += 1

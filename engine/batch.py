@@ -265,6 +265,20 @@ def _is_done(entry: dict[str, Any] | None, out: Path, fingerprint: str) -> bool:
 
 # -- the run -----------------------------------------------------------------------------------------------
 
+def _sweep_leftovers(out: Path, todo: Sequence[Study]) -> None:
+    """Remove half-written folders of studies about to be scored again.
+
+    A worker killed while writing (OOM, a lost node) leaves its ``atomic_dir`` temporary folder behind;
+    the study is not ``ok`` in the manifest, so it is in ``todo`` and nothing else is writing it now.
+    """
+    import shutil
+
+    for s in todo:
+        for pattern in (f".{s.id}.*.tmp", f".{s.id}.old-*"):
+            for leftover in out.glob(pattern):
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
 def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: str | Path, *,
               workers: int | None = None, scheduler: str | None = None, client: Any = None,
               device: str = "cpu", processes: bool = True, show_progress: bool | None = None,
@@ -303,6 +317,7 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             summary.skipped.append(s.id)
         else:
             todo.append(s)
+    _sweep_leftovers(out, todo)
     _save(out, manifest)
     if not todo:
         summary.seconds = time.perf_counter() - t0
