@@ -55,7 +55,7 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
     from anomalens.engine.fileio import atomic_write_text
     from anomalens.engine.io import write_like
     from anomalens.engine.metrics import evaluate
-    from anomalens.engine.preprocess import resize_slices
+    from anomalens.engine.preprocess.resize import from_square
 
     report(progress, 0.0, "fetching sample:brain1")
     data = onsite_data("brain1", healthy=["mni152"])
@@ -79,10 +79,10 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
     vol, idx = data.volume, data.split.evaluate
     heat = np.zeros(vol.shape, np.float32)
     mask = np.zeros(vol.shape, np.uint8)
-    maps = cal.maps if cal.maps.shape[1:] == vol.shape[1:] else resize_slices(cal.maps, vol.shape[1:])
+    # onsite_data padded the slices to a square before resizing: undo both, or a non-square case's maps stretch.
+    maps = from_square(cal.maps, vol.shape[1:])
     best = cal.scr_mask if cal.scr_mask is not None else cal.mask
-    if best.shape[1:] != vol.shape[1:]:
-        best = resize_slices(best.astype(np.float32), vol.shape[1:]) > 0.5
+    best = from_square(best.astype(np.float32), vol.shape[1:]) > 0.5
     heat[idx], mask[idx] = maps, best
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
