@@ -363,6 +363,17 @@ def _setup_logging() -> None:
     root.addHandler(handler)
 
 
+def _configure_threads() -> None:
+    """``$ANOMALENS_THREADS`` as in the CLI; a bad value is logged and torch's default kept (the app starts)."""
+    from anomalens.engine.device import configure_threads
+    from anomalens.engine.errors import AnomaLensError
+
+    try:
+        configure_threads()
+    except AnomaLensError as exc:
+        logging.getLogger("anomalens.app").warning("%s; using torch's default thread count", exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``anomalens-viewer``."""
     from napari.qt import get_qapp, run
@@ -384,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(names))
         return 0 if PLUGIN_NAME in names else 1
     _setup_logging()
+    _configure_threads()
     get_qapp(app_name=TITLE, app_version=__version__, icon=str(resource_path(APP_ICON_SVG)), org_name=TITLE,
              org_domain="anomalens.invalid", app_id=f"anomalens.viewer.{__version__}")
     viewer = create_viewer(None if args.demo else args.path)

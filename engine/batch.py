@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomalens.engine.device import THREADS_ENV
 from anomalens.engine.errors import AnomaLensError, ConfigError, EmptyInputError
 from anomalens.engine.fileio import atomic_dir, atomic_write_text
 
@@ -215,17 +216,21 @@ def bundle_loads() -> int:
 
 # -- the task ----------------------------------------------------------------------------------------------
 
-def score_study(study: Study, model: str, out_root: str, device: str = "cpu") -> dict[str, Any]:
+def score_study(study: Study, model: str, out_root: str, device: str = "cpu",
+                threads: int | None = None) -> dict[str, Any]:
     """Score one study on a worker and write its folder atomically; errors become a ``failed`` record.
 
     User-caused failures (corrupt file, not a scan) and unexpected exceptions are both returned rather than
     raised, so the scheduler never retries a study that will fail again; only a dying worker is retried.
+    ``threads`` sets torch's threads in the worker (None: ``$ANOMALENS_THREADS`` there, else torch's default).
     """
     from anomalens.engine import pipeline
+    from anomalens.engine.device import configure_threads
 
     t0 = time.perf_counter()
     record: dict[str, Any] = {"spec": study.spec, "worker_pid": os.getpid()}
     try:
+        configure_threads(threads)
         det = cached_bundle(model, device)
         volume = pipeline.load_volume(study.spec)
         vs = pipeline.score_volume(det, volume)
@@ -282,7 +287,8 @@ def _sweep_leftovers(out: Path, todo: Sequence[Study]) -> None:
 def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: str | Path, *,
               workers: int | None = None, scheduler: str | None = None, client: Any = None,
               device: str = "cpu", processes: bool = True, show_progress: bool | None = None,
-              on_result: Callable[[str, dict[str, Any]], None] | None = None) -> BatchSummary:
+              on_result: Callable[[str, dict[str, Any]], None] | None = None,
+              threads: int | None = None) -> BatchSummary:
     """Score many studies on dask.distributed, resumable, writing ``out/<id>/`` and ``out/manifest.json``.
 
     Args:
@@ -296,6 +302,8 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
         processes: local cluster of processes (default) or threads.
         show_progress: tqdm bar over finished studies on stderr (default: when stderr is a terminal).
         on_result: called as ``on_result(study_id, record)`` after each result is recorded.
+        threads: torch threads in each worker. None: ``$ANOMALENS_THREADS`` in the worker's environment;
+            for a local cluster without it, the cores shared out evenly among the workers.
     """
     from distributed import Client, LocalCluster, as_completed
 
@@ -330,12 +338,16 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             client = Client(scheduler)
         else:
             n = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+            # Each worker process would otherwise start one torch thread per core: n workers would run
+            # n × cores threads that spin against each other. $ANOMALENS_THREADS, when set, still wins.
+            if threads is None and not os.environ.get(THREADS_ENV):
+                threads = max(1, (os.cpu_count() or 1) // n)
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes,
                                    dashboard_address=":0", host="127.0.0.1")
             client = Client(cluster)
     try:
         summary.workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        futures = {client.submit(score_study, s, model_path, str(out), device, pure=False,
+        futures = {client.submit(score_study, s, model_path, str(out), device, threads, pure=False,
                                  key=f"anomalens-score-{s.id}-{fingerprint}-{time.time_ns()}"): s for s in todo}
         for fut in _progress(as_completed(futures), len(futures), show_progress):
             s = futures[fut]

@@ -59,3 +59,32 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
             )
         return torch.device("mps")
     raise DeviceError(f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+
+
+THREADS_ENV = "ANOMALENS_THREADS"
+
+
+def configure_threads(threads: int | str | None = None) -> int | None:
+    """Set torch's CPU thread count from ``threads`` or, when None, from ``$ANOMALENS_THREADS``.
+
+    On a workstation shared with other jobs (or a batch node running several workers), torch's default of
+    one thread per core makes its threads spin against the other processes: on this project's shared 2-core
+    machine the Lorentz fit took 186–567 s with 2 threads and 28 s with one (plugins/lorentz/README.md).
+    Neither set: torch's default stays. Returns the count set, or None.
+    """
+    import os
+
+    from anomalens.engine.errors import ConfigError
+
+    raw = os.environ.get(THREADS_ENV) if threads is None else threads
+    if raw is None or str(raw).strip() == "":
+        return None
+    try:
+        n = int(str(raw).strip())
+    except ValueError:
+        n = 0
+    if n < 1:
+        where = f"${THREADS_ENV}" if threads is None else "--threads"
+        raise ConfigError(f"{where} must be a whole number of threads ≥ 1, got {raw!r}")
+    torch.set_num_threads(n)
+    return n

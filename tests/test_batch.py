@@ -236,3 +236,18 @@ def test_half_written_folders_of_studies_to_redo_are_swept(tmp_path: Path) -> No
         (tmp_path / name / "heatmap.nii.gz").write_bytes(b"partial")
     _sweep_leftovers(tmp_path, [redo])
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".{done.id}.z9.tmp", done.id])
+
+
+def test_worker_task_sets_its_torch_threads(tmp_path: Path) -> None:
+    import torch
+
+    from anomalens.engine.batch import score_study
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        rec = score_study(Study("nothing-00000000", str(tmp_path / "missing.nii.gz")), str(tmp_path / "m"),
+                          str(tmp_path / "out"), threads=1)
+        assert rec["status"] == "failed" and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -120,3 +120,26 @@ def test_origin_is_kept_by_the_phantom_writer(scans) -> None:
     import SimpleITK as sitk
 
     assert sitk.ReadImage(str(scans["normals"])).GetOrigin() == pytest.approx(ORIGIN)
+
+
+def test_threads_option_and_environment_set_torch_threads(capsys, monkeypatch) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("ANOMALENS_THREADS", raising=False)
+        assert main(["--threads", "1", "detectors", "--json"]) == 0
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv("ANOMALENS_THREADS", "1")
+        assert main(["detectors", "--json"]) == 0
+        assert torch.get_num_threads() == 1
+        capsys.readouterr()
+        for bad in (["--threads", "0"], ["--threads", "many"]):
+            assert main([*bad, "detectors"]) == 2
+            assert "--threads must be a whole number" in capsys.readouterr().err
+        monkeypatch.setenv("ANOMALENS_THREADS", "-3")
+        assert main(["detectors"]) == 2
+        assert "$ANOMALENS_THREADS" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

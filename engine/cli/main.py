@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"anomalens {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("--self-test", action="store_true", help="same as the self-test command")
+    parser.add_argument("--threads", default=None, metavar="N",
+                        help="CPU threads for torch (default: $ANOMALENS_THREADS, else one per core); "
+                             "1 is often fastest on a machine shared with other jobs")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -60,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
+        from anomalens.engine.device import configure_threads
+
+        configure_threads(args.threads)
         result = args.handler(args)
     except Cancelled:
         print("anomalens: cancelled", file=sys.stderr)
