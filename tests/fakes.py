@@ -41,3 +41,10 @@ def calibrated_patchcore(n_calibration: int = 4, modality: str | None = None) ->
     if modality is not None:
         det.training["modality"] = modality
     return det
+
+
+def use_model_folders(monkeypatch, bundle, tmp_path):
+    """Point the app's data folder at ``bundle``'s models folder and its config into ``tmp_path``."""
+    monkeypatch.setenv("ANOMALENS_DATA_DIR", str(bundle.parent.parent))
+    monkeypatch.setenv("ANOMALENS_CONFIG_DIR", str(tmp_path / "config"))
+    return bundle

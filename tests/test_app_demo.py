@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from anomalens.engine.volume import Volume
-from tests.fakes import calibrated_patchcore
+from tests.fakes import calibrated_patchcore, use_model_folders
 from tests.phantoms import phantom_slices
 
 pytestmark = pytest.mark.gui
@@ -31,9 +31,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def env(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("ANOMALENS_DATA_DIR", str(bundle.parent.parent))
-    monkeypatch.setenv("ANOMALENS_CONFIG_DIR", str(tmp_path / "config"))
-    return bundle
+    return use_model_folders(monkeypatch, bundle, tmp_path)
 
 
 def fake_demo_output(model: Path) -> Any:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.fakes import calibrated_patchcore
+from tests.fakes import calibrated_patchcore, use_model_folders
 from tests.io_support import write_ct_series
 from tests.phantoms import phantom_slices
 
@@ -31,9 +31,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def env(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("ANOMALENS_DATA_DIR", str(bundle.parent.parent))
-    monkeypatch.setenv("ANOMALENS_CONFIG_DIR", str(tmp_path / "config"))
-    return bundle
+    return use_model_folders(monkeypatch, bundle, tmp_path)
 
 
 def _ct_series(folder: Path) -> Path:
