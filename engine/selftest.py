@@ -92,7 +92,9 @@ def run_self_test(out: str | Path | None = None, sample: str = DEFAULT_SAMPLE, d
     Raises:
         SelfTestFailed: a step failed; ``step`` names it, the message carries the cause.
     """
+    from anomalens.engine import pipeline
     from anomalens.engine.demo import DEFAULT_DETECTOR
+    from anomalens.engine.io.spec import split_spec
 
     name = detector or DEFAULT_DETECTOR
     cfg = dict(_small_config(name) if config is None else config)
@@ -102,21 +104,23 @@ def run_self_test(out: str | Path | None = None, sample: str = DEFAULT_SAMPLE, d
         _step(rep, "detectors", lambda: _check_detectors(name), lambda v: f"{len(v)}: {', '.join(v)}")
         check(cancel)
         report(progress, 0.05, "reading the bundled scan")
-        volume = _step(rep, "read", lambda: _read(sample), lambda v: f"{sample}: {v.shape} voxels, {v.modality}")
+        volume = _step(rep, "read", lambda: _at_least_two_slices(pipeline.load_volume(sample)),
+                       lambda v: f"{sample}: {v.shape} voxels, {v.modality}")
         check(cancel)
         report(progress, 0.15, f"training {name}")
-        source, _ = _split(sample)
+        source, _ = split_spec(sample)
         train_spec = f"{source}#{_first(n_train, volume)}"
-        det = _step(rep, "train", lambda: _train(name, train_spec, cfg, device, cancel),
+        det = _step(rep, "train", lambda: pipeline.train(name, [train_spec], config=cfg, device=device, cancel=cancel),
                     lambda d: f"{name} on {train_spec}")
         report(progress, 0.55, "saving and reloading the model")
         det = _step(rep, "bundle", lambda: _roundtrip(det, work / "model", device),
                     lambda d: f"saved and reloaded {work / 'model'}")
         check(cancel)
         report(progress, 0.65, "scoring")
-        scored = _step(rep, "score", lambda: _score(det, volume, cancel),
+        scored = _step(rep, "score", lambda: pipeline.score_volume(det, volume, cancel=cancel),
                        lambda vs: f"{len(vs.slice_scores)} slices, {vs.seconds_per_slice:.3f} s/slice")
-        files = _step(rep, "write", lambda: _write(scored, work), lambda f: f"{f['heatmap'].name}, {f['scores'].name}")
+        files = _step(rep, "write", lambda: pipeline.write_score_outputs(scored, work),
+                      lambda f: f"{f['heatmap'].name}, {f['scores'].name}")
         report(progress, 0.9, "checking the heatmap")
         rep.shape = _step(rep, "verify", lambda: _verify(files["heatmap"], volume),
                           lambda s: f"shape {s} matches the scan, all values finite, not constant")
@@ -177,19 +181,11 @@ def _check_detectors(name: str) -> list[str]:
     return names
 
 
-def _read(spec: str) -> Any:
-    from anomalens.engine.pipeline import load_volume
-
-    volume = load_volume(spec)
+def _at_least_two_slices(volume: Any) -> Any:
+    """The scan must have slices to train on and one more to score."""
     if volume.n_slices < 2:
-        raise RuntimeError(f"{spec} has {volume.n_slices} slice(s); the self-test needs at least 2")
+        raise RuntimeError(f"the scan has {volume.n_slices} slice(s); the self-test needs at least 2")
     return volume
-
-
-def _split(spec: str) -> tuple[str, str | None]:
-    from anomalens.engine.io.spec import split_spec
-
-    return split_spec(spec)
 
 
 def _first(n: int, volume: Any) -> str:
@@ -197,12 +193,6 @@ def _first(n: int, volume: Any) -> str:
     picked = list(volume.metadata.get("selected_slices", range(volume.n_slices)))
     chosen = picked[:max(1, min(n, len(picked) - 1))]
     return ",".join(str(int(i)) for i in chosen)
-
-
-def _train(name: str, spec: str, cfg: dict[str, Any], device: str, cancel: CancelToken | None) -> Any:
-    from anomalens.engine.pipeline import train
-
-    return train(name, [spec], config=cfg, device=device, cancel=cancel)
 
 
 def _roundtrip(det: Any, path: Path, device: str) -> Any:
@@ -215,18 +205,6 @@ def _roundtrip(det: Any, path: Path, device: str) -> Any:
         shutil.rmtree(path)
     det.save(path)
     return load_bundle(path, device=device)
-
-
-def _score(det: Any, volume: Any, cancel: CancelToken | None) -> Any:
-    from anomalens.engine.pipeline import score_volume
-
-    return score_volume(det, volume, cancel=cancel)
-
-
-def _write(scored: Any, work: Path) -> dict[str, Path]:
-    from anomalens.engine.pipeline import write_score_outputs
-
-    return write_score_outputs(scored, work)
 
 
 def _verify(path: Path, volume: Any) -> tuple[int, ...]:

@@ -72,7 +72,7 @@ def test_bad_options_are_refused() -> None:
 
 
 def test_synthetic_anomalies_stay_inside_the_outline(data, monkeypatch) -> None:
-    """With a margin, every synthetic label lies in the interior; with none, labels may reach the rim."""
+    """With a margin, every synthetic label lies in the interior of its slice's foreground."""
     import anomalens.engine.synthesis as synthesis
     from anomalens.engine.preprocess import foreground_mask
     from anomalens.engine.preprocess.foreground import interior_mask

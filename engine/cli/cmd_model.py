@@ -144,9 +144,8 @@ def run_score_batch(args: argparse.Namespace, inputs: list[str]) -> int:
         raise ConfigError("--slices applies to one INPUT; in a batch add #slices to each study's SPEC")
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers must be at least 1")
-    threads = getattr(args, "threads", None)  # the global --threads, already checked by configure_threads
     summary = run_batch(args.model, inputs, args.out, workers=args.workers, scheduler=args.scheduler,
-                        device=args.device, threads=None if threads is None else int(threads))
+                        device=args.device, threads=getattr(args, "threads", None))
     data = summary.to_dict()
     emit(args, data, f"{data['ok']} scored, {data['skipped']} already done, {len(summary.failed)} failed "
                      f"in {data['seconds']:.1f} s on {data['workers']} workers; manifest: {data['manifest']}")

@@ -65,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from anomalens.engine.device import configure_threads
 
-        configure_threads(args.threads)
+        args.threads = configure_threads(args.threads)  # checked once; commands read the resolved count
         result = args.handler(args)
     except Cancelled:
         print("anomalens: cancelled", file=sys.stderr)
