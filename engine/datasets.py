@@ -21,8 +21,9 @@ r"""Labelled evaluation data from one DATA SPEC: a sample with a mask, an IMAGE:
   An anomalous image without a mask is refused (pixel metrics would count its lesion as normal tissue).
   ``#slices`` selects images by their index in the sorted list.
 
-Everything is normalised like the model's training data (its intensity config), with masks on the same
-grid; 2-D images of different sizes are padded to square and resized to one size.
+Everything is normalised like the model's training data (its intensity config) and, given the model's
+working grid, resampled onto it as its training scans were (``engine.preprocess.fov``), with masks on the
+same grid; without one, 2-D images of different sizes are padded to square and resized to one size.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 from anomalens.engine.errors import ConfigError, SampleError
 from anomalens.engine.io.spec import SAMPLE_PREFIX, parse_selection, split_spec
 from anomalens.engine.preprocess import IntensityConfig, foreground_mask, normalise_volume, resize_slices
+from anomalens.engine.preprocess.fov import WorkingGrid, mask_to_working, place, to_working
 from anomalens.engine.preprocess.resize import pad_to_square
 from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
 from anomalens.engine.volume import Volume
@@ -225,7 +227,7 @@ def _geometry_note(image: Volume, mask_vol: Volume) -> str | None:
 
 
 def _volume_data(volume: Volume, mask_path: str | Path, selection: str | None, cfg: IntensityConfig,
-                 source: str, kind: str, size: int | None) -> EvalData:
+                 source: str, kind: str, size: int | None, grid: WorkingGrid | None = None) -> EvalData:
     from anomalens.engine.io import read_scan
 
     mask_vol = read_scan(mask_path)
@@ -244,7 +246,10 @@ def _volume_data(volume: Volume, mask_path: str | Path, selection: str | None, c
         notes.append(note)
     mask = mask_vol.array > 0
     slices = normalise_volume(volume, cfg).astype(np.float32)
-    if size is not None:
+    if grid is not None:
+        p = place(slices.shape[1:], (volume.spacing[1], volume.spacing[0]), grid, foreground_mask(slices))
+        slices, mask = to_working(slices, p), mask_to_working(mask, p)
+    elif size is not None:
         slices = resize_slices(pad_to_square(slices), size).astype(np.float32)
         mask = resize_slices(pad_to_square(mask.astype(np.float32)), size) > 0.5
     z = np.asarray(idx if idx is not None else range(volume.n_slices), dtype=int)
@@ -253,7 +258,7 @@ def _volume_data(volume: Volume, mask_path: str | Path, selection: str | None, c
                     info={"slice_indices": z.tolist()})
 
 
-def _sample_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None) -> EvalData:
+def _sample_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: WorkingGrid | None) -> EvalData:
     from anomalens.engine.io.spec import load_spec
     from anomalens.engine.samples import fetch_sample, sample_info
 
@@ -268,16 +273,16 @@ def _sample_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None) -> Eval
     assert paths.mask is not None
     volume = load_spec(spec.image)
     source = spec.image + (f"#{spec.selection}" if spec.selection else "")
-    return _volume_data(volume, paths.mask, spec.selection, cfg, source, "sample", size)
+    return _volume_data(volume, paths.mask, spec.selection, cfg, source, "sample", size, grid)
 
 
-def _pair_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None) -> EvalData:
+def _pair_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: WorkingGrid | None) -> EvalData:
     from anomalens.engine.io.spec import load_spec
 
     assert spec.mask is not None
     volume = load_spec(spec.image)
     return _volume_data(volume, Path(spec.mask).expanduser(), spec.selection, cfg,
-                        f"{spec.image} with mask {spec.mask}", "pair", size)
+                        f"{spec.image} with mask {spec.mask}", "pair", size, grid)
 
 
 def _is_image(path: Path) -> bool:
@@ -336,7 +341,7 @@ def dataset_items(root: str | Path, split: str = "test") -> list[tuple[str, Path
     return items
 
 
-def _folder_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None,
+def _folder_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: WorkingGrid | None,
                  progress: ProgressCallback | None, cancel: CancelToken | None) -> EvalData:
     from anomalens.engine.io import read_scan
 
@@ -346,6 +351,7 @@ def _folder_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None,
         items = [items[i] for i in parse_selection(spec.selection, len(items))]
     slices, masks, names = [], [], []
     notes: list[str] = []
+    native: set[tuple[int, ...]] = set()
     for i, (name, img_path, mask_path, anomalous) in enumerate(items):
         check(cancel)
         vol = read_scan(img_path)
@@ -361,12 +367,19 @@ def _folder_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None,
                 )
         if anomalous and not mask.any():
             notes.append(f"{name} is in an anomalous folder but its mask is empty")
+        native.add(img.shape[1:])
+        if grid is not None:
+            p = place(img.shape[1:], (vol.spacing[1], vol.spacing[0]), grid, foreground_mask(img))
+            img, mask = to_working(img, p), mask_to_working(mask, p)
         for z in range(img.shape[0]):
             slices.append(img[z])
             masks.append(mask[z])
             names.append(name if img.shape[0] == 1 else f"{name}#{z}")
         report(progress, (i + 1) / len(items), f"read {i + 1}/{len(items)} images")
     shapes = {s.shape for s in slices}
+    if grid is not None and len(native) > 1:
+        notes.append(f"images of {len(native)} different sizes were resampled onto the model's "
+                     f"{grid.size}×{grid.size} working grid ({grid.fov_mm:g} mm across)")
     if len(shapes) == 1 and size is None:
         stack, mstack = np.stack(slices), np.stack(masks)
     else:
@@ -385,7 +398,8 @@ def _folder_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None,
 
 
 def load_eval_data(spec: str, intensity: IntensityConfig | dict | None = None, size: int | None = None,
-                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> EvalData:
+                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                   grid: WorkingGrid | None = None) -> EvalData:
     """Read labelled evaluation data from a DATA SPEC (see the module docstring for the forms).
 
     Args:
@@ -396,6 +410,8 @@ def load_eval_data(spec: str, intensity: IntensityConfig | dict | None = None, s
             gives 2-D images of different sizes the largest side among them.
         progress: Progress callback (reading images of a folder).
         cancel: Cancel token.
+        grid: The model's working grid (``pipeline.model_grid``): every scan and mask is resampled onto it,
+            as the model saw its training data, and metrics are computed there. Overrides ``size``.
 
     Raises:
         ConfigError: an unrecognised SPEC, a mask grid that does not match its image, a missing mask.
@@ -405,11 +421,11 @@ def load_eval_data(spec: str, intensity: IntensityConfig | dict | None = None, s
     cfg = _intensity(intensity)
     parsed = parse_eval_spec(spec)
     if parsed.kind == "sample":
-        data = _sample_data(parsed, cfg, size)
+        data = _sample_data(parsed, cfg, size, grid)
     elif parsed.kind == "pair":
-        data = _pair_data(parsed, cfg, size)
+        data = _pair_data(parsed, cfg, size, grid)
     else:
-        data = _folder_data(parsed, cfg, size, progress, cancel)
+        data = _folder_data(parsed, cfg, size, grid, progress, cancel)
     if not data.masks.any():
         data.notes.append("the ground-truth masks are empty: there is no anomaly to find in this data")
     report(progress, 1.0, f"loaded {data.n_slices} slices")

@@ -55,15 +55,18 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
     from anomalens.engine.fileio import atomic_write_text
     from anomalens.engine.io import write_like
     from anomalens.engine.metrics import evaluate
-    from anomalens.engine.preprocess.resize import from_square
+    from anomalens.engine.pipeline import model_grid
+    from anomalens.engine.preprocess.fov import from_working
 
     report(progress, 0.0, "fetching sample:brain1")
     data = onsite_data("brain1", healthy=["mni152"])
     path = model_dir(detector)
-    if path.is_dir() and not retrain:
-        det = load_bundle(path, device=device)
-    else:
+    det = load_bundle(path, device=device) if path.is_dir() and not retrain else None
+    if det is not None and model_grid(det) != data.grid:
+        det = None  # kept from a version that placed scans differently: its scale would not match
+    if det is None:
         det = create_detector(detector, config=DEFAULT_CONFIG, device=device)
+        det.preprocessing = {"grid": data.grid.to_dict()} if data.grid else {}
         det.fit(data.normals, progress=lambda f, m: report(progress, 0.05 + 0.8 * f, m), cancel=cancel)
         calibrate_detector(det, data.calibration, cancel=cancel)
         if path.exists():
@@ -79,10 +82,11 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
     vol, idx = data.volume, data.split.evaluate
     heat = np.zeros(vol.shape, np.float32)
     mask = np.zeros(vol.shape, np.uint8)
-    # onsite_data padded the slices to a square before resizing: undo both, or a non-square case's maps stretch.
-    maps = from_square(cal.maps, vol.shape[1:])
+    # onsite_data resampled the case onto its working grid: bring the maps back to the scan's own grid.
+    assert data.placement is not None
+    maps = from_working(cal.maps, data.placement)
     best = cal.scr_mask if cal.scr_mask is not None else cal.mask
-    best = from_square(best.astype(np.float32), vol.shape[1:]) > 0.5
+    best = from_working(best.astype(np.float32), data.placement) > 0.5
     heat[idx], mask[idx] = maps, best
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -14,8 +14,16 @@ from typing import Any
 import numpy as np
 
 from anomalens.engine.errors import ConfigError
-from anomalens.engine.preprocess import foreground_mask, normalise_volume, resize_slices
-from anomalens.engine.preprocess.resize import pad_to_square
+from anomalens.engine.preprocess import foreground_mask
+from anomalens.engine.preprocess.fov import (
+    Placement,
+    WorkingGrid,
+    body_extent_mm,
+    grid_for,
+    mask_to_working,
+    place,
+    to_working,
+)
 from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
 from anomalens.engine.protocol import SliceSplit, onsite_split
 from anomalens.engine.volume import Volume
@@ -23,7 +31,7 @@ from anomalens.engine.volume import Volume
 
 @dataclass
 class OnsiteData:
-    """Normalised slices on one square grid: what to fit on and what to evaluate on."""
+    """Normalised slices on one working grid: what to fit on and what to evaluate on."""
 
     normals: np.ndarray
     normal_sources: dict[str, int]
@@ -34,33 +42,49 @@ class OnsiteData:
     eval_foreground: np.ndarray
     split: SliceSplit
     volume: Volume
+    grid: WorkingGrid | None = None
+    placement: Placement | None = None  # where the case's grid lies in the working grid
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def healthy_slices(spec: str, size: int, orientation: str | None = None, min_tissue: float = 0.15,
-                   max_slices: int = 40) -> np.ndarray:
-    """Axial slices of a healthy scan with enough tissue, evenly subsampled, normalised, on a size² grid."""
-    from anomalens.engine.pipeline import load_volume
+def _healthy_scan(spec: str, orientation: str | None, min_tissue: float, max_slices: int) -> tuple[Any, np.ndarray]:
+    """A healthy scan prepared for fitting, and the indices of its slices with enough tissue (subsampled)."""
+    from anomalens.engine.pipeline import load_volume, prepare
     from anomalens.engine.preprocess.orient import reorient
 
     vol = load_volume(spec)
     if orientation:
         vol = reorient(vol, orientation)
-    slices = normalise_volume(vol)
-    fg = foreground_mask(slices)
-    keep = np.flatnonzero(fg.reshape(len(fg), -1).mean(1) >= min_tissue)
-    if keep.size == 0:
-        return np.zeros((0, size, size), np.float32)
+    prepared = prepare(vol)
+    keep = np.flatnonzero(prepared.foreground.reshape(prepared.n_slices, -1).mean(1) >= min_tissue)
     if keep.size > max_slices:
         keep = keep[np.linspace(0, keep.size - 1, max_slices).round().astype(int)]
-    return resize_slices(pad_to_square(slices[keep]), size).astype(np.float32)
+    return prepared, keep
+
+
+def healthy_slices(spec: str, size: int, orientation: str | None = None, min_tissue: float = 0.15,
+                   max_slices: int = 40) -> np.ndarray:
+    """Axial slices of a healthy scan with enough tissue, evenly subsampled, on a working grid of its own."""
+    from anomalens.engine.pipeline import spacing_yx
+
+    prepared, keep = _healthy_scan(spec, orientation, min_tissue, max_slices)
+    if keep.size == 0:
+        return np.zeros((0, size, size), np.float32)
+    sp = spacing_yx(prepared.volume)
+    grid = grid_for([body_extent_mm(prepared.foreground[keep], sp)], [sp], size)
+    return to_working(prepared.slices[keep], place(prepared.slices.shape[1:], sp, grid, prepared.foreground[keep]))
 
 
 def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), margin: int = 2, size: int = 256,
                 max_healthy: int = 40) -> OnsiteData:
-    """The on-site split of a sample with a lesion mask, plus healthy sources, on a size² grid."""
+    """The on-site split of a sample with a lesion mask, plus healthy sources, on one working grid.
+
+    The grid (``engine.preprocess.fov``) comes from the case and the healthy scans together, exactly as
+    ``anomalens train`` makes it, so brain1's 0.78 mm pixels and MNI152's 1 mm ones show anatomy at one
+    scale.
+    """
     from anomalens.engine.io import read_scan
-    from anomalens.engine.pipeline import load_volume
+    from anomalens.engine.pipeline import load_volume, prepare, spacing_yx
     from anomalens.engine.preprocess.orient import orientation_of
     from anomalens.engine.samples import fetch_sample
 
@@ -72,8 +96,15 @@ def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), ma
     if mask.shape != vol.shape:
         raise ConfigError(f"the mask grid {mask.shape} does not match the image {vol.shape}")
     split = onsite_split(mask, margin)
-    slices = resize_slices(pad_to_square(normalise_volume(vol)), size).astype(np.float32)
-    masks = resize_slices(pad_to_square(mask.astype(np.float32)), size) > 0.5
+    case = prepare(vol)
+    scans = [_healthy_scan(f"sample:{spec}" if ":" not in spec else spec, orientation_of(vol), 0.15, max_healthy)
+             for spec in healthy]
+    grid = grid_for([body_extent_mm(case.foreground, spacing_yx(vol))]
+                    + [body_extent_mm(p.foreground[k], spacing_yx(p.volume)) for p, k in scans if k.size],
+                    [spacing_yx(vol)] + [spacing_yx(p.volume) for p, k in scans if k.size], size)
+    placement = place(vol.shape[1:], spacing_yx(vol), grid, case.foreground)
+    slices = to_working(case.slices, placement)
+    masks = mask_to_working(mask, placement)
     fg = foreground_mask(slices)
     case_normals = slices[split.train]
     case_normals = case_normals[fg[split.train].reshape(len(split.train), -1).mean(1) > 0.02]
@@ -82,16 +113,18 @@ def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), ma
     fit_part, calib_part = case_normals[0::2], case_normals[1::2]
     parts, sources = [fit_part], {f"{sample} lesion-free (fit)": len(fit_part),
                                   f"{sample} lesion-free (calibration)": len(calib_part)}
-    for spec in healthy:
-        h = healthy_slices(f"sample:{spec}" if ":" not in spec else spec, size, orientation_of(vol),
-                           max_slices=max_healthy)
+    for spec, (prepared, keep) in zip(healthy, scans, strict=True):
+        h = np.zeros((0, size, size), np.float32)
+        if keep.size:
+            h = to_working(prepared.slices[keep], place(prepared.slices.shape[1:], spacing_yx(prepared.volume),
+                                                        grid, prepared.foreground[keep]))
         parts.append(h)
         sources[spec] = len(h)
     return OnsiteData(normals=np.concatenate(parts), normal_sources=sources, case_normals=case_normals,
                       calibration=calib_part,
                       eval_slices=slices[split.evaluate], eval_masks=masks[split.evaluate],
-                      eval_foreground=fg[split.evaluate], split=split, volume=vol,
-                      info={"sample": sample, "margin": margin, "size": size})
+                      eval_foreground=fg[split.evaluate], split=split, volume=vol, grid=grid, placement=placement,
+                      info={"sample": sample, "margin": margin, "size": size, "grid": grid.to_dict()})
 
 
 def run_onsite(detector: str, data: OnsiteData, config: dict[str, Any] | None = None, device: str = "cpu",

@@ -18,6 +18,7 @@ from anomalens.engine.detectors import AnomalyResult, Detector, create_detector
 from anomalens.engine.errors import ConfigError, InvalidVolumeError
 from anomalens.engine.fileio import atomic_path
 from anomalens.engine.preprocess import IntensityConfig, foreground_mask, normalise_volume
+from anomalens.engine.preprocess.fov import Placement, WorkingGrid, grid_for, place, to_working
 from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
 from anomalens.engine.volume import Volume
 
@@ -62,14 +63,44 @@ def prepare(volume: Volume, intensity: IntensityConfig | dict | None = None) -> 
     return PreparedScan(volume=volume, slices=slices, foreground=foreground_mask(slices), indices=indices)
 
 
+def spacing_yx(volume: Volume) -> tuple[float, float]:
+    """In-plane pixel spacing (rows, columns) in mm."""
+    return float(volume.spacing[1]), float(volume.spacing[0])
+
+
+def model_grid(detector: Detector) -> WorkingGrid | None:
+    """The working grid a model was trained on (None: saved before grids existed, pads to a square)."""
+    return WorkingGrid.from_dict((detector.preprocessing or {}).get("grid"))
+
+
+def working_slices(prepared: PreparedScan, indices: Sequence[int] | np.ndarray,
+                   grid: WorkingGrid | None) -> tuple[np.ndarray, Placement | None]:
+    """Slices of a prepared scan as a model sees them, and where they lie (None: padded to a square).
+
+    The placement comes from the whole scan's tissue, so every batch of one scan is placed alike.
+    """
+    from anomalens.engine.preprocess.resize import pad_to_square
+
+    sl = prepared.slices[np.asarray(indices, dtype=int)]
+    if grid is None:
+        return pad_to_square(sl), None
+    p = place(prepared.slices.shape[1:], spacing_yx(prepared.volume), grid, prepared.foreground)
+    return to_working(sl, p), p
+
+
 def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | None = None,
                    size: int | None = None, progress: ProgressCallback | None = None,
-                   cancel: CancelToken | None = None, info: dict | None = None) -> np.ndarray:
-    """Normalised normal slices from several SPECs on one square grid, in one orientation.
+                   cancel: CancelToken | None = None, info: dict | None = None,
+                   grid: WorkingGrid | str | None = "auto") -> np.ndarray:
+    """Normalised normal slices from several SPECs on one working grid, in one orientation.
 
-    Different scans have different grids; detectors need one stack. Each scan is turned to the first
-    scan's orientation (flips only), padded to a square with air (so anatomy keeps its aspect ratio) and
-    resized. Empty slices (no tissue) are dropped since they teach nothing about anatomy.
+    Different scans have different grids and pixel sizes; detectors need one stack with anatomy at one
+    scale. Each scan is turned to the first scan's orientation (flips only) and resampled onto a working
+    grid of fixed millimetres (``engine.preprocess.fov``): ``grid="auto"`` takes it from these scans
+    (their largest body extent; ``size`` pixels a side, else their finest spacing) and reports it as
+    ``info["grid"]``; a ``WorkingGrid`` (a trained model's) is used as given; None pads each scan to a
+    square and resizes it to ``size`` (or the first scan's side), as models without a grid expect. Empty
+    slices (no tissue) are dropped since they teach nothing about anatomy.
     """
     from anomalens.engine.preprocess import resize_slices
     from anomalens.engine.preprocess.orient import orientation_of, reorient
@@ -77,7 +108,7 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
 
     if not specs:
         raise ConfigError("no normal scans given")
-    stacks = []
+    scans: list[tuple[PreparedScan, np.ndarray]] = []
     orientation = None
     for i, spec in enumerate(specs):
         check(cancel)
@@ -90,23 +121,39 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
         elif volume.n_slices > 1:
             volume = reorient(volume, orientation)
         prepared = prepare(volume, intensity)
-        keep = prepared.foreground.reshape(prepared.n_slices, -1).mean(1) > 0.02
-        slices = pad_to_square(prepared.slices[keep])
-        if len(slices) == 0:
-            continue
-        target = size or slices.shape[1]
-        stacks.append(resize_slices(slices, (target, target)) if slices.shape[1] != target else slices)
-        size = target
-        report(progress, (i + 1) / len(specs), f"read {len(slices)} slices")
-    if not stacks:
+        keep = np.flatnonzero(prepared.foreground.reshape(prepared.n_slices, -1).mean(1) > 0.02)
+        if keep.size:
+            scans.append((prepared, keep))
+        report(progress, (i + 1) / len(specs), f"read {keep.size} slices")
+    if not scans:
         raise InvalidVolumeError("none of the normal scans has slices with tissue in them")
+    if isinstance(grid, str):
+        from anomalens.engine.preprocess.fov import body_extent_mm
+
+        grid = grid_for([body_extent_mm(p.foreground, spacing_yx(p.volume)) for p, _ in scans],
+                        [spacing_yx(p.volume) for p, _ in scans], size)
+    stacks = []
+    for prepared, keep in scans:
+        if grid is None:
+            slices = pad_to_square(prepared.slices[keep])
+            size = size or slices.shape[1]
+            stacks.append(resize_slices(slices, (size, size)) if slices.shape[1] != size else slices)
+        else:
+            # Placed by the whole scan's tissue, as scoring places it (working_slices).
+            stacks.append(working_slices(prepared, keep, grid)[0])
+    if info is not None and grid is not None:
+        info["grid"] = grid.to_dict()
     return np.concatenate(stacks).astype(np.float32)
 
 
 def train(detector: str, normals: Sequence[str] | np.ndarray, config: dict | None = None, device: str = "auto",
           seed: int = 0, intensity: dict | None = None, progress: ProgressCallback | None = None,
-          cancel: CancelToken | None = None) -> Detector:
-    """Create and fit a detector on normal scans (SPECs) or an already prepared slice stack."""
+          cancel: CancelToken | None = None, grid: WorkingGrid | None = None) -> Detector:
+    """Create and fit a detector on normal scans (SPECs) or an already prepared slice stack.
+
+    SPECs are brought onto a working grid taken from them; a prepared stack carries the ``grid`` it was
+    made on (None: padded squares, and the model scores scans the same way).
+    """
     det = create_detector(detector, config=config, device=device, seed=seed)
     icfg = IntensityConfig.from_dict(intensity)
     info: dict = {}
@@ -115,7 +162,8 @@ def train(detector: str, normals: Sequence[str] | np.ndarray, config: dict | Non
     else:
         stack = gather_normals(list(normals), icfg, progress=lambda f, m: report(progress, 0.1 * f, m),
                                cancel=cancel, info=info)
-    det.preprocessing = {"intensity": icfg.to_dict()}
+    grid_d = info.pop("grid", None) if grid is None else grid.to_dict()
+    det.preprocessing = {"intensity": icfg.to_dict(), **({"grid": grid_d} if grid_d else {})}
     det.fit(stack, progress=lambda f, m: report(progress, 0.1 + 0.9 * f, m), cancel=cancel)
     det.training.update(info)  # the viewer warns when a scan's modality differs from the training data
     return det
@@ -141,11 +189,17 @@ def score_volume(detector: Detector, volume: Volume, slices: Sequence[int] | Non
     if idx.min() < 0 or idx.max() >= volume.n_slices:
         raise ConfigError(f"slice selection out of range 0-{volume.n_slices - 1}")
     parts: list[AnomalyResult] = []
+    grid = model_grid(detector)
     t0 = time.perf_counter()
     for start in range(0, len(idx), batch_size):
         check(cancel)
         batch = idx[start:start + batch_size]
-        parts.append(_score_square(detector, prepared.slices[batch], cancel))
+        if grid is None:
+            parts.append(_score_square(detector, prepared.slices[batch], cancel))
+        else:
+            slices, placement = working_slices(prepared, batch, grid)
+            assert placement is not None
+            parts.append(_back_to_scan(detector.score(slices, cancel=cancel), placement))
         report(progress, min(1.0, (start + len(batch)) / len(idx)), f"scored {start + len(batch)}/{len(idx)} slices")
     elapsed = time.perf_counter() - t0
     result = merge_results(parts)
@@ -173,6 +227,29 @@ def _score_square(detector: Detector, slices: np.ndarray, cancel: CancelToken | 
     return AnomalyResult(heatmaps=res.heatmaps[crop], scores=res.scores, embeddings=emb,
                          features=None if res.features is None else res.features[crop], normalised=res.normalised,
                          info=res.info)
+
+
+def _back_to_scan(res: AnomalyResult, p: Placement) -> AnomalyResult:
+    """A result on the working grid, brought back to the scan's grid (maps, features, patch centres)."""
+    from anomalens.engine.preprocess.fov import from_working
+
+    feats = None
+    if res.features is not None and res.features.ndim == 3:
+        feats = from_working(res.features, p)
+    elif res.features is not None:
+        f = np.moveaxis(res.features, -1, 1)  # (n, H, W, C) → (n, C, H, W): resample each channel alike
+        n, c = f.shape[:2]
+        back = from_working(f.reshape(n * c, *f.shape[2:]), p)
+        feats = np.moveaxis(back.reshape(n, c, *back.shape[1:]), 1, -1)
+    emb = res.embeddings
+    if emb is not None:
+        emb.centers = p.to_scan_points(emb.centers)
+    info = dict(res.info)
+    if p.zoom_out > 1.0:
+        info["zoom_out"] = (f"the tissue is {p.zoom_out:.2f}× wider than the model's field of view, so the scan "
+                            "was shrunk to fit: anatomy appears smaller than in training")
+    return AnomalyResult(heatmaps=from_working(res.heatmaps, p), scores=res.scores, embeddings=emb,
+                         features=feats, normalised=res.normalised, info=info)
 
 
 def merge_results(parts: Sequence[AnomalyResult]) -> AnomalyResult:

@@ -192,9 +192,12 @@ def test_mvtec_layout_brings_sizes_to_one_grid(tmp_path: Path) -> None:
 def test_fingerprint_matches_the_training_stack(tmp_path: Path) -> None:
     from anomalens.engine.detectors.base import fingerprint
     from anomalens.engine.pipeline import gather_normals
+    from anomalens.engine.preprocess.fov import WorkingGrid
 
     img, mask = make_pair(tmp_path, n=5, lesion=False)
-    trained_on = fingerprint(gather_normals([str(img)]))
-    assert trained_on in load_eval_data(f"{img}:{mask}").fingerprints()
+    info: dict = {}
+    trained_on = fingerprint(gather_normals([str(img)], info=info))
+    grid = WorkingGrid.from_dict(info["grid"])  # what `anomalens eval` passes: the model's working grid
+    assert trained_on in load_eval_data(f"{img}:{mask}", grid=grid).fingerprints()
     other, other_mask = make_pair(tmp_path, n=5, seed=7)
-    assert trained_on not in load_eval_data(f"{other}:{other_mask}").fingerprints()
+    assert trained_on not in load_eval_data(f"{other}:{other_mask}", grid=grid).fingerprints()

@@ -13,7 +13,6 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QGroupBox,
@@ -173,14 +172,13 @@ def fine_tune_work(detector: Detector, model_path: Path | None, volume: Volume, 
 
     from anomalens.engine.detectors import load_bundle
     from anomalens.engine.modelstore import fine_tune_site
-    from anomalens.engine.pipeline import prepare
-    from anomalens.engine.preprocess.resize import pad_to_square
+    from anomalens.engine.pipeline import model_grid, prepare, working_slices
 
     progress(0.0, "copying the model")
     work = load_bundle(model_path, device=str(detector.device)) if model_path is not None \
         else copy.deepcopy(detector)
     prepared = prepare(volume, (work.preprocessing or {}).get("intensity"))
-    normals = pad_to_square(prepared.slices[np.asarray(sorted(z), dtype=int)])
+    normals, _ = working_slices(prepared, sorted(z), model_grid(work))
     _, base = profile_of(store, model_path)
     note = (f"fine-tuned on {len(z)} slice{'s' * (len(z) != 1)} marked normal, recalibrated on them "
             f"({volume.modality} study)")

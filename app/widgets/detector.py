@@ -448,13 +448,15 @@ def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: s
     """
     from anomalens.engine.calibration import calibrate_detector
     from anomalens.engine.modelstore import ModelStore
-    from anomalens.engine.pipeline import prepare, train
-    from anomalens.engine.preprocess.resize import pad_to_square
+    from anomalens.engine.pipeline import prepare, spacing_yx, train, working_slices
+    from anomalens.engine.preprocess.fov import body_extent_mm, grid_for
 
     prepared = prepare(volume)
-    normals = pad_to_square(prepared.slices[slices])
+    sp = spacing_yx(volume)
+    grid = grid_for([body_extent_mm(prepared.foreground[slices], sp)], [sp])
+    normals, _ = working_slices(prepared, slices, grid)
     det = train(detector, normals, config=config, device=device,
-                progress=lambda f, m: progress(0.7 * f, m), cancel=cancel)
+                progress=lambda f, m: progress(0.7 * f, m), cancel=cancel, grid=grid)
     det.training["modality"] = volume.modality
     calibrate_detector(det, normals, progress=lambda f, m: progress(0.7 + 0.25 * f, m), cancel=cancel)
     progress(0.97, "saving the model")

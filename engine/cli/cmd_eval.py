@@ -103,7 +103,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     from anomalens.engine.calibration import calibrate_detector
     from anomalens.engine.detectors import load_bundle, read_manifest, save_bundle
     from anomalens.engine.detectors.base import fingerprint
-    from anomalens.engine.pipeline import gather_normals
+    from anomalens.engine.pipeline import gather_normals, model_grid
     from anomalens.engine.preprocess import foreground_mask
 
     if not 0.0 < args.target_fpr < 0.5:
@@ -115,7 +115,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     notes: list[str] = []
     with terminal_progress("calibrating") as progress:
         normals = gather_normals(args.normals, (det.preprocessing or {}).get("intensity"),
-                                 progress=_stage(progress, 0.0, 0.15))
+                                 progress=_stage(progress, 0.0, 0.15), grid=model_grid(det))
         if fingerprint(normals) == (det.training or {}).get("fingerprint"):
             notes.append("these normals are the model's own training data: thresholds will be too permissive; "
                          "calibrate on held-out normal scans")
@@ -193,7 +193,7 @@ def human_eval(m: dict[str, Any]) -> str:
 def run_eval(args: argparse.Namespace) -> int:
     from anomalens.engine.datasets import load_eval_data
     from anomalens.engine.detectors import load_bundle
-    from anomalens.engine.pipeline import evaluate_model
+    from anomalens.engine.pipeline import evaluate_model, model_grid
     from anomalens.engine.report import jsonable, write_report
 
     if args.bootstrap < 0 or args.batch_size < 1:
@@ -203,7 +203,7 @@ def run_eval(args: argparse.Namespace) -> int:
     det = load_bundle(args.model, device=args.device)
     with terminal_progress("evaluating") as progress:
         data = load_eval_data(args.data, (det.preprocessing or {}).get("intensity"),
-                              progress=_stage(progress, 0.0, 0.1))
+                              progress=_stage(progress, 0.0, 0.1), grid=model_grid(det))
         ev = evaluate_model(det, data, scr=not args.no_scr, reduce=args.reduce, n_boot=args.bootstrap,
                             batch_size=args.batch_size, progress=_stage(progress, 0.1, 1.0))
     metrics = ev.metrics

@@ -47,16 +47,3 @@ def pad_to_square(slices: np.ndarray, value: float = 0.0) -> np.ndarray:
     top, left = (s - h) // 2, (s - w) // 2
     out[:, top:top + h, left:left + w] = slices
     return out
-
-
-def from_square(slices: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Undo ``resize_slices(pad_to_square(x), size)``: back to the padded square, then crop to ``shape``.
-
-    Resizing a square working grid straight to a non-square scan would stretch the map; this keeps every
-    pixel where it came from.
-    """
-    h, w = int(shape[0]), int(shape[1])
-    s = max(h, w)
-    square = slices if slices.shape[1:] == (s, s) else resize_slices(slices, (s, s))
-    top, left = (s - h) // 2, (s - w) // 2
-    return square[:, top:top + h, left:left + w]
