@@ -116,3 +116,35 @@ def test_bad_inputs_are_refused() -> None:
         to_working(np.zeros((1, 12, 10)), p)
     assert WorkingGrid.from_dict(None) is None
     assert WorkingGrid.from_dict(WorkingGrid(12.5, 16).to_dict()) == WorkingGrid(12.5, 16)
+
+
+def test_a_model_scores_a_scan_of_another_pixel_size_at_its_own_scale(tmp_path) -> None:
+    """Trained on 1 mm scans, scoring a 0.5 mm scan: the grid travels in the bundle, the lesion is found
+    where it is on the scan's own grid."""
+    from scipy import ndimage
+
+    from anomalens.engine.detectors import create_detector, load_bundle
+    from anomalens.engine.pipeline import model_grid, score_volume, train
+    from anomalens.engine.volume import Volume
+    from tests.io_support import write_sitk
+    from tests.phantoms import phantom_slices
+
+    normals, _ = phantom_slices(6, 64, seed=1)
+    spec = write_sitk(tmp_path / "normals.nii.gz", normals * 1000, spacing=(1.0, 1.0, 3.0))
+    cfg = create_detector("patchcore").test_config()
+    det = train("patchcore", [str(spec)], config=cfg, device="cpu")
+    grid = model_grid(det)
+    assert grid is not None and grid.size >= 32
+    det.save(tmp_path / "model")
+    det = load_bundle(tmp_path / "model")
+    assert model_grid(det) == grid
+
+    case, lesion = phantom_slices(2, 64, seed=5, lesion=True)
+    fine = ndimage.zoom(case, (1, 2, 2), order=1)  # the same anatomy on 0.5 mm pixels: 128 × 128
+    fine_lesion = ndimage.zoom(lesion.astype(np.float32), (1, 2, 2), order=1) > 0.5
+    vol = Volume(array=(fine * 1000).astype(np.float32), spacing=(0.5, 0.5, 3.0), modality="MR")
+    vs = score_volume(det, vol)
+    assert vs.heatmap.shape == vol.shape
+    for z in range(2):
+        heat = vs.heatmap[z]
+        assert heat[fine_lesion[z]].mean() > np.percentile(heat, 90)
