@@ -4,8 +4,9 @@ Normals = healthy MR sources (MNI152) + brain1's lesion-free slices ≥ 2 slices
 evaluation on the remaining slices only. Calibration uses normals only. Best Dice is threshold-tuned on
 the evaluated slices (an upper bound, labelled as such); Dice at the calibrated operating point is not.
 Each detector is fitted once per seed (the seed draws the synthetic anomalies, the head's initial
-weights and the coreset); the table gives mean ± standard deviation over seeds, because one seed of the
-Lorentz classifier can land anywhere between 0.8 and 0.95 pixel AUROC on this case.
+weights and the coreset); the table gives mean ± standard deviation over seeds, because the Lorentz
+classifier's pixel AUROC on this case moves by a few hundredths from seed to seed. All slices are on one
+working grid (``engine.preprocess.fov``), so brain1 and MNI152 show anatomy at one physical scale.
 
     .venv/bin/python bench/bench_brain1.py [--detectors lorentz,euclidean,patchcore] [--seeds 0,1,2] [--json out.json]
 """
@@ -58,8 +59,8 @@ def main() -> None:
                        max_healthy=args.max_healthy)
     print(f"normals: {data.normal_sources} ({len(data.normals)} slices); evaluated slices "
           f"{data.split.spec_suffix('evaluate')} ({len(data.eval_slices)}), "
-          f"lesion slices {data.split.lesion.tolist()}; "
-          f"data {time.perf_counter() - t0:.1f}s")
+          f"lesion slices {data.split.lesion.tolist()}; working grid {data.grid.fov_mm:g} mm on "
+          f"{data.grid.size}² px; data {time.perf_counter() - t0:.1f}s")
     seeds = [int(s) for s in args.seeds.split(",")]
     runs: dict[str, list[dict]] = {}
     for name in args.detectors.split(","):

@@ -88,6 +88,18 @@ def working_slices(prepared: PreparedScan, indices: Sequence[int] | np.ndarray,
     return to_working(sl, p), p
 
 
+def field_of_view_warning(detector: Detector, prepared: PreparedScan) -> str | None:
+    """A warning when a scan's tissue is wider than the model's field of view (it is shrunk to fit)."""
+    grid = model_grid(detector)
+    if grid is None:
+        return None
+    p = place(prepared.slices.shape[1:], spacing_yx(prepared.volume), grid, prepared.foreground)
+    if p.zoom_out <= 1.0:
+        return None
+    return (f"the tissue in this scan is {p.zoom_out:.2f}× wider than the {grid.fov_mm:g} mm the model was "
+            "trained on, so it is scored shrunk to fit: anatomy appears smaller than in training")
+
+
 def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | None = None,
                    size: int | None = None, progress: ProgressCallback | None = None,
                    cancel: CancelToken | None = None, info: dict | None = None,

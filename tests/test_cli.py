@@ -82,7 +82,9 @@ def test_train_then_score_writes_outputs_on_the_input_grid(capsys, scans, tmp_pa
     out = run_json(capsys, ["train", "--detector", "patchcore", "--normals", str(scans["normals"]),
                             "--out", str(model), "--device", "cpu", *PATCHCORE_SET])
     assert out["n_training_slices"] == 6 and (model / "bundle.json").is_file()
-    assert json.loads((model / "bundle.json").read_text())["bundle_version"] == 1
+    manifest = json.loads((model / "bundle.json").read_text())
+    assert manifest["bundle_version"] == 1
+    assert manifest["preprocessing"]["grid"] == out["working_grid"] and out["working_grid"]["fov_mm"] > 0
 
     res = run_json(capsys, ["score", "--model", str(model), str(scans["test"]), "--out", str(tmp_path / "o"),
                             "--device", "cpu"])

@@ -148,3 +148,21 @@ def test_a_model_scores_a_scan_of_another_pixel_size_at_its_own_scale(tmp_path) 
     for z in range(2):
         heat = vs.heatmap[z]
         assert heat[fine_lesion[z]].mean() > np.percentile(heat, 90)
+
+
+def test_the_viewer_is_warned_when_a_scan_is_wider_than_the_models_field_of_view() -> None:
+    from anomalens.engine.detectors import create_detector
+    from anomalens.engine.pipeline import field_of_view_warning, prepare
+    from anomalens.engine.volume import Volume
+
+    det = create_detector("patchcore")
+    texture = 500.0 + 500.0 * np.random.default_rng(0).random((1, 100, 100))
+    vol = Volume(array=(disk((100, 100), (1.0, 1.0), 45.0) * texture).astype(np.float32), spacing=(1.0, 1.0, 1.0),
+                 modality="MR")
+    prepared = prepare(vol)
+    assert field_of_view_warning(det, prepared) is None  # no grid: nothing to compare with
+    det.preprocessing = {"grid": WorkingGrid(120.0, 64).to_dict()}
+    assert field_of_view_warning(det, prepared) is None  # 90 mm of tissue fits in 120 mm
+    det.preprocessing = {"grid": WorkingGrid(60.0, 64).to_dict()}
+    text = field_of_view_warning(det, prepared)
+    assert text is not None and "1.5" in text and "60 mm" in text

@@ -292,6 +292,11 @@ class DetectorWidget(QWidget):
         if det is None or vol is None or (id(det), id(vol)) in self._warned:
             return
         text = modality_warning(det, vol)
+        prepared = self.state.prepared
+        if not text and prepared is not None:
+            from anomalens.engine.pipeline import field_of_view_warning
+
+            text = field_of_view_warning(det, prepared)
         if text:
             self._warned.add((id(det), id(vol)))
             notify_warning(text)

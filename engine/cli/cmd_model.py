@@ -106,8 +106,11 @@ def run_train(args: argparse.Namespace) -> int:
         det = train(args.detector, args.normals, config=config, device=args.device, seed=args.seed,
                     progress=progress)
     path = det.save(args.out)
-    emit(args, {"model": str(path), "detector": det.name, "n_training_slices": det.training.get("n_slices")},
-         f"saved {det.name} model trained on {det.training.get('n_slices')} slices to {path}")
+    grid = det.preprocessing.get("grid") or {}
+    where = f" on a {grid['fov_mm']:g} mm field of view at {grid['size']}² px" if grid else ""
+    emit(args, {"model": str(path), "detector": det.name, "n_training_slices": det.training.get("n_slices"),
+                "working_grid": grid or None},
+         f"saved {det.name} model trained on {det.training.get('n_slices')} slices{where} to {path}")
     return 0
 
 
