@@ -92,3 +92,35 @@ def test_synthetic_anomalies_stay_inside_the_outline(data, monkeypatch) -> None:
     labels = np.concatenate(seen)
     assert labels.any()
     assert not (labels & ~np.tile(inner, (len(seen), 1, 1))).any()
+
+
+def test_heads_are_bagged_over_independent_draws_and_averaged(data, tmp_path: Path) -> None:
+    normals, tests = data
+    det = make(n_heads=3).fit(normals)
+    assert len(det.heads) == 3
+    res = det.score(tests)
+    x = det.heads
+    singles = []
+    for k in range(3):  # each head alone, through the same scoring path
+        det.heads = [x[k]]
+        singles.append(det.score(tests).heatmaps)
+    det.heads = x
+    # Each head saw its own synthetic draw, so they disagree; the heatmap is their mean.
+    assert np.abs(singles[0] - singles[1]).max() > 1e-3
+    np.testing.assert_allclose(res.heatmaps, np.mean(singles, 0), atol=1e-5)
+    # Saved and reloaded, all three heads come back.
+    back = load_bundle(det.save(tmp_path / "m"))
+    assert len(back.heads) == 3
+    np.testing.assert_allclose(back.score(tests).heatmaps, res.heatmaps, atol=1e-5)
+
+
+def test_a_single_head_bundle_loads_as_one_head(data) -> None:
+    normals, tests = data
+    one = make(n_heads=1).fit(normals)
+    state = one.state_dict()
+    assert not any(k.startswith("head1.") for k in state)
+    fresh = make()  # today's default config asks for more heads than this bundle holds
+    fresh.load_state_dict(state)
+    fresh.fitted = True  # what load_bundle sets after load_state_dict
+    assert len(fresh.heads) == 1 and fresh.config.n_heads == 1
+    np.testing.assert_allclose(fresh.score(tests).heatmaps, one.score(tests).heatmaps, atol=1e-6)
