@@ -271,10 +271,11 @@ def _is_done(entry: dict[str, Any] | None, out: Path, fingerprint: str) -> bool:
 # -- the run -----------------------------------------------------------------------------------------------
 
 def _sweep_leftovers(out: Path, todo: Sequence[Study]) -> None:
-    """Remove half-written folders of studies about to be scored again.
+    """Remove half-written folders of these studies (about to be scored again, or finished for good).
 
-    A worker killed while writing (OOM, a lost node) leaves its ``atomic_dir`` temporary folder behind;
-    the study is not ``ok`` in the manifest, so it is in ``todo`` and nothing else is writing it now.
+    A worker killed while writing (OOM, a lost node) leaves its ``atomic_dir`` temporary folder behind.
+    Called before a run for the studies it will score and after it for those that finished: in both cases
+    nothing else is writing them.
     """
     import shutil
 
@@ -371,6 +372,10 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             client.close()
             if cluster is not None:
                 cluster.close()
+    # A worker that died mid-write can leave a temporary folder even for a study that then finished
+    # elsewhere (seen under load when dask recomputed it); every task is over now, so such folders are dead.
+    ok = set(summary.ok)
+    _sweep_leftovers(out, [s for s in todo if s.id in ok])
     summary.seconds = time.perf_counter() - t0
     return summary
 
