@@ -71,17 +71,17 @@ def healthy_slices(spec: str, size: int, orientation: str | None = None, min_tis
     if keep.size == 0:
         return np.zeros((0, size, size), np.float32)
     sp = spacing_yx(prepared.volume)
-    grid = grid_for([body_extent_mm(prepared.foreground[keep], sp)], [sp], size)
-    return to_working(prepared.slices[keep], place(prepared.slices.shape[1:], sp, grid, prepared.foreground[keep]))
+    grid = grid_for([body_extent_mm(prepared.foreground, sp)], [sp], size)
+    return to_working(prepared.slices[keep], place(prepared.slices.shape[1:], sp, grid, prepared.foreground))
 
 
 def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), margin: int = 2, size: int = 256,
                 max_healthy: int = 40) -> OnsiteData:
     """The on-site split of a sample with a lesion mask, plus healthy sources, on one working grid.
 
-    The grid (``engine.preprocess.fov``) comes from the case and the healthy scans together, exactly as
-    ``anomalens train`` makes it, so brain1's 0.78 mm pixels and MNI152's 1 mm ones show anatomy at one
-    scale.
+    The grid (``engine.preprocess.fov``) comes from the case and the healthy scans together, and each scan
+    is placed by its whole tissue, as ``anomalens train`` does, so brain1's 0.78 mm pixels and MNI152's
+    1 mm ones show anatomy at one scale.
     """
     from anomalens.engine.io import read_scan
     from anomalens.engine.pipeline import load_volume, prepare, spacing_yx
@@ -100,7 +100,7 @@ def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), ma
     scans = [_healthy_scan(f"sample:{spec}" if ":" not in spec else spec, orientation_of(vol), 0.15, max_healthy)
              for spec in healthy]
     grid = grid_for([body_extent_mm(case.foreground, spacing_yx(vol))]
-                    + [body_extent_mm(p.foreground[k], spacing_yx(p.volume)) for p, k in scans if k.size],
+                    + [body_extent_mm(p.foreground, spacing_yx(p.volume)) for p, k in scans if k.size],
                     [spacing_yx(vol)] + [spacing_yx(p.volume) for p, k in scans if k.size], size)
     placement = place(vol.shape[1:], spacing_yx(vol), grid, case.foreground)
     slices = to_working(case.slices, placement)
@@ -117,7 +117,7 @@ def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), ma
         h = np.zeros((0, size, size), np.float32)
         if keep.size:
             h = to_working(prepared.slices[keep], place(prepared.slices.shape[1:], spacing_yx(prepared.volume),
-                                                        grid, prepared.foreground[keep]))
+                                                        grid, prepared.foreground))
         parts.append(h)
         sources[spec] = len(h)
     return OnsiteData(normals=np.concatenate(parts), normal_sources=sources, case_normals=case_normals,

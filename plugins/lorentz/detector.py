@@ -358,7 +358,7 @@ class LorentzDetector(Detector):
                cancel: CancelToken | None) -> AnomalyResult:
         assert self.head is not None
         n, H, W = slices.shape
-        probs, points, point_probs = [], [], []
+        probs, points = [], []
         bs = self.config.batch_size
         grid = None
         for i in range(0, n, bs):
@@ -372,12 +372,11 @@ class LorentzDetector(Detector):
                 prob = prob + torch.sigmoid(head(x))
             prob = prob / len(self.heads)
             points.append(z)
-            point_probs.append(prob)
-            probs.append(prob.reshape(-1, *grid))
+            probs.append(prob)
             report(progress, min(1.0, (i + bs) / n), f"scored {min(n, i + bs)}/{n} slices")
         assert grid is not None
         p = torch.cat(probs)
-        maps = torch.as_tensor(resize_back(p, (H, W)))
+        maps = torch.as_tensor(resize_back(p.reshape(n, *grid), (H, W)))
         sigma = self.config.smoothing_sigma * max(H, W) / self.config.input_size
         maps = gaussian_smooth(maps, sigma).clamp_(0, 1).numpy()
         h, w = grid
@@ -387,7 +386,7 @@ class LorentzDetector(Detector):
             points=torch.cat(points).cpu().numpy(), slice_index=np.repeat(np.arange(n), h * w),
             centers=np.tile(np.stack([ys.ravel(), xs.ravel()], 1), (n, 1)).astype(np.float32),
             manifold=self.head.manifold_name, curvature=self.head.curvature,
-            scores=torch.cat(point_probs).cpu().numpy(),  # the heads' mean probability, as in the heatmap
+            scores=p.cpu().numpy(),  # the heads' mean probability, as in the heatmap
             hyperplane=normal.detach().cpu().numpy(), hyperplane_offset=float(offset))
         return AnomalyResult(heatmaps=maps, scores=maps.reshape(n, -1).max(1), embeddings=emb,
                              info={"image_score": "max of the heatmap", "curvature": self.head.curvature,
