@@ -18,10 +18,7 @@ from anomalens.engine.preprocess import foreground_mask
 from anomalens.engine.preprocess.fov import (
     Placement,
     WorkingGrid,
-    body_extent_mm,
-    grid_for,
     mask_to_working,
-    place,
     to_working,
 )
 from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
@@ -65,14 +62,12 @@ def _healthy_scan(spec: str, orientation: str | None, min_tissue: float, max_sli
 def healthy_slices(spec: str, size: int, orientation: str | None = None, min_tissue: float = 0.15,
                    max_slices: int = 40) -> np.ndarray:
     """Axial slices of a healthy scan with enough tissue, evenly subsampled, on a working grid of its own."""
-    from anomalens.engine.pipeline import spacing_yx
+    from anomalens.engine.pipeline import scans_grid, working_slices
 
     prepared, keep = _healthy_scan(spec, orientation, min_tissue, max_slices)
     if keep.size == 0:
         return np.zeros((0, size, size), np.float32)
-    sp = spacing_yx(prepared.volume)
-    grid = grid_for([body_extent_mm(prepared.foreground, sp)], [sp], size)
-    return to_working(prepared.slices[keep], place(prepared.slices.shape[1:], sp, grid, prepared.foreground))
+    return working_slices(prepared, keep, scans_grid([prepared], size))[0]
 
 
 def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), margin: int = 2, size: int = 256,
@@ -84,7 +79,7 @@ def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), ma
     1 mm ones show anatomy at one scale.
     """
     from anomalens.engine.io import read_scan
-    from anomalens.engine.pipeline import load_volume, prepare, spacing_yx
+    from anomalens.engine.pipeline import load_volume, prepare, scan_placement, scans_grid, working_slices
     from anomalens.engine.preprocess.orient import orientation_of
     from anomalens.engine.samples import fetch_sample
 
@@ -99,10 +94,8 @@ def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), ma
     case = prepare(vol)
     scans = [_healthy_scan(f"sample:{spec}" if ":" not in spec else spec, orientation_of(vol), 0.15, max_healthy)
              for spec in healthy]
-    grid = grid_for([body_extent_mm(case.foreground, spacing_yx(vol))]
-                    + [body_extent_mm(p.foreground, spacing_yx(p.volume)) for p, k in scans if k.size],
-                    [spacing_yx(vol)] + [spacing_yx(p.volume) for p, k in scans if k.size], size)
-    placement = place(vol.shape[1:], spacing_yx(vol), grid, case.foreground)
+    grid = scans_grid([case] + [p for p, k in scans if k.size], size)
+    placement = scan_placement(case, grid)
     slices = to_working(case.slices, placement)
     masks = mask_to_working(mask, placement)
     fg = foreground_mask(slices)
@@ -114,10 +107,7 @@ def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), ma
     parts, sources = [fit_part], {f"{sample} lesion-free (fit)": len(fit_part),
                                   f"{sample} lesion-free (calibration)": len(calib_part)}
     for spec, (prepared, keep) in zip(healthy, scans, strict=True):
-        h = np.zeros((0, size, size), np.float32)
-        if keep.size:
-            h = to_working(prepared.slices[keep], place(prepared.slices.shape[1:], spacing_yx(prepared.volume),
-                                                        grid, prepared.foreground))
+        h = working_slices(prepared, keep, grid)[0] if keep.size else np.zeros((0, size, size), np.float32)
         parts.append(h)
         sources[spec] = len(h)
     return OnsiteData(normals=np.concatenate(parts), normal_sources=sources, case_normals=case_normals,

@@ -73,18 +73,28 @@ def model_grid(detector: Detector) -> WorkingGrid | None:
     return WorkingGrid.from_dict((detector.preprocessing or {}).get("grid"))
 
 
+def scans_grid(scans: Sequence[PreparedScan], size: int | None = None) -> WorkingGrid:
+    """The working grid a set of training scans defines (their largest body extent; ``grid_for``)."""
+    from anomalens.engine.preprocess.fov import body_extent_mm
+
+    return grid_for([body_extent_mm(p.foreground, spacing_yx(p.volume)) for p in scans],
+                    [spacing_yx(p.volume) for p in scans], size)
+
+
+def scan_placement(prepared: PreparedScan, grid: WorkingGrid) -> Placement:
+    """Where a scan lies on a working grid, from its whole tissue: every slice and batch is placed alike."""
+    return place(prepared.slices.shape[1:], spacing_yx(prepared.volume), grid, prepared.foreground)
+
+
 def working_slices(prepared: PreparedScan, indices: Sequence[int] | np.ndarray,
                    grid: WorkingGrid | None) -> tuple[np.ndarray, Placement | None]:
-    """Slices of a prepared scan as a model sees them, and where they lie (None: padded to a square).
-
-    The placement comes from the whole scan's tissue, so every batch of one scan is placed alike.
-    """
+    """Slices of a prepared scan as a model sees them, and where they lie (None: padded to a square)."""
     from anomalens.engine.preprocess.resize import pad_to_square
 
     sl = prepared.slices[np.asarray(indices, dtype=int)]
     if grid is None:
         return pad_to_square(sl), None
-    p = place(prepared.slices.shape[1:], spacing_yx(prepared.volume), grid, prepared.foreground)
+    p = scan_placement(prepared, grid)
     return to_working(sl, p), p
 
 
@@ -93,7 +103,7 @@ def field_of_view_warning(detector: Detector, prepared: PreparedScan) -> str | N
     grid = model_grid(detector)
     if grid is None:
         return None
-    p = place(prepared.slices.shape[1:], spacing_yx(prepared.volume), grid, prepared.foreground)
+    p = scan_placement(prepared, grid)
     if p.zoom_out <= 1.0:
         return None
     return (f"the tissue in this scan is {p.zoom_out:.2f}× wider than the {grid.fov_mm:g} mm the model was "
@@ -140,10 +150,7 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
     if not scans:
         raise InvalidVolumeError("none of the normal scans has slices with tissue in them")
     if isinstance(grid, str):
-        from anomalens.engine.preprocess.fov import body_extent_mm
-
-        grid = grid_for([body_extent_mm(p.foreground, spacing_yx(p.volume)) for p, _ in scans],
-                        [spacing_yx(p.volume) for p, _ in scans], size)
+        grid = scans_grid([p for p, _ in scans], size)
     stacks = []
     for prepared, keep in scans:
         if grid is None:
@@ -151,7 +158,6 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
             size = size or slices.shape[1]
             stacks.append(resize_slices(slices, (size, size)) if slices.shape[1] != size else slices)
         else:
-            # Placed by the whole scan's tissue, as scoring places it (working_slices).
             stacks.append(working_slices(prepared, keep, grid)[0])
     if info is not None and grid is not None:
         info["grid"] = grid.to_dict()
@@ -202,16 +208,16 @@ def score_volume(detector: Detector, volume: Volume, slices: Sequence[int] | Non
         raise ConfigError(f"slice selection out of range 0-{volume.n_slices - 1}")
     parts: list[AnomalyResult] = []
     grid = model_grid(detector)
+    placement = None if grid is None else scan_placement(prepared, grid)
     t0 = time.perf_counter()
     for start in range(0, len(idx), batch_size):
         check(cancel)
         batch = idx[start:start + batch_size]
-        if grid is None:
+        if placement is None:
             parts.append(_score_square(detector, prepared.slices[batch], cancel))
         else:
-            slices, placement = working_slices(prepared, batch, grid)
-            assert placement is not None
-            parts.append(_back_to_scan(detector.score(slices, cancel=cancel), placement))
+            res = detector.score(to_working(prepared.slices[batch], placement), cancel=cancel)
+            parts.append(_back_to_scan(res, placement))
         report(progress, min(1.0, (start + len(batch)) / len(idx)), f"scored {start + len(batch)}/{len(idx)} slices")
     elapsed = time.perf_counter() - t0
     result = merge_results(parts)

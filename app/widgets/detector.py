@@ -453,12 +453,10 @@ def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: s
     """
     from anomalens.engine.calibration import calibrate_detector
     from anomalens.engine.modelstore import ModelStore
-    from anomalens.engine.pipeline import prepare, spacing_yx, train, working_slices
-    from anomalens.engine.preprocess.fov import body_extent_mm, grid_for
+    from anomalens.engine.pipeline import prepare, scans_grid, train, working_slices
 
     prepared = prepare(volume)
-    sp = spacing_yx(volume)
-    grid = grid_for([body_extent_mm(prepared.foreground[slices], sp)], [sp])
+    grid = scans_grid([prepared])
     normals, _ = working_slices(prepared, slices, grid)
     det = train(detector, normals, config=config, device=device,
                 progress=lambda f, m: progress(0.7 * f, m), cancel=cancel, grid=grid)
