@@ -145,3 +145,18 @@ def test_threads_option_and_environment_set_torch_threads(capsys, monkeypatch) -
         assert "$ANOMALENS_THREADS" in capsys.readouterr().err
     finally:
         torch.set_num_threads(before)
+
+
+def test_score_warns_when_the_tissue_is_wider_than_the_models_field_of_view(capsys, scans, tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    run_json(capsys, ["train", "--detector", "patchcore", "--normals", str(scans["normals"]), "--out", str(model),
+                      "--device", "cpu", *PATCHCORE_SET])
+    same, _ = phantom_slices(2, 64, seed=3)
+    wide = write_volume(tmp_path / "wide.nii.gz", (same * 1000).astype(np.float32), spacing=(4.0, 4.0, 3.0))
+    code = main(["score", "--model", str(model), str(wide), "--out", str(tmp_path / "o"), "--json"])
+    out = capsys.readouterr()
+    assert code == 0
+    res = json.loads(out.out)
+    assert "wider than the model's field of view" in res["warning"] and "warning:" in out.err
+    assert "warning" not in run_json(capsys, ["score", "--model", str(model), str(scans["normals"]), "--out",
+                                              str(tmp_path / "o2")])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -133,14 +134,16 @@ def run_score(args: argparse.Namespace) -> int:
     data = {k: str(v) for k, v in paths.items()}
     data.update({"n_slices": len(idx), "seconds_per_slice": round(vs.seconds_per_slice, 4),
                  "max_score": max(vs.slice_scores.values())})
+    warning = vs.result.info.get("zoom_out")
+    if warning:  # the scan's tissue is wider than the model's field of view (engine.preprocess.fov)
+        data["warning"] = warning
+        print(f"warning: {warning}", file=sys.stderr)
     emit(args, data, "\n".join(f"{k}: {v}" for k, v in data.items()))
     return 0
 
 
 def run_score_batch(args: argparse.Namespace, inputs: list[str]) -> int:
     """Batch mode of ``score``: exit 0 when every study has results, 1 (with a summary) when some failed."""
-    import sys
-
     from anomalens.engine.batch import run_batch
 
     if args.slices:
