@@ -240,6 +240,8 @@ def score_study(study: Study, model: str, out_root: str, device: str = "cpu",
         record.update(status="ok", error=None, max_score=max(vs.slice_scores.values()),
                       n_slices=len(vs.slice_scores), bundle_loads=bundle_loads(),
                       outputs={k: str(Path(study.id) / v) for k, v in OUTPUT_FILES.items()})
+        if vs.result.info.get("zoom_out"):  # shrunk to fit the model's field of view, as `score` warns
+            record["warning"] = vs.result.info["zoom_out"]
     except AnomaLensError as exc:
         record.update(status="failed", error=str(exc), outputs={})
     except Exception as exc:  # a bug or an unreadable file must not take the batch down

@@ -247,7 +247,7 @@ def _volume_data(volume: Volume, mask_path: str | Path, selection: str | None, c
     mask = mask_vol.array > 0
     slices = normalise_volume(volume, cfg).astype(np.float32)
     if grid is not None:
-        p = place(slices.shape[1:], (volume.spacing[1], volume.spacing[0]), grid, foreground_mask(slices))
+        p = place(slices.shape[1:], volume.spacing_zyx[1:], grid, foreground_mask(slices))
         slices, mask = to_working(slices, p), mask_to_working(mask, p)
     elif size is not None:
         slices = resize_slices(pad_to_square(slices), size).astype(np.float32)
@@ -369,7 +369,7 @@ def _folder_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: W
             notes.append(f"{name} is in an anomalous folder but its mask is empty")
         native.add(img.shape[1:])
         if grid is not None:
-            p = place(img.shape[1:], (vol.spacing[1], vol.spacing[0]), grid, foreground_mask(img))
+            p = place(img.shape[1:], vol.spacing_zyx[1:], grid, foreground_mask(img))
             img, mask = to_working(img, p), mask_to_working(mask, p)
         for z in range(img.shape[0]):
             slices.append(img[z])

@@ -66,7 +66,7 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
         det = None  # kept from a version that placed scans differently: its scale would not match
     if det is None:
         det = create_detector(detector, config=DEFAULT_CONFIG, device=device)
-        det.preprocessing = {"grid": data.grid.to_dict()} if data.grid else {}
+        det.preprocessing = {"grid": data.grid.to_dict()}
         det.fit(data.normals, progress=lambda f, m: report(progress, 0.05 + 0.8 * f, m), cancel=cancel)
         calibrate_detector(det, data.calibration, cancel=cancel)
         if path.exists():
@@ -83,7 +83,6 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
     heat = np.zeros(vol.shape, np.float32)
     mask = np.zeros(vol.shape, np.uint8)
     # onsite_data resampled the case onto its working grid: bring the maps back to the scan's own grid.
-    assert data.placement is not None
     maps = from_working(cal.maps, data.placement)
     best = cal.scr_mask if cal.scr_mask is not None else cal.mask
     best = from_working(best.astype(np.float32), data.placement) > 0.5

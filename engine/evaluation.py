@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -25,6 +25,9 @@ from anomalens.engine.progress import CancelToken, ProgressCallback, check, repo
 from anomalens.engine.protocol import SliceSplit, onsite_split
 from anomalens.engine.volume import Volume
 
+if TYPE_CHECKING:
+    from anomalens.engine.pipeline import PreparedScan
+
 
 @dataclass
 class OnsiteData:
@@ -39,12 +42,13 @@ class OnsiteData:
     eval_foreground: np.ndarray
     split: SliceSplit
     volume: Volume
-    grid: WorkingGrid | None = None
-    placement: Placement | None = None  # where the case's grid lies in the working grid
+    grid: WorkingGrid
+    placement: Placement  # where the case's grid lies in the working grid
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def _healthy_scan(spec: str, orientation: str | None, min_tissue: float, max_slices: int) -> tuple[Any, np.ndarray]:
+def _healthy_scan(spec: str, orientation: str | None, min_tissue: float,
+                  max_slices: int) -> tuple[PreparedScan, np.ndarray]:
     """A healthy scan prepared for fitting, and the indices of its slices with enough tissue (subsampled)."""
     from anomalens.engine.pipeline import load_volume, prepare
     from anomalens.engine.preprocess.orient import reorient

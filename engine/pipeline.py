@@ -18,7 +18,7 @@ from anomalens.engine.detectors import AnomalyResult, Detector, create_detector
 from anomalens.engine.errors import ConfigError, InvalidVolumeError
 from anomalens.engine.fileio import atomic_path
 from anomalens.engine.preprocess import IntensityConfig, foreground_mask, normalise_volume
-from anomalens.engine.preprocess.fov import Placement, WorkingGrid, grid_for, place, to_working
+from anomalens.engine.preprocess.fov import Placement, WorkingGrid, grid_for, place, shrink_warning, to_working
 from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
 from anomalens.engine.volume import Volume
 
@@ -63,11 +63,6 @@ def prepare(volume: Volume, intensity: IntensityConfig | dict | None = None) -> 
     return PreparedScan(volume=volume, slices=slices, foreground=foreground_mask(slices), indices=indices)
 
 
-def spacing_yx(volume: Volume) -> tuple[float, float]:
-    """In-plane pixel spacing (rows, columns) in mm."""
-    return float(volume.spacing[1]), float(volume.spacing[0])
-
-
 def model_grid(detector: Detector) -> WorkingGrid | None:
     """The working grid a model was trained on (None: saved before grids existed, pads to a square)."""
     return WorkingGrid.from_dict((detector.preprocessing or {}).get("grid"))
@@ -77,13 +72,13 @@ def scans_grid(scans: Sequence[PreparedScan], size: int | None = None) -> Workin
     """The working grid a set of training scans defines (their largest body extent; ``grid_for``)."""
     from anomalens.engine.preprocess.fov import body_extent_mm
 
-    return grid_for([body_extent_mm(p.foreground, spacing_yx(p.volume)) for p in scans],
-                    [spacing_yx(p.volume) for p in scans], size)
+    return grid_for([body_extent_mm(p.foreground, p.volume.spacing_zyx[1:]) for p in scans],
+                    [p.volume.spacing_zyx[1:] for p in scans], size)
 
 
 def scan_placement(prepared: PreparedScan, grid: WorkingGrid) -> Placement:
     """Where a scan lies on a working grid, from its whole tissue: every slice and batch is placed alike."""
-    return place(prepared.slices.shape[1:], spacing_yx(prepared.volume), grid, prepared.foreground)
+    return place(prepared.slices.shape[1:], prepared.volume.spacing_zyx[1:], grid, prepared.foreground)
 
 
 def working_slices(prepared: PreparedScan, indices: Sequence[int] | np.ndarray,
@@ -103,11 +98,7 @@ def field_of_view_warning(detector: Detector, prepared: PreparedScan) -> str | N
     grid = model_grid(detector)
     if grid is None:
         return None
-    p = scan_placement(prepared, grid)
-    if p.zoom_out <= 1.0:
-        return None
-    return (f"the tissue in this scan is {p.zoom_out:.2f}× wider than the {grid.fov_mm:g} mm the model was "
-            "trained on, so it is scored shrunk to fit: anatomy appears smaller than in training")
+    return shrink_warning(scan_placement(prepared, grid), grid)
 
 
 def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | None = None,
@@ -169,7 +160,7 @@ def train(detector: str, normals: Sequence[str] | np.ndarray, config: dict | Non
           cancel: CancelToken | None = None, grid: WorkingGrid | None = None) -> Detector:
     """Create and fit a detector on normal scans (SPECs) or an already prepared slice stack.
 
-    SPECs are brought onto a working grid taken from them; a prepared stack carries the ``grid`` it was
+    SPECs are brought onto ``grid``, or one taken from them; a prepared stack carries the ``grid`` it was
     made on (None: padded squares, and the model scores scans the same way).
     """
     det = create_detector(detector, config=config, device=device, seed=seed)
@@ -177,10 +168,11 @@ def train(detector: str, normals: Sequence[str] | np.ndarray, config: dict | Non
     info: dict = {}
     if isinstance(normals, np.ndarray):
         stack = normals
+        grid_d = None if grid is None else grid.to_dict()
     else:
         stack = gather_normals(list(normals), icfg, progress=lambda f, m: report(progress, 0.1 * f, m),
-                               cancel=cancel, info=info)
-    grid_d = info.pop("grid", None) if grid is None else grid.to_dict()
+                               cancel=cancel, info=info, grid="auto" if grid is None else grid)
+        grid_d = info.pop("grid")
     det.preprocessing = {"intensity": icfg.to_dict(), **({"grid": grid_d} if grid_d else {})}
     det.fit(stack, progress=lambda f, m: report(progress, 0.1 + 0.9 * f, m), cancel=cancel)
     det.training.update(info)  # the viewer warns when a scan's modality differs from the training data
@@ -217,7 +209,7 @@ def score_volume(detector: Detector, volume: Volume, slices: Sequence[int] | Non
             parts.append(_score_square(detector, prepared.slices[batch], cancel))
         else:
             res = detector.score(to_working(prepared.slices[batch], placement), cancel=cancel)
-            parts.append(_back_to_scan(res, placement))
+            parts.append(_back_to_scan(res, placement, grid))
         report(progress, min(1.0, (start + len(batch)) / len(idx)), f"scored {start + len(batch)}/{len(idx)} slices")
     elapsed = time.perf_counter() - t0
     result = merge_results(parts)
@@ -247,7 +239,7 @@ def _score_square(detector: Detector, slices: np.ndarray, cancel: CancelToken | 
                          info=res.info)
 
 
-def _back_to_scan(res: AnomalyResult, p: Placement) -> AnomalyResult:
+def _back_to_scan(res: AnomalyResult, p: Placement, grid: WorkingGrid) -> AnomalyResult:
     """A result on the working grid, brought back to the scan's grid (maps, features, patch centres)."""
     from anomalens.engine.preprocess.fov import from_working
 
@@ -263,9 +255,9 @@ def _back_to_scan(res: AnomalyResult, p: Placement) -> AnomalyResult:
     if emb is not None:
         emb.centers = p.to_scan_points(emb.centers)
     info = dict(res.info)
-    if p.zoom_out > 1.0:
-        info["zoom_out"] = (f"the tissue is {p.zoom_out:.2f}× wider than the model's field of view, so the scan "
-                            "was shrunk to fit: anatomy appears smaller than in training")
+    warning = shrink_warning(p, grid)
+    if warning:
+        info["zoom_out"] = warning
     return AnomalyResult(heatmaps=from_working(res.heatmaps, p), scores=res.scores, embeddings=emb,
                          features=feats, normalised=res.normalised, info=info)
 

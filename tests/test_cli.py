@@ -157,6 +157,11 @@ def test_score_warns_when_the_tissue_is_wider_than_the_models_field_of_view(caps
     out = capsys.readouterr()
     assert code == 0
     res = json.loads(out.out)
-    assert "wider than the model's field of view" in res["warning"] and "warning:" in out.err
+    assert "shrunk to fit" in res["warning"] and "warning:" in out.err
+    # Batch scoring records the same warning in the study's manifest entry.
+    from anomalens.engine.batch import Study, score_study
+
+    record = score_study(Study("wide", str(wide)), str(model), str(tmp_path / "batch"))
+    assert record["status"] == "ok" and record["warning"] == res["warning"]
     assert "warning" not in run_json(capsys, ["score", "--model", str(model), str(scans["normals"]), "--out",
                                               str(tmp_path / "o2")])

@@ -136,8 +136,9 @@ def run_score(args: argparse.Namespace) -> int:
                  "max_score": max(vs.slice_scores.values())})
     warning = vs.result.info.get("zoom_out")
     if warning:  # the scan's tissue is wider than the model's field of view (engine.preprocess.fov)
-        data["warning"] = warning
-        print(f"warning: {warning}", file=sys.stderr)
+        data["warning"] = warning  # text mode prints it as a "warning:" line with the rest
+        if getattr(args, "json", False):
+            print(f"warning: {warning}", file=sys.stderr)
     emit(args, data, "\n".join(f"{k}: {v}" for k, v in data.items()))
     return 0
 

@@ -119,19 +119,29 @@ def place(shape: tuple[int, int], spacing_yx: tuple[float, float], grid: Working
     if not (sy > 0 and sx > 0 and math.isfinite(sy) and math.isfinite(sx)):
         raise ConfigError(f"pixel spacing must be positive and finite, got {spacing_yx}")
     fg = None if foreground is None else np.asarray(foreground, bool).reshape(-1, h, w).any(0)
+    if fg is not None and not fg.any():
+        fg = None  # no tissue: place the scan as if none were given
     zoom_out = 1.0
-    if fg is not None and fg.any():
+    if fg is not None:
         zoom_out = max(1.0, body_extent_mm(fg, (sy, sx)) / grid.fov_mm)
     px = grid.pixel_mm * zoom_out
     scaled = (max(1, round(h * sy / px)), max(1, round(w * sx / px)))
     offset = []
     for axis, (n_scan, n_scaled) in enumerate(zip((h, w), scaled, strict=True)):
         centre = n_scaled / 2
-        if n_scaled > grid.size and fg is not None and fg.any():
+        if n_scaled > grid.size and fg is not None:
             idx = np.flatnonzero(fg.any(1 - axis))
             centre = (idx[0] + idx[-1] + 1) / 2 * n_scaled / n_scan
         offset.append(math.floor(grid.size / 2 - centre + 0.5))
     return Placement(shape=(h, w), scaled=scaled, offset=(offset[0], offset[1]), size=grid.size, zoom_out=zoom_out)
+
+
+def shrink_warning(p: Placement, grid: WorkingGrid) -> str | None:
+    """What to tell the user when a scan's tissue did not fit the model's field of view (None: it fitted)."""
+    if p.zoom_out <= 1.0:
+        return None
+    return (f"the tissue in this scan is {p.zoom_out:.2f}× wider than the {grid.fov_mm:g} mm the model was "
+            "trained on, so it is scored shrunk to fit: anatomy appears smaller than in training")
 
 
 def _windows(p: Placement) -> tuple[tuple[slice, slice], tuple[slice, slice]]:

@@ -302,8 +302,8 @@ class LorentzDetector(Detector):
             a = start + k * step
             data = self._patch_set(normals, n_variants, self._draw_rng(k, offset), banks, progress, cancel,
                                    a, a + 0.5 * step)
-            losses.append(self._train(head, data, epochs, lr, self.seed + offset + 7919 * k, progress, cancel,
-                                      a + 0.5 * step, a + step))
+            batch_seed = self.seed + offset + 7919 * k  # head 0 keeps the single-head seed; others differ
+            losses.append(self._train(head, data, epochs, lr, batch_seed, progress, cancel, a + 0.5 * step, a + step))
             del data
         return losses
 
