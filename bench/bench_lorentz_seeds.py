@@ -30,10 +30,14 @@ def main() -> None:
     ap.add_argument("--max-healthy", type=int, default=40, help="MNI152 slices among the normals")
     ap.add_argument("--flip", action="store_true", help="add left–right mirrored copies of the normals")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--protocol", choices=("calibrated", "issue"), default="calibrated",
+                    help="issue: fit on every far lesion-free case slice (the ensemble's scaling then uses "
+                         "the fitted ones)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
-    data = onsite_data("brain1", max_healthy=args.max_healthy)
+    data = onsite_data("brain1", max_healthy=args.max_healthy, hold_out=args.protocol == "calibrated")
+    ref_slices = data.calibration if len(data.calibration) else data.case_normals
     normals = data.normals[:, :, ::-1] if args.flip else None
     normals = np.ascontiguousarray(data.normals if normals is None else np.concatenate([data.normals, normals]))
     t0 = time.perf_counter()
@@ -41,7 +45,7 @@ def main() -> None:
     for seed in (int(s) for s in args.seeds.split(",")):
         det = create_detector(args.detector, config=cfg, seed=seed).fit(normals)
         maps = det.score(data.eval_slices).heatmaps
-        cal = det.score(data.calibration).heatmaps
+        cal = det.score(ref_slices).heatmaps
         lo, hi = float(np.median(cal)), float(np.percentile(cal, 99))
         scaled.append((maps - lo) / (hi - lo + 1e-9))
         m = evaluate(maps, data.eval_masks, data.eval_foreground, n_boot=0)

@@ -39,8 +39,12 @@ def test_lorentz_embeddings_lie_on_the_hyperboloid(data) -> None:
     assert ok
     assert emb.hyperplane is not None and np.isfinite(emb.hyperplane).all()
     assert det.head.manifold.c.requires_grad, "the curvature is learnable"
-    assert 0.0 <= res.heatmaps.min() and res.heatmaps.max() <= 1.0
+    assert 0.0 <= emb.scores.min() and emb.scores.max() <= 1.0, "points are coloured by probability"
+    assert res.heatmaps.min() >= 0.0, "a fused heatmap is a sum of surprises"
     np.testing.assert_allclose(res.scores, res.heatmaps.reshape(2, -1).max(1))
+    det.config.fuse_memory = False  # the paper's classifier alone: the heads' probability
+    alone = det.score(tests).heatmaps
+    assert 0.0 <= alone.min() and alone.max() <= 1.0
 
 
 def test_euclidean_ablation_is_one_switch_away(data) -> None:
@@ -66,7 +70,7 @@ def test_residual_inputs_round_trip(data, tmp_path: Path) -> None:
 
 def test_bad_options_are_refused() -> None:
     for bad in ({"geometry": "spherical"}, {"inputs": "pixels"}, {"curvature": -1.0}, {"epochs": 0},
-                {"anomaly_margin": -0.1}, {"anomaly_margin": 0.5}):
+                {"anomaly_margin": -0.1}, {"anomaly_margin": 0.5}, {"memory_ratio": 0.0}):
         with pytest.raises(ConfigError):
             make(**bad)
 
@@ -96,7 +100,7 @@ def test_synthetic_anomalies_stay_inside_the_outline(data, monkeypatch) -> None:
 
 def test_heads_are_bagged_over_independent_draws_and_averaged(data, tmp_path: Path) -> None:
     normals, tests = data
-    det = make(n_heads=3).fit(normals)
+    det = make(n_heads=3, fuse_memory=False).fit(normals)
     assert len(det.heads) == 3
     res = det.score(tests)
     x = det.heads
@@ -105,7 +109,7 @@ def test_heads_are_bagged_over_independent_draws_and_averaged(data, tmp_path: Pa
         det.heads = [x[k]]
         singles.append(det.score(tests).heatmaps)
     det.heads = x
-    # Each head saw its own synthetic draw, so they disagree; the heatmap is their mean.
+    # Each head saw its own synthetic draw, so they disagree; the heads' map is their mean.
     assert np.abs(singles[0] - singles[1]).max() > 1e-3
     np.testing.assert_allclose(res.heatmaps, np.mean(singles, 0), atol=1e-5)
     # Saved and reloaded, all three heads come back.
@@ -116,11 +120,48 @@ def test_heads_are_bagged_over_independent_draws_and_averaged(data, tmp_path: Pa
 
 def test_a_single_head_bundle_loads_as_one_head(data) -> None:
     normals, tests = data
-    one = make(n_heads=1).fit(normals)
+    one = make(n_heads=1, fuse_memory=False).fit(normals)
     state = one.state_dict()
     assert not any(k.startswith("head1.") for k in state)
     fresh = make()  # today's default config asks for more heads than this bundle holds
     fresh.load_state_dict(state)
     fresh.fitted = True  # what load_bundle sets after load_state_dict
     assert len(fresh.heads) == 1 and fresh.config.n_heads == 1
+    # Saved before fusion, it holds no memory bank: it scores with its head alone, as it was trained.
+    assert fresh.config.fuse_memory is False
     np.testing.assert_allclose(fresh.score(tests).heatmaps, one.score(tests).heatmaps, atol=1e-6)
+
+
+def test_fusion_adds_the_two_surprises(data, tmp_path: Path) -> None:
+    """The fused map is the heads' surprise plus the memory bank's, both against normal references."""
+    import torch
+
+    from anomalens.engine.coreset import nearest_distance
+    from anomalens.engine.preprocess.resize import resize_back
+    from anomalens.engine.preprocess.smooth import gaussian_smooth
+
+    normals, tests = data
+    det = make(smoothing_sigma=0.0).fit(normals)
+    assert det.memory is not None and det.memory.shape[1] == sum(det.extractor.channels.values())
+    assert set(det.surprise) == {"memory", "heads"}
+    res = det.score(tests)
+    raw = det._raw_features(tests, None)
+    x = det._inputs(det._flatten(det._standardise(raw)), det.bank)
+    prob = det._mean_prob(x)
+    dist = nearest_distance(det._memory_features(raw).reshape(-1, det.memory.shape[1]), det.memory)
+    patch = det.surprise["heads"].transform(prob) + det.surprise["memory"].transform(dist)
+    grid = raw["s8"].shape[-2:]
+    want = gaussian_smooth(torch.as_tensor(resize_back(torch.as_tensor(patch).reshape(2, *grid), (64, 64))), 0.0)
+    np.testing.assert_allclose(res.heatmaps, want.numpy(), atol=1e-4)
+    # The bank's reference is leak-free: a normal slice's patches, measured against the bank that holds
+    # them, sit far below the reference (near zero), so the reference is not made of such distances.
+    own = nearest_distance(det._memory_features(det._raw_features(normals, None)).reshape(-1, det.memory.shape[1]),
+                           det.memory)
+    assert float(own.median()) < float(det.surprise["memory"].knots[len(det.surprise["memory"].knots) // 2])
+    # Round trip through a bundle, and few-shot normals join the fusion bank.
+    again = load_bundle(det.save(tmp_path / "m"))
+    np.testing.assert_allclose(again.score(tests).heatmaps, res.heatmaps, atol=1e-5)
+    n_before = len(again.memory)
+    again.fine_tune(normals[:2])
+    assert len(again.memory) > n_before
+    assert np.isfinite(again.score(tests).heatmaps).all()

@@ -20,6 +20,7 @@ from anomalens.engine.detectors.base import Detector, DetectorConfig
 from anomalens.engine.detectors.result import AnomalyResult, Embeddings
 from anomalens.engine.errors import ConfigError
 from anomalens.engine.patchfeatures import PatchFeatureExtractor, extractor_for
+from anomalens.engine.postprocess.surprise import Surprise
 from anomalens.engine.preprocess.foreground import foreground_mask, interior_mask
 from anomalens.engine.preprocess.resize import resize_back, resize_tensor, to_tensor
 from anomalens.engine.preprocess.smooth import gaussian_smooth
@@ -62,6 +63,13 @@ class LorentzConfig(DetectorConfig):
     # Synthetic anomalies stay this far (fraction of the slice) inside the body outline; 0 = anywhere in
     # the tissue. On brain1 the rim-straddling blobs made the classifier fire on the scalp (README).
     anomaly_margin: float = 0.1
+    # Ours (README): the heads' probability fused with the patch's distance to a coreset memory bank of
+    # normal patches (PatchCore's score on the same raw features), both as surprises on normal tissue.
+    # The classifier knows what anomalies look like, the bank what normal looks like: on brain1 their maps
+    # err in different places. False = the paper's classifier alone.
+    fuse_memory: bool = True
+    memory_ratio: float = 0.1
+    memory_max: int = 16384
     smoothing_sigma: float = 4.0
     batch_size: int = 16
     fine_tune_epochs: int = 10
@@ -80,6 +88,8 @@ class LorentzConfig(DetectorConfig):
             raise ConfigError("epochs ≥ 1, n_variants ≥ 1, n_heads ≥ 1, dim ≥ 2 and batch_patches ≥ 16 are required")
         if not 0 < self.p_anomaly <= 1:
             raise ConfigError(f"p_anomaly must be in (0, 1], got {self.p_anomaly}")
+        if not 0 < self.memory_ratio <= 1 or self.memory_max < 2:
+            raise ConfigError("memory_ratio must be in (0, 1] and memory_max at least 2")
         if not 0 <= self.anomaly_margin < 0.5:
             raise ConfigError(f"anomaly_margin must be in [0, 0.5), got {self.anomaly_margin}")
 
@@ -108,6 +118,8 @@ class LorentzDetector(Detector):
         self.heads: list[torch.nn.Module] = []
         self.stats: dict[str, torch.Tensor] = {}
         self.bank: torch.Tensor | None = None
+        self.memory: torch.Tensor | None = None  # raw-feature coreset for fusion (fuse_memory)
+        self.surprise: dict[str, Surprise] = {}  # "memory", "heads": each score's normal reference
 
     @classmethod
     def test_config(cls) -> dict[str, Any]:
@@ -318,11 +330,89 @@ class LorentzDetector(Detector):
             banks = self._fold_banks(std_flat, len(normals), cancel)
             self._fit_residual_scale(std_flat, len(normals), banks)
             self.bank = torch.cat(banks)
+        self.memory, self.surprise = None, {}
+        if self.config.fuse_memory:
+            report(progress, 0.04, "normal memory bank for fusion")
+            self._fit_memory(raw, normals, cancel)
+        del raw
         report(progress, 0.05, "synthesising anomalies")
         self.heads = [self._new_head() for _ in range(self.config.n_heads)]
         losses = self._train_heads(normals, self.config.n_variants, banks, self.config.epochs, self.config.lr, 0,
-                                   progress, cancel, 0.05, 1.0)
+                                   progress, cancel, 0.05, 0.97)
+        if self.config.fuse_memory:
+            report(progress, 0.97, "normal reference of the heads")
+            self._fit_head_reference(normals, cancel)
         self.training_log = {"final_loss": losses, "curvature": [h.curvature for h in self.heads]}
+
+    def _tissue(self, slices: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch cells with tissue (over a tenth of the cell), as the training labels define them."""
+        return self._to_grid(foreground_mask(slices), grid) > 0.1
+
+    def _memory_features(self, raw: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(n, h·w, ΣC) raw patch features: PatchCore's metric on the same extractor."""
+        f = torch.cat([raw[lv] for lv in self.config.levels], dim=1)
+        return f.permute(0, 2, 3, 1).reshape(f.shape[0], -1, f.shape[1])
+
+    def _fit_memory(self, raw: dict[str, torch.Tensor], normals: np.ndarray, cancel: CancelToken | None) -> None:
+        """Coreset memory bank of normal patches, and the normal reference of its distances, leak-free.
+
+        A bank scores its own patches near zero, so the reference comes from two coresets of alternate
+        slices: each slice's tissue patches are measured against the coreset built without it (half the
+        bank, so the reference runs a little high, which errs towards calling less anomalous). Scoring
+        uses both coresets.
+        """
+        from anomalens.engine.coreset import greedy_coreset, nearest_distance
+
+        per = self._memory_features(raw)
+        grid = next(iter(raw.values())).shape[-2:]
+        tissue = self._tissue(normals, tuple(grid)).reshape(len(normals), -1)
+        idx = np.arange(len(normals))
+        folds = [idx[0::2], idx[1::2]] if len(normals) >= 2 else [idx, idx]  # one slice: no held-out half
+        banks = []
+        for k, fold in enumerate(folds):
+            check(cancel)
+            flat = per[fold].reshape(-1, per.shape[-1])
+            n_sel = min(len(flat), max(1, round(self.config.memory_ratio * len(flat))),
+                        max(1, self.config.memory_max // 2))
+            banks.append(flat[greedy_coreset(flat, n_sel, 128, self.seed + 101 + k, cancel=cancel)])
+        ref = []
+        for k, fold in enumerate(folds):
+            q = per[fold][tissue[fold]]
+            if len(q):
+                ref.append(nearest_distance(q, banks[1 - k]))
+        if not ref:
+            raise ConfigError("the normal slices hold no tissue to build a memory bank from")
+        self.memory = torch.cat(banks).contiguous()
+        self.surprise["memory"] = Surprise.fit(torch.cat(ref))
+
+    def _mean_prob(self, x: dict[str, torch.Tensor], z: torch.Tensor | None = None) -> torch.Tensor:
+        """The heads' mean anomaly probability per patch (``z``: head 0's embedding, if already computed)."""
+        head0 = self.heads[0]
+        prob = torch.sigmoid(head0.logit(head0.embed(x) if z is None else z))
+        for head in self.heads[1:]:
+            prob = prob + torch.sigmoid(head(x))
+        return prob / len(self.heads)
+
+    def _fit_head_reference(self, normals: np.ndarray, cancel: CancelToken | None) -> None:
+        """The heads' probabilities on the normals' tissue patches: the reference for their surprise.
+
+        These slices were the heads' negatives, so the reference runs a little low (the same slices
+        untouched, not held out: the heads see every normal slice).
+        """
+        probs = []
+        bs = self.config.batch_size
+        for i in range(0, len(normals), bs):
+            check(cancel)
+            raw = self._raw_features(normals[i:i + bs], cancel)
+            x = self._inputs(self._flatten(self._standardise(raw)), self.bank)
+            grid = tuple(next(iter(raw.values())).shape[-2:])
+            tissue = self._tissue(normals[i:i + bs], grid).reshape(-1)
+            with torch.no_grad():
+                probs.append(self._mean_prob(x)[tissue])
+        ref = torch.cat(probs)
+        if len(ref) < 2:
+            raise ConfigError("the normal slices hold no tissue to take the heads' reference from")
+        self.surprise["heads"] = Surprise.fit(ref)
 
     def _fit_residual_scale(self, std_flat: torch.Tensor, n_slices: int, banks: list[torch.Tensor]) -> None:
         """Median residual norm per level of normal patches against the other fold's bank → 1."""
@@ -350,38 +440,50 @@ class LorentzDetector(Detector):
         n_var = max(1, min(self.config.n_variants, math.ceil(64 / max(1, len(normals)))))
         banks = None if self.bank is None else [self.bank, self.bank]
         self._train_heads(normals, n_var, banks, self.config.fine_tune_epochs, self.config.fine_tune_lr, 1,
-                          progress, cancel, 0.0, 1.0)
+                          progress, cancel, 0.0, 0.95)
+        if self.bank is None and self.memory is None:
+            return
+        raw = self._raw_features(normals, cancel)
         if self.bank is not None:
-            new = self._concat(self._flatten(self._standardise(self._raw_features(normals, cancel))))
+            new = self._concat(self._flatten(self._standardise(raw)))
             n_sel = min(len(new), max(1, self.config.bank_size // 4))
             self.bank = torch.cat([self.bank, new[greedy_coreset(new, n_sel, 128, self.seed + 7)]])
+        if self.memory is not None:
+            # The site's normals join the fusion bank; the heads changed, so their reference is retaken
+            # on the site's normals (the only normals at hand; the bank's reference stays).
+            new = self._memory_features(raw).reshape(-1, self.memory.shape[1])
+            n_sel = min(len(new), max(1, round(self.config.memory_ratio * len(new))))
+            self.memory = torch.cat([self.memory, new[greedy_coreset(new, n_sel, 128, self.seed + 107)]])
+            self._fit_head_reference(normals, cancel)
 
     # -- scoring -------------------------------------------------------------------------------
     def _score(self, slices: np.ndarray, progress: ProgressCallback | None,
                cancel: CancelToken | None) -> AnomalyResult:
         assert self.head is not None
         n, H, W = slices.shape
-        probs, points = [], []
+        probs, points, patch = [], [], []
+        fuse = self._fusing
         bs = self.config.batch_size
         grid = None
         for i in range(0, n, bs):
             check(cancel)
-            f = self._standardise(self._raw_features(slices[i:i + bs], cancel))
-            grid = tuple(next(iter(f.values())).shape[-2:])
-            x = self._inputs(self._flatten(f), self.bank)
+            raw = self._raw_features(slices[i:i + bs], cancel)
+            grid = tuple(next(iter(raw.values())).shape[-2:])
+            x = self._inputs(self._flatten(self._standardise(raw)), self.bank)
             z = self.head.embed(x)
-            prob = torch.sigmoid(self.head.logit(z))
-            for head in self.heads[1:]:
-                prob = prob + torch.sigmoid(head(x))
-            prob = prob / len(self.heads)
+            prob = self._mean_prob(x, z)
             points.append(z)
             probs.append(prob)
+            if fuse:
+                patch.append(torch.as_tensor(self._fused(raw, prob)))
             report(progress, min(1.0, (i + bs) / n), f"scored {min(n, i + bs)}/{n} slices")
         assert grid is not None
         p = torch.cat(probs)
-        maps = torch.as_tensor(resize_back(p.reshape(n, *grid), (H, W)))
+        score = torch.cat(patch) if fuse else p
+        maps = torch.as_tensor(resize_back(score.reshape(n, *grid), (H, W)))
         sigma = self.config.smoothing_sigma * max(H, W) / self.config.input_size
-        maps = gaussian_smooth(maps, sigma).clamp_(0, 1).numpy()
+        maps = gaussian_smooth(maps, sigma)
+        maps = (maps.clamp_(min=0) if fuse else maps.clamp_(0, 1)).numpy()
         h, w = grid
         ys, xs = np.meshgrid((np.arange(h) + 0.5) * H / h, (np.arange(w) + 0.5) * W / w, indexing="ij")
         normal, offset = self.head.hyperplane()
@@ -391,10 +493,27 @@ class LorentzDetector(Detector):
             manifold=self.head.manifold_name, curvature=self.head.curvature,
             scores=p.cpu().numpy(),  # the heads' mean probability, as in the heatmap
             hyperplane=normal.detach().cpu().numpy(), hyperplane_offset=float(offset))
+        heatmap = ("surprise (nats) of the heads' mean probability plus that of the distance to the normal "
+                   "memory bank" if fuse else "the heads' mean anomaly probability")
         return AnomalyResult(heatmaps=maps, scores=maps.reshape(n, -1).max(1), embeddings=emb,
                              info={"image_score": "max of the heatmap", "curvature": self.head.curvature,
+                                   "heatmap": heatmap,
                                    "heads": f"mean probability of {len(self.heads)} heads; the embedding and "
-                                            "hyperplane shown are the first head's"})
+                                            "hyperplane shown are the first head's, points coloured by the "
+                                            "mean probability"})
+
+    @property
+    def _fusing(self) -> bool:
+        return self.config.fuse_memory and self.memory is not None and {"memory", "heads"} <= set(self.surprise)
+
+    def _fused(self, raw: dict[str, torch.Tensor], prob: torch.Tensor) -> np.ndarray:
+        """Per patch: surprise of the heads' probability + surprise of the distance to the memory bank."""
+        from anomalens.engine.coreset import nearest_distance
+
+        assert self.memory is not None
+        q = self._memory_features(raw).reshape(-1, self.memory.shape[1])
+        dist = nearest_distance(q, self.memory)
+        return self.surprise["heads"].transform(prob) + self.surprise["memory"].transform(dist)
 
     # -- persistence ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -404,6 +523,9 @@ class LorentzDetector(Detector):
         state.update({f"stats.{k}": v for k, v in self.stats.items()})
         if self.bank is not None:
             state["bank"] = self.bank
+        if self.memory is not None:
+            state["memory_bank"] = self.memory
+            state.update({f"surprise.{k}": v.to_tensor() for k, v in self.surprise.items()})
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -414,6 +536,14 @@ class LorentzDetector(Detector):
         self.bank = state["bank"].to(self.device) if "bank" in state else None
         if self.config.inputs == "residual" and self.bank is None:
             raise KeyError("bank (the normal memory bank of a residual-input model)")
+        # Bundles saved before fusion hold no memory bank: they score with the heads alone, as trained.
+        self.memory = state["memory_bank"].to(self.device) if "memory_bank" in state else None
+        self.surprise = {k[len("surprise."):]: Surprise.from_tensor(v) for k, v in state.items()
+                         if k.startswith("surprise.")}
+        if self.memory is None:
+            self.config.fuse_memory = False
+        elif self.config.fuse_memory and {"memory", "heads"} - set(self.surprise):
+            raise KeyError("surprise.memory / surprise.heads (the normal references of a fused model)")
         # The bundle says how many heads it holds: ones saved before n_heads existed hold one.
         n = 1
         while any(k.startswith(_head_prefix(n)) for k in state):
