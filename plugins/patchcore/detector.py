@@ -37,7 +37,7 @@ class PatchCoreConfig(DetectorConfig):
     projection_dim: int = 128
     smoothing_sigma: float = 4.0
     batch_size: int = 16
-    chunk: int = 4096
+    chunk: int = 512
 
     def __post_init__(self) -> None:
         self.levels = tuple(self.levels)
