@@ -328,7 +328,9 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             summary.skipped.append(s.id)
         else:
             todo.append(s)
-    _sweep_leftovers(out, todo)
+    # Nothing writes this folder before the run starts: dead temporary folders of any study can go, also of
+    # finished ones that a killed worker of an earlier run was writing again.
+    _sweep_leftovers(out, studies)
     _save(out, manifest)
     if not todo:
         summary.seconds = time.perf_counter() - t0
@@ -359,6 +361,10 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             except Exception as exc:  # the worker died (KilledWorker) or the task could not be shipped
                 record = {"spec": s.spec, "status": "failed", "error": f"{type(exc).__name__}: {exc}",
                           "outputs": {}, "seconds": None}
+            # Let go of the result at once: if the worker holding it dies later, the scheduler would otherwise
+            # run the study again behind our back to restore data we no longer need (seen under load: a
+            # second write of a finished study, cut short, left its temporary folders behind).
+            fut.release()
             record.update(model_fingerprint=fingerprint,
                           finished=datetime.now(UTC).isoformat(timespec="seconds"))
             manifest["studies"][s.id] = record
