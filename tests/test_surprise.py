@@ -50,3 +50,4 @@ def test_bad_references_are_refused() -> None:
     t[1] = -1.0
     with pytest.raises(ConfigError):
         Surprise.from_tensor(t)
+
