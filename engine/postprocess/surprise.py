@@ -30,6 +30,10 @@ class Surprise:
         self.tail = float(tail)
         self.beta = float(beta)
         self.levels = np.linspace(0.0, self.tail, len(self.knots))
+        # Tied knots (a floor shared by many normal scores) take the highest level: np.interp needs
+        # increasing xs, and a tie means "at least this probable".
+        self._xs, first = np.unique(self.knots[::-1], return_index=True)
+        self._ys = self.levels[::-1][first]
 
     @classmethod
     def fit(cls, reference: np.ndarray | torch.Tensor, tail: float = 0.95, n_knots: int = 257) -> Surprise:
@@ -55,11 +59,7 @@ class Surprise:
         x = torch.as_tensor(scores).detach().double().cpu().numpy()
         shape = x.shape
         x = x.reshape(-1)
-        # Tied knots (a floor shared by many normal scores) take the highest level: np.interp needs
-        # increasing xs, and a tie means "at least this probable".
-        knots, idx = np.unique(self.knots[::-1], return_index=True)
-        levels = self.levels[::-1][idx]
-        f = np.interp(x, knots, levels)
+        f = np.interp(x, self._xs, self._ys)
         out = -np.log1p(-f)
         q = self.knots[-1]
         above = x > q

@@ -238,9 +238,8 @@ class LorentzDetector(Detector):
             f = self._standardise(self._raw_features(images, cancel))
             grid = next(iter(f.values())).shape[-2:]
             frac = self._to_grid(masks, grid)
-            fg_frac = self._to_grid(fg, grid)
             lab = torch.full_like(frac, -1.0)
-            lab[(frac == 0) & (fg_frac > 0.1)] = 0.0
+            lab[(frac == 0) & self._tissue(fg, grid)] = 0.0
             # Anomalous where half a cell is covered; small blobs on a coarse grid (few-shot slices, small
             # inputs) may cover no cell that much, so the bar drops to half the largest coverage then.
             lab[frac >= min(0.5, max(0.5 * float(frac.max()), 1e-3))] = 1.0
@@ -350,19 +349,18 @@ class LorentzDetector(Detector):
         if self.config.fuse_memory:
             report(progress, 0.04, "normal memory bank for fusion")
             self._fit_memory(raw, normals, cancel)
-        del raw
         report(progress, 0.05, "synthesising anomalies")
         self.heads = [self._new_head() for _ in range(self.config.n_heads)]
         losses = self._train_heads(normals, self.config.n_variants, banks, self.config.epochs, self.config.lr, 0,
                                    progress, cancel, 0.05, 0.97)
         if self.config.fuse_memory:
             report(progress, 0.97, "normal reference of the heads")
-            self._fit_head_reference(normals, cancel)
+            self._fit_head_reference(raw, normals, cancel)
         self.training_log = {"final_loss": losses, "curvature": [h.curvature for h in self.heads]}
 
-    def _tissue(self, slices: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
-        """Patch cells with tissue (over a tenth of the cell), as the training labels define them."""
-        return self._to_grid(foreground_mask(slices), grid) > 0.1
+    def _tissue(self, foreground: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+        """Patch cells with tissue (over a tenth of the cell): the normal training labels and the references."""
+        return self._to_grid(foreground, grid) > 0.1
 
     def _memory_features(self, raw: dict[str, torch.Tensor]) -> torch.Tensor:
         """(n, h·w, ΣC) raw patch features: PatchCore's metric on the same extractor."""
@@ -381,7 +379,7 @@ class LorentzDetector(Detector):
 
         per = self._memory_features(raw)
         grid = next(iter(raw.values())).shape[-2:]
-        tissue = self._tissue(normals, tuple(grid)).reshape(len(normals), -1)
+        tissue = self._tissue(foreground_mask(normals), tuple(grid)).reshape(len(normals), -1)
         idx = np.arange(len(normals))
         folds = [idx[0::2], idx[1::2]] if len(normals) >= 2 else [idx, idx]  # one slice: no held-out half
         banks = []
@@ -409,23 +407,24 @@ class LorentzDetector(Detector):
             prob = prob + torch.sigmoid(head(x))
         return prob / len(self.heads)
 
-    def _fit_head_reference(self, normals: np.ndarray, cancel: CancelToken | None) -> None:
+    def _fit_head_reference(self, raw: dict[str, torch.Tensor], normals: np.ndarray,
+                            cancel: CancelToken | None) -> None:
         """The heads' probabilities on the normals' tissue patches: the reference for their surprise.
 
+        ``raw`` holds the normals' backbone features, already extracted for the statistics and the bank.
         These slices were the heads' negatives, so the reference runs a little low (the same slices
         untouched, not held out: the heads see every normal slice).
         """
+        grid = tuple(next(iter(raw.values())).shape[-2:])
+        tissue = self._tissue(foreground_mask(normals), grid).reshape(-1)
+        x = self._inputs(self._flatten(self._standardise(raw)), self.bank)
         probs = []
-        bs = self.config.batch_size
-        for i in range(0, len(normals), bs):
-            check(cancel)
-            raw = self._raw_features(normals[i:i + bs], cancel)
-            x = self._inputs(self._flatten(self._standardise(raw)), self.bank)
-            grid = tuple(next(iter(raw.values())).shape[-2:])
-            tissue = self._tissue(normals[i:i + bs], grid).reshape(-1)
-            with torch.no_grad():
-                probs.append(self._mean_prob(x)[tissue])
-        ref = torch.cat(probs)
+        bs = self.config.batch_patches
+        with torch.no_grad():
+            for i in range(0, len(tissue), bs):
+                check(cancel)
+                probs.append(self._mean_prob({lv: v[i:i + bs] for lv, v in x.items()}))
+        ref = torch.cat(probs)[tissue]
         if len(ref) < 2:
             raise ConfigError("the normal slices hold no tissue to take the heads' reference from")
         self.surprise["heads"] = Surprise.fit(ref)
@@ -469,8 +468,12 @@ class LorentzDetector(Detector):
             # on the site's normals (the only normals at hand; the bank's reference stays).
             new = self._memory_features(raw).reshape(-1, self.memory.shape[1])
             n_sel = min(len(new), max(1, round(self.config.memory_ratio * len(new))))
-            self.memory = torch.cat([self.memory, new[greedy_coreset(new, n_sel, 128, self.seed + 107)]])
-            self._fit_head_reference(normals, cancel)
+            merged = torch.cat([self.memory, new[greedy_coreset(new, n_sel, 128, self.seed + 107)]])
+            if len(merged) > self.config.memory_max:
+                # Scoring cost is linear in the bank: thin the union back to the cap, evenly over both.
+                merged = merged[greedy_coreset(merged, self.config.memory_max, 128, self.seed + 108)]
+            self.memory = merged.contiguous()
+            self._fit_head_reference(raw, normals, cancel)
 
     # -- scoring -------------------------------------------------------------------------------
     def _score(self, slices: np.ndarray, progress: ProgressCallback | None,
