@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo "xvfb-run -a -s '-screen 0 1280x1024x24'")
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install test lint demo bench slow clean installer
 
@@ -39,7 +40,7 @@ demo: install
 	@echo "demo outputs are in $(CURDIR)/demo-output"
 
 bench: install
-	$(BIN)/python bench/run_all.py
+	$(XVFB) $(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
 # Desktop bundle (installer/README.md): a separate build environment with a normal (non-editable) install of
 # this tree, so the bundle holds the package as a wheel lays it out, then PyInstaller → dist/anomalens/.
