@@ -32,7 +32,8 @@ def measure(k: int, seed: int, data) -> dict:
     """Both geometries fitted on the same K normals; fused and heads-alone metrics of each."""
     pick = np.sort(np.random.default_rng(1000 + seed).choice(len(data.normals), k, replace=False))
     normals = np.ascontiguousarray(data.normals[pick])
-    row: dict = {"k": k, "seed": seed, "normals": pick.tolist()}
+    n_case = next(iter(data.normal_sources.values()))  # the case's own slices come first
+    row: dict = {"k": k, "seed": seed, "normals": pick.tolist(), "case_slices": int((pick < n_case).sum())}
     for geometry in GEOMETRIES:
         t0 = time.perf_counter()
         det = create_detector("lorentz", config={"geometry": geometry}, seed=seed).fit(normals)
@@ -77,7 +78,7 @@ def main() -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             rows.append(measure(k, seed, data))
             r = rows[-1]
-            print(f"K {k} seed {seed}: " + ", ".join(
+            print(f"K {k} seed {seed} ({r['case_slices']} of them brain1's): " + ", ".join(
                 f"{g}.{p} {r[f'{g}.{p}']['pixel_auroc']:.4f}/{r[f'{g}.{p}']['best_dice']:.3f}"
                 for g in GEOMETRIES for p in ("fused", "heads")), flush=True)
             if args.json:
