@@ -1,13 +1,15 @@
 """Fast sweeps of the Lorentz detector's head options on sample:brain1 (issue protocol), from cached features.
 
-A full fit spends most of its time in the frozen backbone: the normals' statistics, the fusion bank and
+A full fit spends about half its time in the frozen backbone: the normals' statistics, the fusion bank and
 three synthetic draws of patch features. None of that depends on the head's options (geometry, dim,
-curvature, epochs, lr, weight decay, …), so the first run of a seed caches it (``--cache``) and every
+curvature, epochs, lr, …), so the first run of a seed caches it (``--cache``) and every
 later run only trains the heads and scores the evaluation slices: about 2.7 minutes per seed on one
 thread instead of about 6. The numbers are the detector's own (default options reproduce
 ``bench_brain1.py --protocol issue`` seed for seed); per seed it prints the fused map, the heads alone
 and each head alone, so a variant's effect on the spread over synthetic draws shows.
 
+The cache holds about 320 MB per seed (``--cache``, a temporary folder by default), keyed by the options
+that shape the features; after changing feature-side code (backbone, synthesis, fusion bank), delete it.
 Options that change the features (``input_size``, ``levels``, ``n_variants``, ``anomaly_*``, ``memory_*``,
 ``inputs``) are refused: they need a fresh cache, i.e. ``bench_brain1.py``.
 
@@ -20,6 +22,7 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -35,7 +38,7 @@ from anomalens.engine.metrics import evaluate
 from anomalens.engine.postprocess.surprise import Surprise
 from anomalens.plugins.lorentz.detector import LorentzDetector, _PatchSet
 
-HEAD_OPTIONS = {"geometry", "dim", "curvature", "learn_curvature", "epochs", "lr", "weight_decay",
+HEAD_OPTIONS = {"geometry", "dim", "curvature", "learn_curvature", "epochs", "lr",
                 "batch_patches", "n_heads", "smoothing_sigma"}
 CACHE_VERSION = 1
 
@@ -55,7 +58,7 @@ def _cache(det: LorentzDetector, normals: np.ndarray, eval_slices: np.ndarray, p
              "surprise_memory": det.surprise["memory"].to_tensor(), "sets": sets,
              "eval_raw": det._raw_features(eval_slices, None)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".part")
+    tmp = path.with_suffix(f".part{os.getpid()}")  # two sweeps may build the same seed at once
     torch.save(state, tmp)
     tmp.replace(path)
     return state
