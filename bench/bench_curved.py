@@ -56,8 +56,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--healthy", default="mni152")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (1 when another bench shares the CPU)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     extra = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
     t_all = time.perf_counter()
     data = onsite_data("brain1", healthy=[h for h in args.healthy.split(",") if h], size=args.size)

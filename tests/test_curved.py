@@ -122,7 +122,7 @@ def test_in_two_discrepancy_vanishes_inside_the_ball() -> None:
 
 def test_config_names_variants_and_curvatures() -> None:
     assert CurvedHeadsDetector(config={"variant": "mit"}).config.variant == "MiT"
-    assert CurvedHeadsDetector().config.variant == "HiO"
+    assert CurvedHeadsDetector().config.variant == "MiT"
     assert CurvedHeadsDetector(config={"variant": "HiO"}).config.kappa_h_effective == -0.01
     assert CurvedHeadsDetector(config={"variant": "HiT"}).config.kappa_h_effective == -1.0
     assert CurvedHeadsDetector(config={"variant": "HiT", "kappa_h": -0.5}).config.kappa_h_effective == -0.5
