@@ -46,6 +46,7 @@ BENCHES = (
     Bench("curved", ("bench_curved.py",), accuracy=True),
     Bench("d2ue-ablation", ("bench_d2ue.py", "ablation"), accuracy=True),
     Bench("invdetect-onsite", ("bench_invdetect.py", "onsite"), accuracy=True),
+    Bench("scr-calibration", ("bench_scr_calibration.py",), accuracy=True),
 )
 
 

@@ -100,3 +100,80 @@ def test_calibration_errors() -> None:
     with pytest.raises(ConfigError, match="no λ"):
         # a threshold below every score: SCR can never clear a whole slice of "abnormal" pixels
         lambda_for_fpr(maps, fg, float(maps.min()) - 100, 1.0, intensities=img, grid=(0.01, 0.1))
+
+
+def test_speckle_keeps_the_loose_threshold() -> None:
+    """Where the loose threshold's extra false positives are speckle, λ trims them and 5× the target stays."""
+    maps, img, fg = _normals(7)
+    cal = calibrate(maps, fg, intensities=img, target_fpr=0.01)
+    assert cal["threshold_fpr"] == pytest.approx(0.05)
+    assert cal["fp_area_scr"] >= 0.25 * 0.01
+    assert not any("erased" in n for n in cal["notes"])
+
+
+def test_a_lambda_that_erases_tightens_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Smooth maps: the smallest passing λ wipes whole regions (area → ~0), so the unary threshold tightens.
+
+    The search is replaced by one whose answer depends on the unary threshold's rate as measured on the
+    normals (brain1's PatchCore maps: 5 % → 0.005 % in one λ step), so the ladder's decisions are tested
+    exactly; the real maps are measured by bench/bench_scr_calibration.py.
+    """
+    import anomalens.engine.postprocess.calibrate as calmod
+
+    maps, img, fg = _normals(8)
+    norm = ScoreNormaliser().fit(maps, fg)
+    nm = norm.transform(maps)
+    seen: list[float] = []
+
+    def fake_search(units, threshold, target, grid, mode, temperature, steps, progress, cancel):
+        rate = float(np.mean(nm[fg] > threshold))
+        seen.append(rate)
+        return (30.0, 0.00005) if rate > 0.025 else (8.0, 0.008)
+
+    monkeypatch.setattr(calmod, "_lambda_search", fake_search)
+    cal = calibrate(maps, fg, intensities=img, target_fpr=0.01)
+    assert seen == pytest.approx([0.05, 0.03, 0.02], abs=0.002)  # loosest first, stops at the first trim
+    assert cal["threshold_fpr"] == pytest.approx(0.02)
+    assert cal["fp_area"] == pytest.approx(0.02, abs=0.002)
+    assert cal["lambda"] == 8.0 and cal["fp_area_scr"] == 0.008
+    assert sum("erased" in n for n in cal["notes"]) == 2
+    # a rate the caller gives is used as it is, erasing or not
+    seen.clear()
+    fixed = calibrate(maps, fg, intensities=img, target_fpr=0.01, threshold_fpr=0.05)
+    assert len(seen) == 1 and fixed["threshold_fpr"] == 0.05 and fixed["lambda"] == 30.0
+
+
+def test_when_every_loose_threshold_erases_scr_is_plain_thresholding(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anomalens.engine.postprocess.calibrate as calmod
+
+    real = calmod._lambda_search
+    maps, img, fg = _normals(9)
+
+    def erasing_unless_plain(units, threshold, target, *args):
+        lam, fp = real(units, threshold, target, *args)
+        return (lam, fp) if lam == 0.0 else (lam, 0.0)
+
+    monkeypatch.setattr(calmod, "_lambda_search", erasing_unless_plain)
+    cal = calibrate(maps, fg, intensities=img, target_fpr=0.01)
+    assert cal["threshold_fpr"] == 0.01 and cal["lambda"] == 0.0
+    assert cal["threshold"] == pytest.approx(cal["plain_threshold"])
+    assert sum("erased" in n for n in cal["notes"]) == 4
+
+
+def test_no_lambda_at_a_loose_threshold_moves_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    import anomalens.engine.postprocess.calibrate as calmod
+
+    real = calmod._lambda_search
+    maps, img, fg = _normals(10)
+    calls = []
+
+    def fails_first(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ConfigError("no λ up to 1000 keeps SCR's false-positive area on normals below 1.00%")
+        return real(*args)
+
+    monkeypatch.setattr(calmod, "_lambda_search", fails_first)
+    cal = calibrate(maps, fg, intensities=img, target_fpr=0.01)
+    assert cal["threshold_fpr"] == pytest.approx(0.03) and cal["fp_area_scr"] <= 0.01
+    assert any("no λ met the target" in n for n in cal["notes"])

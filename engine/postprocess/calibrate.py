@@ -4,11 +4,20 @@ The rule is InvDetect's (following Roth et al. and ADINO-DPMM): pick the smalles
 abnormal area detected on normal images — all of it false positive — below a target (1 %). The smallest
 such λ smooths as little as possible, so small lesions survive.
 
-The pixel threshold is calibrated first, at a looser false-positive rate (``threshold_fpr``, by default
+SCR's unary threshold is calibrated first, at a looser false-positive rate (``threshold_fpr``, by default
 five times the target): with the threshold already at the target, plain thresholding would meet it and
 λ would always be 0. The paper's analogue is its one-class-SVM boundary (η = 0, ν = 0.1), which leaves
 about 10 % of normal patches outside and lets SCR bring the area down. A looser threshold catches more of
 a lesion's faint rim; SCR then removes the speckle that the looser threshold lets through on normals.
+
+That only works when the looser threshold's extra false positives ARE speckle. On smooth maps (PatchCore,
+Lorentz: patch scores upsampled and smoothed) they are a few large regions, and the smallest λ that meets
+the target removes them whole: the flagged area on normals falls from 5 % to almost nothing in one step,
+and any lesion of their size goes with it (brain1, PatchCore: 1.3 % at λ = 20, 0.005 % at λ = 27.5, and
+SCR's Dice on the lesion 0). So when ``threshold_fpr`` is not given, the threshold is tightened step by
+step (``THRESHOLD_LADDER``) until λ trims instead of erases, i.e. leaves at least ``ERASE_FRACTION`` of
+the target flagged on normals. At the last step the threshold is the target's and λ = 0: SCR's operating
+point is then plain thresholding, and λ stays a knob to turn by hand. Every step is decided on normals.
 
 Inputs may be one array ((n, H, W) slices or a (Z, H, W) volume) or a list of them (volumes of different
 sizes); ``foreground``, ``features`` and ``intensities`` follow the same structure. Only foreground pixels
@@ -45,6 +54,10 @@ BISECT_STEPS = 8
 MAX_THRESHOLD_PIXELS = 20_000_000
 #: Pixels cut per λ trial; beyond this whole slices (2d) or volumes (3d) are subsampled with a seed.
 MAX_SCR_PIXELS = 2_000_000
+#: SCR's unary false-positive rate, as multiples of the target, tried loosest first (then the target itself).
+THRESHOLD_LADDER = (5.0, 3.0, 2.0, 1.5)
+#: λ "erased" rather than trimmed when it leaves less than this share of the target flagged on normals.
+ERASE_FRACTION = 0.25
 
 
 def _as_list(x: np.ndarray | Sequence[np.ndarray] | None, n: int, what: str) -> list[np.ndarray | None]:
@@ -256,6 +269,13 @@ def lambda_for_fpr(
     return lam
 
 
+def _scaled(progress: ProgressCallback | None, start: float, stop: float) -> ProgressCallback | None:
+    """A progress callback that maps its 0–1 onto ``start``–``stop`` of ``progress``."""
+    if progress is None:
+        return None
+    return lambda f, m: report(progress, start + (stop - start) * f, m)
+
+
 def _pooled_tau(
     maps: list[np.ndarray],
     fgs: list[np.ndarray | None],
@@ -295,7 +315,9 @@ def calibrate(
         features: Per-pixel descriptors for α (the detector's ``AnomalyResult.features``).
         intensities: The slices, the α fallback when there are no features.
         target_fpr: The false-positive area SCR must stay under (the paper's 1 %).
-        threshold_fpr: False-positive rate of the plain threshold; default ``min(5·target, 0.5)``.
+        threshold_fpr: False-positive rate of SCR's unary threshold. Default: the loosest rate of
+            ``THRESHOLD_LADDER`` × target (at most 0.5) at which λ trims rather than erases, else the
+            target itself (module docstring). A given rate is used as it is.
         tau: τ for α; estimated from the normals (RMS neighbour distance) when None.
         mode: SCR mode, "2d" or "3d".
         temperature: SCR temperature (in normalised units).
@@ -305,16 +327,19 @@ def calibrate(
         cancel: Cancel token.
 
     Returns:
-        A JSON-able dict for ``bundle.json``: ``normaliser`` (its ``to_dict()``), ``threshold`` (in
-        normalised units), ``threshold_fpr``, ``lambda``, ``tau``, ``temperature``, ``mode``, ``target_fpr``,
-        ``fp_area`` (SCR's unary threshold alone on the normals), ``plain_threshold`` and ``fp_area_plain``
-        (the plain operating point at ``target_fpr``), ``fp_area_scr`` (SCR at λ), ``n_pixels`` and
-        ``notes``. Without features and intensities SCR cannot be calibrated: ``lambda``, ``tau`` and
-        ``fp_area_scr`` are None and a note says why.
+        A JSON-able dict for ``bundle.json``: ``normaliser`` (its ``to_dict()``), ``threshold`` (SCR's
+        unary threshold, in normalised units), ``threshold_fpr`` (the rate it was set at), ``lambda``,
+        ``tau``, ``temperature``, ``mode``, ``target_fpr``, ``fp_area`` (SCR's unary threshold alone on the
+        normals), ``plain_threshold`` and ``fp_area_plain`` (the plain operating point at ``target_fpr``),
+        ``fp_area_scr`` (SCR at λ), ``n_pixels`` and ``notes``. Without features and intensities SCR
+        cannot be calibrated: ``lambda``, ``tau`` and ``fp_area_scr`` are None and a note says why.
     """
     target_fpr = check_fraction("target_fpr", target_fpr)
-    threshold_fpr = max(target_fpr, min(5.0 * target_fpr, 0.5)) if threshold_fpr is None else threshold_fpr
-    threshold_fpr = check_fraction("threshold_fpr", threshold_fpr)
+    if threshold_fpr is None:
+        rates = sorted({max(target_fpr, min(m * target_fpr, 0.5)) for m in THRESHOLD_LADDER} | {target_fpr},
+                       reverse=True)
+    else:
+        rates = [check_fraction("threshold_fpr", threshold_fpr)]
     temperature = check_positive("temperature", temperature)
     notes: list[str] = []
     maps, fgs, feats, ints = _listed(normal_maps, foreground, features, intensities)
@@ -325,26 +350,47 @@ def calibrate(
         notes.append("all normal scores are equal: the normaliser is degenerate and thresholds are not meaningful")
     normed = [normaliser.transform(m) for m in maps]
     fg_arg = None if foreground is None else fgs
-    threshold = threshold_for_fpr(normed, fg_arg, threshold_fpr, seed=seed)
     plain = threshold_for_fpr(normed, fg_arg, target_fpr, seed=seed)
-    pix = collect_pixels(normed, fg_arg, "normal anomaly maps")
-    fp_area = float(np.count_nonzero(pix > threshold)) / pix.size
-    fp_plain = float(np.count_nonzero(pix > plain)) / pix.size
     check(cancel)
 
     lam: float | None = None
     fp_scr: float | None = None
+    threshold_fpr = rates[0]
+    threshold = threshold_for_fpr(normed, fg_arg, threshold_fpr, seed=seed)
     if features is None and intensities is None:
         tau = None
         notes.append("no features or intensities were given, so SCR (τ, λ) was not calibrated")
     else:
+        if not grid or min(grid) <= 0:
+            raise ConfigError("the λ grid must hold positive values")
         tau = check_positive("tau", tau) if tau is not None else _pooled_tau(maps, fgs, feats, ints, mode)
         units = _units(normed, fg_arg, features, intensities, tau, mode, MAX_SCR_PIXELS, seed)
-        lam, fp_scr = _lambda_search(
-            units, threshold, target_fpr, grid, mode, temperature, BISECT_STEPS, progress, cancel
-        )
+        for i, rate in enumerate(rates):
+            last = i == len(rates) - 1
+            if i > 0:
+                threshold_fpr = rate
+                threshold = threshold_for_fpr(normed, fg_arg, rate, seed=seed)
+            step = _scaled(progress, i / len(rates), (i + 1) / len(rates))
+            try:
+                lam, fp_scr = _lambda_search(
+                    units, threshold, target_fpr, grid, mode, temperature, BISECT_STEPS, step, cancel
+                )
+            except ConfigError:
+                if last:
+                    raise
+                notes.append(f"no λ met the target at a {rate:.1%} unary threshold, so it was tightened")
+                continue
+            if last or lam == 0.0 or fp_scr >= ERASE_FRACTION * target_fpr:
+                break
+            notes.append(
+                f"at a {rate:.1%} unary threshold the smallest passing λ ({lam:.3g}) left {fp_scr:.3%} of normal "
+                "tissue flagged: it erased whole regions rather than speckle, so the threshold was tightened"
+            )
         if lam == 0.0:
             notes.append("plain thresholding already meets the target on normals, so λ = 0")
+    pix = collect_pixels(normed, fg_arg, "normal anomaly maps")
+    fp_area = float(np.count_nonzero(pix > threshold)) / pix.size
+    fp_plain = float(np.count_nonzero(pix > plain)) / pix.size
     report(progress, 1.0, "calibrated")
     return {
         "normaliser": normaliser.to_dict(),
