@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from anomalens.engine.evaluation import onsite_data, run_onsite
+from anomalens.engine.metrics import dice, precision
 from anomalens.engine.postprocess.calibrate import calibrate
 from anomalens.engine.postprocess.normalise import ScoreNormaliser
 from anomalens.engine.postprocess.scr import scr_refine
@@ -32,11 +33,8 @@ from anomalens.engine.preprocess.foreground import foreground_mask
 LAMBDAS = (0.0, 1.0, 3.0, 10.0, 20.0, 30.0, 100.0)
 
 
-def _dice(mask: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    inter = float(np.count_nonzero(mask & truth))
-    flagged = float(np.count_nonzero(mask))
-    dice = 2 * inter / (flagged + float(np.count_nonzero(truth))) if flagged or truth.any() else 1.0
-    return dice, (inter / flagged if flagged else float("nan"))
+def _fmt(v: float | None) -> str:
+    return "–" if v is None else f"{v:.3f}"
 
 
 def main() -> None:
@@ -70,16 +68,15 @@ def main() -> None:
         print("  FP area on the calibration normals at the 5x unary threshold: " + ", ".join(curve))
         print("  | rule | unary FP rate | λ | FP area left on normals | Dice plain | Dice SCR | precision SCR |")
         print("  |---|---|---|---|---|---|---|")
-        fg_test, truth = data.eval_foreground, data.eval_masks & data.eval_foreground
+        fg_test, truth = data.eval_foreground, data.eval_masks
         for rule, cal in cals.items():
             plain = (nm_test > cal["plain_threshold"]) & fg_test
             scr = scr_refine(nm_test, cal["threshold"], cal["lambda"], cal["tau"], features=test.features,
                              intensities=None if test.features is not None else data.eval_slices,
                              foreground=fg_test)
-            d_plain, _ = _dice(plain, truth)
-            d_scr, p_scr = _dice(scr, truth)
             print(f"  | {rule} | {cal['threshold_fpr']:.1%} | {cal['lambda']:.3g} | {cal['fp_area_scr']:.3%} "
-                  f"| {d_plain:.3f} | {d_scr:.3f} | {p_scr:.3f} |", flush=True)
+                  f"| {_fmt(dice(plain, truth, foreground=fg_test))} | {_fmt(dice(scr, truth, foreground=fg_test))} "
+                  f"| {_fmt(precision(scr, truth, foreground=fg_test))} |", flush=True)
 
 
 if __name__ == "__main__":
