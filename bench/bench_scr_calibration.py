@@ -23,13 +23,14 @@ import time
 import numpy as np
 import torch
 
-from anomalens.engine.evaluation import onsite_data, run_onsite
+from anomalens.engine.calibration import apply_calibration, calibrate_detector
+from anomalens.engine.detectors import create_detector
+from anomalens.engine.evaluation import onsite_data
 from anomalens.engine.metrics import dice, precision
-from anomalens.engine.postprocess.calibrate import calibrate
-from anomalens.engine.postprocess.normalise import ScoreNormaliser
-from anomalens.engine.postprocess.scr import scr_refine
 from anomalens.engine.preprocess.foreground import foreground_mask
 
+TARGET_FPR = 0.01
+RULES = {"fixed 5x": 5 * TARGET_FPR, "ladder (default)": None}  # SCR's unary false-positive rate
 LAMBDAS = (0.0, 1.0, 3.0, 10.0, 20.0, 30.0, 100.0)
 
 
@@ -45,38 +46,28 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     data = onsite_data("brain1", healthy=["mni152"])
-    fg_cal = foreground_mask(data.calibration)
+    fg_cal, fg_test, truth = foreground_mask(data.calibration), data.eval_foreground, data.eval_masks
     for name in [d for d in args.detectors.split(",") if d]:
         t0 = time.perf_counter()
-        det = run_onsite(name, data, seed=args.seed)["_detector"]
-        normal = det.score(data.calibration)
-        test = det.score(data.eval_slices)
+        det = create_detector(name, seed=args.seed).fit(data.normals)
+        normal, test = det.score(data.calibration), det.score(data.eval_slices)
         print(f"\n{name} (seed {args.seed}, fitted and scored in {time.perf_counter() - t0:.0f} s)")
-        rules = {"fixed 5x": 5 * 0.01, "ladder (default)": None}
-        cals = {rule: calibrate(normal.heatmaps, fg_cal, features=normal.features, intensities=data.calibration,
-                                target_fpr=0.01, threshold_fpr=rate, seed=det.seed)
-                for rule, rate in rules.items()}
-        loose = cals["fixed 5x"]
-        norm = ScoreNormaliser.from_dict(loose["normaliser"])
-        nm_cal, nm_test = norm.transform(normal.heatmaps), norm.transform(test.heatmaps)
-        curve = []
-        for lam in LAMBDAS:
-            m = scr_refine(nm_cal, loose["threshold"], lam, loose["tau"], features=normal.features,
-                           intensities=None if normal.features is not None else data.calibration,
-                           foreground=fg_cal)
-            curve.append(f"λ={lam:g}: {np.count_nonzero(m) / np.count_nonzero(fg_cal):.3%}")
-        print("  FP area on the calibration normals at the 5x unary threshold: " + ", ".join(curve))
+        rows = []
+        for rule, rate in RULES.items():
+            cal = calibrate_detector(det, data.calibration, fg_cal, target_fpr=TARGET_FPR, threshold_fpr=rate)
+            if rule == "fixed 5x":
+                areas = [np.count_nonzero(apply_calibration(det, normal, data.calibration, fg_cal, lam=lam).scr_mask)
+                         / np.count_nonzero(fg_cal) for lam in LAMBDAS]
+                print("  FP area on the calibration normals at the 5x unary threshold: "
+                      + ", ".join(f"λ={lam:g}: {a:.3%}" for lam, a in zip(LAMBDAS, areas, strict=True)))
+            ev = apply_calibration(det, test, data.eval_slices, fg_test)
+            rows.append(f"  | {rule} | {cal['threshold_fpr']:.1%} | {cal['lambda']:.3g} | {cal['fp_area_scr']:.3%} "
+                        f"| {_fmt(dice(ev.mask, truth, foreground=fg_test))} "
+                        f"| {_fmt(dice(ev.scr_mask, truth, foreground=fg_test))} "
+                        f"| {_fmt(precision(ev.scr_mask, truth, foreground=fg_test))} |")
         print("  | rule | unary FP rate | λ | FP area left on normals | Dice plain | Dice SCR | precision SCR |")
         print("  |---|---|---|---|---|---|---|")
-        fg_test, truth = data.eval_foreground, data.eval_masks
-        for rule, cal in cals.items():
-            plain = (nm_test > cal["plain_threshold"]) & fg_test
-            scr = scr_refine(nm_test, cal["threshold"], cal["lambda"], cal["tau"], features=test.features,
-                             intensities=None if test.features is not None else data.eval_slices,
-                             foreground=fg_test)
-            print(f"  | {rule} | {cal['threshold_fpr']:.1%} | {cal['lambda']:.3g} | {cal['fp_area_scr']:.3%} "
-                  f"| {_fmt(dice(plain, truth, foreground=fg_test))} | {_fmt(dice(scr, truth, foreground=fg_test))} "
-                  f"| {_fmt(precision(scr, truth, foreground=fg_test))} |", flush=True)
+        print("\n".join(rows), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,23 +17,24 @@ from anomalens.engine.detectors.base import Detector, fingerprint
 from anomalens.engine.detectors.result import AnomalyResult
 from anomalens.engine.errors import ModelError
 from anomalens.engine.preprocess.foreground import foreground_mask
-from anomalens.engine.progress import CancelToken, ProgressCallback, report
+from anomalens.engine.progress import CancelToken, ProgressCallback, stage
 
 
 def calibrate_detector(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None,
                        target_fpr: float = 0.01, mode: str = "2d", progress: ProgressCallback | None = None,
-                       cancel: CancelToken | None = None) -> dict[str, Any]:
+                       cancel: CancelToken | None = None, threshold_fpr: float | None = None) -> dict[str, Any]:
     """Score normal slices, fit the calibration, store it on ``detector.calibration`` and return it.
 
     Use normals the detector was not fitted on where possible: a model's own training slices score lower
-    than new normals, which makes thresholds too permissive.
+    than new normals, which makes thresholds too permissive. ``threshold_fpr`` fixes SCR's unary rate
+    instead of the default ladder (``postprocess.calibrate``).
     """
     from anomalens.engine.postprocess.calibrate import calibrate
 
     fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
-    result = detector.score(normals, progress=lambda f, m: report(progress, 0.5 * f, m), cancel=cancel)
+    result = detector.score(normals, progress=stage(progress, 0.0, 0.5), cancel=cancel)
     cal = calibrate(result.heatmaps, fg, features=result.features, intensities=normals, target_fpr=target_fpr,
-                    mode=mode, seed=detector.seed, progress=lambda f, m: report(progress, 0.5 + 0.5 * f, m),
+                    threshold_fpr=threshold_fpr, mode=mode, seed=detector.seed, progress=stage(progress, 0.5, 1.0),
                     cancel=cancel)
     # The bundle's names: ``threshold`` is the plain operating point, ``scr_threshold`` SCR's unary one.
     cal["scr_threshold"] = cal.pop("threshold")

@@ -48,6 +48,11 @@ def report(progress: ProgressCallback | None, fraction: float, message: str = ""
         progress(min(max(float(fraction), 0.0), 1.0), message)
 
 
+def stage(progress: ProgressCallback | None, start: float, stop: float) -> ProgressCallback:
+    """A callback that maps a sub-task's 0–1 onto ``start``–``stop`` of ``progress`` (a no-op for ``None``)."""
+    return lambda f, m="": report(progress, start + (stop - start) * f, m)
+
+
 def track(
     items: Iterable[T],
     total: int,

@@ -12,6 +12,7 @@ from anomalens.engine.errors import ConfigError
 from anomalens.engine.geometry import lorentz
 from anomalens.plugins.lorentz import LorentzDetector
 from tests.phantoms import phantom_slices
+from tests.test_cli import run_json
 
 
 @pytest.fixture(scope="module")
@@ -174,17 +175,6 @@ def _cli_set() -> list[str]:
     return [a for k, v in LorentzDetector.test_config().items() for a in ("--set", f"{k}={json.dumps(v)}")]
 
 
-def _cli(capsys, argv: list[str]) -> dict:
-    import json
-
-    from anomalens.engine.cli.main import main
-
-    code = main([*argv, "--json"])
-    out = capsys.readouterr()
-    assert code == 0, out.err
-    return json.loads(out.out)
-
-
 def test_cli_trains_on_a_dicom_folder_and_scores_it_on_its_own_grid(capsys, tmp_path: Path) -> None:
     """The issue's "Done when": ``anomalens train --detector lorentz`` / ``score`` on a DICOM folder."""
     import csv
@@ -198,10 +188,10 @@ def test_cli_trains_on_a_dicom_folder_and_scores_it_on_its_own_grid(capsys, tmp_
     write_ct_series(tmp_path / "normals", normals * 1000.0 - 500.0, series_uid="1.2.826.0.1.3680043.8.498.21")
     write_ct_series(tmp_path / "tests", tests * 1000.0 - 500.0, series_uid="1.2.826.0.1.3680043.8.498.22")
     model = tmp_path / "model"
-    out = _cli(capsys, ["train", "--detector", "lorentz", "--normals", str(tmp_path / "normals"), "--out",
+    out = run_json(capsys, ["train", "--detector", "lorentz", "--normals", str(tmp_path / "normals"), "--out",
                         str(model), "--device", "cpu", "--epochs", "2", *_cli_set()])
     assert out["n_training_slices"] == 6 and load_bundle(model).name == "lorentz"
-    res = _cli(capsys, ["score", "--model", str(model), f"{tmp_path / 'tests'}#1-2", "--out", str(tmp_path / "o"),
+    res = run_json(capsys, ["score", "--model", str(model), f"{tmp_path / 'tests'}#1-2", "--out", str(tmp_path / "o"),
                         "--device", "cpu"])
     heat = sitk.GetArrayFromImage(sitk.ReadImage(res["heatmap"]))
     assert heat.shape == (2, 64, 64) and np.isfinite(heat).all()
@@ -214,8 +204,8 @@ def test_cli_trains_on_a_dicom_folder_and_scores_it_on_its_own_grid(capsys, tmp_
 
 def test_cli_trains_and_scores_on_a_sample(capsys, tmp_path: Path) -> None:
     model = tmp_path / "model"
-    out = _cli(capsys, ["train", "--detector", "lorentz", "--normals", "sample:brain1#0-3", "--out", str(model),
+    out = run_json(capsys, ["train", "--detector", "lorentz", "--normals", "sample:brain1#0-3", "--out", str(model),
                         "--device", "cpu", "--epochs", "1", *_cli_set()])
     assert out["n_training_slices"] == 4
-    res = _cli(capsys, ["score", "--model", str(model), "sample:brain1#12-13", "--out", str(tmp_path / "o")])
+    res = run_json(capsys, ["score", "--model", str(model), "sample:brain1#12-13", "--out", str(tmp_path / "o")])
     assert res["n_slices"] == 2 and Path(res["heatmap"]).is_file() and Path(res["scores"]).is_file()

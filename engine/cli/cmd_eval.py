@@ -11,7 +11,7 @@ import numpy as np
 from anomalens.engine.cli.main import emit
 from anomalens.engine.cli.progressbar import terminal_progress
 from anomalens.engine.errors import ConfigError
-from anomalens.engine.progress import ProgressCallback, report
+from anomalens.engine.progress import ProgressCallback, stage
 
 #: The keys ``anomalens eval --json`` always prints (scripts may rely on them).
 STABLE_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "best_dice", "dice", "precision",
@@ -75,10 +75,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     e.set_defaults(handler=run_eval)
 
 
-def _stage(progress: ProgressCallback | None, start: float, stop: float) -> ProgressCallback:
-    return lambda f, m: report(progress, start + (stop - start) * f, m)
-
-
 def fp_areas(detector: Any, normals: np.ndarray, foreground: np.ndarray,
              progress: ProgressCallback | None = None) -> dict[str, float | None]:
     """False-positive area of a calibrated model on normal slices, at its plain and SCR operating points.
@@ -115,7 +111,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     notes: list[str] = []
     with terminal_progress("calibrating") as progress:
         normals = gather_normals(args.normals, (det.preprocessing or {}).get("intensity"),
-                                 progress=_stage(progress, 0.0, 0.15), grid=model_grid(det))
+                                 progress=stage(progress, 0.0, 0.15), grid=model_grid(det))
         if fingerprint(normals) == (det.training or {}).get("fingerprint"):
             notes.append("these normals are the model's own training data: thresholds will be too permissive; "
                          "calibrate on held-out normal scans")
@@ -130,12 +126,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
         fg = foreground_mask(calib)
         before = None
         if "normaliser" in (det.calibration or {}):
-            before = fp_areas(det, calib, fg, _stage(progress, 0.15, 0.3))
+            before = fp_areas(det, calib, fg, stage(progress, 0.15, 0.3))
         if tune is not None:
-            det.fine_tune(tune, progress=_stage(progress, 0.3, 0.5))
+            det.fine_tune(tune, progress=stage(progress, 0.3, 0.5))
         cal = calibrate_detector(det, calib, foreground=fg, target_fpr=args.target_fpr, mode=args.mode,
-                                 progress=_stage(progress, 0.5, 0.85))
-        after = fp_areas(det, calib, fg, _stage(progress, 0.85, 1.0))
+                                 progress=stage(progress, 0.5, 0.85))
+        after = fp_areas(det, calib, fg, stage(progress, 0.85, 1.0))
     notes += list(cal.get("notes", []))
     what = f"calibrated on {len(calib)} normal slices" + (f", fine-tuned on {len(tune)}" if tune is not None else "")
     path = save_bundle(det, args.out, parent=manifest | {"path": str(args.model)}, note=what)
@@ -203,9 +199,9 @@ def run_eval(args: argparse.Namespace) -> int:
     det = load_bundle(args.model, device=args.device)
     with terminal_progress("evaluating") as progress:
         data = load_eval_data(args.data, (det.preprocessing or {}).get("intensity"),
-                              progress=_stage(progress, 0.0, 0.1), grid=model_grid(det))
+                              progress=stage(progress, 0.0, 0.1), grid=model_grid(det))
         ev = evaluate_model(det, data, scr=not args.no_scr, reduce=args.reduce, n_boot=args.bootstrap,
-                            batch_size=args.batch_size, progress=_stage(progress, 0.1, 1.0))
+                            batch_size=args.batch_size, progress=stage(progress, 0.1, 1.0))
     metrics = ev.metrics
     metrics.update({"model": str(args.model), "detector": det.name, "data": data.source,
                     "device": str(det.device)})

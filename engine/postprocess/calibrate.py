@@ -48,7 +48,7 @@ from anomalens.engine.postprocess.scr import (
     pairwise_weights,
     scr_refine,
 )
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+from anomalens.engine.progress import CancelToken, ProgressCallback, check, report, stage
 
 #: λ values tried before bisection (log-spaced, ×√10 apart).
 DEFAULT_LAMBDA_GRID = tuple(float(x) for x in np.geomspace(1e-3, 1e3, 13))
@@ -273,13 +273,6 @@ def lambda_for_fpr(
     return lam
 
 
-def _scaled(progress: ProgressCallback | None, start: float, stop: float) -> ProgressCallback | None:
-    """A progress callback that maps its 0–1 onto ``start``–``stop`` of ``progress``."""
-    if progress is None:
-        return None
-    return lambda f, m: report(progress, start + (stop - start) * f, m)
-
-
 def _pooled_tau(
     maps: list[np.ndarray],
     fgs: list[np.ndarray | None],
@@ -374,7 +367,7 @@ def calibrate(
             if i > 0:
                 threshold_fpr = rate
                 threshold = threshold_for_fpr(normed, fg_arg, rate, seed=seed)
-            step = _scaled(progress, i / len(rates), (i + 1) / len(rates))
+            step = stage(progress, i / len(rates), (i + 1) / len(rates))
             try:
                 lam, fp_scr = _lambda_search(
                     units, threshold, target_fpr, grid, mode, temperature, BISECT_STEPS, step, cancel
