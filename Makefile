@@ -44,7 +44,7 @@ bench: install
 
 # Desktop bundle (installer/README.md): a separate build environment with a normal (non-editable) install of
 # this tree, so the bundle holds the package as a wheel lays it out, then PyInstaller → dist/anomalens/.
-# Run from build/ so that the source tree's anomalens/ symlink folder never shadows the installed package.
+# Run from build/ so that nothing of the source tree is on the path beside the installed package.
 IVENV := build/installer-venv
 IBIN := $(IVENV)/bin
 ISTAMP := $(IVENV)/.installed

@@ -1,29 +1,26 @@
-"""Build the package list from the top-level folders.
+"""Build the package list: the repository root is the package ``anomalens``.
 
-The product owner wants ``app/``, ``engine/``, ``plugins/`` and ``resources/`` at the top level but
-installed as ``anomalens.*``. A ``package-dir`` mapping alone silently leaves sub-packages out of the
-wheel, so every folder holding an ``__init__.py`` is listed here (tests/test_wheel.py checks the wheel).
+The product owner wants ``app/``, ``engine/``, ``plugins/`` and ``resources/`` at the top level, installed as
+``anomalens.*``: the root maps to ``anomalens`` and each of those folders is one of its sub-packages. A
+``package-dir`` mapping alone silently leaves sub-packages out of the wheel, so every folder holding an
+``__init__.py`` under them is listed here, and nothing else at the root (tests, bench, installer) is
+(tests/test_wheel.py checks the wheel).
 """
 
 from pathlib import Path
 
 from setuptools import setup
 
-ROOTS = {"app": "anomalens.app", "engine": "anomalens.engine", "plugins": "anomalens.plugins",
-         "resources": "anomalens.resources"}
+FOLDERS = ("app", "engine", "plugins", "resources")
 
 
-def _packages() -> tuple[list[str], dict[str, str]]:
+def _packages() -> list[str]:
     here = Path(__file__).parent
-    packages, package_dir = [], {}
-    for folder, name in ROOTS.items():
+    packages = ["anomalens"]
+    for folder in FOLDERS:
         for init in sorted((here / folder).rglob("__init__.py")):
-            rel = init.parent.relative_to(here)
-            pkg = ".".join([name, *rel.parts[1:]])
-            packages.append(pkg)
-            package_dir[pkg] = rel.as_posix()
-    return packages, package_dir
+            packages.append(".".join(["anomalens", *init.parent.relative_to(here).parts]))
+    return packages
 
 
-packages, package_dir = _packages()
-setup(packages=packages, package_dir=package_dir)
+setup(packages=_packages(), package_dir={"anomalens": "."})

@@ -19,16 +19,16 @@ from qtpy.QtCore import QObject, QTimer
 from qtpy.QtGui import QAction
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMenu, QProgressBar, QPushButton, QWidget
 
-from anomalens.app.jobs import JobRunner
-from anomalens.app.messages import log, notify_error
-from anomalens.app.recent import RecentFiles
+from .jobs import JobRunner
+from .messages import log, notify_error
+from .recent import RecentFiles
 
 if TYPE_CHECKING:
     import napari
 
-    from anomalens.app.results import ScanResults
-    from anomalens.engine.demo import DemoOutput
-    from anomalens.engine.detectors import Detector
+    from ..engine.demo import DemoOutput
+    from ..engine.detectors import Detector
+    from .results import ScanResults
 
 TITLE = "AnomaLens"
 ICON = "anomalens.png"
@@ -151,9 +151,9 @@ class FileActions(QObject):
 
         A DICOM folder with several series asks which one to open (instead of failing).
         """
-        from anomalens.app.reader import image_layer_data
-        from anomalens.engine.errors import MultipleSeriesError
-        from anomalens.engine.io import read_scan
+        from ..engine.errors import MultipleSeriesError
+        from ..engine.io import read_scan
+        from .reader import image_layer_data
 
         p = Path(path).expanduser()
 
@@ -191,8 +191,8 @@ class FileActions(QObject):
 
 def add_docks(viewer: napari.Viewer) -> dict[str, QWidget]:
     """Create the AnomaLens docks (Detector and SCR on the right; Poincaré disk, Calibration, Export tabbed below)."""
-    from anomalens.app.widgets.detector import DetectorWidget
-    from anomalens.app.widgets.scr import ScrWidget
+    from .widgets.detector import DetectorWidget
+    from .widgets.scr import ScrWidget
 
     docks: dict[str, QWidget] = {}
     for name, factory, tabify in (("Detector", DetectorWidget, False), ("SCR", ScrWidget, False),
@@ -255,8 +255,8 @@ def show_demo(viewer: napari.Viewer, screenshot: Path | None = None) -> None:
     The engine does the work (``anomalens.engine.demo``); ``show_demo_output`` registers its result as the
     viewer's results, so the docks treat it like a result of the Detector dock (export, SCR re-tuning).
     """
-    from anomalens.engine.cli.progressbar import terminal_progress
-    from anomalens.engine.demo import run_demo
+    from ..engine.cli.progressbar import terminal_progress
+    from ..engine.demo import run_demo
 
     with terminal_progress("demo: training/scoring sample:brain1") as progress:
         out = run_demo(progress=progress)
@@ -264,7 +264,7 @@ def show_demo(viewer: napari.Viewer, screenshot: Path | None = None) -> None:
     print("demo outputs: " + ", ".join(str(p) for p in out.files.values()))
     if screenshot is not None:
         def grab() -> None:
-            from anomalens.engine.export import save_png
+            from ..engine.export import save_png
 
             save_png(viewer.screenshot(canvas_only=False, flash=False), screenshot)
             print(f"viewer screenshot: {screenshot}")
@@ -283,11 +283,11 @@ def show_demo_output(viewer: napari.Viewer, out: DemoOutput, detector: Detector 
     demo's own cut did for PatchCore (which gives none). ``ScanResults`` needs the scan prepared for the
     model (tissue mask, normalised intensities); the engine's ``prepare`` gives it, as in every scoring.
     """
-    from anomalens.app.reader import image_layer_data
-    from anomalens.app.results import ScanResults, show_results
-    from anomalens.app.state import get_state
-    from anomalens.engine.detectors import load_bundle
-    from anomalens.engine.pipeline import prepare
+    from ..engine.detectors import load_bundle
+    from ..engine.pipeline import prepare
+    from .reader import image_layer_data
+    from .results import ScanResults, show_results
+    from .state import get_state
 
     if detector is None:
         detector = load_bundle(out.model)
@@ -347,7 +347,7 @@ def _setup_logging() -> None:
     """Log to a rotating file in the user's log folder (and warnings to stderr)."""
     import platformdirs
 
-    from anomalens.engine.logredact import RedactingFormatter
+    from ..engine.logredact import RedactingFormatter
 
     root = logging.getLogger("anomalens")
     root.setLevel(logging.INFO)
@@ -365,8 +365,8 @@ def _setup_logging() -> None:
 
 def _configure_threads() -> None:
     """``$ANOMALENS_THREADS`` as in the CLI; a bad value is logged and torch's default kept (the app starts)."""
-    from anomalens.engine.device import configure_threads
-    from anomalens.engine.errors import AnomaLensError
+    from ..engine.device import configure_threads
+    from ..engine.errors import AnomaLensError
 
     try:
         configure_threads()
@@ -378,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``anomalens-viewer``."""
     from napari.qt import get_qapp, run
 
-    from anomalens.engine import __version__
+    from ..engine import __version__
 
     parser = argparse.ArgumentParser(prog="anomalens-viewer", description="Open the AnomaLens viewer.")
     parser.add_argument("path", nargs="?", help="a scan file or DICOM folder to open")

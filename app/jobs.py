@@ -15,9 +15,9 @@ from typing import Any
 from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
 
-from anomalens.app.messages import log, notify_error
-from anomalens.engine.errors import Cancelled
-from anomalens.engine.progress import CancelToken, ProgressCallback
+from ..engine.errors import Cancelled
+from ..engine.progress import CancelToken, ProgressCallback
+from .messages import log, notify_error
 
 Work = Callable[[ProgressCallback, CancelToken], Any]
 

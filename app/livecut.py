@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from anomalens.engine.postprocess.scr import DEFAULT_TEMPERATURE, PairwiseWeights, pairwise_weights, scr_refine
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+from ..engine.postprocess.scr import DEFAULT_TEMPERATURE, PairwiseWeights, pairwise_weights, scr_refine
+from ..engine.progress import CancelToken, ProgressCallback, check, report
 
 if TYPE_CHECKING:
-    from anomalens.app.results import ScanResults
+    from .results import ScanResults
 
 
 def _slab(results: ScanResults, z: int, mode: str) -> np.ndarray:

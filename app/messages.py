@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 
-from anomalens.engine.errors import AnomaLensError, Cancelled
+from ..engine.errors import AnomaLensError, Cancelled
 
 log = logging.getLogger("anomalens.app")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from anomalens.engine.errors import AnomaLensError
-from anomalens.engine.modelstore import ModelStore, models_dir
-from anomalens.engine.paths import config_dir
+from ..engine.errors import AnomaLensError
+from ..engine.modelstore import ModelStore, models_dir
+from ..engine.paths import config_dir
 
 __all__ = ["BundleEntry", "config_dir", "describe_bundle", "list_bundles", "models_dir"]
 
@@ -36,7 +36,7 @@ class BundleEntry:
 
 def describe_bundle(path: str | Path) -> BundleEntry:
     """Read a bundle's manifest; a broken or newer-schema bundle gives an entry with ``error`` set."""
-    from anomalens.engine.detectors import read_manifest
+    from ..engine.detectors import read_manifest
 
     p = Path(path)
     try:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import AnomaLensError, InvalidVolumeError
-from anomalens.engine.volume import Volume
+from ..engine.errors import AnomaLensError, InvalidVolumeError
+from ..engine.volume import Volume
 
 #: Key of the source ``Volume`` in an image layer's metadata.
 VOLUME_KEY = "anomalens_volume"
@@ -31,7 +31,7 @@ _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dico
 
 def image_layer_data(volume: Volume, name: str | None = None, preset: str | None = None) -> LayerData:
     """A napari image-layer tuple for ``volume`` with its spacing as scale and its window as contrast."""
-    from anomalens.engine.windows import default_window_limits
+    from ..engine.windows import default_window_limits
 
     limits, origin = default_window_limits(volume, preset)
     meta = {VOLUME_KEY: volume, ROLE_KEY: "scan", "window_source": origin, "modality": volume.modality}
@@ -58,7 +58,7 @@ def _layer_name(volume: Volume) -> str:
 
 def read_layers(path: str | Path | list[str | Path]) -> list[LayerData]:
     """Read one scan (or the first of several paths) into a list with one image-layer tuple."""
-    from anomalens.engine.io import read_scan
+    from ..engine.io import read_scan
 
     p = path[0] if isinstance(path, list) else path
     return [image_layer_data(read_scan(Path(p)))]
@@ -66,7 +66,7 @@ def read_layers(path: str | Path | list[str | Path]) -> list[LayerData]:
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
     """npe2 reader hook: our reader if the engine knows the path, else None (napari tries others)."""
-    from anomalens.engine.io import reader_for
+    from ..engine.io import reader_for
 
     p = path[0] if isinstance(path, list) else path
     try:

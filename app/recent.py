@@ -10,8 +10,8 @@ import json
 import logging
 from pathlib import Path
 
-from anomalens.app.paths import config_dir
-from anomalens.engine.fileio import atomic_write_text
+from ..engine.fileio import atomic_write_text
+from .paths import config_dir
 
 FILENAME = "recent.json"
 VERSION = 1

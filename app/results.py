@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from anomalens.app.reader import ROLE_KEY
+from .reader import ROLE_KEY
 
 if TYPE_CHECKING:
     import napari
 
-    from anomalens.app.state import ScrParams
-    from anomalens.engine.detectors import Detector
-    from anomalens.engine.pipeline import PreparedScan, VolumeScore
-    from anomalens.engine.progress import CancelToken, ProgressCallback
-    from anomalens.engine.volume import Volume
+    from ..engine.detectors import Detector
+    from ..engine.pipeline import PreparedScan, VolumeScore
+    from ..engine.progress import CancelToken, ProgressCallback
+    from ..engine.volume import Volume
+    from .state import ScrParams
 
 HEATMAP_COLORMAP = "inferno"
 HEATMAP_OPACITY = 0.6
@@ -47,8 +47,8 @@ def score_work(detector: Detector, volume: Volume, indices: np.ndarray, scr: Scr
 
     Small batches keep the time between two cancel checks short, so Cancel answers within a second.
     """
-    from anomalens.engine.calibration import apply_calibration
-    from anomalens.engine.pipeline import score_volume
+    from ..engine.calibration import apply_calibration
+    from ..engine.pipeline import score_volume
 
     vs = score_volume(detector, volume, slices=indices, batch_size=batch_size,
                       progress=lambda f, m: progress(0.9 * f, m), cancel=cancel)

@@ -11,8 +11,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from anomalens.app.reader import ROLE_KEY, LayerData, image_layer_data
-from anomalens.engine.volume import Volume
+from ..engine.volume import Volume
+from .reader import ROLE_KEY, LayerData, image_layer_data
 
 
 def _labels(volume: Volume, name: str, role: str, visible: bool = True) -> LayerData:
@@ -28,8 +28,8 @@ def load_sample(name: str) -> list[LayerData]:
     Raises:
         SampleError: unknown sample or a failed download (napari shows the message).
     """
-    from anomalens.engine.io import read_scan
-    from anomalens.engine.samples import fetch_sample
+    from ..engine.io import read_scan
+    from ..engine.samples import fetch_sample
 
     paths = fetch_sample(name)
     volume = read_scan(paths.image)

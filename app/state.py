@@ -16,10 +16,10 @@ from psygnal import Signal
 if TYPE_CHECKING:
     import napari
 
-    from anomalens.app.results import ScanResults
-    from anomalens.engine.detectors import Detector
-    from anomalens.engine.pipeline import PreparedScan, VolumeScore
-    from anomalens.engine.volume import Volume
+    from ..engine.detectors import Detector
+    from ..engine.pipeline import PreparedScan, VolumeScore
+    from ..engine.volume import Volume
+    from .results import ScanResults
 
 
 @dataclass

@@ -4,6 +4,9 @@ The engine is what the CLI, the napari plugin and the tests all call; nothing he
 (an import-linter contract in CI keeps it so).
 """
 
+if __name__ != "anomalens.engine":  # one import path: the folder engine/ IS anomalens.engine
+    raise ImportError(f"import anomalens.engine, not {__name__} (the source folder is not a package of its own)")
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

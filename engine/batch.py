@@ -27,12 +27,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomalens.engine.device import THREADS_ENV
-from anomalens.engine.errors import AnomaLensError, ConfigError, EmptyInputError
-from anomalens.engine.fileio import atomic_dir, atomic_write_text
+from .device import THREADS_ENV
+from .errors import AnomaLensError, ConfigError, EmptyInputError
+from .fileio import atomic_dir, atomic_write_text
 
 if TYPE_CHECKING:
-    from anomalens.engine.detectors import Detector
+    from .detectors import Detector
 
 MANIFEST = "manifest.json"
 MANIFEST_VERSION = 1
@@ -77,7 +77,7 @@ class BatchSummary:
 
 def study_id(spec: str) -> str:
     """A filesystem-safe, stable name: the scan's stem (readable) plus a short hash of the SPEC (unique)."""
-    from anomalens.engine.io.spec import SAMPLE_PREFIX, split_spec
+    from .io.spec import SAMPLE_PREFIX, split_spec
 
     source, selection = split_spec(spec)
     if source.startswith(SAMPLE_PREFIX):
@@ -99,7 +99,7 @@ def study_id(spec: str) -> str:
 
 def _absolute_spec(spec: str, base: Path | None = None) -> str:
     """The SPEC with its path made absolute, so ids and workers do not depend on the current folder."""
-    from anomalens.engine.io.spec import SAMPLE_PREFIX, split_spec
+    from .io.spec import SAMPLE_PREFIX, split_spec
 
     spec = spec.strip()
     if spec.startswith(SAMPLE_PREFIX):
@@ -171,8 +171,8 @@ def is_batch(inputs: Sequence[str]) -> bool:
 
 def model_fingerprint(model: str | Path) -> str:
     """A hash of the bundle's manifest and weights: a rerun with a retrained model rescores everything."""
-    from anomalens.engine.detectors.bundle import MANIFEST as BUNDLE_JSON
-    from anomalens.engine.detectors.bundle import WEIGHTS, read_manifest
+    from .detectors.bundle import MANIFEST as BUNDLE_JSON
+    from .detectors.bundle import WEIGHTS, read_manifest
 
     model = Path(model)
     read_manifest(model)  # a clear ModelError up front instead of one per study
@@ -195,9 +195,9 @@ def cached_bundle(model: str | Path, device: str = "cpu") -> Detector:
     The cache is per thread: with one thread per worker process (the default) that is once per process,
     and with thread workers no two tasks share a detector's buffers.
     """
-    from anomalens.engine.detectors import load_bundle
-    from anomalens.engine.detectors.bundle import MANIFEST as BUNDLE_JSON
-    from anomalens.engine.detectors.bundle import WEIGHTS
+    from .detectors import load_bundle
+    from .detectors.bundle import MANIFEST as BUNDLE_JSON
+    from .detectors.bundle import WEIGHTS
 
     p = Path(model).resolve()
     stamps = tuple(f.stat().st_mtime_ns if f.exists() else 0 for f in (p / BUNDLE_JSON, p / WEIGHTS))
@@ -224,8 +224,8 @@ def score_study(study: Study, model: str, out_root: str, device: str = "cpu",
     raised, so the scheduler never retries a study that will fail again; only a dying worker is retried.
     ``threads`` sets torch's threads in the worker (None: ``$ANOMALENS_THREADS`` there, else torch's default).
     """
-    from anomalens.engine import pipeline
-    from anomalens.engine.device import configure_threads
+    from . import pipeline
+    from .device import configure_threads
 
     t0 = time.perf_counter()
     record: dict[str, Any] = {"spec": study.spec, "worker_pid": os.getpid()}

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.detectors.base import Detector, fingerprint
-from anomalens.engine.detectors.result import AnomalyResult
-from anomalens.engine.errors import ModelError
-from anomalens.engine.preprocess.foreground import foreground_mask
-from anomalens.engine.progress import CancelToken, ProgressCallback, stage
+from .detectors.base import Detector, fingerprint
+from .detectors.result import AnomalyResult
+from .errors import ModelError
+from .preprocess.foreground import foreground_mask
+from .progress import CancelToken, ProgressCallback, stage
 
 
 def calibrate_detector(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None,
@@ -29,7 +29,7 @@ def calibrate_detector(detector: Detector, normals: np.ndarray, foreground: np.n
     than new normals, which makes thresholds too permissive. ``threshold_fpr`` fixes SCR's unary rate
     instead of the default ladder (``postprocess.calibrate``).
     """
-    from anomalens.engine.postprocess.calibrate import calibrate
+    from .postprocess.calibrate import calibrate
 
     fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
     result = detector.score(normals, progress=stage(progress, 0.0, 0.5), cancel=cancel)
@@ -60,7 +60,7 @@ class Calibrated:
 
 def normalise_result(detector: Detector, result: AnomalyResult) -> np.ndarray:
     """The heatmaps in normal-quantile units (a model without calibration raises)."""
-    from anomalens.engine.postprocess.normalise import ScoreNormaliser
+    from .postprocess.normalise import ScoreNormaliser
 
     cal = detector.calibration or {}
     if "normaliser" not in cal:
@@ -76,7 +76,7 @@ def apply_calibration(detector: Detector, result: AnomalyResult, slices: np.ndar
 
     Any of λ, threshold (SCR's unary threshold), τ and mode may be overridden, as the viewer's sliders do.
     """
-    from anomalens.engine.postprocess.scr import scr_refine
+    from .postprocess.scr import scr_refine
 
     cal = detector.calibration or {}
     maps = normalise_result(detector, result)

@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.paths import data_dir
-from anomalens.engine.volume import Volume
+from .errors import ConfigError
+from .paths import data_dir
+from .volume import Volume
 
 SCHEMA_VERSION = 1
 SOURCES = ("slice", "range", "lasso")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from anomalens.engine.errors import ConfigError
+from .errors import ConfigError
 
 
 def _number(name: str, value: object) -> float:

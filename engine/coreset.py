@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+from .progress import CancelToken, ProgressCallback, check, report
 
 
 def greedy_coreset(features: torch.Tensor, n_select: int, projection_dim: int = 128, seed: int = 0,

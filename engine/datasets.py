@@ -36,13 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError, SampleError
-from anomalens.engine.io.spec import SAMPLE_PREFIX, parse_selection, split_spec
-from anomalens.engine.preprocess import IntensityConfig, foreground_mask, normalise_volume, resize_slices
-from anomalens.engine.preprocess.fov import WorkingGrid, mask_to_working, place, to_working
-from anomalens.engine.preprocess.resize import pad_to_square
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.engine.volume import Volume
+from .errors import ConfigError, SampleError
+from .io.spec import SAMPLE_PREFIX, parse_selection, split_spec
+from .preprocess import IntensityConfig, foreground_mask, normalise_volume, resize_slices
+from .preprocess.fov import WorkingGrid, mask_to_working, place, to_working
+from .preprocess.resize import pad_to_square
+from .progress import CancelToken, ProgressCallback, check, report
+from .volume import Volume
 
 #: Category folder names of normal test images (BMAD uses ``good``, some datasets ``normal``).
 GOOD_NAMES = ("good", "normal")
@@ -98,7 +98,7 @@ class EvalData:
         ``gather_normals`` drops slices without tissue before fitting, so both variants are compared
         with a model's training fingerprint to notice "evaluating on the data the model was fitted on".
         """
-        from anomalens.engine.detectors.base import fingerprint
+        from .detectors.base import fingerprint
 
         out = {fingerprint(self.slices)}
         keep = self.foreground.reshape(self.n_slices, -1).mean(1) > TISSUE_FRACTION
@@ -207,7 +207,7 @@ def _intensity(intensity: IntensityConfig | dict | None) -> IntensityConfig:
 
 def _read_mask(path: str | Path) -> np.ndarray:
     """A label map as boolean: any label counts; an 8-bit picture mask counts where it is over half white."""
-    from anomalens.engine.io import read_scan
+    from .io import read_scan
 
     arr = read_scan(path).array
     top = float(arr.max()) if arr.size else 0.0
@@ -228,7 +228,7 @@ def _geometry_note(image: Volume, mask_vol: Volume) -> str | None:
 
 def _volume_data(volume: Volume, mask_path: str | Path, selection: str | None, cfg: IntensityConfig,
                  source: str, kind: str, size: int | None, grid: WorkingGrid | None = None) -> EvalData:
-    from anomalens.engine.io import read_scan
+    from .io import read_scan
 
     mask_vol = read_scan(mask_path)
     notes: list[str] = []
@@ -259,8 +259,8 @@ def _volume_data(volume: Volume, mask_path: str | Path, selection: str | None, c
 
 
 def _sample_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: WorkingGrid | None) -> EvalData:
-    from anomalens.engine.io.spec import load_spec
-    from anomalens.engine.samples import fetch_sample, sample_info
+    from .io.spec import load_spec
+    from .samples import fetch_sample, sample_info
 
     name = spec.image[len(SAMPLE_PREFIX):].strip()
     info = sample_info(name)
@@ -277,7 +277,7 @@ def _sample_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: W
 
 
 def _pair_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: WorkingGrid | None) -> EvalData:
-    from anomalens.engine.io.spec import load_spec
+    from .io.spec import load_spec
 
     assert spec.mask is not None
     volume = load_spec(spec.image)
@@ -343,7 +343,7 @@ def dataset_items(root: str | Path, split: str = "test") -> list[tuple[str, Path
 
 def _folder_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: WorkingGrid | None,
                  progress: ProgressCallback | None, cancel: CancelToken | None) -> EvalData:
-    from anomalens.engine.io import read_scan
+    from .io import read_scan
 
     root = Path(spec.image)
     items = dataset_items(root)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.progress import CancelToken, ProgressCallback, report
-from anomalens.engine.volume import Volume
+from .progress import CancelToken, ProgressCallback, report
+from .volume import Volume
 
 # The demo's first run trains its model, so it uses the detector that fits in seconds: the PatchCore-kind
 # reference. The Lorentz detector (fused with a memory bank) measures better on brain1 (bench/
@@ -42,7 +42,7 @@ class DemoOutput:
 
 def model_dir(detector: str) -> Path:
     """Where the demo keeps its trained bundle between runs."""
-    from anomalens.engine.paths import data_dir
+    from .paths import data_dir
 
     return data_dir() / "models" / f"demo-brain1-{detector}"
 
@@ -51,14 +51,14 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
              retrain: bool = False, progress: ProgressCallback | None = None,
              cancel: CancelToken | None = None) -> DemoOutput:
     """Run the whole job and write ``heatmap.nii.gz``, ``mask_scr.nii.gz`` and ``metrics.json`` to ``out``."""
-    from anomalens.engine.calibration import apply_calibration, calibrate_detector
-    from anomalens.engine.detectors import create_detector, load_bundle
-    from anomalens.engine.evaluation import onsite_data
-    from anomalens.engine.fileio import atomic_write_text
-    from anomalens.engine.io import write_like
-    from anomalens.engine.metrics import evaluate
-    from anomalens.engine.pipeline import model_grid
-    from anomalens.engine.preprocess.fov import from_working
+    from .calibration import apply_calibration, calibrate_detector
+    from .detectors import create_detector, load_bundle
+    from .evaluation import onsite_data
+    from .fileio import atomic_write_text
+    from .io import write_like
+    from .metrics import evaluate
+    from .pipeline import model_grid
+    from .preprocess.fov import from_working
 
     report(progress, 0.0, "fetching sample:brain1")
     data = onsite_data("brain1", healthy=["mni152"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from anomalens.engine.errors import DeviceError
+from .errors import DeviceError
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -74,7 +74,7 @@ def configure_threads(threads: int | str | None = None) -> int | None:
     """
     import os
 
-    from anomalens.engine.errors import ConfigError
+    from .errors import ConfigError
 
     raw = os.environ.get(THREADS_ENV) if threads is None else threads
     if raw is None or str(raw).strip() == "":

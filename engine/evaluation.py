@@ -13,21 +13,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.preprocess import foreground_mask
-from anomalens.engine.preprocess.fov import (
+from .errors import ConfigError
+from .preprocess import foreground_mask
+from .preprocess.fov import (
     Placement,
     WorkingGrid,
     mask_to_working,
     to_working,
 )
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.engine.protocol import SliceSplit, onsite_split
-from anomalens.engine.volume import Volume
+from .progress import CancelToken, ProgressCallback, check, report
+from .protocol import SliceSplit, onsite_split
+from .volume import Volume
 
 if TYPE_CHECKING:
-    from anomalens.engine.detectors.base import Detector
-    from anomalens.engine.pipeline import PreparedScan
+    from .detectors.base import Detector
+    from .pipeline import PreparedScan
 
 
 @dataclass
@@ -51,8 +51,8 @@ class OnsiteData:
 def _healthy_scan(spec: str, orientation: str | None, min_tissue: float,
                   max_slices: int) -> tuple[PreparedScan, np.ndarray]:
     """A healthy scan prepared for fitting, and the indices of its slices with enough tissue (subsampled)."""
-    from anomalens.engine.pipeline import load_volume, prepare
-    from anomalens.engine.preprocess.orient import reorient
+    from .pipeline import load_volume, prepare
+    from .preprocess.orient import reorient
 
     vol = load_volume(spec)
     if orientation:
@@ -67,7 +67,7 @@ def _healthy_scan(spec: str, orientation: str | None, min_tissue: float,
 def healthy_slices(spec: str, size: int, orientation: str | None = None, min_tissue: float = 0.15,
                    max_slices: int = 40) -> np.ndarray:
     """Axial slices of a healthy scan with enough tissue, evenly subsampled, on a working grid of its own."""
-    from anomalens.engine.pipeline import scans_grid, working_slices
+    from .pipeline import scans_grid, working_slices
 
     prepared, keep = _healthy_scan(spec, orientation, min_tissue, max_slices)
     if keep.size == 0:
@@ -89,10 +89,10 @@ def onsite_data(sample: str = "brain1", healthy: Sequence[str] = ("mni152",), ma
     calibrate on. On brain1 it matters: PatchCore's pixel AUROC is 0.965 with all 16 case slices fitted
     and 0.951 with 8 (seed 0; bench/bench_brain1.py --protocol issue|calibrated).
     """
-    from anomalens.engine.io import read_scan
-    from anomalens.engine.pipeline import load_volume, prepare, scan_placement, scans_grid, working_slices
-    from anomalens.engine.preprocess.orient import orientation_of
-    from anomalens.engine.samples import fetch_sample
+    from .io import read_scan
+    from .pipeline import load_volume, prepare, scan_placement, scans_grid, working_slices
+    from .preprocess.orient import orientation_of
+    from .samples import fetch_sample
 
     paths = fetch_sample(sample)
     if paths.mask is None:
@@ -140,7 +140,7 @@ def run_onsite(detector: str, data: OnsiteData, config: dict[str, Any] | None = 
     Calibration uses the held-out half of the case's lesion-free slices (never fitted on); without a
     held-out half (``onsite_data(hold_out=False)``) the operating-point metrics are None.
     """
-    from anomalens.engine.detectors import create_detector
+    from .detectors import create_detector
 
     det = create_detector(detector, config=config, device=device, seed=seed)
     t0 = time.perf_counter()
@@ -154,8 +154,8 @@ def run_onsite(detector: str, data: OnsiteData, config: dict[str, Any] | None = 
 def assess_onsite(det: Detector, data: OnsiteData, target_fpr: float = 0.01,
                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> dict[str, Any]:
     """Calibrate a fitted detector (when held-out normals exist), score the evaluated slices, measure."""
-    from anomalens.engine.calibration import apply_calibration, calibrate_detector
-    from anomalens.engine.metrics import evaluate
+    from .calibration import apply_calibration, calibrate_detector
+    from .metrics import evaluate
 
     check(cancel)
     cal_slices = data.calibration

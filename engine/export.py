@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
-from anomalens.engine.fileio import atomic_path
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.engine.volume import Volume
+from .errors import ConfigError, InvalidVolumeError
+from .fileio import atomic_path
+from .progress import CancelToken, ProgressCallback, check, report
+from .volume import Volume
 
 SEGMENT_LABEL = "Anomaly (AnomaLens)"
 #: Type 2 attributes (may be empty, must be present) of the patient and study modules that the SEG copies
@@ -32,14 +32,14 @@ POSITION_TOLERANCE_MM = 0.05
 
 def export_heatmap(volume: Volume, heatmap: np.ndarray, path: str | Path) -> Path:
     """The heatmap (float32, the scan's grid) as NIfTI/NRRD/MHA by suffix."""
-    from anomalens.engine.io import write_like
+    from .io import write_like
 
     return write_like(volume, np.asarray(heatmap, dtype=np.float32), path)
 
 
 def export_mask(volume: Volume, mask: np.ndarray, path: str | Path) -> Path:
     """The binary mask (uint8 0/1, the scan's grid) as NIfTI/NRRD/MHA by suffix."""
-    from anomalens.engine.io import write_like
+    from .io import write_like
 
     return write_like(volume, np.asarray(mask).astype(bool), path)
 
@@ -78,8 +78,8 @@ def save_png(rgb: np.ndarray, path: str | Path) -> Path:
 
 def _source_frames(volume: Volume) -> list[Any]:
     """The source series' frames in the reader's order (one per position), re-read from ``volume.source``."""
-    from anomalens.engine.io.base import resolve_max_bytes
-    from anomalens.engine.io.dicom import order_frames, read_header, scan_folder
+    from .io.base import resolve_max_bytes
+    from .io.dicom import order_frames, read_header, scan_folder
 
     src = Path(volume.source) if volume.source is not None else None
     if src is None or not src.exists():
@@ -127,8 +127,8 @@ def export_seg(volume: Volume, mask: np.ndarray, path: str | Path, *, series_des
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from anomalens.engine import __version__
-    from anomalens.engine.io.dicom import probe
+    from . import __version__
+    from .io.dicom import probe
 
     m = np.asarray(mask).astype(bool)
     if m.shape != volume.shape:

@@ -24,14 +24,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from anomalens.engine.detectors.bundle import MANIFEST, read_manifest, save_bundle
-from anomalens.engine.errors import ConfigError, ModelError
-from anomalens.engine.fileio import atomic_write_text
-from anomalens.engine.paths import data_dir
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+from .detectors.bundle import MANIFEST, read_manifest, save_bundle
+from .errors import ConfigError, ModelError
+from .fileio import atomic_write_text
+from .paths import data_dir
+from .progress import CancelToken, ProgressCallback, check, report
 
 if TYPE_CHECKING:
-    from anomalens.engine.detectors.base import Detector
+    from .detectors.base import Detector
 
 ACTIVE = "active.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -232,8 +232,8 @@ class SiteUpdate:
 
 def false_positive_area(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None) -> float | None:
     """Share of the tissue of normal slices that the calibrated plain threshold flags (None: not calibrated)."""
-    from anomalens.engine.calibration import apply_calibration
-    from anomalens.engine.preprocess.foreground import foreground_mask
+    from .calibration import apply_calibration
+    from .preprocess.foreground import foreground_mask
 
     if "normaliser" not in (detector.calibration or {}):
         return None
@@ -252,8 +252,8 @@ def fine_tune_site(detector: Detector, normals: np.ndarray, store: ModelStore, b
     calibration uses the same slices it is measured on, so the "after" area is close to ``target_fpr`` by
     construction; it shows the change, not an independent test. Nothing is saved if cancelled.
     """
-    from anomalens.engine.calibration import calibrate_detector
-    from anomalens.engine.preprocess.foreground import foreground_mask
+    from .calibration import calibrate_detector
+    from .preprocess.foreground import foreground_mask
 
     fg = foreground_mask(normals)
     fpr = target_fpr if target_fpr is not None else float((detector.calibration or {}).get("target_fpr", 0.01))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomalens.engine.preprocess.resize import to_tensor
+from .preprocess.resize import to_tensor
 
 
 @dataclass
@@ -39,7 +39,7 @@ class PatchFeatureExtractor:
 
     def __init__(self, backbone: str = "lite0", input_size: int = 224, levels: tuple[str, ...] = ("s8", "s16"),
                  patch_size: int = 3, device: torch.device | str = "cpu") -> None:
-        from anomalens.engine.backbones import load_backbone
+        from .backbones import load_backbone
 
         self.device = torch.device(device)
         self.backbone = load_backbone(backbone, device=self.device)

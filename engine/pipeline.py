@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.detectors import AnomalyResult, Detector, create_detector
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
-from anomalens.engine.fileio import atomic_path
-from anomalens.engine.preprocess import IntensityConfig, foreground_mask, normalise_volume
-from anomalens.engine.preprocess.fov import Placement, WorkingGrid, grid_for, place, shrink_warning, to_working
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.engine.volume import Volume
+from .detectors import AnomalyResult, Detector, create_detector
+from .errors import ConfigError, InvalidVolumeError
+from .fileio import atomic_path
+from .preprocess import IntensityConfig, foreground_mask, normalise_volume
+from .preprocess.fov import Placement, WorkingGrid, grid_for, place, shrink_warning, to_working
+from .progress import CancelToken, ProgressCallback, check, report
+from .volume import Volume
 
 
 @dataclass
@@ -50,7 +50,7 @@ class VolumeScore:
 
 def load_volume(spec: str, **read_opts: Any) -> Volume:
     """Read a scan from a SPEC (file, DICOM folder, ``sample:NAME``, optional ``#slices`` suffix)."""
-    from anomalens.engine.io.spec import load_spec
+    from .io.spec import load_spec
 
     return load_spec(spec, **read_opts)
 
@@ -70,7 +70,7 @@ def model_grid(detector: Detector) -> WorkingGrid | None:
 
 def scans_grid(scans: Sequence[PreparedScan], size: int | None = None) -> WorkingGrid:
     """The working grid a set of training scans defines (their largest body extent; ``grid_for``)."""
-    from anomalens.engine.preprocess.fov import body_extent_mm
+    from .preprocess.fov import body_extent_mm
 
     return grid_for([body_extent_mm(p.foreground, p.volume.spacing_zyx[1:]) for p in scans],
                     [p.volume.spacing_zyx[1:] for p in scans], size)
@@ -84,7 +84,7 @@ def scan_placement(prepared: PreparedScan, grid: WorkingGrid) -> Placement:
 def working_slices(prepared: PreparedScan, indices: Sequence[int] | np.ndarray,
                    grid: WorkingGrid | None) -> tuple[np.ndarray, Placement | None]:
     """Slices of a prepared scan as a model sees them, and where they lie (None: padded to a square)."""
-    from anomalens.engine.preprocess.resize import pad_to_square
+    from .preprocess.resize import pad_to_square
 
     sl = prepared.slices[np.asarray(indices, dtype=int)]
     if grid is None:
@@ -115,9 +115,9 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
     square and resizes it to ``size`` (or the first scan's side), as models without a grid expect. Empty
     slices (no tissue) are dropped since they teach nothing about anatomy.
     """
-    from anomalens.engine.preprocess import resize_slices
-    from anomalens.engine.preprocess.orient import orientation_of, reorient
-    from anomalens.engine.preprocess.resize import pad_to_square
+    from .preprocess import resize_slices
+    from .preprocess.orient import orientation_of, reorient
+    from .preprocess.resize import pad_to_square
 
     if not specs:
         raise ConfigError("no normal scans given")
@@ -181,7 +181,7 @@ def train(detector: str, normals: Sequence[str] | np.ndarray, config: dict | Non
 
 def parse_slices(selection: str | None, n: int) -> np.ndarray:
     """Parse ``3-10,14`` into sorted unique indices within [0, n)."""
-    from anomalens.engine.io.spec import parse_selection
+    from .io.spec import parse_selection
 
     if not selection:
         return np.arange(n)
@@ -223,7 +223,7 @@ def score_volume(detector: Detector, volume: Volume, slices: Sequence[int] | Non
 
 def _score_square(detector: Detector, slices: np.ndarray, cancel: CancelToken | None) -> AnomalyResult:
     """Score slices padded to a square (as the normals were in training) and crop the maps back."""
-    from anomalens.engine.preprocess.resize import pad_to_square
+    from .preprocess.resize import pad_to_square
 
     _, h, w = slices.shape
     if h == w:
@@ -241,7 +241,7 @@ def _score_square(detector: Detector, slices: np.ndarray, cancel: CancelToken | 
 
 def _back_to_scan(res: AnomalyResult, p: Placement, grid: WorkingGrid) -> AnomalyResult:
     """A result on the working grid, brought back to the scan's grid (maps, features, patch centres)."""
-    from anomalens.engine.preprocess.fov import from_working
+    from .preprocess.fov import from_working
 
     feats = None
     if res.features is not None and res.features.ndim == 3:
@@ -266,7 +266,7 @@ def merge_results(parts: Sequence[AnomalyResult]) -> AnomalyResult:
     """Concatenate batch results (embeddings get their slice indices offset)."""
     if len(parts) == 1:
         return parts[0]
-    from anomalens.engine.detectors import Embeddings
+    from .detectors import Embeddings
 
     feats = None if any(p.features is None for p in parts) else np.concatenate([p.features for p in parts])
     emb = None
@@ -289,7 +289,7 @@ def merge_results(parts: Sequence[AnomalyResult]) -> AnomalyResult:
 
 def write_score_outputs(vs: VolumeScore, out_dir: str | Path) -> dict[str, Path]:
     """Write ``heatmap.nii.gz`` on the input's grid and ``scores.csv`` (slice, score), atomically."""
-    from anomalens.engine.io import write_like
+    from .io import write_like
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -352,8 +352,8 @@ def evaluate_model(detector: Detector, data: Any, scr: bool = True, reduce: str 
     the model's calibration (normals only); an uncalibrated model gets None for them, with a note.
     ``best_dice`` is tuned on this very data and is labelled as an upper bound wherever it is shown.
     """
-    from anomalens.engine.calibration import apply_calibration
-    from anomalens.engine.metrics import evaluate
+    from .calibration import apply_calibration
+    from .metrics import evaluate
 
     notes: list[str] = list(getattr(data, "notes", []))
     cal = detector.calibration or {}

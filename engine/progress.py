@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import TypeVar
 
-from anomalens.engine.errors import Cancelled
+from .errors import Cancelled
 
 T = TypeVar("T")
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anomalens.engine.detectors.result import Embeddings
-from anomalens.engine.errors import ConfigError
+from .detectors.result import Embeddings
+from .errors import ConfigError
 
 #: Points used to fit the principal directions; more are projected but not used for fitting.
 MAX_FIT = 20_000
@@ -84,7 +84,7 @@ def tangent_vectors(emb: Embeddings) -> tuple[np.ndarray, bool]:
     if emb.manifold in HYPERBOLIC:
         if not emb.curvature > 0:
             raise ConfigError(f"{emb.manifold} embeddings need a positive curvature, got {emb.curvature}")
-        from anomalens.engine.geometry import lorentz, poincare
+        from .geometry import lorentz, poincare
 
         t = torch.from_numpy(pts)
         if emb.manifold == "lorentz":
@@ -145,7 +145,7 @@ def to_disk(u: np.ndarray, c: float) -> np.ndarray:
     """
     import torch
 
-    from anomalens.engine.geometry import lorentz
+    from .geometry import lorentz
 
     if len(u) == 0:
         return np.zeros((0, 2))
@@ -178,7 +178,7 @@ def _lorentz_cut(emb: Embeddings, basis: np.ndarray, c: float) -> np.ndarray | N
     """Where the Lorentz hyperplane ``(z, a)`` cuts the displayed plane, on the unit disk (None: it misses)."""
     import torch
 
-    from anomalens.engine.geometry import lorentz
+    from .geometry import lorentz
 
     z = np.asarray(emb.hyperplane, dtype=np.float64).reshape(-1)
     if z.shape[0] != basis.shape[0]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError
+from .errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.fileio import atomic_dir, atomic_write_bytes, atomic_write_text
-from anomalens.engine.metrics import METRIC_KEYS
+from .errors import ConfigError
+from .fileio import atomic_dir, atomic_write_bytes, atomic_write_text
+from .metrics import METRIC_KEYS
 
 #: Pixels behind the ROC and PR plots (drawing needs far fewer than the metrics).
 CURVE_PIXELS = 200_000
@@ -209,7 +209,7 @@ def pixel_curves(maps: np.ndarray, masks: np.ndarray, foreground: np.ndarray, ma
     """Pixel-level ROC and PR curves inside the foreground (None entries when a class is missing)."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    from anomalens.engine.metrics._inputs import pixel_sample
+    from .metrics._inputs import pixel_sample
 
     s, y, w = pixel_sample(np.asarray(maps, np.float32), np.asarray(masks, bool), np.asarray(foreground, bool),
                            max_pixels, seed)

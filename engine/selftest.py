@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+from .progress import CancelToken, ProgressCallback, check, report
 
 #: The bundled scan: axial slices of the MNI152 template with brain in them (shipped in nilearn's data).
 DEFAULT_SAMPLE = "sample:mni152#70-81"
@@ -67,7 +67,7 @@ class SelfTestReport:
 
 def installation() -> str:
     """Which installation runs: a frozen bundle (with its folder) or a Python environment."""
-    from anomalens.engine import __version__
+    from . import __version__
 
     if getattr(sys, "frozen", False):
         return f"anomalens {__version__}, frozen bundle in {Path(sys.executable).parent}"
@@ -92,9 +92,9 @@ def run_self_test(out: str | Path | None = None, sample: str = DEFAULT_SAMPLE, d
     Raises:
         SelfTestFailed: a step failed; ``step`` names it, the message carries the cause.
     """
-    from anomalens.engine import pipeline
-    from anomalens.engine.demo import DEFAULT_DETECTOR
-    from anomalens.engine.io.spec import split_spec
+    from . import pipeline
+    from .demo import DEFAULT_DETECTOR
+    from .io.spec import split_spec
 
     name = detector or DEFAULT_DETECTOR
     cfg = dict(_small_config(name) if config is None else config)
@@ -133,7 +133,7 @@ def _small_config(name: str) -> dict[str, Any]:
     """The listed small configuration, else the detector's own ``test_config`` (its seconds-long setting)."""
     if name in SMALL_CONFIGS:
         return SMALL_CONFIGS[name]
-    from anomalens.engine.detectors import get_detector_class
+    from .detectors import get_detector_class
 
     try:
         return get_detector_class(name).test_config()
@@ -154,7 +154,7 @@ def _workdir(out: str | Path | None) -> Iterator[Path]:
 
 def _step(rep: SelfTestReport, step: str, work: Callable[[], T], describe: Callable[[T], str]) -> T:
     """Run one step, time it and record it; any failure becomes ``SelfTestFailed`` naming the step."""
-    from anomalens.engine.errors import Cancelled
+    from .errors import Cancelled
 
     t0 = time.perf_counter()
     try:
@@ -170,7 +170,7 @@ def _step(rep: SelfTestReport, step: str, work: Callable[[], T], describe: Calla
 
 def _check_detectors(name: str) -> list[str]:
     """Every registered detector must load (a frozen bundle that lost entry-point metadata finds none)."""
-    from anomalens.engine.detectors import available_detectors, get_detector_class
+    from .detectors import available_detectors, get_detector_class
 
     names = available_detectors()
     if name not in names:
@@ -199,7 +199,7 @@ def _roundtrip(det: Any, path: Path, device: str) -> Any:
     """Save as a bundle and load it back: safetensors and the registry must both work in the bundle."""
     import shutil
 
-    from anomalens.engine.detectors import load_bundle
+    from .detectors import load_bundle
 
     if path.exists():
         shutil.rmtree(path)
@@ -209,7 +209,7 @@ def _roundtrip(det: Any, path: Path, device: str) -> Any:
 
 def _verify(path: Path, volume: Any) -> tuple[int, ...]:
     """Read the written heatmap back from disk: the scan's shape, finite, and not one constant value."""
-    from anomalens.engine.io import read_scan
+    from .io import read_scan
 
     heat = read_scan(path)
     data = np.asarray(heat.array)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import InvalidVolumeError
+from .errors import InvalidVolumeError
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.volume import Volume, Window
+from .errors import ConfigError
+from .volume import Volume, Window
 
 PRESETS_FILE = "window_presets.json"
 #: Voxels sampled for percentile windows: enough for stable percentiles, cheap on a 512³ scan.

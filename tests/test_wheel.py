@@ -57,6 +57,33 @@ def test_no_top_level_app_or_engine(wheel: Path) -> None:
     assert "anomalens" in tops
 
 
+def test_the_root_is_the_package_and_nothing_else_of_it_ships(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "anomalens/__init__.py" in names
+    shipped = {n.split("/")[1] for n in names if n.startswith("anomalens/") and n.count("/") > 1}
+    assert shipped == set(FOLDERS), shipped  # no tests/, bench/, installer/ or docs/ inside the package
+
+
+def test_source_folders_import_only_as_anomalens() -> None:
+    """Starting Python in the repository root must not give a second copy of every module (``engine.x``)."""
+    for folder in FOLDERS:
+        proc = subprocess.run([sys.executable, "-c", f"import {folder}"], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode != 0 and f"import anomalens.{folder}" in proc.stderr, (folder, proc.stderr)
+    proc = subprocess.run([sys.executable, "-c", "import anomalens.engine.pipeline as m; print(m.__file__)"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0 and Path(proc.stdout.strip()) == ROOT / "engine" / "pipeline.py", proc.stderr
+
+
+def test_package_modules_import_each_other_relatively() -> None:
+    """Tools that read imports from the files (not through an installed package) see every arrow."""
+    import re
+
+    absolute = re.compile(r"^\s*(from|import) anomalens[.\s]", re.M)
+    offenders = [str(py.relative_to(ROOT)) for folder in FOLDERS for py in (ROOT / folder).rglob("*.py")
+                 if absolute.search(py.read_text(encoding="utf-8"))]
+    assert not offenders, offenders
+
+
 def test_entry_points_declared(wheel: Path) -> None:
     zf = zipfile.ZipFile(wheel)
     ep = next(n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt"))

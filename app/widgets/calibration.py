@@ -27,20 +27,20 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from anomalens.app.jobs import JobRunner
-from anomalens.app.messages import notify_error, notify_info
-from anomalens.app.reader import ROLE_KEY, VOLUME_KEY
-from anomalens.app.results import current_index, goto_index
-from anomalens.app.state import AnomaLensState, get_state
-from anomalens.engine.errors import AnomaLensError
+from ...engine.errors import AnomaLensError
+from ..jobs import JobRunner
+from ..messages import notify_error, notify_info
+from ..reader import ROLE_KEY, VOLUME_KEY
+from ..results import current_index, goto_index
+from ..state import AnomaLensState, get_state
 
 if TYPE_CHECKING:
     import napari
 
-    from anomalens.engine.caselib import CaseLibrary
-    from anomalens.engine.detectors import Detector
-    from anomalens.engine.modelstore import BundleInfo, ModelStore, SiteUpdate
-    from anomalens.engine.volume import Volume
+    from ...engine.caselib import CaseLibrary
+    from ...engine.detectors import Detector
+    from ...engine.modelstore import BundleInfo, ModelStore, SiteUpdate
+    from ...engine.volume import Volume
 
 LIBRARY_KEY = "case_library"
 STUDY_KEY = "study_key"
@@ -51,7 +51,7 @@ STUDY_KEY = "study_key"
 
 def case_library(state: AnomaLensState) -> CaseLibrary:
     """The viewer's case library (opened on first use at the default path, ``ANOMALENS_DATA_DIR`` aware)."""
-    from anomalens.engine.caselib import CaseLibrary
+    from ...engine.caselib import CaseLibrary
 
     lib = state.extras.get(LIBRARY_KEY)
     if lib is None or lib.closed:
@@ -61,7 +61,7 @@ def case_library(state: AnomaLensState) -> CaseLibrary:
 
 def current_study(state: AnomaLensState) -> str | None:
     """The case-library key of the shown scan (cached per volume; None without a scan)."""
-    from anomalens.engine.caselib import study_key
+    from ...engine.caselib import study_key
 
     vol = state.volume
     if vol is None:
@@ -76,7 +76,7 @@ def current_study(state: AnomaLensState) -> str | None:
 
 def sync_marks(state: AnomaLensState) -> list[int]:
     """Read the shown study's marks from the library into ``state`` (as array z indices) and return them."""
-    from anomalens.engine.caselib import array_slices
+    from ...engine.caselib import array_slices
 
     key = current_study(state)
     if key is None or state.volume is None:
@@ -90,7 +90,7 @@ def sync_marks(state: AnomaLensState) -> list[int]:
 def mark_normal(state: AnomaLensState, z: list[int], source: str,
                 patches: list[tuple[int, float, float]] | None = None) -> list[int]:
     """Mark array slices ``z`` of the shown scan normal (in one transaction); returns the newly marked z."""
-    from anomalens.engine.caselib import array_slices, original_slices
+    from ...engine.caselib import array_slices, original_slices
 
     vol = state.volume
     if vol is None:
@@ -122,7 +122,7 @@ def scan_layer(viewer: napari.viewer.Viewer, state: AnomaLensState) -> Any:
 
 def ensure_volume(viewer: napari.viewer.Viewer, state: AnomaLensState) -> Volume | None:
     """``state.volume``, taken from the scan layer when no dock has set one yet."""
-    from anomalens.app.reader import volume_for_layer
+    from ..reader import volume_for_layer
 
     if state.volume is None:
         layer = scan_layer(viewer, state)
@@ -170,9 +170,9 @@ def fine_tune_work(detector: Detector, model_path: Path | None, volume: Volume, 
     """Worker: a fresh copy of the model, fine-tuned and recalibrated on slices ``z``, saved as a new version."""
     import copy
 
-    from anomalens.engine.detectors import load_bundle
-    from anomalens.engine.modelstore import fine_tune_site
-    from anomalens.engine.pipeline import model_grid, prepare, working_slices
+    from ...engine.detectors import load_bundle
+    from ...engine.modelstore import fine_tune_site
+    from ...engine.pipeline import model_grid, prepare, working_slices
 
     progress(0.0, "copying the model")
     work = load_bundle(model_path, device=str(detector.device)) if model_path is not None \
@@ -369,7 +369,7 @@ class CalibrationWidget(QWidget):
 
     def unmark_current_slice(self) -> list[int]:
         """Remove the current slice's mark."""
-        from anomalens.engine.caselib import array_slices, original_slices
+        from ...engine.caselib import array_slices, original_slices
 
         key, vol = current_study(self.state), self.state.volume
         if key is None or vol is None:
@@ -392,7 +392,7 @@ class CalibrationWidget(QWidget):
     # -- fine-tuning -----------------------------------------------------------------------------
     def fine_tune(self) -> bool:
         """Fine-tune and recalibrate the loaded model on the marked slices, in the background."""
-        from anomalens.engine.modelstore import ModelStore
+        from ...engine.modelstore import ModelStore
 
         det, vol, marked = self.state.detector, self.state.volume, self.marked_slices()
         if det is None or vol is None or not marked:
@@ -414,7 +414,7 @@ class CalibrationWidget(QWidget):
     # -- versions --------------------------------------------------------------------------------
     def refresh_versions(self, *_: Any) -> None:
         """List the versions of the loaded model's site profile (the active one marked ●)."""
-        from anomalens.engine.modelstore import ModelStore
+        from ...engine.modelstore import ModelStore
 
         self.versions.clear()
         store = ModelStore()
@@ -448,8 +448,8 @@ class CalibrationWidget(QWidget):
 
     def rollback(self, version: str | None = None) -> bool:
         """Make ``version`` (default: the selected row) the profile's active version and load it."""
-        from anomalens.engine.detectors import load_bundle
-        from anomalens.engine.modelstore import ModelStore
+        from ...engine.detectors import load_bundle
+        from ...engine.modelstore import ModelStore
 
         store = ModelStore()
         profile, _ = profile_of(store, self.state.model_path)

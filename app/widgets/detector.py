@@ -27,11 +27,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from anomalens.app.jobs import JobRunner
-from anomalens.app.messages import notify_error, notify_info, notify_warning
-from anomalens.app.paths import describe_bundle, list_bundles, models_dir
-from anomalens.app.reader import ROLE_KEY, volume_for_layer
-from anomalens.app.results import (
+from ...engine.errors import AnomaLensError, ModelError
+from ..jobs import JobRunner
+from ..messages import notify_error, notify_info, notify_warning
+from ..paths import describe_bundle, list_bundles, models_dir
+from ..reader import ROLE_KEY, volume_for_layer
+from ..results import (
     ScanResults,
     ScoreOutcome,
     current_index,
@@ -41,15 +42,14 @@ from anomalens.app.results import (
     score_work,
     show_results,
 )
-from anomalens.app.state import get_state
-from anomalens.app.widgets.score_plot import ScorePlot
-from anomalens.engine.errors import AnomaLensError, ModelError
+from ..state import get_state
+from .score_plot import ScorePlot
 
 if TYPE_CHECKING:
     import napari
 
-    from anomalens.engine.detectors import Detector
-    from anomalens.engine.volume import Volume
+    from ...engine.detectors import Detector
+    from ...engine.volume import Volume
 
 HIGHLIGHT_LAYER = "AnomaLens patch"
 #: What "Train from marked normals" fits unless another detector is chosen: the reference baseline.
@@ -63,8 +63,8 @@ class DetectorWidget(QWidget):
     train_config: dict[str, Any] | None = None
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
-        from anomalens.engine.detectors import detector_choices
-        from anomalens.engine.device import available_devices
+        from ...engine.detectors import detector_choices
+        from ...engine.device import available_devices
 
         super().__init__(parent)
         self.viewer = napari_viewer
@@ -227,7 +227,7 @@ class DetectorWidget(QWidget):
         return self._load(path)
 
     def _load(self, path: Path) -> bool:
-        from anomalens.engine.detectors import load_bundle
+        from ...engine.detectors import load_bundle
 
         device = self.device_combo.currentText() or "cpu"
 
@@ -294,7 +294,7 @@ class DetectorWidget(QWidget):
         text = modality_warning(det, vol)
         prepared = self.state.prepared
         if not text and prepared is not None:
-            from anomalens.engine.pipeline import field_of_view_warning
+            from ...engine.pipeline import field_of_view_warning
 
             text = field_of_view_warning(det, prepared)
         if text:
@@ -451,9 +451,9 @@ def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: s
     model scores its own training data low); the bundle's note says so, and the Calibration dock can
     recalibrate on other normals.
     """
-    from anomalens.engine.calibration import calibrate_detector
-    from anomalens.engine.modelstore import ModelStore
-    from anomalens.engine.pipeline import prepare, scans_grid, train, working_slices
+    from ...engine.calibration import calibrate_detector
+    from ...engine.modelstore import ModelStore
+    from ...engine.pipeline import prepare, scans_grid, train, working_slices
 
     prepared = prepare(volume)
     grid = scans_grid([prepared])

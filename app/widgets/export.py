@@ -16,17 +16,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from anomalens.app.jobs import JobRunner
-from anomalens.app.messages import notify_error, notify_info
-from anomalens.app.results import find_layer
-from anomalens.app.state import get_state
-from anomalens.engine.errors import AnomaLensError, ConfigError
+from ...engine.errors import AnomaLensError, ConfigError
+from ..jobs import JobRunner
+from ..messages import notify_error, notify_info
+from ..results import find_layer
+from ..state import get_state
 
 if TYPE_CHECKING:
     import napari
 
-    from anomalens.app.results import ScanResults
-    from anomalens.engine.volume import Volume
+    from ...engine.volume import Volume
+    from ..results import ScanResults
 
 #: kind → (dialog title, file filter, default suffix)
 TARGETS: dict[str, tuple[str, str, str]] = {
@@ -177,7 +177,7 @@ class ExportWidget(QWidget):
     # -- exports -----------------------------------------------------------------------------------
     def export_heatmap(self, path: str | Path | None = None) -> bool:
         """Write the heatmap as NIfTI (NRRD/MHA by suffix) on the scan's geometry."""
-        from anomalens.engine.export import export_heatmap
+        from ...engine.export import export_heatmap
 
         res, heat = self.results(), self.current_heatmap()
         if res is None or heat is None:
@@ -188,7 +188,7 @@ class ExportWidget(QWidget):
 
     def export_mask(self, path: str | Path | None = None) -> bool:
         """Write the mask as shown (hand edits included) as NIfTI on the scan's geometry."""
-        from anomalens.engine.export import export_mask
+        from ...engine.export import export_mask
 
         res, mask = self.results(), self.current_mask()
         if res is None or mask is None:
@@ -199,7 +199,7 @@ class ExportWidget(QWidget):
 
     def export_seg(self, path: str | Path | None = None) -> bool:
         """Write the mask as shown as a DICOM SEG referencing the source series (DICOM scans only)."""
-        from anomalens.engine.export import export_seg
+        from ...engine.export import export_seg
 
         res, mask = self.results(), self.current_mask()
         if res is None or mask is None:
@@ -214,7 +214,7 @@ class ExportWidget(QWidget):
 
     def export_snapshot(self, path: str | Path | None = None, canvas_only: bool = False) -> bool:
         """Save what the viewer shows as PNG (grabbed now on the UI thread, written in the background)."""
-        from anomalens.engine.export import save_png
+        from ...engine.export import save_png
 
         res = self.results()
         name = f"{res.layer_name}_view" if res is not None else "anomalens_view"
@@ -230,7 +230,7 @@ class ExportWidget(QWidget):
 
     def export_scores(self, path: str | Path | None = None) -> bool:
         """Write ``slice,score,mask_voxels`` for every scored slice (z as in the scan's array)."""
-        from anomalens.engine.export import export_scores_csv
+        from ...engine.export import export_scores_csv
 
         res, mask = self.results(), self.current_mask()
         if res is None or not res.slice_scores:

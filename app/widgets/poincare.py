@@ -19,19 +19,19 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
-from anomalens.app.messages import notify_error, notify_info
-from anomalens.app.reader import ROLE_KEY
-from anomalens.app.results import current_index, find_layer, goto_index
-from anomalens.app.state import get_state
-from anomalens.app.widgets.calibration import ensure_volume, mark_normal, scan_layer
-from anomalens.engine.errors import AnomaLensError
+from ...engine.errors import AnomaLensError
+from ..messages import notify_error, notify_info
+from ..reader import ROLE_KEY
+from ..results import current_index, find_layer, goto_index
+from ..state import get_state
+from .calibration import ensure_volume, mark_normal, scan_layer
 
 if TYPE_CHECKING:
     import napari
 
-    from anomalens.engine.detectors import Embeddings
-    from anomalens.engine.pipeline import VolumeScore
-    from anomalens.engine.projection import DiskProjection
+    from ...engine.detectors import Embeddings
+    from ...engine.pipeline import VolumeScore
+    from ...engine.projection import DiskProjection
 
 HIGHLIGHT_LAYER = "AnomaLens patch"
 MODES = ("Patches of the current slice", "One point per slice")
@@ -97,7 +97,7 @@ class EmbeddingStore:
 
     def combined(self) -> Embeddings | None:
         """All stored slices as one ``Embeddings`` whose ``slice_index`` is the volume z."""
-        from anomalens.engine.detectors import Embeddings
+        from ...engine.detectors import Embeddings
 
         if not self.slices:
             return None
@@ -114,7 +114,7 @@ class EmbeddingStore:
 
 def project_both(emb: Embeddings) -> tuple[DiskProjection, DiskProjection]:
     """Per-patch and per-slice projections of the same embeddings (worker thread)."""
-    from anomalens.engine.projection import project_embeddings
+    from ...engine.projection import project_embeddings
 
     return project_embeddings(emb, per_slice=False), project_embeddings(emb, per_slice=True)
 

@@ -27,11 +27,11 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from anomalens.app.jobs import JobRunner
-from anomalens.app.livecut import LiveCut, refine_scored
-from anomalens.app.results import current_index, find_layer, write_mask
-from anomalens.app.state import ScrParams, get_state
-from anomalens.engine.postprocess.scr import DEFAULT_TEMPERATURE
+from ...engine.postprocess.scr import DEFAULT_TEMPERATURE
+from ..jobs import JobRunner
+from ..livecut import LiveCut, refine_scored
+from ..results import current_index, find_layer, write_mask
+from ..state import ScrParams, get_state
 
 if TYPE_CHECKING:
     import napari

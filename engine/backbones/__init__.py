@@ -22,9 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anomalens.engine.device import resolve_device
-from anomalens.engine.errors import ConfigError, InvalidVolumeError, MissingWeightsError
-from anomalens.engine.preprocess.resize import resize_tensor
+from ..device import resolve_device
+from ..errors import ConfigError, InvalidVolumeError, MissingWeightsError
+from ..preprocess.resize import resize_tensor
 
 BACKBONE_NAMES = ("lite0", "lite1", "lite2", "wrn50")
 LEVELS = ("s8", "s16")
@@ -138,10 +138,10 @@ def parse_spec(spec: str) -> tuple[str, Path | None]:
 def _network(name: str) -> tuple[nn.Module, int, tuple[tuple[float, ...], tuple[float, ...]], str]:
     """(untrained network, input size, normalisation, human name) of a backbone name."""
     if name == "wrn50":
-        from anomalens.engine.backbones.wide_resnet import WideResNet50
+        from .wide_resnet import WideResNet50
 
         return WideResNet50(), WideResNet50.input_size, IMAGENET_NORM, "WideResNet-50-2 (torchvision layout)"
-    from anomalens.engine.backbones.efficientnet_lite import EfficientNetLite
+    from .efficientnet_lite import EfficientNetLite
 
     net = EfficientNetLite(name)
     return net, net.input_size, LITE_NORM, f"EfficientNet-{name.capitalize()}"
@@ -156,7 +156,7 @@ def build_backbone(name: str, state: dict[str, torch.Tensor] | None = None,
     meaningful for anomaly detection. Batch norms are folded into the convolutions after loading (in
     ``dtype``; float64 only serves exactness checks against a reference implementation).
     """
-    from anomalens.engine.backbones.weights import load_into
+    from .weights import load_into
 
     name, _ = parse_spec(name)
     dev = resolve_device(device)
@@ -172,7 +172,7 @@ def build_backbone(name: str, state: dict[str, torch.Tensor] | None = None,
 
 def weights_file(spec: str) -> Path:
     """The weight file a spec resolves to (package, user file or torch hub cache), without loading it."""
-    from anomalens.engine.backbones.weights import find_wrn50_weights, lite_weights_path
+    from .weights import find_wrn50_weights, lite_weights_path
 
     name, path = parse_spec(spec)
     if name == "wrn50":
@@ -193,7 +193,7 @@ def load_backbone(spec: str = "lite0", device: str | torch.device = "cpu") -> Ba
         ModelError: a weight file is damaged or is not the named network's.
         DeviceError: the device is unavailable.
     """
-    from anomalens.engine.backbones.weights import read_state_dict
+    from .weights import read_state_dict
 
     name, _ = parse_spec(spec)
     resolve_device(device)  # fail on a bad device before reading hundreds of megabytes

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from anomalens.engine.backbones._layers import Conv2dSame, fold_pairs
+from ._layers import Conv2dSame, fold_pairs
 
 # TF's batch-norm epsilon for the EfficientNet family (PyTorch's default 1e-5 would shift every feature).
 BN_EPS = 1e-3

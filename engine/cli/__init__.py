@@ -8,7 +8,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point."""
-    from anomalens.engine.cli.main import main as _main
+    from .main import main as _main
 
     try:
         code = _main(argv)

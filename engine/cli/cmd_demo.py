@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from anomalens.engine.cli.main import emit
-from anomalens.engine.cli.progressbar import terminal_progress
+from .main import emit
+from .progressbar import terminal_progress
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from anomalens.engine.demo import DEFAULT_DETECTOR
+    from ..demo import DEFAULT_DETECTOR
 
     p = sub.add_parser("demo", parents=[common], help="run the main job on sample:brain1, write demo-output/")
     p.add_argument("--out", type=Path, default=Path("demo-output"), help="output folder (default demo-output)")
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from anomalens.engine.demo import run_demo
+    from ..demo import run_demo
 
     with terminal_progress(f"demo: {args.detector} on brain1") as progress:
         res = run_demo(args.out, args.detector, args.device, args.retrain, progress=progress)

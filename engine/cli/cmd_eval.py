@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.cli.main import emit
-from anomalens.engine.cli.progressbar import terminal_progress
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.progress import ProgressCallback, stage
+from ..errors import ConfigError
+from ..progress import ProgressCallback, stage
+from .main import emit
+from .progressbar import terminal_progress
 
 #: The keys ``anomalens eval --json`` always prints (scripts may rely on them).
 STABLE_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "best_dice", "dice", "precision",
@@ -43,7 +43,7 @@ best Dice is threshold-tuned on the test data itself and is only an upper bound.
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from anomalens.engine.device import DEVICE_CHOICES
+    from ..device import DEVICE_CHOICES
 
     c = sub.add_parser("calibrate", parents=[common], help="calibrate a model from normal scans only (new bundle)",
                        description=CALIBRATE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -81,8 +81,8 @@ def fp_areas(detector: Any, normals: np.ndarray, foreground: np.ndarray,
 
     Each calibration is applied as stored (its own SCR mode), so "before" and "after" compare like with like.
     """
-    from anomalens.engine.calibration import apply_calibration
-    from anomalens.engine.pipeline import score_slices
+    from ..calibration import apply_calibration
+    from ..pipeline import score_slices
 
     result, _ = score_slices(detector, normals, progress=progress)
     cal = apply_calibration(detector, result, normals, foreground, scr=True)
@@ -96,11 +96,11 @@ def _pct(v: float | None) -> str:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from anomalens.engine.calibration import calibrate_detector
-    from anomalens.engine.detectors import load_bundle, read_manifest, save_bundle
-    from anomalens.engine.detectors.base import fingerprint
-    from anomalens.engine.pipeline import gather_normals, model_grid
-    from anomalens.engine.preprocess import foreground_mask
+    from ..calibration import calibrate_detector
+    from ..detectors import load_bundle, read_manifest, save_bundle
+    from ..detectors.base import fingerprint
+    from ..pipeline import gather_normals, model_grid
+    from ..preprocess import foreground_mask
 
     if not 0.0 < args.target_fpr < 0.5:
         raise ConfigError(f"--target-fpr must be between 0 and 0.5, got {args.target_fpr}")
@@ -163,7 +163,7 @@ def format_num(v: float | None) -> str:
 
 def human_eval(m: dict[str, Any]) -> str:
     """The metric table for people; best Dice is labelled as the upper bound it is."""
-    from anomalens.engine.report import format_ci, format_value
+    from ..report import format_ci, format_value
 
     rows = [
         ("image AUROC", "image_auroc", ""), ("image AP", "image_ap", ""),
@@ -187,10 +187,10 @@ def human_eval(m: dict[str, Any]) -> str:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from anomalens.engine.datasets import load_eval_data
-    from anomalens.engine.detectors import load_bundle
-    from anomalens.engine.pipeline import evaluate_model, model_grid
-    from anomalens.engine.report import jsonable, write_report
+    from ..datasets import load_eval_data
+    from ..detectors import load_bundle
+    from ..pipeline import evaluate_model, model_grid
+    from ..report import jsonable, write_report
 
     if args.bootstrap < 0 or args.batch_size < 1:
         raise ConfigError("--bootstrap must be ≥ 0 and --batch-size ≥ 1")

@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from anomalens.engine.cli.main import emit
-from anomalens.engine.cli.progressbar import terminal_progress
-from anomalens.engine.errors import ConfigError
+from ..errors import ConfigError
+from .main import emit
+from .progressbar import terminal_progress
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def parse_options(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from anomalens.engine.device import DEVICE_CHOICES
+    from ..device import DEVICE_CHOICES
 
     p = sub.add_parser("train", parents=[common], help="fit a detector on normal scans")
     p.add_argument("--detector", default="lorentz", help="registered detector name (see 'anomalens detectors')")
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_detectors(args: argparse.Namespace) -> int:
-    from anomalens.engine.detectors import available_detectors, get_detector_class
+    from ..detectors import available_detectors, get_detector_class
 
     rows = []
     for name in available_detectors():
@@ -82,8 +82,8 @@ def run_detectors(args: argparse.Namespace) -> int:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from anomalens.engine.detectors import get_detector_class
-    from anomalens.engine.pipeline import train
+    from ..detectors import get_detector_class
+    from ..pipeline import train
 
     if args.out.exists():
         raise ConfigError(f"{args.out} already exists; models are never overwritten, choose a new folder")
@@ -116,14 +116,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from anomalens.engine.batch import is_batch
+    from ..batch import is_batch
 
     inputs = list(args.input)
     if is_batch(inputs) or args.workers is not None or args.scheduler is not None:
         return run_score_batch(args, inputs)
 
-    from anomalens.engine.detectors import load_bundle
-    from anomalens.engine.pipeline import load_volume, parse_slices, score_volume, write_score_outputs
+    from ..detectors import load_bundle
+    from ..pipeline import load_volume, parse_slices, score_volume, write_score_outputs
 
     det = load_bundle(args.model, device=args.device)
     volume = load_volume(inputs[0])
@@ -145,7 +145,7 @@ def run_score(args: argparse.Namespace) -> int:
 
 def run_score_batch(args: argparse.Namespace, inputs: list[str]) -> int:
     """Batch mode of ``score``: exit 0 when every study has results, 1 (with a summary) when some failed."""
-    from anomalens.engine.batch import run_batch
+    from ..batch import run_batch
 
     if args.slices:
         raise ConfigError("--slices applies to one INPUT; in a batch add #slices to each study's SPEC")

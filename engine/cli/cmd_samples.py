@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from anomalens.engine.cli.main import emit
-from anomalens.engine.cli.progressbar import terminal_progress
+from .main import emit
+from .progressbar import terminal_progress
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from anomalens.engine.samples import list_samples
+    from ..samples import list_samples
 
     infos = list_samples()
     rows = [dataclasses.asdict(i) for i in infos]
@@ -34,7 +34,7 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_fetch(args: argparse.Namespace) -> int:
-    from anomalens.engine.samples import fetch_sample
+    from ..samples import fetch_sample
 
     with terminal_progress(f"fetching {args.name}") as progress:
         paths = fetch_sample(args.name, progress=progress)

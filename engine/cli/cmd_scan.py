@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from anomalens.engine.cli.main import emit
+from .main import emit
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -19,9 +19,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from anomalens.engine.errors import MultipleSeriesError
-    from anomalens.engine.io import describe
-    from anomalens.engine.pipeline import load_volume
+    from ..errors import MultipleSeriesError
+    from ..io import describe
+    from ..pipeline import load_volume
 
     try:
         volume = load_volume(args.path, series_uid=args.series, nan_policy=args.nan, max_bytes=args.max_bytes)

@@ -10,12 +10,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from anomalens.engine.cli.main import emit
+from .main import emit
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    from anomalens.engine.device import DEVICE_CHOICES
-    from anomalens.engine.selftest import DEFAULT_SAMPLE
+    from ..device import DEVICE_CHOICES
+    from ..selftest import DEFAULT_SAMPLE
 
     p = sub.add_parser("self-test", parents=[common],
                        help="check this installation offline: train, score and write a heatmap on a bundled scan")
@@ -29,8 +29,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
 
 
 def run(args: argparse.Namespace) -> int:
-    from anomalens.engine.cli.progressbar import terminal_progress
-    from anomalens.engine.selftest import SelfTestFailed, run_self_test
+    from ..selftest import SelfTestFailed, run_self_test
+    from .progressbar import terminal_progress
 
     try:
         with terminal_progress("self-test") as progress:

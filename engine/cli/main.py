@@ -12,8 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from anomalens.engine.errors import AnomaLensError, Cancelled
-from anomalens.engine.logredact import RedactingFormatter
+from ..errors import AnomaLensError, Cancelled
+from ..logredact import RedactingFormatter
 
 log = logging.getLogger("anomalens")
 
@@ -29,8 +29,8 @@ def emit(args: argparse.Namespace, data: Any, text: str | None = None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from anomalens.engine import __version__
-    from anomalens.engine.cli import cmd_model, cmd_samples, cmd_scan, cmd_selftest
+    from .. import __version__
+    from . import cmd_model, cmd_samples, cmd_scan, cmd_selftest
 
     parser = argparse.ArgumentParser(prog="anomalens", description="Unsupervised anomaly detection for medical scans.")
     parser.add_argument("--version", action="version", version=f"anomalens {__version__}")
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
     try:
-        from anomalens.engine.device import configure_threads
+        from ..device import configure_threads
 
         args.threads = configure_threads(args.threads)  # checked once; commands read the resolved count
         result = args.handler(args)

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from anomalens.engine.progress import ProgressCallback
+from ..progress import ProgressCallback
 
 
 @contextmanager

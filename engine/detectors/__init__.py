@@ -1,14 +1,14 @@
 """The detector interface, its result type, the plugin registry and model bundles."""
 
-from anomalens.engine.detectors.base import Detector, DetectorConfig, validate_slices
-from anomalens.engine.detectors.bundle import load_bundle, read_manifest, save_bundle
-from anomalens.engine.detectors.registry import (
+from .base import Detector, DetectorConfig, validate_slices
+from .bundle import load_bundle, read_manifest, save_bundle
+from .registry import (
     available_detectors,
     create_detector,
     detector_choices,
     get_detector_class,
 )
-from anomalens.engine.detectors.result import AnomalyResult, Embeddings
+from .result import AnomalyResult, Embeddings
 
 __all__ = [
     "AnomalyResult",

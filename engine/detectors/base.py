@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from anomalens.engine.detectors.result import AnomalyResult
-from anomalens.engine.device import resolve_device
-from anomalens.engine.errors import ConfigError, InvalidVolumeError, ModelError
-from anomalens.engine.progress import CancelToken, ProgressCallback
+from ..device import resolve_device
+from ..errors import ConfigError, InvalidVolumeError, ModelError
+from ..progress import CancelToken, ProgressCallback
+from .result import AnomalyResult
 
 
 @dataclasses.dataclass
@@ -154,14 +154,14 @@ class Detector(ABC):
 
     def save(self, path: str | Path, **kwargs: Any) -> Path:
         """Write a bundle folder (``weights.safetensors`` + ``bundle.json``) atomically."""
-        from anomalens.engine.detectors.bundle import save_bundle
+        from .bundle import save_bundle
 
         return save_bundle(self, path, **kwargs)
 
     @staticmethod
     def load(path: str | Path, device: str = "cpu") -> Detector:
         """Load any registered detector from a bundle folder, never unpickling anything."""
-        from anomalens.engine.detectors.bundle import load_bundle
+        from .bundle import load_bundle
 
         return load_bundle(path, device=device)
 

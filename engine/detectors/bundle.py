@@ -12,11 +12,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomalens.engine.errors import ModelError, UnsafeModelFileError
-from anomalens.engine.fileio import atomic_dir
+from ..errors import ModelError, UnsafeModelFileError
+from ..fileio import atomic_dir
 
 if TYPE_CHECKING:
-    from anomalens.engine.detectors.base import Detector
+    from .base import Detector
 
 SCHEMA_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -72,7 +72,7 @@ def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
     """Save a fitted detector atomically (temporary folder, then rename)."""
     from safetensors.torch import save_file
 
-    from anomalens.engine import __version__
+    from .. import __version__
 
     if not detector.fitted:
         raise ModelError("refusing to save an untrained detector")
@@ -111,7 +111,7 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from anomalens.engine.detectors.registry import get_detector_class
+    from .registry import get_detector_class
 
     path = Path(path)
     manifest = read_manifest(path)

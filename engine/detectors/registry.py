@@ -12,8 +12,8 @@ from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-from anomalens.engine.detectors.base import Detector
-from anomalens.engine.errors import ConfigError, ModelError
+from ..errors import ConfigError, ModelError
+from .base import Detector
 
 GROUP = "anomalens.detectors"
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import InvalidVolumeError
+from ..errors import InvalidVolumeError
 
 MANIFOLDS = ("lorentz", "poincare", "sphere", "euclidean", "product")
 

@@ -13,8 +13,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from anomalens.engine.geometry import lorentz, poincare, sphere
-from anomalens.engine.geometry.manifolds import Lorentz, PoincareBall, Sphere
+from . import lorentz, poincare, sphere
+from .manifolds import Lorentz, PoincareBall, Sphere
 
 
 class LorentzLinear(nn.Module):

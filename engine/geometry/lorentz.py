@@ -23,8 +23,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from anomalens.engine.geometry import _numerics as nx
-from anomalens.engine.geometry import poincare
+from . import _numerics as nx
+from . import poincare
 
 
 def inner(x: Tensor, y: Tensor, keepdim: bool = False) -> Tensor:

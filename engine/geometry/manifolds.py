@@ -19,7 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from anomalens.engine.geometry import lorentz, poincare, sphere
+from . import lorentz, poincare, sphere
 
 C_MIN = 1e-4
 C_MAX = 1e4

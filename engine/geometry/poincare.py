@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from anomalens.engine.geometry import _numerics as nx
+from . import _numerics as nx
 
 
 def _atanh_over(t: Tensor) -> Tensor:

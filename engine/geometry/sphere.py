@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from anomalens.engine.geometry import _numerics as nx
+from . import _numerics as nx
 
 
 def project(x: Tensor, c: float | Tensor) -> Tensor:

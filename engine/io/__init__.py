@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anomalens.engine.errors import ConfigError, EmptyInputError, NotAScanError
-from anomalens.engine.io.base import (
+from ..errors import ConfigError, EmptyInputError, NotAScanError
+from ..progress import CancelToken, ProgressCallback, report
+from ..volume import Volume
+from .base import (
     DEFAULT_MAX_BYTES,
     MAX_BYTES_ENV,
     NAN_POLICIES,
@@ -22,13 +24,11 @@ from anomalens.engine.io.base import (
     registered_readers,
     resolve_max_bytes,
 )
-from anomalens.engine.io.describe import describe, orientation_code
-from anomalens.engine.io.dicom import DicomFileReader, DicomFolderReader, list_series_in
-from anomalens.engine.io.itk import MetaImageReader, NiftiReader, NrrdReader, PictureReader
-from anomalens.engine.io.spec import load_spec, parse_selection, split_spec
-from anomalens.engine.io.write import write_like
-from anomalens.engine.progress import CancelToken, ProgressCallback, report
-from anomalens.engine.volume import Volume
+from .describe import describe, orientation_code
+from .dicom import DicomFileReader, DicomFolderReader, list_series_in
+from .itk import MetaImageReader, NiftiReader, NrrdReader, PictureReader
+from .spec import load_spec, parse_selection, split_spec
+from .write import write_like
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from anomalens.engine.errors import (
+from ..errors import (
     AnomaLensError,
     ConfigError,
     CorruptFileError,
@@ -25,7 +25,7 @@ from anomalens.engine.errors import (
     ScanReadError,
     TooLargeError,
 )
-from anomalens.engine.volume import Volume
+from ..volume import Volume
 
 #: Default memory budget for one scan as float32: large enough for a whole-body CT, small enough that a
 #: corrupt header claiming billions of voxels fails fast instead of exhausting memory.

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.volume import Volume
+from ..volume import Volume
 
 #: Patient-space direction each letter names, in DICOM/ITK LPS world coordinates (+x left, +y posterior).
 _LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))

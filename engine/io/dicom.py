@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import (
+from ..errors import (
     ConfigError,
     CorruptFileError,
     EmptyInputError,
@@ -29,7 +29,9 @@ from anomalens.engine.errors import (
     ScanReadError,
     TooLargeError,
 )
-from anomalens.engine.io.base import (
+from ..progress import CancelToken, ProgressCallback, check, report
+from ..volume import Volume, Window
+from .base import (
     Reader,
     check_budget,
     geometry_or_default,
@@ -39,9 +41,7 @@ from anomalens.engine.io.base import (
     sitk_module,
     to_grey,
 )
-from anomalens.engine.io.metadata import dicom_metadata
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.engine.volume import Volume, Window
+from .metadata import dicom_metadata
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: Two frames closer than this along the slice normal (mm) are taken to be at the same position.

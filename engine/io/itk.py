@@ -13,8 +13,9 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from anomalens.engine.errors import CorruptFileError, InvalidVolumeError
-from anomalens.engine.io.base import (
+from ..errors import CorruptFileError, InvalidVolumeError
+from ..volume import Volume
+from .base import (
     Reader,
     check_budget,
     geometry_or_default,
@@ -23,7 +24,6 @@ from anomalens.engine.io.base import (
     sitk_module,
     to_grey,
 )
-from anomalens.engine.volume import Volume
 
 #: Header fields copied from SimpleITK's metadata dictionary: coordinate-system codes only. Free-text fields
 #: (NIfTI ``descrip``/``aux_file``, NRRD comments, PNG text chunks) can hold names and are never copied.

@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from anomalens.engine.errors import ConfigError, SampleError
-from anomalens.engine.volume import Volume
+from ..errors import ConfigError, SampleError
+from ..volume import Volume
 
 SAMPLE_PREFIX = "sample:"
 _TOKEN = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
@@ -65,7 +65,7 @@ def resolve_source(source: str) -> Path:
         if not name:
             raise SampleError("no sample name after 'sample:'; list them with 'anomalens samples list'")
         try:
-            from anomalens.engine.samples import fetch_sample
+            from ..samples import fetch_sample
         except ImportError:
             raise SampleError("sample cases are not available in this installation") from None
         return Path(fetch_sample(name).image)
@@ -74,7 +74,7 @@ def resolve_source(source: str) -> Path:
 
 def load_spec(spec: str, **read_opts: Any) -> Volume:
     """Read the scan a SPEC names, then apply its ``#`` slice selection (``metadata["selected_slices"]``)."""
-    from anomalens.engine.io import read_scan
+    from . import read_scan
 
     source, selection = split_spec(spec)
     if not source.strip():
@@ -82,7 +82,7 @@ def load_spec(spec: str, **read_opts: Any) -> Volume:
     path = resolve_source(source)
     if source.startswith(SAMPLE_PREFIX) and read_opts.get("modality") is None:
         # NRRD/NIfTI carry no modality; the sample catalogue knows it (CT must get the HU window).
-        from anomalens.engine.samples import sample_info
+        from ..samples import sample_info
 
         try:
             read_opts["modality"] = sample_info(source[len(SAMPLE_PREFIX):].strip()).modality

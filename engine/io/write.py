@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
-from anomalens.engine.fileio import atomic_path
-from anomalens.engine.io.base import short_reason, sitk_module
-from anomalens.engine.volume import Volume
+from ..errors import ConfigError, InvalidVolumeError
+from ..fileio import atomic_path
+from ..volume import Volume
+from .base import short_reason, sitk_module
 
 #: Single-file formats only: a header/data pair (.nhdr+.raw, .mhd+.raw) cannot be replaced atomically.
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")

@@ -1,7 +1,7 @@
 """Anomaly-detection metrics with the UPD benchmark's conventions (foreground-only, dataset-wise, no NaN)."""
 
-from anomalens.engine.metrics.bootstrap import bootstrap_ci
-from anomalens.engine.metrics.core import (
+from .bootstrap import bootstrap_ci
+from .core import (
     best_dice,
     dice,
     fpr_at_tpr,
@@ -13,7 +13,7 @@ from anomalens.engine.metrics.core import (
     pixel_auroc,
     precision,
 )
-from anomalens.engine.metrics.evaluate import METRIC_KEYS, evaluate
+from .evaluate import METRIC_KEYS, evaluate
 
 __all__ = [
     "METRIC_KEYS",

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from anomalens.engine.errors import InvalidVolumeError
+from ..errors import InvalidVolumeError
 
 #: Foreground pixels fed to scikit-learn's curves; beyond this negatives (and, if needed, positives) are
 #: subsampled uniformly with a seed and re-weighted, which keeps the estimates unbiased.

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError
+from ..errors import ConfigError
 
 N_BINS = 4096
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from anomalens.engine.checks import check_fraction
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
-from anomalens.engine.metrics._inputs import (
+from ..checks import check_fraction
+from ..errors import ConfigError, InvalidVolumeError
+from ._inputs import (
     MAX_PIXELS,
     ArrayLike,
     add_note,

@@ -6,10 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import InvalidVolumeError
-from anomalens.engine.metrics._inputs import MAX_PIXELS, ArrayLike, add_note, check_inputs, check_mask
-from anomalens.engine.metrics.bootstrap import SliceHistograms, interval, resample_weights
-from anomalens.engine.metrics.core import (
+from ..errors import InvalidVolumeError
+from ._inputs import MAX_PIXELS, ArrayLike, add_note, check_inputs, check_mask
+from .bootstrap import SliceHistograms, interval, resample_weights
+from .core import (
     best_dice,
     dice,
     fpr_at_tpr,

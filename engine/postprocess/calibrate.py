@@ -37,10 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.checks import check_fraction, check_positive
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
-from anomalens.engine.postprocess.normalise import ScoreNormaliser, collect_pixels
-from anomalens.engine.postprocess.scr import (
+from ..checks import check_fraction, check_positive
+from ..errors import ConfigError, InvalidVolumeError
+from ..progress import CancelToken, ProgressCallback, check, report, stage
+from .normalise import ScoreNormaliser, collect_pixels
+from .scr import (
     DEFAULT_TEMPERATURE,
     PairwiseWeights,
     _check_mode,
@@ -48,7 +49,6 @@ from anomalens.engine.postprocess.scr import (
     pairwise_weights,
     scr_refine,
 )
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report, stage
 
 #: λ values tried before bisection (log-spaced, ×√10 apart).
 DEFAULT_LAMBDA_GRID = tuple(float(x) for x in np.geomspace(1e-3, 1e3, 13))

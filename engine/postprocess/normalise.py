@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
+from ..errors import ConfigError, InvalidVolumeError
 
 N_KNOTS = 1001
 MAX_FIT_PIXELS = 4_000_000

@@ -32,11 +32,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from anomalens.engine.checks import check_positive
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
+from ..checks import check_positive
+from ..errors import ConfigError, InvalidVolumeError
 
 if TYPE_CHECKING:
-    from anomalens.engine.detectors.result import AnomalyResult
+    from ..detectors.result import AnomalyResult
 
 #: Temperature of σ((s − t)/T). Sized for normalised maps (quantile units, see ``normalise``): a pixel one
 #: percentile below the threshold costs 0.2 to mark abnormal, a pixel at the median about 10.

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-from anomalens.engine.errors import ConfigError
+from ..errors import ConfigError
 
 
 class Surprise:

@@ -1,8 +1,8 @@
 """Preprocessing shared by all detectors: intensity normalisation, foreground masks, resizing."""
 
-from anomalens.engine.preprocess.foreground import foreground_mask
-from anomalens.engine.preprocess.intensity import IntensityConfig, normalise_array, normalise_volume
-from anomalens.engine.preprocess.resize import resize_back, resize_slices, resize_tensor, to_tensor
+from .foreground import foreground_mask
+from .intensity import IntensityConfig, normalise_array, normalise_volume
+from .resize import resize_back, resize_slices, resize_tensor, to_tensor
 
 __all__ = [
     "IntensityConfig",

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.preprocess.resize import resize_slices
+from ..errors import ConfigError
+from .resize import resize_slices
 
 #: Extra field of view around the largest body extent, as a fraction of it.
 FOV_MARGIN = 0.1

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
-from anomalens.engine.volume import Volume
+from ..errors import ConfigError, InvalidVolumeError
+from ..volume import Volume
 
 METHODS = ("auto", "window", "percentile", "minmax")
 

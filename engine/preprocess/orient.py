@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.volume import Volume
+from ..errors import ConfigError
+from ..volume import Volume
 
 
 def orientation_of(volume: Volume) -> str:

@@ -8,17 +8,17 @@ pydicom) and need no network. Nothing here contacts a model or data hub.
 
 from __future__ import annotations
 
-from anomalens.engine.errors import SampleError
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.engine.samples.cache import cache_root
-from anomalens.engine.samples.info import SampleInfo, SamplePaths
+from ..errors import SampleError
+from ..progress import CancelToken, ProgressCallback, check, report
+from .cache import cache_root
+from .info import SampleInfo, SamplePaths
 
 __all__ = ["SampleInfo", "SamplePaths", "cache_root", "fetch_sample", "is_available_offline", "list_samples",
            "sample_info"]
 
 
 def _entry(name: str):
-    from anomalens.engine.samples.catalog import ENTRIES
+    from .catalog import ENTRIES
 
     try:
         return ENTRIES[name]
@@ -28,7 +28,7 @@ def _entry(name: str):
 
 def list_samples() -> list[SampleInfo]:
     """Every sample, lesion cases first; no network and no file access."""
-    from anomalens.engine.samples.catalog import ENTRIES
+    from .catalog import ENTRIES
 
     return [e.info for e in ENTRIES.values()]
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from anomalens.engine.progress import CancelToken, ProgressCallback
-from anomalens.engine.samples import installed, radiomics_cases
-from anomalens.engine.samples.info import SampleInfo, SamplePaths
+from ..progress import CancelToken, ProgressCallback
+from . import installed, radiomics_cases
+from .info import SampleInfo, SamplePaths
 
 Resolver = Callable[[ProgressCallback | None, CancelToken | None], SamplePaths]
 

@@ -13,11 +13,11 @@ import json
 import logging
 from pathlib import Path
 
-from anomalens.engine.errors import SampleError
-from anomalens.engine.fileio import atomic_dir
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.engine.samples.cache import remove_stale_temps, samples_dir
-from anomalens.engine.samples.info import SamplePaths
+from ..errors import SampleError
+from ..fileio import atomic_dir
+from ..progress import CancelToken, ProgressCallback, check, report
+from .cache import remove_stale_temps, samples_dir
+from .info import SamplePaths
 
 log = logging.getLogger(__name__)
 

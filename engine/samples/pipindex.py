@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 
-from anomalens.engine.errors import Cancelled, SampleError
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.engine.samples.pipconfig import IndexSource, pip_settings
-from anomalens.engine.samples.transport import Transport, describe_error, redact
+from ..errors import Cancelled, SampleError
+from ..progress import CancelToken, ProgressCallback, check, report
+from .pipconfig import IndexSource, pip_settings
+from .transport import Transport, describe_error, redact
 
 log = logging.getLogger(__name__)
 

@@ -17,12 +17,12 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO
 
-from anomalens.engine.errors import SampleError
-from anomalens.engine.fileio import atomic_dir
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.engine.samples.cache import remove_stale_temps, samples_dir
-from anomalens.engine.samples.info import SamplePaths
-from anomalens.engine.samples.pipindex import fetch_verified
+from ..errors import SampleError
+from ..fileio import atomic_dir
+from ..progress import CancelToken, ProgressCallback, check, report
+from .cache import remove_stale_temps, samples_dir
+from .info import SamplePaths
+from .pipindex import fetch_verified
 
 log = logging.getLogger(__name__)
 

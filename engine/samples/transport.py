@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from anomalens.engine.errors import SampleError
+from ..errors import SampleError
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +161,6 @@ def _netrc_login(host: str) -> tuple[str | None, str | None]:
 
 
 def _user_agent() -> str:
-    from anomalens.engine import __version__
+    from .. import __version__
 
     return f"anomalens/{__version__} (sample download; urllib)"

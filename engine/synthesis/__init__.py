@@ -6,11 +6,11 @@ blending, Gaussian intensity blobs and source/sink deformations. Every generator
 input, and returns ``(slice, mask)`` with a non-empty boolean mask.
 """
 
-from anomalens.engine.synthesis.batch import ANOMALY_KINDS, random_anomaly, synthesize_batch
-from anomalens.engine.synthesis.cutpaste import cutpaste_poisson
-from anomalens.engine.synthesis.deformation import source_deformation
-from anomalens.engine.synthesis.intensity import gaussian_intensity
-from anomalens.engine.synthesis.poisson import poisson_blend
+from .batch import ANOMALY_KINDS, random_anomaly, synthesize_batch
+from .cutpaste import cutpaste_poisson
+from .deformation import source_deformation
+from .intensity import gaussian_intensity
+from .poisson import poisson_blend
 
 __all__ = [
     "ANOMALY_KINDS",

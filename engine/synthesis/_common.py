@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
+from ..errors import ConfigError, InvalidVolumeError
 
 
 def as_image(image: np.ndarray) -> np.ndarray:

@@ -6,10 +6,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
-from anomalens.engine.synthesis.cutpaste import cutpaste_poisson
-from anomalens.engine.synthesis.deformation import source_deformation
-from anomalens.engine.synthesis.intensity import gaussian_intensity
+from ..errors import ConfigError, InvalidVolumeError
+from .cutpaste import cutpaste_poisson
+from .deformation import source_deformation
+from .intensity import gaussian_intensity
 
 ANOMALY_KINDS: tuple[str, ...] = ("cutpaste", "gaussian", "deformation")
 

@@ -22,9 +22,9 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from anomalens.engine.errors import ConfigError, InvalidVolumeError
-from anomalens.engine.synthesis._common import as_foreground, as_image, check_range, log_uniform, pick_point
-from anomalens.engine.synthesis.poisson import solve_rect
+from ..errors import ConfigError, InvalidVolumeError
+from ._common import as_foreground, as_image, check_range, log_uniform, pick_point
+from .poisson import solve_rect
 
 _OVERSHOOT = 0.05  # blended values this far outside [0, 1] count as saturated
 _MAX_SATURATED = 0.05  # placements with more saturated pixels than this fraction are tried again

@@ -14,8 +14,8 @@ from typing import Literal
 import numpy as np
 from scipy import ndimage
 
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.synthesis._common import as_foreground, as_image, check_range, log_uniform, pick_point
+from ..errors import ConfigError
+from ._common import as_foreground, as_image, check_range, log_uniform, pick_point
 
 _SOURCE_STRENGTH = (0.5, 0.9)
 _SINK_STRENGTH = (0.6, 1.5)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.synthesis._common import as_foreground, as_image, check_range, log_uniform, pick_point
+from ..errors import ConfigError
+from ._common import as_foreground, as_image, check_range, log_uniform, pick_point
 
 
 def gaussian_intensity(

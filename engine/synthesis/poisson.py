@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from anomalens.engine.errors import InvalidVolumeError
+from ..errors import InvalidVolumeError
 
 
 def _dirichlet_eigenvalues(n: int) -> np.ndarray:

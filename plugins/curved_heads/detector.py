@@ -18,16 +18,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomalens.engine.detectors.base import Detector, DetectorConfig
-from anomalens.engine.detectors.result import AnomalyResult, Embeddings
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.geometry.manifolds import C_MAX, C_MIN
-from anomalens.engine.patchfeatures import PatchFeatureExtractor, extractor_for
-from anomalens.engine.preprocess.foreground import foreground_mask
-from anomalens.engine.preprocess.resize import resize_back, resize_tensor, to_tensor
-from anomalens.engine.preprocess.smooth import gaussian_smooth
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.plugins.curved_heads.heads import N_ROTATIONS, VARIANTS, CurvedHeads, canonical_variant, default_kappa_h
+from ...engine.detectors.base import Detector, DetectorConfig
+from ...engine.detectors.result import AnomalyResult, Embeddings
+from ...engine.errors import ConfigError
+from ...engine.geometry.manifolds import C_MAX, C_MIN
+from ...engine.patchfeatures import PatchFeatureExtractor, extractor_for
+from ...engine.preprocess.foreground import foreground_mask
+from ...engine.preprocess.resize import resize_back, resize_tensor, to_tensor
+from ...engine.preprocess.smooth import gaussian_smooth
+from ...engine.progress import CancelToken, ProgressCallback, check, report
+from .heads import N_ROTATIONS, VARIANTS, CurvedHeads, canonical_variant, default_kappa_h
 
 
 @dataclasses.dataclass

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anomalens.engine.geometry import poincare, sphere
-from anomalens.engine.geometry.layers import AngularLinear, PoincareLinear, PoincareMLR
-from anomalens.engine.geometry.manifolds import PoincareBall, Sphere
+from ...engine.geometry import poincare, sphere
+from ...engine.geometry.layers import AngularLinear, PoincareLinear, PoincareMLR
+from ...engine.geometry.manifolds import PoincareBall, Sphere
 
 #: The baseline and the paper's six variants (Tab. I), in the order the bench prints them.
 VARIANTS = ("euclidean", "SiO", "HiO", "MiO", "SiT", "HiT", "MiT")

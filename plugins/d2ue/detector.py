@@ -24,14 +24,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from anomalens.engine.detectors.base import Detector, DetectorConfig
-from anomalens.engine.detectors.result import AnomalyResult
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.preprocess.resize import resize_back, resize_tensor, to_tensor
-from anomalens.engine.preprocess.smooth import gaussian_smooth
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.plugins.d2ue.cka import mean_cka
-from anomalens.plugins.d2ue.model import (
+from ...engine.detectors.base import Detector, DetectorConfig
+from ...engine.detectors.result import AnomalyResult
+from ...engine.errors import ConfigError
+from ...engine.preprocess.resize import resize_back, resize_tensor, to_tensor
+from ...engine.preprocess.smooth import gaussian_smooth
+from ...engine.progress import CancelToken, ProgressCallback, check, report
+from .cka import mean_cka
+from .model import (
     BACKBONES,
     FEATURE_LAYERS,
     MAP_KINDS,

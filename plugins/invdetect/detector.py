@@ -18,14 +18,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from anomalens.engine.detectors.base import Detector, DetectorConfig
-from anomalens.engine.detectors.result import AnomalyResult
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.preprocess.resize import resize_back, resize_tensor, to_tensor
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.plugins.invdetect.diffusion import ddim_invert, ddpm_loss, make_unet, schedulers
-from anomalens.plugins.invdetect.ocsvm import KernelOCSVM, fit_ocsvm
-from anomalens.plugins.invdetect.patches import aggregate, extract_patches, n_patches
+from ...engine.detectors.base import Detector, DetectorConfig
+from ...engine.detectors.result import AnomalyResult
+from ...engine.errors import ConfigError
+from ...engine.preprocess.resize import resize_back, resize_tensor, to_tensor
+from ...engine.progress import CancelToken, ProgressCallback, check, report
+from .diffusion import ddim_invert, ddpm_loss, make_unet, schedulers
+from .ocsvm import KernelOCSVM, fit_ocsvm
+from .patches import aggregate, extract_patches, n_patches
 
 
 @dataclasses.dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+from ...engine.progress import CancelToken, ProgressCallback, check, report
 
 # diffusers brings huggingface_hub; nothing here loads pretrained weights, and nothing may reach a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -16,16 +16,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomalens.engine.detectors.base import Detector, DetectorConfig
-from anomalens.engine.detectors.result import AnomalyResult, Embeddings
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.patchfeatures import PatchFeatureExtractor, extractor_for
-from anomalens.engine.postprocess.surprise import Surprise
-from anomalens.engine.preprocess.foreground import foreground_mask, interior_mask
-from anomalens.engine.preprocess.resize import resize_back, resize_tensor, to_tensor
-from anomalens.engine.preprocess.smooth import gaussian_smooth
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
-from anomalens.plugins.lorentz.head import HEADS
+from ...engine.detectors.base import Detector, DetectorConfig
+from ...engine.detectors.result import AnomalyResult, Embeddings
+from ...engine.errors import ConfigError
+from ...engine.patchfeatures import PatchFeatureExtractor, extractor_for
+from ...engine.postprocess.surprise import Surprise
+from ...engine.preprocess.foreground import foreground_mask, interior_mask
+from ...engine.preprocess.resize import resize_back, resize_tensor, to_tensor
+from ...engine.preprocess.smooth import gaussian_smooth
+from ...engine.progress import CancelToken, ProgressCallback, check, report
+from .head import HEADS
 
 GEOMETRIES = tuple(HEADS)
 INPUTS = ("residual", "raw")
@@ -200,7 +200,7 @@ class LorentzDetector(Detector):
         if self.config.inputs == "raw":
             return flat
         assert bank is not None
-        from anomalens.engine.coreset import nearest_distance
+        from ...engine.coreset import nearest_distance
 
         q = self._concat(flat)
         _, idx = nearest_distance(q, bank, return_index=True)
@@ -209,7 +209,7 @@ class LorentzDetector(Detector):
 
     def _fold_banks(self, std_flat: torch.Tensor, n_slices: int, cancel: CancelToken | None) -> list[torch.Tensor]:
         """Two memory banks from alternate normal slices, so training residuals never see their own slice."""
-        from anomalens.engine.coreset import greedy_coreset
+        from ...engine.coreset import greedy_coreset
 
         per = std_flat.reshape(n_slices, -1, std_flat.shape[1])
         folds = [per[0::2], per[1::2]] if n_slices >= 2 else [per, per]
@@ -228,7 +228,7 @@ class LorentzDetector(Detector):
 
         With two fold banks, slice i's residuals are taken against the bank built without it.
         """
-        from anomalens.engine.synthesis import synthesize_batch
+        from ...engine.synthesis import synthesize_batch
 
         fg = foreground_mask(normals)
         place = interior_mask(fg, self.config.anomaly_margin)
@@ -378,7 +378,7 @@ class LorentzDetector(Detector):
         bank, so the reference runs a little high, which errs towards calling less anomalous). Scoring
         uses both coresets.
         """
-        from anomalens.engine.coreset import greedy_coreset, nearest_distance
+        from ...engine.coreset import greedy_coreset, nearest_distance
 
         per = self._memory_features(raw)
         grid = next(iter(raw.values())).shape[-2:]
@@ -434,7 +434,7 @@ class LorentzDetector(Detector):
 
     def _fit_residual_scale(self, std_flat: torch.Tensor, n_slices: int, banks: list[torch.Tensor]) -> None:
         """Median residual norm per level of normal patches against the other fold's bank → 1."""
-        from anomalens.engine.coreset import nearest_distance
+        from ...engine.coreset import nearest_distance
 
         per = std_flat.reshape(n_slices, -1, std_flat.shape[1])
         res = []
@@ -453,7 +453,7 @@ class LorentzDetector(Detector):
         training, a coreset of the new normal patches joins the bank, the strongest few-shot adaptation a
         memory of normal anatomy allows.
         """
-        from anomalens.engine.coreset import greedy_coreset
+        from ...engine.coreset import greedy_coreset
 
         n_var = max(1, min(self.config.n_variants, math.ceil(64 / max(1, len(normals)))))
         banks = None if self.bank is None else [self.bank, self.bank]
@@ -530,7 +530,7 @@ class LorentzDetector(Detector):
 
     def _fused(self, raw: dict[str, torch.Tensor], prob: torch.Tensor) -> np.ndarray:
         """Per patch: surprise of the heads' probability + surprise of the distance to the memory bank."""
-        from anomalens.engine.coreset import nearest_distance
+        from ...engine.coreset import nearest_distance
 
         assert self.memory is not None
         q = self._memory_features(raw).reshape(-1, self.memory.shape[1])

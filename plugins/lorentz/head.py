@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from anomalens.engine.geometry import lorentz
-from anomalens.engine.geometry.layers import LorentzHyperplaneClassifier, LorentzLinear
-from anomalens.engine.geometry.manifolds import Lorentz
+from ...engine.geometry import lorentz
+from ...engine.geometry.layers import LorentzHyperplaneClassifier, LorentzLinear
+from ...engine.geometry.manifolds import Lorentz
 
 
 class LorentzHead(nn.Module):

@@ -1,5 +1,5 @@
 """PatchCore-kind reference detector: the baseline every seed paper compares against."""
 
-from anomalens.plugins.patchcore.detector import PatchCoreConfig, PatchCoreDetector
+from .detector import PatchCoreConfig, PatchCoreDetector
 
 __all__ = ["PatchCoreConfig", "PatchCoreDetector"]

@@ -14,14 +14,14 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from anomalens.engine.coreset import greedy_coreset, nearest_distance
-from anomalens.engine.detectors.base import Detector, DetectorConfig
-from anomalens.engine.detectors.result import AnomalyResult, Embeddings
-from anomalens.engine.errors import ConfigError
-from anomalens.engine.patchfeatures import PatchFeatureExtractor, extractor_for
-from anomalens.engine.preprocess.resize import resize_back
-from anomalens.engine.preprocess.smooth import gaussian_smooth
-from anomalens.engine.progress import CancelToken, ProgressCallback, check, report
+from ...engine.coreset import greedy_coreset, nearest_distance
+from ...engine.detectors.base import Detector, DetectorConfig
+from ...engine.detectors.result import AnomalyResult, Embeddings
+from ...engine.errors import ConfigError
+from ...engine.patchfeatures import PatchFeatureExtractor, extractor_for
+from ...engine.preprocess.resize import resize_back
+from ...engine.preprocess.smooth import gaussian_smooth
+from ...engine.progress import CancelToken, ProgressCallback, check, report
 
 
 @dataclasses.dataclass
