@@ -28,15 +28,16 @@ KEYS = ("pixel_auroc", "image_auroc", "pixel_ap", "best_dice", "fpr95", "fit_sec
 
 def _rescore(det: Any, data: OnsiteData, rotations: int) -> dict[str, Any]:
     """Calibrate and evaluate an already fitted curved model with another ``score_rotations``."""
-    from anomalens.engine.calibration import apply_calibration, calibrate_detector
     from anomalens.engine.metrics import evaluate
+    from anomalens.engine.recalibration import calibrate_detector
+    from anomalens.engine.scoring import apply_calibration
 
     det.config.score_rotations = rotations
     calibrate_detector(det, data.calibration)
     t0 = time.perf_counter()
     result = det.score(data.eval_slices)
     per_slice = (time.perf_counter() - t0) / len(data.eval_slices)
-    cal = apply_calibration(det, result, data.eval_slices, data.eval_foreground)
+    cal = apply_calibration(det.calibration, result, data.eval_slices, data.eval_foreground)
     m = evaluate(cal.maps, data.eval_masks, data.eval_foreground, threshold=cal.threshold, scr_masks=cal.scr_mask)
     m["seconds_per_slice"] = per_slice
     return m

@@ -159,8 +159,9 @@ def _lorentz(data: Any) -> dict[str, Any]:
 
 
 def onsite(args: argparse.Namespace) -> None:
-    from anomalens.engine.calibration import apply_calibration, calibrate_detector
     from anomalens.engine.metrics import evaluate
+    from anomalens.engine.recalibration import calibrate_detector
+    from anomalens.engine.scoring import apply_calibration
 
     torch.set_num_threads(args.threads)
     data = _data(args)
@@ -203,7 +204,7 @@ def onsite(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         res = det.score(data.eval_slices)  # never fitted or calibrated on
         sec = (time.perf_counter() - t0) / len(data.eval_slices)
-        cal = apply_calibration(det, res, data.eval_slices, data.eval_foreground)
+        cal = apply_calibration(det.calibration, res, data.eval_slices, data.eval_foreground)
         m = evaluate(cal.maps, data.eval_masks, data.eval_foreground, threshold=cal.threshold,
                      scr_masks=cal.scr_mask)
         rows.append(_row(m, detector="invdetect", grid=args.size, steps=s, seconds_per_slice=sec,

@@ -23,11 +23,12 @@ import time
 import numpy as np
 import torch
 
-from anomalens.engine.calibration import apply_calibration, calibrate_detector
 from anomalens.engine.detectors import create_detector
 from anomalens.engine.evaluation import onsite_data
 from anomalens.engine.metrics import dice, precision
 from anomalens.engine.preprocess.foreground import foreground_mask
+from anomalens.engine.recalibration import calibrate_detector
+from anomalens.engine.scoring import apply_calibration
 
 TARGET_FPR = 0.01
 RULES = {"fixed 5x": 5 * TARGET_FPR, "ladder (default)": None}  # SCR's unary false-positive rate
@@ -56,12 +57,13 @@ def main() -> None:
         for rule, rate in RULES.items():
             cal = calibrate_detector(det, data.calibration, fg_cal, target_fpr=TARGET_FPR, threshold_fpr=rate)
             if rule == "fixed 5x":
-                areas = [np.count_nonzero(apply_calibration(det, normal, data.calibration, fg_cal, lam=lam).scr_mask)
+                areas = [np.count_nonzero(apply_calibration(cal, normal, data.calibration, fg_cal,
+                                                            settings=cal.scr.replace(lam=lam)).scr_mask)
                          / np.count_nonzero(fg_cal) for lam in LAMBDAS]
                 print("  FP area on the calibration normals at the 5x unary threshold: "
                       + ", ".join(f"λ={lam:g}: {a:.3%}" for lam, a in zip(LAMBDAS, areas, strict=True)))
-            ev = apply_calibration(det, test, data.eval_slices, fg_test)
-            rows.append(f"  | {rule} | {cal['threshold_fpr']:.1%} | {cal['lambda']:.3g} | {cal['fp_area_scr']:.3%} "
+            ev = apply_calibration(cal, test, data.eval_slices, fg_test)
+            rows.append(f"  | {rule} | {cal.scr_threshold_fpr:.1%} | {cal.scr.lam:.3g} | {cal.fp_area_scr:.3%} "
                         f"| {_fmt(dice(ev.mask, truth, foreground=fg_test))} "
                         f"| {_fmt(dice(ev.scr_mask, truth, foreground=fg_test))} "
                         f"| {_fmt(precision(ev.scr_mask, truth, foreground=fg_test))} |")

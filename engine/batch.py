@@ -35,8 +35,7 @@ if TYPE_CHECKING:
     from .detectors import Detector
 
 MANIFEST = "manifest.json"
-MANIFEST_VERSION = 1
-OUTPUT_FILES = {"heatmap": "heatmap.nii.gz", "scores": "scores.csv"}
+MANIFEST_VERSION = 2
 # Files in a folder of studies that are clearly not studies (notes, lists, previous outputs).
 _NOT_STUDIES = (".txt", ".md", ".json", ".csv", ".log", ".yaml", ".yml", ".py")
 # Suffixes of single-file scans: a folder holding one is a folder of studies, never a DICOM series.
@@ -170,20 +169,14 @@ def is_batch(inputs: Sequence[str]) -> bool:
 # -- model identity and the per-process cache ------------------------------------------------------------
 
 def model_fingerprint(model: str | Path) -> str:
-    """A hash of the bundle's manifest and weights: a rerun with a retrained model rescores everything."""
-    from .detectors.bundle import MANIFEST as BUNDLE_JSON
-    from .detectors.bundle import WEIGHTS, read_manifest
+    """The model's content fingerprint (``Detector.content_fingerprint``), the same one each result names.
 
-    model = Path(model)
+    A retrained or recalibrated model has another, so a rerun with it rescores everything.
+    """
+    from .detectors.bundle import read_manifest
+
     read_manifest(model)  # a clear ModelError up front instead of one per study
-    h = hashlib.sha256()
-    for name in (BUNDLE_JSON, WEIGHTS):
-        p = model / name
-        if p.is_file():
-            with p.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(block)
-    return h.hexdigest()[:16]
+    return cached_bundle(model).content_fingerprint()
 
 
 _cache = threading.local()
@@ -224,24 +217,22 @@ def score_study(study: Study, model: str, out_root: str, device: str = "cpu",
     raised, so the scheduler never retries a study that will fail again; only a dying worker is retried.
     ``threads`` sets torch's threads in the worker (None: ``$ANOMALENS_THREADS`` there, else torch's default).
     """
-    from . import pipeline
     from .device import configure_threads
+    from .outputs import write_scan_result
+    from .pipeline import load_volume
+    from .scoring import score_scan
 
     t0 = time.perf_counter()
     record: dict[str, Any] = {"spec": study.spec, "worker_pid": os.getpid()}
     try:
         configure_threads(threads)
         det = cached_bundle(model, device)
-        volume = pipeline.load_volume(study.spec)
-        vs = pipeline.score_volume(det, volume)
+        result = score_scan(det, load_volume(study.spec), keep_embeddings=False)
         target = Path(out_root) / study.id
         with atomic_dir(target, overwrite=True) as tmp:
-            pipeline.write_score_outputs(vs, tmp)
-        record.update(status="ok", error=None, max_score=max(vs.slice_scores.values()),
-                      n_slices=len(vs.slice_scores), bundle_loads=bundle_loads(),
-                      outputs={k: str(Path(study.id) / v) for k, v in OUTPUT_FILES.items()})
-        if vs.result.info.get("zoom_out"):  # shrunk to fit the model's field of view, as `score` warns
-            record["warning"] = vs.result.info["zoom_out"]
+            files = write_scan_result(result, tmp)
+        record.update(status="ok", error=None, bundle_loads=bundle_loads(),
+                      outputs={k: str(Path(study.id) / v.name) for k, v in files.items()}, **result.summary())
     except AnomaLensError as exc:
         record.update(status="failed", error=str(exc), outputs={})
     except Exception as exc:  # a bug or an unreadable file must not take the batch down
@@ -347,8 +338,10 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             # n × cores threads that spin against each other. $ANOMALENS_THREADS, when set, still wins.
             if threads is None and not os.environ.get(THREADS_ENV):
                 threads = max(1, (os.cpu_count() or 1) // n)
-            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes,
-                                   dashboard_address=":0", host="127.0.0.1")
+            # Worker processes listen on loopback only; thread workers talk in-process (no address at all).
+            where = {"host": "127.0.0.1"} if processes else {}
+            cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0",
+                                   **where)
             client = Client(cluster)
     try:
         summary.workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))

@@ -1,93 +1,248 @@
-"""Calibrating a detector from normal slices only, and applying the calibration to its results.
+"""A model's calibration as one typed object: what turns its raw scores into a map and masks a site can trust.
 
-No anomalous example is ever needed: the normaliser, the plain threshold, and SCR's threshold, τ and λ
-all come from the false-positive area on normals (the paper's rule for λ). Two operating points share
-one false-positive budget on normals (``target_fpr``): the plain threshold, and SCR (a looser unary
-threshold tightened by λ), so "with SCR" vs. "without" compares like with like.
+Every quantity has one name, read by attribute: the normaliser (raw score → normal-quantile units), the
+plain operating point (``threshold``), SCR's operating point (``scr``: its own unary threshold, λ, τ,
+temperature and graph mode) and how they were measured on the site's normals. Bundles store it as
+``to_dict()`` under a schema version; bundles written before the type existed (string keys, no version)
+migrate on load through ``from_dict``, and anything malformed is refused there with one clear line
+rather than read silently and failing later.
+
+Calibration needs no anomalous example: every number here comes from normal slices only
+(``engine.postprocess.calibrate``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .detectors.base import Detector, fingerprint
-from .detectors.result import AnomalyResult
 from .errors import ModelError
-from .preprocess.foreground import foreground_mask
-from .progress import CancelToken, ProgressCallback, stage
+from .postprocess.normalise import ScoreNormaliser
+
+#: Version of ``Calibration.to_dict()``; 1 was the string-keyed dict bundles held before (no version key).
+CALIBRATION_SCHEMA = 2
+SCR_MODES = ("2d", "3d")
+#: SCR's temperature in normal-quantile units when a calibration does not say (engine.postprocess.scr).
+DEFAULT_TEMPERATURE = 0.05
 
 
-def calibrate_detector(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None,
-                       target_fpr: float = 0.01, mode: str = "2d", progress: ProgressCallback | None = None,
-                       cancel: CancelToken | None = None, threshold_fpr: float | None = None) -> dict[str, Any]:
-    """Score normal slices, fit the calibration, store it on ``detector.calibration`` and return it.
+@dataclass(frozen=True)
+class ScrSettings:
+    """SCR's operating point: the unary threshold (normal-quantile units), λ, τ, temperature and graph mode.
 
-    Use normals the detector was not fitted on where possible: a model's own training slices score lower
-    than new normals, which makes thresholds too permissive. ``threshold_fpr`` fixes SCR's unary rate
-    instead of the default ladder (``postprocess.calibrate``).
+    λ = 0 (or None: SCR could not be calibrated, no descriptors) is plain thresholding at ``threshold``.
     """
-    from .postprocess.calibrate import calibrate
 
-    fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
-    result = detector.score(normals, progress=stage(progress, 0.0, 0.5), cancel=cancel)
-    cal = calibrate(result.heatmaps, fg, features=result.features, intensities=normals, target_fpr=target_fpr,
-                    threshold_fpr=threshold_fpr, mode=mode, seed=detector.seed, progress=stage(progress, 0.5, 1.0),
-                    cancel=cancel)
-    # The bundle's names: ``threshold`` is the plain operating point, ``scr_threshold`` SCR's unary one.
-    cal["scr_threshold"] = cal.pop("threshold")
-    cal["fp_area_unary"] = cal.pop("fp_area")
-    cal["threshold"] = cal.pop("plain_threshold")
-    cal["fp_area"] = cal.pop("fp_area_plain")
-    cal["n_slices"] = len(normals)
-    cal["fingerprint"] = fingerprint(normals)
-    detector.calibration = cal
-    return cal
-
-
-@dataclass
-class Calibrated:
-    """A result mapped through a model's calibration: normalised maps and the two operating-point masks."""
-
-    maps: np.ndarray
-    mask: np.ndarray
-    scr_mask: np.ndarray | None
     threshold: float
-    params: dict[str, Any]
+    lam: float | None = None
+    tau: float | None = None
+    temperature: float = DEFAULT_TEMPERATURE
+    mode: str = "2d"
+
+    def __post_init__(self) -> None:
+        _finite("SCR threshold", self.threshold)
+        if self.lam is not None and (not math.isfinite(self.lam) or self.lam < 0):
+            raise ModelError(f"the calibration's λ must be a finite number ≥ 0, got {self.lam!r}")
+        if self.tau is not None and (not math.isfinite(self.tau) or self.tau <= 0):
+            raise ModelError(f"the calibration's τ must be a finite number > 0, got {self.tau!r}")
+        if not math.isfinite(self.temperature) or self.temperature <= 0:
+            raise ModelError(f"the calibration's SCR temperature must be > 0, got {self.temperature!r}")
+        if self.mode not in SCR_MODES:
+            raise ModelError(f"the calibration's SCR mode must be one of {', '.join(SCR_MODES)}, got {self.mode!r}")
+
+    @property
+    def usable(self) -> bool:
+        """Whether an SCR mask can be cut at this point (λ and τ known)."""
+        return self.lam is not None and self.tau is not None
+
+    def replace(self, **changes: Any) -> ScrSettings:
+        """A copy with some values changed (the viewer's sliders), checked like the original."""
+        return dataclasses.replace(self, **changes)
+
+    def key(self) -> tuple[float, float, float, str]:
+        """A hashable form, to tell whether a mask was cut at these values."""
+        return (round(self.threshold, 9), round(self.lam or 0.0, 9), round(self.tau or 0.0, 9), self.mode)
 
 
-def normalise_result(detector: Detector, result: AnomalyResult) -> np.ndarray:
-    """The heatmaps in normal-quantile units (a model without calibration raises)."""
-    from .postprocess.normalise import ScoreNormaliser
+@dataclass(frozen=True)
+class Calibration:
+    """How a model's raw scores become normal-quantile units and masks, set on normal slices only.
 
-    cal = detector.calibration or {}
-    if "normaliser" not in cal:
-        raise ModelError("this model is not calibrated yet: run 'anomalens calibrate' with a few normal scans")
-    return ScoreNormaliser.from_dict(cal["normaliser"]).transform(result.heatmaps)
-
-
-def apply_calibration(detector: Detector, result: AnomalyResult, slices: np.ndarray,
-                      foreground: np.ndarray | None = None, scr: bool = True,
-                      lam: float | None = None, threshold: float | None = None, tau: float | None = None,
-                      mode: str | None = None) -> Calibrated:
-    """Normalise, threshold and (optionally) SCR-refine a result at the calibrated operating point.
-
-    Any of λ, threshold (SCR's unary threshold), τ and mode may be overridden, as the viewer's sliders do.
+    Attributes:
+        normaliser: raw score → its quantile among normal tissue (> 1 beyond every normal pixel).
+        threshold: the plain operating point, in normal-quantile units (``target_fpr`` of normal tissue above).
+        scr: SCR's operating point (its own, looser unary threshold tightened by λ to the same budget).
+        target_fpr: the false-positive area on normal tissue both operating points were set to.
+        scr_threshold_fpr: the false-positive rate SCR's unary threshold was set at (the ladder's stop).
+        fp_area: plain false-positive area on the calibration normals.
+        fp_area_unary: false-positive area of SCR's unary threshold alone (λ = 0) on them.
+        fp_area_scr: SCR's false-positive area at λ on them (None: SCR not calibrated).
+        n_pixels: normal tissue pixels it was measured on.
+        n_slices: normal slices it was set on (0 when unknown, bundles before it was recorded).
+        fingerprint: the calibration slices' fingerprint, to notice evaluating on them.
+        created: when it was made (ISO 8601, UTC; empty when unknown).
+        notes: what the calibration decided and why (the SCR ladder's steps), for the user.
     """
-    from .postprocess.scr import scr_refine
 
-    cal = detector.calibration or {}
-    maps = normalise_result(detector, result)
-    fg = foreground_mask(slices) if foreground is None else np.asarray(foreground, bool)
-    plain = (maps > cal["threshold"]) & fg
-    scr_mask = None
-    lam = cal.get("lambda") if lam is None else lam
-    if scr and lam is not None:
-        tau = cal.get("tau") if tau is None else tau
-        scr_mask = scr_refine(maps, cal["scr_threshold"] if threshold is None else threshold, lam, tau,
-                              features=result.features, intensities=None if result.features is not None else slices,
-                              mode=mode or cal.get("mode", "2d"), temperature=cal.get("temperature", 0.05),
-                              foreground=fg)
-    return Calibrated(maps=maps, mask=plain, scr_mask=scr_mask, threshold=float(cal["threshold"]), params=cal)
+    normaliser: ScoreNormaliser = field(repr=False, compare=False)
+    threshold: float
+    scr: ScrSettings
+    target_fpr: float = 0.01
+    scr_threshold_fpr: float = 0.05
+    fp_area: float | None = None
+    fp_area_unary: float | None = None
+    fp_area_scr: float | None = None
+    n_pixels: int = 0
+    n_slices: int = 0
+    fingerprint: str | None = None
+    created: str = ""
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.normaliser, ScoreNormaliser) or not self.normaliser.fitted:
+            raise ModelError("a calibration needs a fitted score normaliser")
+        _finite("calibration threshold", self.threshold)
+        for name in ("target_fpr", "scr_threshold_fpr"):
+            v = getattr(self, name)
+            if not (isinstance(v, int | float) and 0.0 < v < 1.0):
+                raise ModelError(f"the calibration's {name} must be a fraction in (0, 1), got {v!r}")
+        object.__setattr__(self, "notes", tuple(str(n) for n in self.notes))
+
+    # -- use ----------------------------------------------------------------------------------------
+    def normalise(self, maps: np.ndarray) -> np.ndarray:
+        """Raw maps in normal-quantile units (float32; 1.0 is the top of the normal range)."""
+        return self.normaliser.transform(maps)
+
+    def with_notes(self, *notes: str) -> Calibration:
+        return dataclasses.replace(self, notes=(*self.notes, *notes))
+
+    # -- persistence --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data for ``bundle.json`` (``calibration``), with its schema version."""
+        return {
+            "schema_version": CALIBRATION_SCHEMA,
+            "normaliser": self.normaliser.to_dict(),
+            "threshold": self.threshold,
+            "scr": {"threshold": self.scr.threshold, "lambda": self.scr.lam, "tau": self.scr.tau,
+                    "temperature": self.scr.temperature, "mode": self.scr.mode},
+            "target_fpr": self.target_fpr,
+            "scr_threshold_fpr": self.scr_threshold_fpr,
+            "fp_area": self.fp_area,
+            "fp_area_unary": self.fp_area_unary,
+            "fp_area_scr": self.fp_area_scr,
+            "n_pixels": self.n_pixels,
+            "n_slices": self.n_slices,
+            "fingerprint": self.fingerprint,
+            "created": self.created,
+            "notes": list(self.notes),
+        }
+
+    def summary(self) -> dict[str, Any]:
+        """The operating point without the normaliser's knots: for ``--json`` output and reports."""
+        out = self.to_dict()
+        del out["normaliser"]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Calibration | None:
+        """Rebuild from ``to_dict()`` or from a bundle written before it (schema 1); None for "not calibrated".
+
+        Raises:
+            ModelError: the block is malformed (wrong types, non-finite numbers, an unknown schema).
+        """
+        if data is None or data == {}:
+            return None
+        if not isinstance(data, dict):
+            raise ModelError(f"the model's calibration must be a JSON object, got {type(data).__name__}")
+        schema = data.get("schema_version", 1)
+        if schema == 1:
+            data = _migrate_v1(data)
+        elif schema != CALIBRATION_SCHEMA:
+            raise ModelError(f"the model's calibration has schema version {schema!r}; this AnomaLens reads "
+                             f"1 and {CALIBRATION_SCHEMA}: update AnomaLens or recalibrate the model")
+        try:
+            normaliser = ScoreNormaliser.from_dict(data["normaliser"])
+            scr_d = data["scr"]
+            if not isinstance(scr_d, dict):
+                raise TypeError("scr must be an object")
+            scr = ScrSettings(threshold=_num(scr_d["threshold"]), lam=_opt_num(scr_d.get("lambda")),
+                              tau=_opt_num(scr_d.get("tau")),
+                              temperature=_num(scr_d.get("temperature", DEFAULT_TEMPERATURE)),
+                              mode=str(scr_d.get("mode", "2d")))
+            notes = data.get("notes") or []
+            if not isinstance(notes, list):
+                raise TypeError("notes must be a list")
+            return cls(normaliser=normaliser, threshold=_num(data["threshold"]), scr=scr,
+                       target_fpr=_num(data.get("target_fpr", 0.01)),
+                       scr_threshold_fpr=_num(data.get("scr_threshold_fpr", 0.05)),
+                       fp_area=_opt_num(data.get("fp_area")), fp_area_unary=_opt_num(data.get("fp_area_unary")),
+                       fp_area_scr=_opt_num(data.get("fp_area_scr")), n_pixels=_int(data.get("n_pixels", 0)),
+                       n_slices=_int(data.get("n_slices", 0)), fingerprint=_opt_str(data.get("fingerprint")),
+                       created=str(data.get("created") or ""), notes=tuple(str(n) for n in notes))
+        except ModelError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelError(f"the model's calibration is malformed ({exc}); recalibrate the model") from exc
+        except Exception as exc:  # ScoreNormaliser.from_dict raises ConfigError for damaged knots
+            raise ModelError(f"the model's calibration is malformed: {exc}") from exc
+
+
+def _migrate_v1(data: dict[str, Any]) -> dict[str, Any]:
+    """The string-keyed dict of bundles before schema 2, in today's names.
+
+    Those bundles named the plain operating point ``threshold`` and SCR's unary one ``scr_threshold``
+    (``calibrate_detector`` renamed them from ``postprocess.calibrate``'s ``plain_threshold`` / ``threshold``);
+    a dict straight from that function (``plain_threshold`` present) is read with its own names.
+    """
+    if "plain_threshold" in data:  # the raw output of postprocess.calibrate, never renamed
+        plain, unary = data["plain_threshold"], data.get("threshold")
+        fp_plain, fp_unary = data.get("fp_area_plain"), data.get("fp_area")
+    else:
+        plain, unary = data.get("threshold"), data.get("scr_threshold", data.get("threshold"))
+        fp_plain, fp_unary = data.get("fp_area"), data.get("fp_area_unary")
+    if "normaliser" not in data or plain is None:
+        raise ModelError("the model's calibration lacks its normaliser or threshold; recalibrate the model")
+    return {
+        "normaliser": data["normaliser"], "threshold": plain,
+        "scr": {"threshold": unary, "lambda": data.get("lambda"), "tau": data.get("tau"),
+                "temperature": data.get("temperature", DEFAULT_TEMPERATURE), "mode": data.get("mode", "2d")},
+        "target_fpr": data.get("target_fpr", 0.01), "scr_threshold_fpr": data.get("threshold_fpr", 0.05),
+        "fp_area": fp_plain, "fp_area_unary": fp_unary, "fp_area_scr": data.get("fp_area_scr"),
+        "n_pixels": data.get("n_pixels", 0), "n_slices": data.get("n_slices", 0),
+        "fingerprint": data.get("fingerprint"), "created": data.get("created", ""), "notes": data.get("notes") or [],
+    }
+
+
+def _finite(what: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ModelError(f"the {what} must be a finite number, got {v!r}")
+
+
+def _num(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        raise TypeError(f"expected a number, got {v!r}")
+    if not math.isfinite(v):
+        raise ValueError(f"expected a finite number, got {v!r}")
+    return float(v)
+
+
+def _opt_num(v: Any) -> float | None:
+    return None if v is None else _num(v)
+
+
+def _int(v: Any) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise TypeError(f"expected a count ≥ 0, got {v!r}")
+    return v
+
+
+def _opt_str(v: Any) -> str | None:
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise TypeError(f"expected text, got {v!r}")
+    return v

@@ -21,9 +21,9 @@ r"""Labelled evaluation data from one DATA SPEC: a sample with a mask, an IMAGE:
   An anomalous image without a mask is refused (pixel metrics would count its lesion as normal tissue).
   ``#slices`` selects images by their index in the sorted list.
 
-Everything is normalised like the model's training data (its intensity config) and, given the model's
-working grid, resampled onto it as its training scans were (``engine.preprocess.fov``), with masks on the
-same grid; without one, 2-D images of different sizes are padded to square and resized to one size.
+Scans are kept as read, each with its ground truth on its own grid: ``anomalens eval`` scores them
+through ``engine.scoring.score_scan``, exactly as ``anomalens score`` would, and measures the result it
+returns against the truth (``engine.evaluation.evaluate_model``).
 """
 
 from __future__ import annotations
@@ -38,9 +38,8 @@ import numpy as np
 
 from .errors import ConfigError, SampleError
 from .io.spec import SAMPLE_PREFIX, parse_selection, split_spec
-from .preprocess import IntensityConfig, foreground_mask, normalise_volume, resize_slices
-from .preprocess.fov import WorkingGrid, mask_to_working, place, to_working
-from .preprocess.resize import pad_to_square
+from .preprocess import IntensityConfig
+from .preprocess.fov import WorkingGrid
 from .progress import CancelToken, ProgressCallback, check, report
 from .volume import Volume
 
@@ -65,45 +64,75 @@ class EvalSpec:
 
 
 @dataclass
-class EvalData:
-    """Normalised slices with their ground truth, ready for a detector and the metrics.
+class EvalScan:
+    """One scan (or 2-D image, a one-slice volume) and its ground truth on the scan's own grid."""
 
-    ``slices`` are float32 (n, H, W) in [0, 1]; ``masks`` and ``foreground`` are boolean on the same grid;
-    ``names`` identify each slice for reports (``z=12`` or ``Ungood/00017``); ``volume`` is the scan for
-    sample and pair SPECs (None for folders of 2-D images, whose slices are unrelated pictures).
+    volume: Volume
+    truth: np.ndarray
+    names: list[str]
+
+    def __post_init__(self) -> None:
+        self.truth = np.asarray(self.truth, dtype=bool)
+        if self.truth.shape != self.volume.shape:
+            raise ConfigError(f"the mask grid {self.truth.shape} (z, y, x) does not match the image "
+                              f"{self.volume.shape}; the mask must be on the image's grid")
+        if len(self.names) != self.volume.n_slices:
+            raise ValueError("one name per slice is required")
+
+
+@dataclass
+class EvalData:
+    """Labelled scans: what ``anomalens eval`` scores and measures.
+
+    ``names`` identify each slice for reports (``z=12`` or ``Ungood/00017``); ``kind`` is the SPEC form.
     """
 
-    slices: np.ndarray
-    masks: np.ndarray
-    foreground: np.ndarray
-    names: list[str]
+    scans: list[EvalScan]
     source: str
     kind: str
-    volume: Volume | None = None
     notes: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_slices(self) -> int:
-        return len(self.slices)
+        return sum(s.volume.n_slices for s in self.scans)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for s in self.scans for n in s.names]
+
+    @property
+    def volume(self) -> Volume | None:
+        """The scan of a sample or pair SPEC (None for folders of unrelated 2-D pictures)."""
+        return self.scans[0].volume if self.kind != "folder" and self.scans else None
 
     @property
     def is_stack(self) -> bool:
         """Whether neighbouring slices are neighbours in space (3-D SCR makes sense only then)."""
         return self.kind != "folder"
 
-    def fingerprints(self) -> set[str]:
-        """Fingerprints this data would have as training data (all slices, or only those with tissue).
+    def fingerprints(self, intensity: IntensityConfig | dict | None = None,
+                     grid: WorkingGrid | None = None) -> set[str]:
+        """Fingerprints this data would have as a model's training data, to notice "evaluating on it".
 
-        ``gather_normals`` drops slices without tissue before fitting, so both variants are compared
-        with a model's training fingerprint to notice "evaluating on the data the model was fitted on".
+        Computed as ``pipeline.gather_normals`` would make the training stack: normalised with the model's
+        intensity config, on its working grid, with all slices or only those with tissue.
         """
         from .detectors.base import fingerprint
+        from .pipeline import prepare, working_slices
 
-        out = {fingerprint(self.slices)}
-        keep = self.foreground.reshape(self.n_slices, -1).mean(1) > TISSUE_FRACTION
+        stacks, tissue = [], []
+        for scan in self.scans:
+            prepared = prepare(scan.volume, intensity)
+            stack, _ = working_slices(prepared, np.arange(prepared.n_slices), grid)
+            stacks.append(stack)
+            tissue.append(prepared.foreground.reshape(prepared.n_slices, -1).mean(1) > TISSUE_FRACTION)
+        if len({s.shape[1:] for s in stacks}) != 1:
+            return set()
+        all_slices, keep = np.concatenate(stacks), np.concatenate(tissue)
+        out = {fingerprint(all_slices)}
         if keep.any() and not keep.all():
-            out.add(fingerprint(self.slices[keep]))
+            out.add(fingerprint(all_slices[keep]))
         return out
 
 
@@ -201,10 +230,6 @@ def _pair_spec(left: str, right: str) -> EvalSpec:
 
 # -- loading ---------------------------------------------------------------------------------------
 
-def _intensity(intensity: IntensityConfig | dict | None) -> IntensityConfig:
-    return intensity if isinstance(intensity, IntensityConfig) else IntensityConfig.from_dict(intensity)
-
-
 def _read_mask(path: str | Path) -> np.ndarray:
     """A label map as boolean: any label counts; an 8-bit picture mask counts where it is over half white."""
     from .io import read_scan
@@ -226,8 +251,7 @@ def _geometry_note(image: Volume, mask_vol: Volume) -> str | None:
     return None
 
 
-def _volume_data(volume: Volume, mask_path: str | Path, selection: str | None, cfg: IntensityConfig,
-                 source: str, kind: str, size: int | None, grid: WorkingGrid | None = None) -> EvalData:
+def _volume_data(volume: Volume, mask_path: str | Path, selection: str | None, source: str, kind: str) -> EvalData:
     from .io import read_scan
 
     mask_vol = read_scan(mask_path)
@@ -237,28 +261,18 @@ def _volume_data(volume: Volume, mask_path: str | Path, selection: str | None, c
             f"the mask grid {tuple(mask_vol.shape)} (z, y, x) does not match the image {tuple(volume.shape)}; "
             "the mask must be on the image's grid (resample it to the image first)"
         )
-    idx = None
+    z = np.arange(volume.n_slices)
     if selection is not None:
-        idx = parse_selection(selection, volume.n_slices)
-        volume, mask_vol = volume.select_slices(idx), mask_vol.select_slices(idx)
+        z = np.asarray(parse_selection(selection, volume.n_slices), dtype=int)
+        volume, mask_vol = volume.select_slices(z), mask_vol.select_slices(z)
     note = _geometry_note(volume, mask_vol)
     if note:
         notes.append(note)
-    mask = mask_vol.array > 0
-    slices = normalise_volume(volume, cfg).astype(np.float32)
-    if grid is not None:
-        p = place(slices.shape[1:], volume.spacing_zyx[1:], grid, foreground_mask(slices))
-        slices, mask = to_working(slices, p), mask_to_working(mask, p)
-    elif size is not None:
-        slices = resize_slices(pad_to_square(slices), size).astype(np.float32)
-        mask = resize_slices(pad_to_square(mask.astype(np.float32)), size) > 0.5
-    z = np.asarray(idx if idx is not None else range(volume.n_slices), dtype=int)
-    return EvalData(slices=slices, masks=mask, foreground=foreground_mask(slices), names=[f"z={k}" for k in z],
-                    source=source, kind=kind, volume=volume, notes=notes,
-                    info={"slice_indices": z.tolist()})
+    scan = EvalScan(volume=volume, truth=mask_vol.array > 0, names=[f"z={k}" for k in z])
+    return EvalData(scans=[scan], source=source, kind=kind, notes=notes, info={"slice_indices": z.tolist()})
 
 
-def _sample_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: WorkingGrid | None) -> EvalData:
+def _sample_data(spec: EvalSpec) -> EvalData:
     from .io.spec import load_spec
     from .samples import fetch_sample, sample_info
 
@@ -273,16 +287,16 @@ def _sample_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: W
     assert paths.mask is not None
     volume = load_spec(spec.image)
     source = spec.image + (f"#{spec.selection}" if spec.selection else "")
-    return _volume_data(volume, paths.mask, spec.selection, cfg, source, "sample", size, grid)
+    return _volume_data(volume, paths.mask, spec.selection, source, "sample")
 
 
-def _pair_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: WorkingGrid | None) -> EvalData:
+def _pair_data(spec: EvalSpec) -> EvalData:
     from .io.spec import load_spec
 
     assert spec.mask is not None
     volume = load_spec(spec.image)
-    return _volume_data(volume, Path(spec.mask).expanduser(), spec.selection, cfg,
-                        f"{spec.image} with mask {spec.mask}", "pair", size, grid)
+    return _volume_data(volume, Path(spec.mask).expanduser(), spec.selection,
+                        f"{spec.image} with mask {spec.mask}", "pair")
 
 
 def _is_image(path: Path) -> bool:
@@ -341,92 +355,63 @@ def dataset_items(root: str | Path, split: str = "test") -> list[tuple[str, Path
     return items
 
 
-def _folder_data(spec: EvalSpec, cfg: IntensityConfig, size: int | None, grid: WorkingGrid | None,
-                 progress: ProgressCallback | None, cancel: CancelToken | None) -> EvalData:
+def _folder_data(spec: EvalSpec, progress: ProgressCallback | None, cancel: CancelToken | None) -> EvalData:
     from .io import read_scan
 
     root = Path(spec.image)
     items = dataset_items(root)
     if spec.selection is not None:
         items = [items[i] for i in parse_selection(spec.selection, len(items))]
-    slices, masks, names = [], [], []
+    scans: list[EvalScan] = []
     notes: list[str] = []
-    native: set[tuple[int, ...]] = set()
     for i, (name, img_path, mask_path, anomalous) in enumerate(items):
         check(cancel)
         vol = read_scan(img_path)
-        img = normalise_volume(vol, cfg).astype(np.float32)
         if mask_path is None:
-            mask = np.zeros(img.shape, dtype=bool)
+            mask = np.zeros(vol.shape, dtype=bool)
         else:
             mask = _read_mask(mask_path)
-            if mask.shape != img.shape:
+            if mask.shape != vol.shape:
                 raise ConfigError(
                     f"the mask {mask_path.name} is {mask.shape[2]}×{mask.shape[1]} pixels but its image "
-                    f"{img_path.name} is {img.shape[2]}×{img.shape[1]}; masks must be on the image grid"
+                    f"{img_path.name} is {vol.shape[2]}×{vol.shape[1]}; masks must be on the image grid"
                 )
         if anomalous and not mask.any():
             notes.append(f"{name} is in an anomalous folder but its mask is empty")
-        native.add(img.shape[1:])
-        if grid is not None:
-            p = place(img.shape[1:], vol.spacing_zyx[1:], grid, foreground_mask(img))
-            img, mask = to_working(img, p), mask_to_working(mask, p)
-        for z in range(img.shape[0]):
-            slices.append(img[z])
-            masks.append(mask[z])
-            names.append(name if img.shape[0] == 1 else f"{name}#{z}")
+        names = [name] if vol.n_slices == 1 else [f"{name}#{z}" for z in range(vol.n_slices)]
+        scans.append(EvalScan(volume=vol, truth=mask, names=names))
         report(progress, (i + 1) / len(items), f"read {i + 1}/{len(items)} images")
-    shapes = {s.shape for s in slices}
-    if grid is not None and len(native) > 1:
-        notes.append(f"images of {len(native)} different sizes were resampled onto the model's "
-                     f"{grid.size}×{grid.size} working grid ({grid.fov_mm:g} mm across)")
-    if len(shapes) == 1 and size is None:
-        stack, mstack = np.stack(slices), np.stack(masks)
-    else:
-        target = size or max(max(s) for s in shapes)
-        if len(shapes) > 1:
-            notes.append(f"images of {len(shapes)} different sizes were padded to square and resized to "
-                         f"{target}×{target}")
-        stack = np.concatenate([resize_slices(pad_to_square(s[None]), target) for s in slices]).astype(np.float32)
-        mstack = np.concatenate([resize_slices(pad_to_square(m[None].astype(np.float32)), target) > 0.5
-                                 for m in masks])
-    stack = np.clip(stack, 0.0, 1.0).astype(np.float32)
+    sizes = {s.volume.shape[1:] for s in scans}
+    if len(sizes) > 1:
+        notes.append(f"images of {len(sizes)} different sizes: each is scored on its own grid, and the maps are "
+                     "padded with background to one size for the metrics")
     n_anom = sum(1 for it in items if it[3])
-    return EvalData(slices=stack, masks=mstack, foreground=foreground_mask(stack), names=names,
-                    source=f"{root} (test split: {len(items) - n_anom} normal, {n_anom} anomalous images)",
+    return EvalData(scans=scans, source=f"{root} (test split: {len(items) - n_anom} normal, {n_anom} anomalous images)",
                     kind="folder", notes=notes, info={"n_images": len(items), "n_anomalous_images": n_anom})
 
 
-def load_eval_data(spec: str, intensity: IntensityConfig | dict | None = None, size: int | None = None,
-                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
-                   grid: WorkingGrid | None = None) -> EvalData:
+def load_eval_data(spec: str, progress: ProgressCallback | None = None,
+                   cancel: CancelToken | None = None) -> EvalData:
     """Read labelled evaluation data from a DATA SPEC (see the module docstring for the forms).
 
     Args:
         spec: ``sample:NAME[#slices]``, ``IMAGE:MASK[#slices]`` or a BMAD/MVTec folder.
-        intensity: The model's intensity normalisation (``detector.preprocessing["intensity"]``), so the
-            data is normalised exactly as the training data was.
-        size: Bring every slice to size×size (padded to square first); None keeps a scan's own grid and
-            gives 2-D images of different sizes the largest side among them.
         progress: Progress callback (reading images of a folder).
         cancel: Cancel token.
-        grid: The model's working grid (``pipeline.model_grid``): every scan and mask is resampled onto it,
-            as the model saw its training data, and metrics are computed there. Overrides ``size``.
 
     Raises:
         ConfigError: an unrecognised SPEC, a mask grid that does not match its image, a missing mask.
         SampleError: a sample without a lesion mask, or one that cannot be fetched.
         ScanReadError: an unreadable image or mask.
     """
-    cfg = _intensity(intensity)
     parsed = parse_eval_spec(spec)
     if parsed.kind == "sample":
-        data = _sample_data(parsed, cfg, size, grid)
+        data = _sample_data(parsed)
     elif parsed.kind == "pair":
-        data = _pair_data(parsed, cfg, size, grid)
+        data = _pair_data(parsed)
     else:
-        data = _folder_data(parsed, cfg, size, grid, progress, cancel)
-    if not data.masks.any():
+        data = _folder_data(parsed, progress, cancel)
+    if not any(s.truth.any() for s in data.scans):
         data.notes.append("the ground-truth masks are empty: there is no anomaly to find in this data")
     report(progress, 1.0, f"loaded {data.n_slices} slices")
     return data

@@ -2,8 +2,8 @@
 
 Fetch ``sample:brain1``; train the default detector on healthy sources plus the case's lesion-free slices
 (first time only: the bundle is cached in the user's model folder) and calibrate it on held-out lesion-free
-slices; score the remaining slices (never fitted or calibrated on), refine with SCR, and write the NIfTI
-outputs and the metrics to ``demo-output/``.
+slices; score the remaining slices (never fitted or calibrated on) with ``engine.scoring.score_scan``, and
+write its files (those of ``anomalens score``) and the metrics to ``demo-output/``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from .progress import CancelToken, ProgressCallback, report
+from .progress import CancelToken, ProgressCallback, report, stage
+from .scoring import ScanResult
 from .volume import Volume
 
 # The demo's first run trains its model, so it uses the detector that fits in seconds: the PatchCore-kind
@@ -25,19 +26,26 @@ from .volume import Volume
 # CPU; it is one flag away (--detector lorentz).
 DEFAULT_DETECTOR = "patchcore"
 DEFAULT_CONFIG: dict[str, Any] = {}
+#: Healthy scans the demo's model is fitted on beside brain1's own lesion-free slices.
+HEALTHY = ("mni152",)
 
 
 @dataclass
 class DemoOutput:
-    """What the demo produced: the scan, maps on its grid, the model and the files written."""
+    """What the demo produced: the scan's result (held-out slices), its metrics, the model and the files."""
 
-    volume: Volume
-    heatmap: np.ndarray
-    mask: np.ndarray
-    evaluated: np.ndarray
+    result: ScanResult
     metrics: dict[str, Any]
     model: Path
     files: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def volume(self) -> Volume:
+        return self.result.volume
+
+    @property
+    def evaluated(self) -> np.ndarray:
+        return self.result.indices
 
 
 def model_dir(detector: str) -> Path:
@@ -50,18 +58,25 @@ def model_dir(detector: str) -> Path:
 def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, device: str = "auto",
              retrain: bool = False, progress: ProgressCallback | None = None,
              cancel: CancelToken | None = None) -> DemoOutput:
-    """Run the whole job and write ``heatmap.nii.gz``, ``mask_scr.nii.gz`` and ``metrics.json`` to ``out``."""
-    from .calibration import apply_calibration, calibrate_detector
+    """Run the whole job and write the result's files and ``metrics.json`` to ``out``.
+
+    The held-out slices are scored by ``score_scan`` on the scan's own grid, exactly as ``anomalens score
+    --slices`` would, and measured against the expert mask there.
+    """
     from .detectors import create_detector, load_bundle
+    from .domain import TRAINING_KEY, describe_scans
     from .evaluation import onsite_data
     from .fileio import atomic_write_text
-    from .io import write_like
+    from .io import read_scan
     from .metrics import evaluate
-    from .pipeline import model_grid
-    from .preprocess.fov import from_working
+    from .outputs import write_scan_result
+    from .pipeline import load_volume, model_grid
+    from .recalibration import calibrate_detector
+    from .samples import fetch_sample
+    from .scoring import score_scan
 
     report(progress, 0.0, "fetching sample:brain1")
-    data = onsite_data("brain1", healthy=["mni152"])
+    data = onsite_data("brain1", healthy=list(HEALTHY))
     path = model_dir(detector)
     det = load_bundle(path, device=device) if path.is_dir() and not retrain else None
     if det is not None and model_grid(det) != data.grid:
@@ -70,29 +85,27 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
         det = create_detector(detector, config=DEFAULT_CONFIG, device=device)
         det.preprocessing = {"grid": data.grid.to_dict()}
         det.fit(data.normals, progress=lambda f, m: report(progress, 0.05 + 0.8 * f, m), cancel=cancel)
+        domain = describe_scans([data.volume, *(load_volume(f"sample:{h}") for h in HEALTHY)])
+        det.training.update({TRAINING_KEY: domain.to_dict(), "modality": data.volume.modality})
         calibrate_detector(det, data.calibration, cancel=cancel)
         if path.exists():
             shutil.rmtree(path)
         det.save(path)
+        det = load_bundle(path, device=device)  # what every later run scores with, version and all
     report(progress, 0.9, "scoring held-out slices")
-    result = det.score(data.eval_slices, cancel=cancel)
-    cal = apply_calibration(det, result, data.eval_slices, data.eval_foreground)
-    metrics = evaluate(cal.maps, data.eval_masks, data.eval_foreground, threshold=cal.threshold,
-                       scr_masks=cal.scr_mask, n_boot=200)
+    idx = data.split.evaluate
+    result = score_scan(det, data.volume, idx, progress=stage(progress, 0.9, 0.97), cancel=cancel)
+    paths = fetch_sample("brain1")
+    assert paths.mask is not None
+    truth = read_scan(paths.mask).array[idx] > 0
+    metrics = evaluate(result.map[idx], truth, result.prepared.foreground[idx], threshold=result.threshold,
+                       scr_masks=None if result.mask_scr is None else result.mask_scr[idx], n_boot=200)
     metrics["evaluated_on"] = f"brain1 slices {data.split.spec_suffix('evaluate')} (never fitted or calibrated on)"
     metrics["detector"] = detector
-    vol, idx = data.volume, data.split.evaluate
-    heat = np.zeros(vol.shape, np.float32)
-    mask = np.zeros(vol.shape, np.uint8)
-    # onsite_data resampled the case onto its working grid: bring the maps back to the scan's own grid.
-    maps = from_working(cal.maps, data.placement)
-    best = cal.scr_mask if cal.scr_mask is not None else cal.mask
-    best = from_working(best.astype(np.float32), data.placement) > 0.5
-    heat[idx], mask[idx] = maps, best
+    metrics["unit"] = result.unit.value
+    metrics["model"] = result.model.to_dict()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {"heatmap": write_like(vol, heat, out / "heatmap.nii.gz"),
-             "mask": write_like(vol, mask, out / "mask_scr.nii.gz"),
-             "metrics": atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))}
+    files = write_scan_result(result, out)
+    files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
     report(progress, 1.0, "done")
-    return DemoOutput(volume=vol, heatmap=heat, mask=mask, evaluated=idx, metrics=metrics, model=path, files=files)
+    return DemoOutput(result=result, metrics=metrics, model=path, files=files)

@@ -1,4 +1,7 @@
-"""Evaluation datasets and the on-site protocol run shared by ``anomalens eval``, the bench and the demo.
+"""Measuring a model: ``anomalens eval`` on labelled scans, and the on-site protocol of the benches and the demo.
+
+``evaluate_model`` scores every labelled scan through ``engine.scoring.score_scan``, the function behind
+``anomalens score`` and the viewer, so its Dice and Dice with SCR measure exactly the masks a user gets.
 
 The on-site protocol (issue: Lorentz detector) fits on healthy sources plus a case's own lesion-free
 slices far from the lesion, and evaluates on the rest, so no number is ever measured on a fitted slice.
@@ -21,11 +24,12 @@ from .preprocess.fov import (
     mask_to_working,
     to_working,
 )
-from .progress import CancelToken, ProgressCallback, check, report
+from .progress import CancelToken, ProgressCallback, check, report, stage
 from .protocol import SliceSplit, onsite_split
 from .volume import Volume
 
 if TYPE_CHECKING:
+    from .datasets import EvalData
     from .detectors.base import Detector
     from .pipeline import PreparedScan
 
@@ -154,8 +158,9 @@ def run_onsite(detector: str, data: OnsiteData, config: dict[str, Any] | None = 
 def assess_onsite(det: Detector, data: OnsiteData, target_fpr: float = 0.01,
                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> dict[str, Any]:
     """Calibrate a fitted detector (when held-out normals exist), score the evaluated slices, measure."""
-    from .calibration import apply_calibration, calibrate_detector
     from .metrics import evaluate
+    from .recalibration import calibrate_detector
+    from .scoring import apply_calibration
 
     check(cancel)
     cal_slices = data.calibration
@@ -168,10 +173,11 @@ def assess_onsite(det: Detector, data: OnsiteData, target_fpr: float = 0.01,
     score_s = (time.perf_counter() - t0) / len(data.eval_slices)
     cal = None
     if len(cal_slices):
-        cal = apply_calibration(det, result, data.eval_slices, data.eval_foreground)
+        assert det.calibration is not None
+        cal = apply_calibration(det.calibration, result, data.eval_slices, data.eval_foreground)
         metrics = evaluate(cal.maps, data.eval_masks, data.eval_foreground, threshold=cal.threshold,
                            scr_masks=cal.scr_mask)
-        metrics["calibration"] = {k: v for k, v in det.calibration.items() if k != "normaliser"}
+        metrics["calibration"] = det.calibration.summary()
         metrics["calibrated_on"] = f"{len(cal_slices)} held-out lesion-free slices of the case (not fitted on)"
     else:
         metrics = evaluate(result.heatmaps, data.eval_masks, data.eval_foreground)
@@ -183,3 +189,107 @@ def assess_onsite(det: Detector, data: OnsiteData, target_fpr: float = 0.01,
     metrics["_result"] = result
     metrics["_calibrated"] = cal
     return metrics
+
+
+# -- anomalens eval -----------------------------------------------------------------------------------
+
+@dataclass
+class Evaluation:
+    """Metrics of a model on labelled scans, with the stacks they were computed from (for reports).
+
+    Stacks hold every evaluated slice on one in-plane grid (2-D images of other sizes are padded with
+    background): ``slices`` the model's normalised intensities, ``maps`` the result's map (normal-quantile
+    units when calibrated, raw otherwise), ``mask`` / ``scr_mask`` the calibrated operating point without and
+    with SCR (None when unavailable), ``truth`` and ``foreground`` the ground truth and the tissue.
+    """
+
+    metrics: dict[str, Any]
+    slices: np.ndarray
+    maps: np.ndarray
+    mask: np.ndarray | None
+    scr_mask: np.ndarray | None
+    truth: np.ndarray
+    foreground: np.ndarray
+    names: list[str]
+
+
+def evaluate_model(detector: Detector, data: EvalData, scr: bool = True, reduce: str = "max", n_boot: int = 1000,
+                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Evaluation:
+    """Score labelled scans with ``score_scan`` and compute every metric at the calibrated operating point.
+
+    Dice and precision need an operating point that was not tuned on the test data, so they come from
+    the model's calibration (normals only); an uncalibrated model gets None for them, with a note.
+    ``best_dice`` is tuned on this very data and is labelled as an upper bound wherever it is shown.
+    """
+    from .metrics import evaluate
+    from .scoring import score_scan
+
+    notes: list[str] = list(data.notes)
+    cal = detector.calibration
+    if data.n_slices == 0:
+        raise ConfigError("no slices to evaluate")
+    if cal is not None and cal.scr.mode == "3d" and not data.is_stack:
+        notes.append("the model was calibrated for 3-D SCR, but these are separate 2-D images: SCR ran in 2-D")
+    parts: list[tuple[np.ndarray, ...]] = []
+    seconds, done = 0.0, 0
+    for scan in data.scans:
+        check(cancel)
+        n = scan.volume.n_slices
+        r = score_scan(detector, scan.volume, scr=scr, keep_embeddings=False, cancel=cancel,
+                       progress=stage(progress, 0.85 * done / data.n_slices, 0.85 * (done + n) / data.n_slices))
+        seconds += r.seconds_per_slice * n
+        done += n
+        notes += [w for w in r.warnings if w not in notes]
+        parts.append((r.prepared.slices, r.map, r.mask, r.mask_scr, scan.truth, r.prepared.foreground))
+    slices, maps, mask, scr_mask, truth, fg = (_stack([p[i] for p in parts]) for i in range(6))
+    if cal is not None:
+        if not scr:
+            notes.append("SCR was switched off (--no-scr), so dice_scr and precision_scr are null")
+        elif scr_mask is None:
+            notes.append("the calibration has no SCR λ (no features or intensities at calibration time), "
+                         "so dice_scr and precision_scr are null")
+    else:
+        notes.append("the model is not calibrated, so dice/precision (with and without SCR) have no operating "
+                     "point and are null: run 'anomalens calibrate --model MODEL --normals SPEC... --out NEW' "
+                     "with held-out normal scans")
+    notes += _overlap_notes(detector, data)
+    report(progress, 0.9, "computing metrics")
+    metrics = evaluate(maps, truth, fg, threshold=None if cal is None else cal.threshold, scr_masks=scr_mask,
+                       reduce=reduce, n_boot=n_boot, seed=detector.seed)
+    metrics["notes"] = notes + [n for n in metrics.get("notes", []) if n not in notes]
+    metrics["seconds_per_slice"] = float(seconds / data.n_slices)
+    metrics["calibrated"] = cal is not None
+    metrics["scr"] = scr_mask is not None
+    metrics["unit"] = "normal-quantile" if cal is not None else "raw"
+    report(progress, 1.0, "done")
+    return Evaluation(metrics=metrics, slices=slices, maps=maps, mask=mask, scr_mask=scr_mask, truth=truth,
+                      foreground=fg, names=data.names)
+
+
+def _overlap_notes(detector: Detector, data: EvalData) -> list[str]:
+    """Warnings when the evaluated scans are the ones the model was fitted, fine-tuned or calibrated on."""
+    from .pipeline import model_grid
+
+    training = detector.training or {}
+    fps = data.fingerprints((detector.preprocessing or {}).get("intensity"), model_grid(detector))
+    notes = []
+    if training.get("fingerprint") in fps:
+        notes.append("this data is the data the model was fitted on: every metric is optimistic; evaluate on "
+                     "held-out scans")
+    elif (training.get("fine_tuned_on") or {}).get("fingerprint") in fps:
+        notes.append("this data is the data the model was fine-tuned on: every metric is optimistic")
+    cal = detector.calibration
+    if cal is not None and cal.fingerprint in fps:
+        notes.append("this data is the data the model was calibrated on: the operating point is tuned to it")
+    return notes
+
+
+def _stack(arrays: list[np.ndarray | None]) -> Any:
+    """Concatenate per-scan (z, y, x) stacks, padding smaller in-plane grids with zeros (background)."""
+    if any(a is None for a in arrays):
+        return None
+    h = max(a.shape[1] for a in arrays)
+    w = max(a.shape[2] for a in arrays)
+    padded = [a if a.shape[1:] == (h, w) else
+              np.pad(a, ((0, 0), (0, h - a.shape[1]), (0, w - a.shape[2]))) for a in arrays]
+    return np.concatenate(padded)

@@ -198,5 +198,5 @@ def export_seg(volume: Volume, mask: np.ndarray, path: str | Path, *, series_des
     target = Path(path)
     with atomic_path(target, suffix=".dcm") as tmp:
         seg.save_as(tmp, enforce_file_format=True)
-    report(progress, 1.0, f"wrote {target.name}")
+    report(progress, 1.0, "wrote the segmentation")
     return target

@@ -28,10 +28,11 @@ from .detectors.bundle import MANIFEST, read_manifest, save_bundle
 from .errors import ConfigError, ModelError
 from .fileio import atomic_write_text
 from .paths import data_dir
-from .progress import CancelToken, ProgressCallback, check, report
+from .progress import CancelToken, ProgressCallback, check, report, stage
 
 if TYPE_CHECKING:
     from .detectors.base import Detector
+    from .recalibration import Recalibration
 
 ACTIVE = "active.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -218,59 +219,32 @@ class ModelStore:
 
 @dataclass
 class SiteUpdate:
-    """What a site fine-tune produced: the adapted detector, its saved version, and false positives.
+    """What a site fine-tune produced: the recalibration (adapted detector, false positives) and its saved version."""
 
-    ``fp_before``/``fp_after`` are the false-positive areas on the marked normals (``fp_before`` is None when
-    the earlier model had no calibration).
-    """
-
-    detector: Detector
+    recalibration: Recalibration
     info: BundleInfo
-    fp_before: float | None
-    fp_after: float
 
-
-def false_positive_area(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None) -> float | None:
-    """Share of the tissue of normal slices that the calibrated plain threshold flags (None: not calibrated)."""
-    from .calibration import apply_calibration
-    from .preprocess.foreground import foreground_mask
-
-    if "normaliser" not in (detector.calibration or {}):
-        return None
-    fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
-    cal = apply_calibration(detector, detector.score(normals), normals, fg, scr=False)
-    return float((cal.mask & fg).sum() / max(int(fg.sum()), 1))
+    @property
+    def detector(self) -> Detector:
+        return self.recalibration.detector
 
 
 def fine_tune_site(detector: Detector, normals: np.ndarray, store: ModelStore, base: str | Path, note: str = "",
                    parent: str | Path | None = None, target_fpr: float | None = None,
                    progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> SiteUpdate:
-    """Fine-tune a detector on a site's normal slices, recalibrate it on them, save the next profile version.
+    """Fine-tune a detector on a site's normal slices, recalibrate it, and save the next profile version.
 
-    The one entry point behind the viewer's "Fine-tune on marks" (and any CLI). ``detector`` is changed in
-    place, so pass a copy (e.g. freshly loaded from its bundle) when the original must stay usable. The
-    calibration uses the same slices it is measured on, so the "after" area is close to ``target_fpr`` by
-    construction; it shows the change, not an independent test. Nothing is saved if cancelled.
+    The viewer's "Fine-tune on marks" runs this; it is ``recalibrate(fine_tune=True)`` (the same as
+    ``anomalens calibrate --fine-tune``: every other slice adapts, the rest calibrate) plus a saved version.
+    ``detector`` is changed in place, so pass a copy (e.g. freshly loaded from its bundle) when the original
+    must stay usable. Nothing is saved if cancelled.
     """
-    from .calibration import calibrate_detector
-    from .preprocess.foreground import foreground_mask
+    from .recalibration import recalibrate
 
-    fg = foreground_mask(normals)
-    fpr = target_fpr if target_fpr is not None else float((detector.calibration or {}).get("target_fpr", 0.01))
-    report(progress, 0.0, "measuring false positives before")
-    before = false_positive_area(detector, normals, fg)
-    check(cancel)
-    report(progress, 0.15, "fine-tuning")
-    detector.fine_tune(normals, progress=lambda f, m: report(progress, 0.15 + 0.45 * f, m), cancel=cancel)
-    check(cancel)
-    mode = str((detector.calibration or {}).get("mode", "2d"))
-    calibrate_detector(detector, normals, fg, target_fpr=fpr, mode=mode,
-                       progress=lambda f, m: report(progress, 0.6 + 0.3 * f, m), cancel=cancel)
-    check(cancel)
-    report(progress, 0.9, "measuring false positives after")
-    after = false_positive_area(detector, normals, fg) or 0.0  # calibrated just above, so never None
+    rec = recalibrate(detector, normals, fine_tune=True, target_fpr=target_fpr, progress=stage(progress, 0.0, 0.95),
+                      cancel=cancel)
     check(cancel)
     report(progress, 0.97, "saving the new version")
     info = store.save_version(detector, base, note=note, parent=parent)
     report(progress, 1.0, f"saved {info.name}")
-    return SiteUpdate(detector, info, before, after)
+    return SiteUpdate(rec, info)

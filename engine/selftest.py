@@ -5,7 +5,8 @@ detectors and napari's manifest are found through entry points) or the backbone 
 only show when a scan is scored. So the self-test runs the real path end to end on a scan that ships with
 the installation (the MNI152 template inside nilearn's data): read, train the default detector small,
 save and reload the bundle, score, write ``heatmap.nii.gz``, read it back and check it. It uses the same
-pipeline functions as the CLI, so it also works (and is unit tested) from a normal install.
+functions as the CLI (``score_scan``, ``write_scan_result``), so it also works (and is unit tested) from a
+normal install.
 """
 
 from __future__ import annotations
@@ -95,6 +96,8 @@ def run_self_test(out: str | Path | None = None, sample: str = DEFAULT_SAMPLE, d
     from . import pipeline
     from .demo import DEFAULT_DETECTOR
     from .io.spec import split_spec
+    from .outputs import write_scan_result
+    from .scoring import score_scan
 
     name = detector or DEFAULT_DETECTOR
     cfg = dict(_small_config(name) if config is None else config)
@@ -117,10 +120,10 @@ def run_self_test(out: str | Path | None = None, sample: str = DEFAULT_SAMPLE, d
                     lambda d: f"saved and reloaded {work / 'model'}")
         check(cancel)
         report(progress, 0.65, "scoring")
-        scored = _step(rep, "score", lambda: pipeline.score_volume(det, volume, cancel=cancel),
-                       lambda vs: f"{len(vs.slice_scores)} slices, {vs.seconds_per_slice:.3f} s/slice")
-        files = _step(rep, "write", lambda: pipeline.write_score_outputs(scored, work),
-                      lambda f: f"{f['heatmap'].name}, {f['scores'].name}")
+        scored = _step(rep, "score", lambda: score_scan(det, volume, keep_embeddings=False, cancel=cancel),
+                       lambda r: f"{len(r.slices)} slices, {r.seconds_per_slice:.3f} s/slice, {r.unit.short}")
+        files = _step(rep, "write", lambda: write_scan_result(scored, work),
+                      lambda f: ", ".join(p.name for p in f.values()))
         report(progress, 0.9, "checking the heatmap")
         rep.shape = _step(rep, "verify", lambda: _verify(files["heatmap"], volume),
                           lambda s: f"shape {s} matches the scan, all values finite, not constant")

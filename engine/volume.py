@@ -43,6 +43,10 @@ class Volume:
     metadata: dict[str, Any] = field(default_factory=dict)
     source: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    #: Voxels of the whole scan that intensity normalisation takes its statistics from, kept by a slice
+    #: selection: ``sample:brain1#10`` must be normalised as slice 10 of the whole scan is, or the same
+    #: slice would score differently depending on which others were loaded with it. None: the array itself.
+    intensity_reference: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         arr = np.asarray(self.array)
@@ -88,11 +92,15 @@ class Volume:
             raise InvalidVolumeError("no slices selected")
         if idx.min() < 0 or idx.max() >= self.n_slices:
             raise InvalidVolumeError(f"slice index out of range 0-{self.n_slices - 1}")
+        from .preprocess.intensity import intensity_sample
+
         d = np.asarray(self.direction).reshape(3, 3)
         origin = np.asarray(self.origin) + d[:, 2] * self.spacing[2] * idx[0]
+        reference = self.intensity_reference if self.intensity_reference is not None else intensity_sample(self.array)
         out = replace(self, array=self.array[idx], origin=tuple(origin.tolist()), metadata=dict(self.metadata),
-                      warnings=list(self.warnings))
-        out.metadata["selected_slices"] = idx.tolist()
+                      warnings=list(self.warnings), intensity_reference=reference)
+        previous = self.metadata.get("selected_slices")
+        out.metadata["selected_slices"] = (np.asarray(previous)[idx] if previous is not None else idx).tolist()
         return out
 
     def to_sitk(self, array: np.ndarray | None = None):  # -> SimpleITK.Image

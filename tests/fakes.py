@@ -31,7 +31,7 @@ class MeanDetector(Detector):
 
 def calibrated_patchcore(n_calibration: int = 4, modality: str | None = None) -> Detector:
     """PatchCore's tiny test config fitted on 6 phantom slices and calibrated on other phantom normals."""
-    from anomalens.engine.calibration import calibrate_detector
+    from anomalens.engine.recalibration import calibrate_detector
     from anomalens.plugins.patchcore import PatchCoreDetector
 
     torch.set_num_threads(1)

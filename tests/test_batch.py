@@ -8,7 +8,6 @@ failure (``KilledWorker``) instead of a silent retry: that is what lets the test
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -25,6 +24,7 @@ from anomalens.engine.batch import (
     run_batch,
     study_id,
 )
+from anomalens.engine.outputs import read_scores_csv
 from tests.phantoms import phantom_slices
 from tests.test_datasets import write_volume
 
@@ -192,8 +192,7 @@ def test_a_killed_worker_loses_no_finished_result_and_the_rerun_completes(data, 
     manifest = json.loads((out / MANIFEST).read_text())
     for sid in first.ok:  # every finished result is recorded and complete on disk
         assert manifest["studies"][sid]["status"] == "ok"
-        rows = list(csv.reader((out / sid / "scores.csv").open()))
-        assert [int(r[0]) for r in rows[1:]] == [0, 1, 2]
+        assert [int(r["slice"]) for r in read_scores_csv(out / sid / "scores.csv")] == [0, 1, 2]
         assert read_heat(out / sid / "heatmap.nii.gz").shape == (3, 64, 64)
     # A study that was mid-write on the dying worker may leave its temporary folder; never a finished one.
     leftovers = [p.name for p in out.iterdir() if p.name.startswith(".")]

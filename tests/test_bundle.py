@@ -34,8 +34,12 @@ def fitted() -> MeanDetector:
 
 
 def test_round_trip_and_manifest(tmp_path: Path) -> None:
+    from anomalens.engine.calibration import Calibration, ScrSettings
+    from anomalens.engine.postprocess.normalise import ScoreNormaliser
+
     det = fitted()
-    det.calibration = {"threshold": 0.7}
+    norm = ScoreNormaliser().fit(np.random.default_rng(1).random((2, 16, 16)))
+    det.calibration = Calibration(normaliser=norm, threshold=0.7, scr=ScrSettings(threshold=0.6, lam=1.5, tau=0.2))
     path = det.save(tmp_path / "m")
     m = read_manifest(path)
     assert m["schema_version"] == SCHEMA_VERSION and m["detector"] == "mean-test"
@@ -44,7 +48,8 @@ def test_round_trip_and_manifest(tmp_path: Path) -> None:
         assert key in m
     assert m["training"]["fingerprint"].startswith("sha256:")
     again = load_bundle(path)
-    assert again.calibration == {"threshold": 0.7}
+    assert again.calibration == det.calibration and again.calibration.scr.lam == 1.5
+    assert again.content_fingerprint() == det.content_fingerprint()
     torch.testing.assert_close(again.mean, det.mean)
 
 

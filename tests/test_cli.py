@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from anomalens.engine.cli.main import main
+from anomalens.engine.outputs import read_scores_csv
 from tests.phantoms import phantom_slices
 from tests.test_datasets import ORIGIN, SPACING, write_volume
 
@@ -88,22 +88,25 @@ def test_train_then_score_writes_outputs_on_the_input_grid(capsys, scans, tmp_pa
 
     res = run_json(capsys, ["score", "--model", str(model), str(scans["test"]), "--out", str(tmp_path / "o"),
                             "--device", "cpu"])
-    heat = sitk.ReadImage(res["heatmap"])
+    assert set(res["files"]) == {"heatmap", "scores"}  # an uncalibrated model: raw map, no mask
+    assert res["unit"] == "raw" and res["flagged_slices"] is None and res["model"]["detector"] == "patchcore"
+    heat = sitk.ReadImage(res["files"]["heatmap"])
     src = sitk.ReadImage(str(scans["test"]))
     assert heat.GetSize() == src.GetSize()
     assert heat.GetSpacing() == pytest.approx(src.GetSpacing())
     assert heat.GetOrigin() == pytest.approx(src.GetOrigin())
     arr = sitk.GetArrayFromImage(heat)
     assert np.isfinite(arr).all() and arr.max() > 0
-    rows = list(csv.reader(Path(res["scores"]).open()))
-    assert rows[0] == ["slice", "score"] and [int(r[0]) for r in rows[1:]] == [0, 1, 2, 3]
+    rows = read_scores_csv(res["files"]["scores"])
+    assert list(rows[0]) == ["slice", "score", "flagged", "mask_voxels", "volume_ml"]
+    assert [int(r["slice"]) for r in rows] == [0, 1, 2, 3] and all(r["flagged"] == "" for r in rows)
     assert res["n_slices"] == 4 and res["seconds_per_slice"] >= 0
 
     part = run_json(capsys, ["score", "--model", str(model), str(scans["test"]), "--slices", "1-2",
                              "--out", str(tmp_path / "p"), "--device", "cpu"])
-    rows = list(csv.reader(Path(part["scores"]).open()))
-    assert [int(r[0]) for r in rows[1:]] == [1, 2]
-    arr = sitk.GetArrayFromImage(sitk.ReadImage(part["heatmap"]))
+    rows = read_scores_csv(part["files"]["scores"])
+    assert [int(r["slice"]) for r in rows] == [1, 2]
+    arr = sitk.GetArrayFromImage(sitk.ReadImage(part["files"]["heatmap"]))
     assert arr.shape == (4, 64, 64) and arr[0].max() == 0 and arr[1].max() > 0
 
     # Models are never overwritten.
@@ -157,11 +160,11 @@ def test_score_warns_when_the_tissue_is_wider_than_the_models_field_of_view(caps
     out = capsys.readouterr()
     assert code == 0
     res = json.loads(out.out)
-    assert "shrunk to fit" in res["warning"] and "warning:" in out.err
+    assert any("shrunk to fit" in w for w in res["warnings"]) and "warning:" in out.err
     # Batch scoring records the same warning in the study's manifest entry.
     from anomalens.engine.batch import Study, score_study
 
     record = score_study(Study("wide", str(wide)), str(model), str(tmp_path / "batch"))
-    assert record["status"] == "ok" and record["warning"] == res["warning"]
-    assert "warning" not in run_json(capsys, ["score", "--model", str(model), str(scans["normals"]), "--out",
-                                              str(tmp_path / "o2")])
+    assert record["status"] == "ok" and record["warnings"] == res["warnings"]
+    assert run_json(capsys, ["score", "--model", str(model), str(scans["normals"]), "--out",
+                             str(tmp_path / "o2")])["warnings"] == []

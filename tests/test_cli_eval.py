@@ -64,9 +64,10 @@ def test_calibrate_writes_a_new_version_and_leaves_the_old_one(world) -> None:
     assert new["bundle_version"] == 2 and out["bundle_version"] == 2
     assert new["parent"]["path"] == str(world["model"]) and new["parent"]["bundle_version"] == 1
     cal = new["calibration"]
-    assert {"normaliser", "threshold", "scr_threshold", "lambda", "tau"} <= set(cal)
-    assert cal["lambda"] is not None and cal["tau"] > 0 and cal["n_slices"] == 6
-    assert out["threshold"] == pytest.approx(cal["threshold"]) and out["lambda"] == pytest.approx(cal["lambda"])
+    assert cal["schema_version"] == 2 and {"normaliser", "threshold", "scr", "created"} <= set(cal)
+    assert cal["scr"]["lambda"] is not None and cal["scr"]["tau"] > 0 and cal["n_slices"] == 6
+    assert out["calibration"]["threshold"] == pytest.approx(cal["threshold"])
+    assert out["calibration"]["scr"]["lambda"] == pytest.approx(cal["scr"]["lambda"])
     assert out["before"] is None  # the trained model had no calibration
     # Both operating points meet the false-positive budget on the normals they were calibrated on.
     assert out["after"]["fp_area"] <= 0.01 + 1e-9
@@ -94,7 +95,7 @@ def test_calibrating_on_the_training_scans_warns(world, capsys) -> None:
     text = capsys.readouterr().out
     assert code == 0
     assert "training data" in text and "too permissive" in text
-    assert "before: the model was not calibrated" in text and "λ" in text
+    assert "had no calibration before" in text and "λ" in text
 
 
 def test_calibrate_refuses_an_existing_output(world, capsys) -> None:
@@ -120,7 +121,8 @@ def test_eval_on_an_image_mask_pair(world, capsys) -> None:
         assert isinstance(out[key], float) and math.isfinite(out[key]), key
     assert out["pixel_auroc"] > 0.8  # bright disc lesions are easy for a memory bank of normal patches
     assert out["pixel_auroc_ci"][0] <= out["pixel_auroc"] <= out["pixel_auroc_ci"][1]
-    assert out["calibrated"] and out["scr"] and out["calibration"]["lambda"] is not None
+    assert out["calibrated"] and out["scr"] and out["calibration"]["scr"]["lambda"] is not None
+    assert out["unit"] == "normal-quantile"
     assert not any("fitted on" in n for n in out["notes"])
     no_scr = _eval(capsys, world, f"{world['image']}:{world['mask']}#1-3", "--no-scr")
     assert no_scr["n_slices"] == 3 and no_scr["dice_scr"] is None and no_scr["dice"] is not None
@@ -183,20 +185,29 @@ def test_report_writes_all_files(world, capsys, tmp_path: Path) -> None:
     assert "upper bound" in (rep / "metrics.md").read_text()
 
 
-def test_batched_scr_equals_whole_stack_and_cancel_stops(world) -> None:
+def test_eval_measures_the_masks_score_writes_and_cancel_stops(world, tmp_path: Path) -> None:
+    """Dice and Dice with SCR are computed from the very masks ``anomalens score`` writes for the scan."""
     from anomalens.engine.datasets import load_eval_data
     from anomalens.engine.detectors import load_bundle
     from anomalens.engine.errors import Cancelled
-    from anomalens.engine.pipeline import evaluate_model
+    from anomalens.engine.evaluation import evaluate_model
+    from anomalens.engine.io import read_scan
+    from anomalens.engine.metrics.core import dice
     from anomalens.engine.progress import CancelToken
 
     det = load_bundle(world["calibrated"], device="cpu")
-    data = load_eval_data(f"{world['image']}:{world['mask']}", det.preprocessing.get("intensity"))
-    small = evaluate_model(det, data, n_boot=0, batch_size=2)
-    whole = evaluate_model(det, data, n_boot=0, batch_size=64)
-    np.testing.assert_array_equal(small.scr_mask, whole.scr_mask)
-    np.testing.assert_allclose(small.maps, whole.maps, rtol=1e-5, atol=1e-5)
-    assert small.metrics["dice_scr"] == pytest.approx(whole.metrics["dice_scr"])
+    data = load_eval_data(f"{world['image']}:{world['mask']}")
+    ev = evaluate_model(det, data, n_boot=0)
+    code, _ = _quiet(["score", "--model", str(world["calibrated"]), str(world["image"]), "--out",
+                      str(tmp_path / "s"), "--device", "cpu"])
+    assert code == 0
+    written_scr = read_scan(tmp_path / "s" / "mask_scr.nii.gz").array > 0
+    written_plain = read_scan(tmp_path / "s" / "mask.nii.gz").array > 0
+    np.testing.assert_array_equal(ev.scr_mask, written_scr)
+    np.testing.assert_array_equal(ev.mask, written_plain)
+    truth = read_scan(world["mask"]).array > 0
+    assert ev.metrics["dice_scr"] == pytest.approx(dice(written_scr, truth, foreground=ev.foreground))
+    assert ev.metrics["dice"] is not None and ev.metrics["dice_scr"] is not None
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):

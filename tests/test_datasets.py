@@ -125,18 +125,19 @@ def test_a_healthy_sample_is_refused_before_anything_is_read() -> None:
 
 # -- loading ---------------------------------------------------------------------------------------
 
-def test_pair_loads_normalised_slices_with_masks_on_the_grid(tmp_path: Path) -> None:
+def test_pair_loads_the_scan_as_read_with_its_mask_on_its_grid(tmp_path: Path) -> None:
     img, mask = make_pair(tmp_path, n=6)
     data = load_eval_data(f"{img}:{mask}")
     _, truth = phantom_slices(6, 64, seed=2, lesion=True)
-    assert data.slices.shape == (6, 64, 64) and data.slices.dtype == np.float32
-    assert 0.0 <= data.slices.min() and data.slices.max() <= 1.0
-    np.testing.assert_array_equal(data.masks, truth)
-    assert data.foreground.dtype == bool and data.foreground.mean() > 0.2
-    assert data.names[0] == "z=0" and data.kind == "pair" and data.volume is not None
+    (scan,) = data.scans
+    assert scan.volume.shape == (6, 64, 64) and scan.volume.spacing == pytest.approx(SPACING)
+    assert scan.volume.array.max() > 1.0  # as read: scoring normalises it as the model's training data was
+    np.testing.assert_array_equal(scan.truth, truth)
+    assert data.names[0] == "z=0" and data.kind == "pair" and data.volume is scan.volume
     sub = load_eval_data(f"{img}:{mask}#2-3")
     assert sub.n_slices == 2 and sub.names == ["z=2", "z=3"]
-    np.testing.assert_array_equal(sub.masks, truth[2:4])
+    np.testing.assert_array_equal(sub.scans[0].truth, truth[2:4])
+    assert sub.scans[0].volume.metadata["selected_slices"] == [2, 3]
 
 
 def test_mask_grid_mismatch_is_a_clear_config_error(tmp_path: Path) -> None:
@@ -159,11 +160,10 @@ def test_bmad_layout(tmp_path: Path) -> None:
     items = dataset_items(root)
     assert [it[0] for it in items] == ["Ungood/00000", "Ungood/00001", "good/00000", "good/00001", "good/00002"]
     data = load_eval_data(str(root))
-    assert data.slices.shape == (5, 64, 64) and data.kind == "folder" and not data.is_stack
-    lesion = data.masks.reshape(5, -1).any(1)
-    assert lesion.tolist() == [True, True, False, False, False]
+    assert data.n_slices == 5 and len(data.scans) == 5 and data.kind == "folder" and not data.is_stack
+    assert [s.truth.any() for s in data.scans] == [True, True, False, False, False]
     _, truth = phantom_slices(2, 64, seed=12, lesion=True)
-    np.testing.assert_array_equal(data.masks[:2], truth)
+    np.testing.assert_array_equal(np.concatenate([s.truth for s in data.scans[:2]]), truth)
     assert "2 anomalous" in data.source
     assert load_eval_data(f"{root}#3-4").names == ["good/00001", "good/00002"]
 
@@ -175,18 +175,15 @@ def test_anomalous_image_without_mask_is_refused(tmp_path: Path) -> None:
         load_eval_data(str(root))
 
 
-def test_mvtec_layout_brings_sizes_to_one_grid(tmp_path: Path) -> None:
+def test_mvtec_layout_keeps_each_image_on_its_own_grid(tmp_path: Path) -> None:
     root = make_mvtec(tmp_path / "mvtec")
     data = load_eval_data(str(root))
     assert data.names == ["good/000", "good/001", "lesion/000", "lesion/001"]
-    assert data.slices.shape == (4, 64, 64)
+    assert [s.volume.shape for s in data.scans] == [(1, 64, 64), (1, 64, 56), (1, 64, 64), (1, 64, 64)]
     assert any("different sizes" in n for n in data.notes)
-    assert not data.masks[:2].any()  # good images without masks count as all normal
+    assert not data.scans[0].truth.any() and not data.scans[1].truth.any()  # good images without masks
     _, truth = phantom_slices(2, 64, seed=22, lesion=True)
-    # A square 64×64 mask is untouched by the common grid (same size, no padding).
-    np.testing.assert_array_equal(data.masks[2:], truth)
-    # The padded 56-wide image keeps air at its sides.
-    assert data.slices[1][:, :4].max() == 0.0
+    np.testing.assert_array_equal(np.concatenate([s.truth for s in data.scans[2:]]), truth)
 
 
 def test_fingerprint_matches_the_training_stack(tmp_path: Path) -> None:
@@ -198,6 +195,6 @@ def test_fingerprint_matches_the_training_stack(tmp_path: Path) -> None:
     info: dict = {}
     trained_on = fingerprint(gather_normals([str(img)], info=info))
     grid = WorkingGrid.from_dict(info["grid"])  # what `anomalens eval` passes: the model's working grid
-    assert trained_on in load_eval_data(f"{img}:{mask}", grid=grid).fingerprints()
+    assert trained_on in load_eval_data(f"{img}:{mask}").fingerprints(grid=grid)
     other, other_mask = make_pair(tmp_path, n=5, seed=7)
-    assert trained_on not in load_eval_data(f"{other}:{other_mask}", grid=grid).fingerprints()
+    assert trained_on not in load_eval_data(f"{other}:{other_mask}").fingerprints(grid=grid)

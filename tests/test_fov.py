@@ -124,7 +124,8 @@ def test_a_model_scores_a_scan_of_another_pixel_size_at_its_own_scale(tmp_path) 
     from scipy import ndimage
 
     from anomalens.engine.detectors import create_detector, load_bundle
-    from anomalens.engine.pipeline import model_grid, score_volume, train
+    from anomalens.engine.pipeline import model_grid, train
+    from anomalens.engine.scoring import score_scan
     from anomalens.engine.volume import Volume
     from tests.io_support import write_sitk
     from tests.phantoms import phantom_slices
@@ -143,26 +144,31 @@ def test_a_model_scores_a_scan_of_another_pixel_size_at_its_own_scale(tmp_path) 
     fine = ndimage.zoom(case, (1, 2, 2), order=1)  # the same anatomy on 0.5 mm pixels: 128 × 128
     fine_lesion = ndimage.zoom(lesion.astype(np.float32), (1, 2, 2), order=1) > 0.5
     vol = Volume(array=(fine * 1000).astype(np.float32), spacing=(0.5, 0.5, 3.0), modality="MR")
-    vs = score_volume(det, vol)
-    assert vs.heatmap.shape == vol.shape
+    result = score_scan(det, vol)
+    assert result.map.shape == vol.shape
     for z in range(2):
-        heat = vs.heatmap[z]
+        heat = result.map[z]
         assert heat[fine_lesion[z]].mean() > np.percentile(heat, 90)
 
 
-def test_the_viewer_is_warned_when_a_scan_is_wider_than_the_models_field_of_view() -> None:
+def test_a_scan_wider_than_the_models_field_of_view_is_warned_about() -> None:
+    """The warning is part of the one result, so the CLI, batch and the viewer all show it."""
     from anomalens.engine.detectors import create_detector
-    from anomalens.engine.pipeline import field_of_view_warning, prepare
+    from anomalens.engine.scoring import score_scan
     from anomalens.engine.volume import Volume
 
-    det = create_detector("patchcore")
+    det = create_detector("patchcore", config=create_detector("patchcore").test_config())
     texture = 500.0 + 500.0 * np.random.default_rng(0).random((1, 100, 100))
     vol = Volume(array=(disk((100, 100), (1.0, 1.0), 45.0) * texture).astype(np.float32), spacing=(1.0, 1.0, 1.0),
                  modality="MR")
-    prepared = prepare(vol)
-    assert field_of_view_warning(det, prepared) is None  # no grid: nothing to compare with
+    det.fit(np.repeat(vol.array / vol.array.max(), 2, axis=0).astype(np.float32))
+
+    def shrink_warnings() -> list[str]:
+        return [w for w in score_scan(det, vol).warnings if "shrunk to fit" in w]
+
+    assert shrink_warnings() == []  # no grid: nothing to compare with
     det.preprocessing = {"grid": WorkingGrid(120.0, 64).to_dict()}
-    assert field_of_view_warning(det, prepared) is None  # 90 mm of tissue fits in 120 mm
+    assert shrink_warnings() == []  # 90 mm of tissue fits in 120 mm
     det.preprocessing = {"grid": WorkingGrid(60.0, 64).to_dict()}
-    text = field_of_view_warning(det, prepared)
-    assert text is not None and "1.5" in text and "60 mm" in text
+    (text,) = shrink_warnings()
+    assert "1.5" in text and "60 mm" in text

@@ -88,24 +88,28 @@ def test_a_taken_version_number_moves_to_the_next(tmp_path, monkeypatch):
 
 def test_fine_tune_site_saves_a_calibrated_child_and_reports_false_positives(tmp_path):
     from anomalens.engine.errors import Cancelled
-    from anomalens.engine.modelstore import false_positive_area, fine_tune_site
+    from anomalens.engine.modelstore import fine_tune_site
     from anomalens.engine.progress import CancelToken
+    from anomalens.engine.recalibration import false_positives
     from tests.phantoms import phantom_slices
 
     store = ModelStore(tmp_path)
-    normals = phantom_slices(3, 64, seed=3)[0]
+    normals = phantom_slices(4, 64, seed=3)[0]
     det = MeanDetector().fit(phantom_slices(4, 64, seed=0)[0])
     v1 = store.save_version(det, "site")
-    assert false_positive_area(det, normals) is None  # not calibrated yet
+    assert false_positives(det, normals) is None  # not calibrated yet
     steps = []
     up = fine_tune_site(det, normals, store, "site", note="marks", parent=v1.path, target_fpr=0.01,
                         progress=lambda f, m: steps.append(f))
-    assert up.fp_before is None and 0 < up.fp_after <= 0.05
+    rec = up.recalibration
+    assert rec.before is None and 0 < rec.after.plain <= 0.05
+    assert (rec.n_fine_tune, rec.n_calibration) == (2, 2)  # every other slice adapts, the rest calibrate
     assert up.info.version == "v0002" and up.info.parent == str(v1.path.resolve()) and up.info.note == "marks"
     assert "normaliser" in up.info.manifest["calibration"] and store.active("site").path == up.info.path
+    assert any("target" in line for line in rec.describe())
     assert steps == sorted(steps) and steps[-1] == 1.0
     again = fine_tune_site(up.detector, normals, store, "site", parent=up.info.path)
-    assert again.fp_before == pytest.approx(up.fp_after)  # measured with the calibrated parent
+    assert again.recalibration.before.plain == pytest.approx(rec.after.plain)  # measured with the calibrated parent
 
     token = CancelToken()
     token.cancel()

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from anomalens.engine.calibration import Calibration
 from anomalens.engine.errors import ConfigError, InvalidVolumeError
 from anomalens.engine.postprocess.calibrate import calibrate, lambda_for_fpr, threshold_for_fpr
 from anomalens.engine.postprocess.normalise import ScoreNormaliser
@@ -55,32 +56,32 @@ def test_lambda_is_the_smallest_that_meets_the_target() -> None:
 def test_calibrate_end_to_end() -> None:
     maps, img, fg = _normals(2)
     cal = calibrate(maps, fg, intensities=img, target_fpr=0.01)
-    assert json.loads(json.dumps(cal)) == cal
-    assert set(cal) >= {"normaliser", "threshold", "lambda", "tau", "target_fpr", "fp_area", "fp_area_scr"}
-    assert cal["fp_area"] == pytest.approx(0.05, abs=0.002)
-    assert cal["fp_area_scr"] <= 0.01
-    assert cal["lambda"] > 0 and cal["tau"] > 0
+    assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict()))).to_dict() == cal.to_dict()
+    assert cal.normaliser.fitted and cal.target_fpr == 0.01
+    assert cal.fp_area_unary == pytest.approx(0.05, abs=0.002)
+    assert cal.fp_area_scr <= 0.01
+    assert cal.scr.lam > 0 and cal.scr.tau > 0
     # the stored numbers reproduce the guarantee from the raw maps
-    norm = ScoreNormaliser.from_dict(cal["normaliser"])
-    fp = _fp(norm.transform(maps), fg, cal["threshold"], cal["lambda"], cal["tau"], img)
-    assert fp == pytest.approx(cal["fp_area_scr"]) and fp <= 0.01
+    norm = cal.normaliser
+    fp = _fp(norm.transform(maps), fg, cal.scr.threshold, cal.scr.lam, cal.scr.tau, img)
+    assert fp == pytest.approx(cal.fp_area_scr) and fp <= 0.01
     # and roughly hold on unseen normals from the same source
     maps2, img2, fg2 = _normals(3)
-    assert _fp(norm.transform(maps2), fg2, cal["threshold"], cal["lambda"], cal["tau"], img2) <= 0.02
+    assert _fp(norm.transform(maps2), fg2, cal.scr.threshold, cal.scr.lam, cal.scr.tau, img2) <= 0.02
 
 
 def test_calibrate_3d_and_lists() -> None:
     maps, img, fg = _normals(4, n=6, size=32)
     cal = calibrate([maps[:3], maps[3:]], [fg[:3], fg[3:]], intensities=[img[:3], img[3:]], mode="3d")
-    assert cal["mode"] == "3d" and cal["fp_area_scr"] <= 0.01
+    assert cal.scr.mode == "3d" and cal.fp_area_scr <= 0.01
 
 
 def test_calibrate_without_pairwise_inputs_skips_scr() -> None:
     maps, _, fg = _normals(5, n=3)
     cal = calibrate(maps, fg)
-    assert cal["lambda"] is None and cal["tau"] is None and cal["fp_area_scr"] is None
-    assert any("SCR" in n for n in cal["notes"])
-    assert cal["threshold"] > 0.9
+    assert cal.scr.lam is None and cal.scr.tau is None and cal.fp_area_scr is None
+    assert any("SCR" in n for n in cal.notes)
+    assert cal.scr.threshold > 0.9
 
 
 def test_calibration_errors() -> None:
@@ -106,9 +107,9 @@ def test_speckle_keeps_the_loose_threshold() -> None:
     """Where the loose threshold's extra false positives are speckle, λ trims them and 5× the target stays."""
     maps, img, fg = _normals(7)
     cal = calibrate(maps, fg, intensities=img, target_fpr=0.01)
-    assert cal["threshold_fpr"] == pytest.approx(0.05)
-    assert cal["fp_area_scr"] >= 0.25 * 0.01
-    assert not any("erased" in n for n in cal["notes"])
+    assert cal.scr_threshold_fpr == pytest.approx(0.05)
+    assert cal.fp_area_scr >= 0.25 * 0.01
+    assert not any("erased" in n for n in cal.notes)
 
 
 def test_a_lambda_that_erases_tightens_the_threshold(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -133,14 +134,14 @@ def test_a_lambda_that_erases_tightens_the_threshold(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(calmod, "_lambda_search", fake_search)
     cal = calibrate(maps, fg, intensities=img, target_fpr=0.01)
     assert seen == pytest.approx([0.05, 0.03, 0.02], abs=0.002)  # loosest first, stops at the first trim
-    assert cal["threshold_fpr"] == pytest.approx(0.02)
-    assert cal["fp_area"] == pytest.approx(0.02, abs=0.002)
-    assert cal["lambda"] == 8.0 and cal["fp_area_scr"] == 0.008
-    assert sum("erased" in n for n in cal["notes"]) == 2
+    assert cal.scr_threshold_fpr == pytest.approx(0.02)
+    assert cal.fp_area_unary == pytest.approx(0.02, abs=0.002)
+    assert cal.scr.lam == 8.0 and cal.fp_area_scr == 0.008
+    assert sum("erased" in n for n in cal.notes) == 2
     # a rate the caller gives is used as it is, erasing or not
     seen.clear()
     fixed = calibrate(maps, fg, intensities=img, target_fpr=0.01, threshold_fpr=0.05)
-    assert len(seen) == 1 and fixed["threshold_fpr"] == 0.05 and fixed["lambda"] == 30.0
+    assert len(seen) == 1 and fixed.scr_threshold_fpr == 0.05 and fixed.scr.lam == 30.0
 
 
 def test_when_every_loose_threshold_erases_scr_is_plain_thresholding(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,9 +156,9 @@ def test_when_every_loose_threshold_erases_scr_is_plain_thresholding(monkeypatch
 
     monkeypatch.setattr(calmod, "_lambda_search", erasing_unless_plain)
     cal = calibrate(maps, fg, intensities=img, target_fpr=0.01)
-    assert cal["threshold_fpr"] == 0.01 and cal["lambda"] == 0.0
-    assert cal["threshold"] == pytest.approx(cal["plain_threshold"])
-    assert sum("erased" in n for n in cal["notes"]) == 4
+    assert cal.scr_threshold_fpr == 0.01 and cal.scr.lam == 0.0
+    assert cal.scr.threshold == pytest.approx(cal.threshold)
+    assert sum("erased" in n for n in cal.notes) == 4
 
 
 def test_no_lambda_at_a_loose_threshold_moves_on(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -175,5 +176,5 @@ def test_no_lambda_at_a_loose_threshold_moves_on(monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(calmod, "_lambda_search", fails_first)
     cal = calibrate(maps, fg, intensities=img, target_fpr=0.01)
-    assert cal["threshold_fpr"] == pytest.approx(0.03) and cal["fp_area_scr"] <= 0.01
-    assert any("no λ met the target" in n for n in cal["notes"])
+    assert cal.scr_threshold_fpr == pytest.approx(0.03) and cal.fp_area_scr <= 0.01
+    assert any("no λ met the target" in n for n in cal.notes)

@@ -6,10 +6,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import ConfigError
-from ..progress import ProgressCallback, stage
+from ..progress import stage
 from .main import emit
 from .progressbar import terminal_progress
 
@@ -70,25 +68,8 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     e.add_argument("--no-scr", action="store_true", help="skip SCR (dice_scr/precision_scr become null)")
     e.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples over slices for the confidence intervals (0: none)")
-    e.add_argument("--batch-size", type=int, default=16, help="slices scored at once")
     e.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     e.set_defaults(handler=run_eval)
-
-
-def fp_areas(detector: Any, normals: np.ndarray, foreground: np.ndarray,
-             progress: ProgressCallback | None = None) -> dict[str, float | None]:
-    """False-positive area of a calibrated model on normal slices, at its plain and SCR operating points.
-
-    Each calibration is applied as stored (its own SCR mode), so "before" and "after" compare like with like.
-    """
-    from ..calibration import apply_calibration
-    from ..pipeline import score_slices
-
-    result, _ = score_slices(detector, normals, progress=progress)
-    cal = apply_calibration(detector, result, normals, foreground, scr=True)
-    n = max(int(np.count_nonzero(foreground)), 1)
-    return {"fp_area": float(np.count_nonzero(cal.mask & foreground)) / n,
-            "fp_area_scr": None if cal.scr_mask is None else float(np.count_nonzero(cal.scr_mask & foreground)) / n}
 
 
 def _pct(v: float | None) -> str:
@@ -96,11 +77,10 @@ def _pct(v: float | None) -> str:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from ..calibration import calibrate_detector
     from ..detectors import load_bundle, read_manifest, save_bundle
     from ..detectors.base import fingerprint
     from ..pipeline import gather_normals, model_grid
-    from ..preprocess import foreground_mask
+    from ..recalibration import recalibrate
 
     if not 0.0 < args.target_fpr < 0.5:
         raise ConfigError(f"--target-fpr must be between 0 and 0.5, got {args.target_fpr}")
@@ -117,41 +97,27 @@ def run_calibrate(args: argparse.Namespace) -> int:
                          "calibrate on held-out normal scans")
         if args.mode == "3d" and len(args.normals) > 1:
             notes.append("3-D SCR links consecutive slices; slices of different scans are stacked end to end")
-        tune = None
-        calib = normals
-        if args.fine_tune:
-            if len(normals) < 2:
-                raise ConfigError("--fine-tune needs at least two normal slices (half adapt, half calibrate)")
-            tune, calib = normals[0::2], normals[1::2]
-        fg = foreground_mask(calib)
-        before = None
-        if "normaliser" in (det.calibration or {}):
-            before = fp_areas(det, calib, fg, stage(progress, 0.15, 0.3))
-        if tune is not None:
-            det.fine_tune(tune, progress=stage(progress, 0.3, 0.5))
-        cal = calibrate_detector(det, calib, foreground=fg, target_fpr=args.target_fpr, mode=args.mode,
-                                 progress=stage(progress, 0.5, 0.85))
-        after = fp_areas(det, calib, fg, stage(progress, 0.85, 1.0))
-    notes += list(cal.get("notes", []))
-    what = f"calibrated on {len(calib)} normal slices" + (f", fine-tuned on {len(tune)}" if tune is not None else "")
+        rec = recalibrate(det, normals, fine_tune=args.fine_tune, target_fpr=args.target_fpr, mode=args.mode,
+                          progress=stage(progress, 0.15, 1.0))
+    cal = rec.calibration
+    notes += list(cal.notes)
+    what = f"calibrated on {rec.n_calibration} normal slices" + (
+        f", fine-tuned on {rec.n_fine_tune}" if rec.n_fine_tune else "")
     path = save_bundle(det, args.out, parent=manifest | {"path": str(args.model)}, note=what)
+    before, after = rec.before, rec.after
     data = {
         "model": str(path), "parent": str(args.model), "bundle_version": int(manifest.get("bundle_version", 1)) + 1,
-        "n_normal_slices": len(normals), "n_calibration_slices": len(calib),
-        "fine_tuned": tune is not None, "n_fine_tune_slices": None if tune is None else len(tune),
-        "target_fpr": args.target_fpr, "mode": args.mode, "threshold": cal.get("threshold"),
-        "scr_threshold": cal.get("scr_threshold"), "lambda": cal.get("lambda"), "tau": cal.get("tau"),
-        "before": before, "after": after, "notes": notes,
+        "n_normal_slices": len(normals), "n_calibration_slices": rec.n_calibration,
+        "fine_tuned": bool(rec.n_fine_tune), "n_fine_tune_slices": rec.n_fine_tune or None,
+        "calibration": cal.summary(),
+        "before": None if before is None else {"fp_area": before.plain, "fp_area_scr": before.scr},
+        "after": {"fp_area": after.plain, "fp_area_scr": after.scr}, "notes": notes,
     }
     lines = [
         f"saved calibrated model (bundle version {data['bundle_version']}) to {path}; {args.model} is unchanged",
-        f"{what}, target false-positive area {_pct(args.target_fpr)} ({args.mode} SCR)",
-        f"threshold {cal['threshold']:.4f}   SCR threshold {cal['scr_threshold']:.4f}   "
-        f"λ {format_num(cal.get('lambda'))}   τ {format_num(cal.get('tau'))}",
-        "false-positive area on these normals:",
-        "  before: " + ("the model was not calibrated" if before is None
-                       else f"{_pct(before['fp_area'])} plain, {_pct(before['fp_area_scr'])} with SCR"),
-        f"  after:  {_pct(after['fp_area'])} plain, {_pct(after['fp_area_scr'])} with SCR",
+        f"threshold {cal.threshold:.4f}   SCR: threshold {cal.scr.threshold:.4f}, λ {format_num(cal.scr.lam)}, "
+        f"τ {format_num(cal.scr.tau)} ({cal.scr.mode})",
+        *rec.describe(),
     ] + [f"note: {n}" for n in notes]
     emit(args, data, "\n".join(lines))
     return 0
@@ -189,32 +155,28 @@ def human_eval(m: dict[str, Any]) -> str:
 def run_eval(args: argparse.Namespace) -> int:
     from ..datasets import load_eval_data
     from ..detectors import load_bundle
-    from ..pipeline import evaluate_model, model_grid
+    from ..evaluation import evaluate_model
     from ..report import jsonable, write_report
 
-    if args.bootstrap < 0 or args.batch_size < 1:
-        raise ConfigError("--bootstrap must be ≥ 0 and --batch-size ≥ 1")
+    if args.bootstrap < 0:
+        raise ConfigError("--bootstrap must be ≥ 0")
     if args.report is not None and args.report.exists() and not args.report.is_dir():
         raise ConfigError(f"{args.report} is a file; --report needs a folder")
     det = load_bundle(args.model, device=args.device)
     with terminal_progress("evaluating") as progress:
-        data = load_eval_data(args.data, (det.preprocessing or {}).get("intensity"),
-                              progress=stage(progress, 0.0, 0.1), grid=model_grid(det))
+        data = load_eval_data(args.data, progress=stage(progress, 0.0, 0.1))
         ev = evaluate_model(det, data, scr=not args.no_scr, reduce=args.reduce, n_boot=args.bootstrap,
-                            batch_size=args.batch_size, progress=stage(progress, 0.1, 1.0))
+                            progress=stage(progress, 0.1, 1.0))
     metrics = ev.metrics
     metrics.update({"model": str(args.model), "detector": det.name, "data": data.source,
                     "device": str(det.device)})
-    cal = det.calibration or {}
-    metrics["calibration"] = ({k: cal.get(k) for k in ("threshold", "scr_threshold", "lambda", "tau", "mode",
-                                                     "target_fpr", "n_slices")} if "normaliser" in cal else None)
+    metrics["calibration"] = None if det.calibration is None else det.calibration.summary()
     for key in STABLE_KEYS:
         metrics.setdefault(key, None)
     if args.report is not None:
         predicted = ev.scr_mask if ev.scr_mask is not None else ev.mask
-        write_report(args.report, metrics, data.slices, ev.maps, data.masks, data.foreground, predicted,
-                     data.names, title=f"AnomaLens evaluation: {det.name}",
-                     seed=det.seed)
+        write_report(args.report, metrics, ev.slices, ev.maps, ev.truth, ev.foreground, predicted,
+                     ev.names, title=f"AnomaLens evaluation: {det.name}", seed=det.seed)
         metrics["report"] = str(args.report)
     out = jsonable(metrics)
     emit(args, out, human_eval(out))

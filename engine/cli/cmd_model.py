@@ -123,24 +123,40 @@ def run_score(args: argparse.Namespace) -> int:
         return run_score_batch(args, inputs)
 
     from ..detectors import load_bundle
-    from ..pipeline import load_volume, parse_slices, score_volume, write_score_outputs
+    from ..outputs import write_scan_result
+    from ..pipeline import load_volume, parse_slices
+    from ..scoring import score_scan
 
     det = load_bundle(args.model, device=args.device)
     volume = load_volume(inputs[0])
     idx = parse_slices(args.slices, volume.n_slices)
     with terminal_progress("scoring") as progress:
-        vs = score_volume(det, volume, slices=idx, progress=progress)
-    paths = write_score_outputs(vs, args.out)
-    data = {k: str(v) for k, v in paths.items()}
-    data.update({"n_slices": len(idx), "seconds_per_slice": round(vs.seconds_per_slice, 4),
-                 "max_score": max(vs.slice_scores.values())})
-    warning = vs.result.info.get("zoom_out")
-    if warning:  # the scan's tissue is wider than the model's field of view (engine.preprocess.fov)
-        data["warning"] = warning  # text mode prints it as a "warning:" line with the rest
-        if getattr(args, "json", False):
-            print(f"warning: {warning}", file=sys.stderr)
-    emit(args, data, "\n".join(f"{k}: {v}" for k, v in data.items()))
+        result = score_scan(det, volume, idx, keep_embeddings=False, progress=progress)
+    paths = write_scan_result(result, args.out)
+    data = {"files": {k: str(v) for k, v in paths.items()}, **result.summary()}
+    for w in result.warnings:  # on stderr in both modes: a log keeps it, and --json has it under "warnings"
+        print(f"anomalens: warning: {w}", file=sys.stderr)
+    emit(args, data, "\n".join(score_lines(result, paths)))
     return 0
+
+
+def score_lines(result: Any, paths: dict[str, Path]) -> list[str]:
+    """What ``score`` tells a person: where the files are, the unit, what was flagged, warnings."""
+    lines = [f"wrote {', '.join(p.name for p in paths.values())} to {next(iter(paths.values())).parent}",
+             f"model: {result.model.label} ({result.model.fingerprint})",
+             f"map unit: {result.unit.description}"]
+    n = len(result.indices)
+    if result.calibrated:
+        flagged = result.flagged_slices
+        kind = "SCR" if result.lesion_mask_kind == "scr" else "plain"
+        lines.append(f"{len(flagged)} of {n} slices flagged ({kind} mask)"
+                     + (f": {', '.join(str(i) for i in flagged)}" if flagged else ""))
+        lines.append(f"lesion volume: {result.lesion_volume_ml:.3f} mL")
+    else:
+        lines.append(f"{n} slices scored; the model is not calibrated, so nothing is flagged and there is no mask "
+                     "(run 'anomalens calibrate' with held-out normal scans)")
+    lines.append(f"{result.seconds_per_slice:.3f} s per slice")
+    return lines
 
 
 def run_score_batch(args: argparse.Namespace, inputs: list[str]) -> int:

@@ -10,7 +10,7 @@ from .progressbar import terminal_progress
 
 
 def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    p = sub.add_parser("samples", help="list or fetch the sample scans")
+    p = sub.add_parser("samples", parents=[common], help="list or fetch the sample scans")
     ssub = p.add_subparsers(dest="samples_command", metavar="ACTION")
     ssub.required = True
     pl = ssub.add_parser("list", parents=[common], help="list samples with provenance and licence")

@@ -1,6 +1,8 @@
 """``anomalens``: one entry point with sub-commands, ``--json`` for machine-readable output.
 
-Every user-caused failure is an ``AnomaLensError``: printed as one line on stderr, exit status 2.
+Global options (``-v``, ``--threads``) go before or after the sub-command; ``--self-test`` is an alias of
+the ``self-test`` sub-command. Results go to stdout, progress and errors to stderr (``progressbar``). Every
+user-caused failure is an ``AnomaLensError``: printed as one line on stderr, exit status 2.
 """
 
 from __future__ import annotations
@@ -29,18 +31,25 @@ def emit(args: argparse.Namespace, data: Any, text: str | None = None) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``anomalens`` parser: global options, then one sub-command per ``cmd_*`` module.
+
+    ``-v`` and ``--threads`` are accepted before or after the sub-command: people append options to the end
+    of a command they recall from history, and installers call ``anomalens --self-test --threads 1``. The
+    copies in the sub-commands' shared parent default to ``SUPPRESS``, so they set the value only when given
+    and never overwrite one given before the sub-command with a default.
+    """
     from .. import __version__
     from . import cmd_model, cmd_samples, cmd_scan, cmd_selftest
 
     parser = argparse.ArgumentParser(prog="anomalens", description="Unsupervised anomaly detection for medical scans.")
     parser.add_argument("--version", action="version", version=f"anomalens {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
-    parser.add_argument("--self-test", action="store_true", help="same as the self-test command")
-    parser.add_argument("--threads", default=None, metavar="N",
-                        help="CPU threads for torch (default: $ANOMALENS_THREADS, else one per core); "
-                             "1 is often fastest on a machine shared with other jobs")
+    _add_global_options(parser, verbose=False, threads=None)
+    # Never parsed: _self_test_alias turns it into the sub-command first; listed so that --help shows it.
+    parser.add_argument("--self-test", action="store_true",
+                        help="same as the self-test command (options may follow: --self-test --threads 1 --json)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_global_options(common, verbose=argparse.SUPPRESS, threads=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in (cmd_scan, cmd_samples, cmd_model, cmd_selftest):
@@ -52,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module.register(sub, common)
     return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, verbose: Any, threads: Any) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=verbose, help="log progress details")
+    parser.add_argument("--threads", default=threads, metavar="N",
+                        help="CPU threads for torch (default: $ANOMALENS_THREADS, else one per core); "
+                             "1 is often fastest on a machine shared with other jobs")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -80,16 +96,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _self_test_alias(argv: Sequence[str]) -> list[str]:
-    """``anomalens [-v] --self-test [options]`` is ``anomalens [-v] self-test [options]``.
+    """``anomalens [global options] --self-test [options]`` is ``anomalens [global options] self-test [options]``.
 
     Installers and packagers conventionally probe a bundle with a flag, not a sub-command; the flag is
-    rewritten before parsing because argparse requires the sub-command.
+    rewritten before parsing because argparse requires the sub-command. Only a ``--self-test`` before the
+    sub-command is the alias; the value of a global option (``--threads 1``) is not taken for a sub-command.
     """
     out = list(argv)
-    for i, token in enumerate(out):
+    i = 0
+    while i < len(out):
+        token = out[i]
         if token == "--self-test":
             out[i] = "self-test"
             break
-        if not token.startswith("-"):
+        if not token.startswith("-") or token == "--":
             break
+        i += 2 if token in _GLOBAL_VALUE_OPTIONS else 1
     return out
+
+
+#: Global options that take their value as the next argument.
+_GLOBAL_VALUE_OPTIONS = frozenset({"--threads"})

@@ -12,7 +12,7 @@ import hashlib
 import random
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -20,6 +20,9 @@ import torch
 from ..device import resolve_device
 from ..errors import ConfigError, InvalidVolumeError, ModelError
 from ..progress import CancelToken, ProgressCallback
+
+if TYPE_CHECKING:
+    from ..calibration import Calibration
 from .result import AnomalyResult
 
 
@@ -87,7 +90,7 @@ class Detector(ABC):
         self.seed = int(seed)
         self.fitted = False
         self.training: dict[str, Any] = {}
-        self.calibration: dict[str, Any] = {}
+        self.calibration: Calibration | None = None
         self.preprocessing: dict[str, Any] = {}
 
     # -- configuration -------------------------------------------------------------------------
@@ -157,6 +160,25 @@ class Detector(ABC):
         from .bundle import save_bundle
 
         return save_bundle(self, path, **kwargs)
+
+    def content_fingerprint(self) -> str:
+        """A hash of what decides this model's output: detector, config, weights, preprocessing, calibration.
+
+        The same before and after a save and load (safetensors bytes are canonical), and different after a
+        fine-tune or a recalibration, so results and batch manifests can name exactly which model made them.
+        """
+        import json
+
+        from safetensors.torch import save as to_bytes
+
+        h = hashlib.sha256()
+        cal = None if self.calibration is None else self.calibration.to_dict()
+        head = {"detector": self.name, "version": self.version, "config": self.config_dict(),
+                "preprocessing": self.preprocessing, "calibration": cal}
+        h.update(json.dumps(head, sort_keys=True, default=str).encode())
+        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
+        h.update(to_bytes(tensors))
+        return "sha256:" + h.hexdigest()[:16]
 
     @staticmethod
     def load(path: str | Path, device: str = "cpu") -> Detector:

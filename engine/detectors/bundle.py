@@ -12,6 +12,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..calibration import Calibration
+from ..domain import TrainingDomain
 from ..errors import ModelError, UnsafeModelFileError
 from ..fileio import atomic_dir
 
@@ -89,7 +91,7 @@ def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
         "seed": detector.seed,
         "preprocessing": detector.preprocessing,
         "training": detector.training,
-        "calibration": detector.calibration,
+        "calibration": None if detector.calibration is None else detector.calibration.to_dict(),
         "extra": detector.extra_state(),
         "bundle_version": bundle_version,
         "parent": None if parent is None else {k: parent.get(k) for k in ("created", "bundle_version", "path")},
@@ -126,7 +128,8 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
     detector = cls(config=manifest["config"], device=device, seed=int(manifest.get("seed", 0)))
     detector.preprocessing = dict(manifest.get("preprocessing") or {})
     detector.training = dict(manifest.get("training") or {})
-    detector.calibration = dict(manifest.get("calibration") or {})
+    detector.calibration = Calibration.from_dict(manifest.get("calibration"))
+    TrainingDomain.from_training(detector.training)  # a damaged record fails here, not at the first scan
     try:
         detector.load_extra_state(dict(manifest.get("extra") or {}))
         detector.load_state_dict(tensors)

@@ -86,7 +86,7 @@ def read_scan(path: str | Path, *, series_uid: str | None = None, nan_policy: st
         volume.modality = modality.upper()
     volume.source = p
     volume = apply_nan_policy(volume, nan_policy)
-    report(progress, 1.0, f"read {p.name}")
+    report(progress, 1.0, "read the scan")
     return volume
 
 

@@ -24,8 +24,11 @@ def _suffix(path: Path) -> str:
     raise ConfigError(f"cannot write {path.name}: use one of {', '.join(WRITE_SUFFIXES)}")
 
 
-def write_like(volume: Volume, array: np.ndarray, path: str | Path) -> Path:
+def write_like(volume: Volume, array: np.ndarray, path: str | Path, description: str | None = None) -> Path:
     """Write ``array`` ((z, y, x), the volume's shape) to ``path`` with ``volume``'s spacing, origin, direction.
+
+    ``description`` goes into the header (ITK's file notes: NIfTI ``descrip``, at most 80 characters), so a
+    map says its unit wherever the file travels.
 
     Booleans are stored as uint8 and 64-bit floats as float32 (enough for scores, half the size). The file
     appears only when complete: SimpleITK picks its writer from the suffix, so it writes a sibling with the
@@ -42,6 +45,8 @@ def write_like(volume: Volume, array: np.ndarray, path: str | Path) -> Path:
     elif arr.dtype == np.float64 or arr.dtype == np.float16:
         arr = arr.astype(np.float32)
     img = volume.to_sitk(np.ascontiguousarray(arr))
+    if description:
+        img.SetMetaData("ITK_FileNotes", description[:80])
     with atomic_path(target) as tmp:
         staged = tmp.with_name(tmp.name + suffix)
         try:

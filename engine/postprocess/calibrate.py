@@ -33,10 +33,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from ..calibration import Calibration, ScrSettings
 from ..checks import check_fraction, check_positive
 from ..errors import ConfigError, InvalidVolumeError
 from ..progress import CancelToken, ProgressCallback, check, report, stage
@@ -303,7 +303,7 @@ def calibrate(
     seed: int = 0,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
-) -> dict[str, Any]:
+) -> Calibration:
     """Fit the normaliser, then threshold, τ and λ, all on normal maps (raw detector scores).
 
     Args:
@@ -324,12 +324,11 @@ def calibrate(
         cancel: Cancel token.
 
     Returns:
-        A JSON-able dict for ``bundle.json``: ``normaliser`` (its ``to_dict()``), ``threshold`` (SCR's
-        unary threshold, in normalised units), ``threshold_fpr`` (the rate it was set at), ``lambda``,
-        ``tau``, ``temperature``, ``mode``, ``target_fpr``, ``fp_area`` (SCR's unary threshold alone on the
-        normals), ``plain_threshold`` and ``fp_area_plain`` (the plain operating point at ``target_fpr``),
-        ``fp_area_scr`` (SCR at λ), ``n_pixels`` and ``notes``. Without features and intensities SCR
-        cannot be calibrated: ``lambda``, ``tau`` and ``fp_area_scr`` are None and a note says why.
+        The typed ``Calibration`` (``engine.calibration``): the normaliser, the plain operating point at
+        ``target_fpr`` (``threshold``, ``fp_area``) and SCR's (``scr``: its unary threshold, set at
+        ``scr_threshold_fpr``, with λ, τ, temperature and mode; ``fp_area_unary`` alone and ``fp_area_scr``
+        at λ), ``n_pixels`` and ``notes``. Without features and intensities SCR cannot be calibrated: its λ
+        and τ and ``fp_area_scr`` are None and a note says why. The caller adds slice count and fingerprint.
     """
     target_fpr = check_fraction("target_fpr", target_fpr)
     if threshold_fpr is None:
@@ -389,19 +388,10 @@ def calibrate(
     fp_area = float(np.count_nonzero(pix > threshold)) / pix.size
     fp_plain = float(np.count_nonzero(pix > plain)) / pix.size
     report(progress, 1.0, "calibrated")
-    return {
-        "normaliser": normaliser.to_dict(),
-        "threshold": float(threshold),
-        "threshold_fpr": float(threshold_fpr),
-        "lambda": None if lam is None else float(lam),
-        "tau": None if tau is None else float(tau),
-        "temperature": float(temperature),
-        "mode": mode,
-        "target_fpr": float(target_fpr),
-        "fp_area": float(fp_area),
-        "plain_threshold": float(plain),
-        "fp_area_plain": fp_plain,
-        "fp_area_scr": None if fp_scr is None else float(fp_scr),
-        "n_pixels": int(pix.size),
-        "notes": notes,
-    }
+    return Calibration(
+        normaliser=normaliser, threshold=float(plain),
+        scr=ScrSettings(threshold=float(threshold), lam=None if lam is None else float(lam),
+                        tau=None if tau is None else float(tau), temperature=float(temperature), mode=mode),
+        target_fpr=float(target_fpr), scr_threshold_fpr=float(threshold_fpr), fp_area=fp_plain,
+        fp_area_unary=float(fp_area), fp_area_scr=None if fp_scr is None else float(fp_scr), n_pixels=int(pix.size),
+        notes=tuple(notes))

@@ -1,0 +1,78 @@
+"""A scan result's files, the same for ``anomalens score``, batch scoring and the demo.
+
+``heatmap.nii.gz`` holds the map in the result's unit (named in the NIfTI description), ``mask.nii.gz`` and
+``mask_scr.nii.gz`` the plain and SCR masks of a calibrated model, and ``scores.csv`` one row per scored
+slice (``slice, score, flagged, mask_voxels, volume_ml``) under ``#`` comment lines naming the model, the
+unit, the mask and any warning. Every file appears whole or not at all (``engine.fileio``). Nothing here
+names a patient or a path: the comments carry only the model and technical values.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from .fileio import atomic_path
+from .scoring import ScanResult
+
+#: Output files by role; a role missing from a result (an uncalibrated model has no masks) is not written.
+OUTPUT_FILES = {"heatmap": "heatmap.nii.gz", "mask": "mask.nii.gz", "mask_scr": "mask_scr.nii.gz",
+                "scores": "scores.csv"}
+SCORE_COLUMNS = ("slice", "score", "flagged", "mask_voxels", "volume_ml")
+
+
+def header_lines(result: ScanResult) -> list[str]:
+    """The ``#`` lines above the CSV table: model, unit, operating point, warnings."""
+    m = result.model
+    lines = [f"AnomaLens scores: model {m.label} ({m.detector} detector, {m.fingerprint})",
+             f"unit: {result.unit.description}"]
+    if result.calibrated:
+        cal = result.calibration
+        assert cal is not None
+        mask = (f"SCR mask (threshold {result.scr.threshold:.4g}, lambda {result.scr.lam:.4g}, {result.scr.mode})"
+                if result.scr is not None and result.mask_scr is not None
+                else f"plain mask (threshold {cal.threshold:.4g})")
+        lines.append(f"flagged, mask_voxels and volume_ml: {mask}; calibrated for {cal.target_fpr:.2%} "
+                     "false-positive area on normal tissue")
+    lines += [f"warning: {w}" for w in result.warnings]
+    return lines
+
+
+def write_scan_result(result: ScanResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write the result's files into ``out_dir`` (created); returns them by role."""
+    from .io import write_like
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vol = result.volume
+    files = {"heatmap": Path(write_like(vol, result.map, out / OUTPUT_FILES["heatmap"],
+                                        description=f"AnomaLens heatmap: {result.unit.short}"))}
+    if result.mask is not None:
+        files["mask"] = Path(write_like(vol, result.mask, out / OUTPUT_FILES["mask"],
+                                        description="AnomaLens mask at the calibrated threshold"))
+    if result.mask_scr is not None:
+        files["mask_scr"] = Path(write_like(vol, result.mask_scr, out / OUTPUT_FILES["mask_scr"],
+                                            description="AnomaLens SCR mask at the calibrated lambda"))
+    files["scores"] = write_scores_csv(result, out / OUTPUT_FILES["scores"])
+    return files
+
+
+def write_scores_csv(result: ScanResult, path: str | Path) -> Path:
+    """``scores.csv``: the header comments, then one row per scored slice (empty cells: no mask)."""
+    path = Path(path)
+    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+        for line in header_lines(result):
+            fh.write(f"# {line}\n")
+        w = csv.writer(fh)
+        w.writerow(SCORE_COLUMNS)
+        for s in result.slices:
+            w.writerow([s.index, f"{s.score:.6g}", "" if s.flagged is None else int(s.flagged),
+                        "" if s.mask_voxels is None else s.mask_voxels,
+                        "" if s.volume_ml is None else f"{s.volume_ml:.6g}"])
+    return path
+
+
+def read_scores_csv(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a ``scores.csv`` (comment lines skipped), for tests and scripts."""
+    with Path(path).open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(line for line in fh if not line.startswith("#")))

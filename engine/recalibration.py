@@ -1,0 +1,161 @@
+"""Calibrating a model on a site's normal slices, with or without fine-tuning it first: one path for all callers.
+
+``anomalens calibrate`` and the viewer's Calibration dock both call ``recalibrate``: with ``fine_tune`` every
+other normal slice adapts the model and the rest calibrate it (a model scores the slices it just learnt too
+low, which would make thresholds too permissive), and the false-positive area is measured on the
+calibration slices before and after, at the plain and the SCR operating point.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .calibration import Calibration
+from .errors import ConfigError
+from .preprocess.foreground import foreground_mask
+from .progress import CancelToken, ProgressCallback, check, report, stage
+
+if TYPE_CHECKING:
+    from .detectors.base import Detector
+
+
+def calibrate_detector(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None,
+                       target_fpr: float = 0.01, mode: str = "2d", progress: ProgressCallback | None = None,
+                       cancel: CancelToken | None = None, threshold_fpr: float | None = None) -> Calibration:
+    """Score normal slices (on the model's working grid), fit the calibration and set ``detector.calibration``.
+
+    Use normals the detector was not fitted on where possible: a model's own training slices score lower
+    than new normals, which makes thresholds too permissive. ``threshold_fpr`` fixes SCR's unary rate
+    instead of the default ladder (``postprocess.calibrate``).
+    """
+    from .detectors.base import fingerprint
+    from .postprocess.calibrate import calibrate
+
+    fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
+    result = detector.score(normals, progress=stage(progress, 0.0, 0.5), cancel=cancel)
+    cal = calibrate(result.heatmaps, fg, features=result.features, intensities=normals, target_fpr=target_fpr,
+                    threshold_fpr=threshold_fpr, mode=mode, seed=detector.seed, progress=stage(progress, 0.5, 1.0),
+                    cancel=cancel)
+    cal = dataclasses.replace(cal, n_slices=len(normals), fingerprint=fingerprint(normals),
+                              created=datetime.now(UTC).isoformat(timespec="seconds"))
+    detector.calibration = cal
+    return cal
+
+
+@dataclass(frozen=True)
+class FalsePositives:
+    """Share of normal tissue flagged at the plain and the SCR operating point (None: SCR not calibrated)."""
+
+    plain: float
+    scr: float | None
+
+
+def false_positives(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None,
+                    progress: ProgressCallback | None = None,
+                    cancel: CancelToken | None = None) -> FalsePositives | None:
+    """A calibrated model's false-positive area on normal slices, as its calibration stands (None: uncalibrated)."""
+    from .scoring import apply_calibration
+
+    cal = detector.calibration
+    if cal is None:
+        return None
+    fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
+    result = detector.score(normals, progress=progress, cancel=cancel)
+    c = apply_calibration(cal, result, normals, fg, scr=True)
+    n = max(int(np.count_nonzero(fg)), 1)
+    return FalsePositives(plain=float(np.count_nonzero(c.mask & fg)) / n,
+                          scr=None if c.scr_mask is None else float(np.count_nonzero(c.scr_mask & fg)) / n)
+
+
+@dataclass
+class Recalibration:
+    """What a (fine-tune and) calibration did, with false positives on the calibration slices before and after."""
+
+    detector: Detector
+    calibration: Calibration
+    before: FalsePositives | None
+    after: FalsePositives
+    n_fine_tune: int
+    n_calibration: int
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.calibration.notes
+
+    def describe(self) -> list[str]:
+        """Plain words for a person: what changed, against the target, on which slices."""
+        target = self.calibration.target_fpr
+        what = (f"fine-tuned on {self.n_fine_tune} normal slice{'s' * (self.n_fine_tune != 1)} and calibrated on "
+                f"{self.n_calibration} others" if self.n_fine_tune
+                else f"calibrated on {self.n_calibration} normal slice{'s' * (self.n_calibration != 1)}")
+        lines = [f"{what}; target: at most {target:.2%} of normal tissue flagged"]
+        after = self.after
+        lines.append(f"false-positive area on these normal slices is now {_vs_target(after.plain, target)}"
+                     + ("" if self.before is None else
+                        f"; it was {self.before.plain:.2%} ({_word(self.before.plain, target)} the target)"))
+        if after.scr is not None:
+            was = "" if self.before is None or self.before.scr is None else f"; it was {self.before.scr:.2%}"
+            lines.append(f"with SCR (λ {self.calibration.scr.lam:.3g}): {after.scr:.2%}{was}")
+        if self.before is None:
+            lines.append("the model had no calibration before: its maps were raw scores and it had no mask")
+        lines.append("measured on the calibration slices themselves, so the new value sits at the target by "
+                     "construction: it shows the change, not an independent test")
+        return lines
+
+
+def _word(v: float, target: float) -> str:
+    if abs(v - target) <= 0.1 * target:
+        return "at"
+    return "under" if v < target else "over"
+
+
+def _vs_target(v: float, target: float) -> str:
+    word = _word(v, target)
+    return f"{v:.2%}, {'at' if word == 'at' else word} the {target:.0%} target" if word != "at" \
+        else f"at the {target:.0%} target ({v:.2%})"
+
+
+def recalibrate(detector: Detector, normals: np.ndarray, *, fine_tune: bool = False, target_fpr: float | None = None,
+                mode: str | None = None, progress: ProgressCallback | None = None,
+                cancel: CancelToken | None = None) -> Recalibration:
+    """Optionally fine-tune a model on half the normal slices, then calibrate it on the other half (or all).
+
+    ``normals`` are slices on the model's working grid (``pipeline.gather_normals`` or ``working_slices``).
+    The detector is changed in place: pass a copy when the original must stay usable. Target and SCR mode
+    default to the model's current calibration (else 1 % and 2-D).
+
+    Raises:
+        ConfigError: fine-tuning with fewer than two slices, or a target outside (0, 0.5).
+        Cancelled: the cancel token was set (the detector may be half fine-tuned: discard it).
+    """
+    old = detector.calibration
+    target = target_fpr if target_fpr is not None else (old.target_fpr if old is not None else 0.01)
+    if not 0.0 < target < 0.5:
+        raise ConfigError(f"the false-positive target must be between 0 and 0.5, got {target}")
+    mode = mode or (old.scr.mode if old is not None else "2d")
+    tune, calib = None, normals
+    if fine_tune:
+        if len(normals) < 2:
+            raise ConfigError("fine-tuning needs at least two normal slices: half adapt the model, half calibrate it")
+        tune, calib = normals[0::2], normals[1::2]
+    fg = foreground_mask(calib)
+    report(progress, 0.0, "measuring false positives before")
+    before = false_positives(detector, calib, fg, stage(progress, 0.0, 0.15), cancel)
+    if tune is not None:
+        check(cancel)
+        report(progress, 0.15, "fine-tuning")
+        detector.fine_tune(tune, progress=stage(progress, 0.15, 0.55), cancel=cancel)
+    check(cancel)
+    cal = calibrate_detector(detector, calib, fg, target_fpr=target, mode=mode, progress=stage(progress, 0.55, 0.9),
+                             cancel=cancel)
+    report(progress, 0.9, "measuring false positives after")
+    after = false_positives(detector, calib, fg, stage(progress, 0.9, 1.0), cancel)
+    assert after is not None  # calibrated just above
+    report(progress, 1.0, "calibrated")
+    return Recalibration(detector=detector, calibration=cal, before=before, after=after,
+                         n_fine_tune=0 if tune is None else len(tune), n_calibration=len(calib))

@@ -1,0 +1,396 @@
+"""A scan's result, made in one place: scan → detector → map in one unit → plain and SCR masks → per-slice scores.
+
+``score_scan`` is the only function that turns a model and a scan into what the product shows and writes:
+the CLI ``score``, batch scoring on dask, ``make demo``, ``anomalens eval`` and the viewer's workers all call
+it and only present what it returns, so the same model and scan give the same numbers everywhere. Below it,
+``apply_calibration`` is the only place raw detector maps become normal-quantile units and masks.
+
+Units: a calibrated model's map is in normal-quantile units (0–1 on normal tissue, 1.0 the top of the
+normal range, > 1 beyond every normal pixel; ``engine.postprocess.normalise``) and comes with the plain
+mask (at the calibrated threshold) and the SCR mask (at the calibrated λ); an uncalibrated model's map is
+its raw score, says so, and has no mask. The lesion mask a user gets (``lesion_mask``, flagged slices,
+lesion volume) is the SCR mask when SCR is calibrated, else the plain one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .calibration import Calibration, ScrSettings
+from .detectors.result import AnomalyResult
+from .errors import ConfigError, ModelError
+from .pipeline import PreparedScan, merge_results, model_grid, prepare, scan_placement
+from .preprocess.foreground import foreground_mask
+from .preprocess.fov import Placement, from_working, shrink_warning, to_working
+from .progress import CancelToken, ProgressCallback, check, report, stage
+
+if TYPE_CHECKING:
+    from .detectors.base import Detector
+    from .volume import Volume
+
+#: Slices scored per detector call. One value for every caller: batch composition must not change a number.
+SCORE_BATCH = 8
+
+
+class MapUnit(StrEnum):
+    """What a map's numbers mean."""
+
+    QUANTILE = "normal-quantile"
+    RAW = "raw"
+
+    @property
+    def description(self) -> str:
+        """One line for file headers, JSON and the viewer's labels."""
+        if self is MapUnit.QUANTILE:
+            return "normal-quantile units (1.0 = top of the normal range; above 1 = beyond every normal pixel)"
+        return "raw detector scores (the model is not calibrated: no threshold, no mask)"
+
+    @property
+    def short(self) -> str:
+        """A few characters for a colour bar or an axis."""
+        return "normal quantile" if self is MapUnit.QUANTILE else "raw score"
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which model made a result: enough to reproduce or audit it, nothing about patients."""
+
+    detector: str
+    detector_version: str
+    name: str
+    bundle_version: int
+    fingerprint: str
+    calibrated: bool
+    calibration_created: str = ""
+
+    @classmethod
+    def of(cls, detector: Detector) -> ModelIdentity:
+        manifest = getattr(detector, "bundle_manifest", None) or {}
+        cal = detector.calibration
+        return cls(detector=detector.name, detector_version=str(detector.version),
+                   name=str(getattr(detector, "display_name", "") or detector.name),
+                   bundle_version=int(manifest.get("bundle_version") or 0),
+                   fingerprint=detector.content_fingerprint(), calibrated=cal is not None,
+                   calibration_created=cal.created if cal is not None else "")
+
+    @property
+    def label(self) -> str:
+        """``lorentz v3`` (a saved bundle) or ``lorentz (unsaved)``; the viewer's layer names carry it."""
+        version = f"v{self.bundle_version}" if self.bundle_version else "(unsaved)"
+        name = self.name if self.name != self.detector else self.detector
+        return f"{name} {version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"detector": self.detector, "detector_version": self.detector_version, "name": self.name,
+                "bundle_version": self.bundle_version, "fingerprint": self.fingerprint,
+                "calibrated": self.calibrated, "calibration_created": self.calibration_created or None}
+
+
+@dataclass(frozen=True)
+class SliceScore:
+    """One scored slice: ``index`` as in the file (a selection keeps the original numbers), ``z`` in the array.
+
+    ``score`` is the map's maximum over the slice's tissue, in the result's unit. ``flagged`` is whether the
+    lesion mask holds voxels on it (None: no mask, the model is not calibrated).
+    """
+
+    index: int
+    z: int
+    score: float
+    flagged: bool | None
+    mask_voxels: int | None
+    volume_ml: float | None
+
+
+@dataclass
+class CalibratedMaps:
+    """Maps of some slices in normal-quantile units and their two operating-point masks (same grid)."""
+
+    maps: np.ndarray
+    mask: np.ndarray
+    scr_mask: np.ndarray | None
+    threshold: float
+    scr: ScrSettings
+
+
+@dataclass
+class ScanResult:
+    """Everything the product shows and writes for one scan and one model (arrays on the scan's own grid).
+
+    ``map``, ``mask`` and ``mask_scr`` are (z, y, x) like the volume; slices not in ``indices`` are zero
+    and were not scored. ``raw`` is the detector's own output for the scored slices (embeddings for the
+    Poincaré disk, per-pixel descriptors for SCR), placed on the scan's grid, in raw units.
+    """
+
+    volume: Volume
+    prepared: PreparedScan
+    indices: np.ndarray
+    map: np.ndarray
+    unit: MapUnit
+    mask: np.ndarray | None
+    mask_scr: np.ndarray | None
+    calibration: Calibration | None
+    scr: ScrSettings | None
+    slices: tuple[SliceScore, ...]
+    model: ModelIdentity
+    raw: AnomalyResult
+    warnings: tuple[str, ...] = ()
+    seconds_per_slice: float = 0.0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.unit is MapUnit.QUANTILE
+
+    @property
+    def lesion_mask(self) -> np.ndarray | None:
+        """The mask a user gets: SCR's when it was cut, else the plain one (None when uncalibrated)."""
+        return self.mask_scr if self.mask_scr is not None else self.mask
+
+    @property
+    def lesion_mask_kind(self) -> str | None:
+        if self.mask_scr is not None:
+            return "scr"
+        return "plain" if self.mask is not None else None
+
+    @property
+    def voxel_ml(self) -> float:
+        """One voxel's volume in millilitres (spacing in mm)."""
+        return float(np.prod(self.volume.spacing)) / 1000.0
+
+    @property
+    def flagged_slices(self) -> list[int]:
+        return [s.index for s in self.slices if s.flagged]
+
+    @property
+    def lesion_volume_ml(self) -> float | None:
+        m = self.lesion_mask
+        return None if m is None else float(np.count_nonzero(m)) * self.voxel_ml
+
+    @property
+    def threshold(self) -> float | None:
+        return None if self.calibration is None else self.calibration.threshold
+
+    def most_anomalous(self) -> int | None:
+        """The array z of the highest-scoring slice (where a viewer opens), None when nothing was scored."""
+        if not self.slices:
+            return None
+        return max(self.slices, key=lambda s: s.score).z
+
+    def summary(self) -> dict[str, Any]:
+        """What ``score --json``, the batch manifest and reports say about the result (no paths, no names)."""
+        return {
+            "unit": self.unit.value, "unit_description": self.unit.description,
+            "model": self.model.to_dict(),
+            "n_slices": len(self.indices),
+            "max_score": max((s.score for s in self.slices), default=None),
+            "threshold": self.threshold,
+            "mask": self.lesion_mask_kind,
+            "scr": None if self.scr is None else {"threshold": self.scr.threshold, "lambda": self.scr.lam,
+                                                  "tau": self.scr.tau, "mode": self.scr.mode},
+            "flagged_slices": self.flagged_slices if self.calibrated else None,
+            "lesion_volume_ml": None if self.lesion_volume_ml is None else round(self.lesion_volume_ml, 4),
+            "seconds_per_slice": round(self.seconds_per_slice, 4),
+            "warnings": list(self.warnings),
+        }
+
+
+# -- calibration applied to a detector's output ---------------------------------------------------------
+
+def apply_calibration(calibration: Calibration, result: AnomalyResult, slices: np.ndarray,
+                      foreground: np.ndarray | None = None, scr: bool = True,
+                      settings: ScrSettings | None = None) -> CalibratedMaps:
+    """Normalise, threshold and (optionally) SCR-refine a result at a calibrated operating point.
+
+    ``slices`` are the intensities the result was scored on (SCR's pairwise fallback when the detector gave no
+    per-pixel features). ``settings`` overrides SCR's point (the viewer's sliders); default: the calibrated one.
+    In 3-D mode the stack is cut as one graph, so give it consecutive slices of one scan.
+    """
+    from .postprocess.scr import scr_refine
+
+    maps = calibration.normalise(result.heatmaps)
+    fg = foreground_mask(slices) if foreground is None else np.asarray(foreground, bool)
+    plain = (maps > calibration.threshold) & fg
+    point = settings or calibration.scr
+    scr_mask = None
+    if scr and point.usable:
+        scr_mask = scr_refine(maps, point.threshold, float(point.lam or 0.0), point.tau,
+                              features=result.features, intensities=None if result.features is not None else slices,
+                              mode=point.mode if maps.shape[0] > 1 else "2d", temperature=point.temperature,
+                              foreground=fg)
+    return CalibratedMaps(maps=maps, mask=plain, scr_mask=scr_mask, threshold=calibration.threshold, scr=point)
+
+
+# -- the entry function -------------------------------------------------------------------------------
+
+def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.ndarray | None = None, *,
+               scr: bool = True, settings: ScrSettings | None = None, keep_embeddings: bool = True,
+               extra_warnings: Sequence[str] = (), progress: ProgressCallback | None = None,
+               cancel: CancelToken | None = None) -> ScanResult:
+    """Score a scan (or some of its slices, as array indices) with a fitted model: the product's one result.
+
+    Args:
+        detector: a fitted detector, calibrated or not.
+        volume: the scan as read (``pipeline.load_volume``); never modified.
+        slices: array z indices to score (default: all).
+        scr: cut the SCR mask (calibrated models with SCR parameters).
+        settings: SCR's operating point instead of the calibrated one (the viewer's sliders).
+        keep_embeddings: keep per-patch embeddings in ``raw`` (the Poincaré disk); batch jobs drop them.
+        extra_warnings: warnings the caller found on the way (e.g. a geometry note of a PACS pull).
+        progress: progress callback; scoring is 0–90 %, the calibration and SCR the rest.
+        cancel: cancel token, checked between batches and before SCR.
+
+    Raises:
+        ConfigError: an empty or out-of-range slice selection.
+        ModelError: an unfitted model.
+    """
+    if not detector.fitted:
+        raise ModelError(f"the {detector.name} model is not trained yet: train it or load a bundle")
+    idx = np.arange(volume.n_slices) if slices is None else np.unique(np.asarray(list(slices), dtype=int))
+    if idx.size == 0:
+        raise ConfigError("no slices selected")
+    if idx.min() < 0 or idx.max() >= volume.n_slices:
+        raise ConfigError(f"slice selection out of range 0-{volume.n_slices - 1}")
+    prepared = prepare(volume, (detector.preprocessing or {}).get("intensity"))
+    warnings = _scan_warnings(detector, prepared) + [w for w in extra_warnings if w]
+    t0 = time.perf_counter()
+    raw, shrink = _score_raw(detector, prepared, idx, keep_embeddings, stage(progress, 0.0, 0.9), cancel)
+    seconds = (time.perf_counter() - t0) / len(idx)
+    if shrink:
+        warnings.append(shrink)
+    cal = detector.calibration
+    shape = volume.shape
+    full_map = np.zeros(shape, np.float32)
+    mask = mask_scr = None
+    point = None
+    if cal is None:
+        unit = MapUnit.RAW
+        full_map[idx] = raw.heatmaps
+    else:
+        unit = MapUnit.QUANTILE
+        point = settings or cal.scr
+        mask = np.zeros(shape, bool)
+        cut = scr and point.usable
+        mask_scr = np.zeros(shape, bool) if cut else None
+        runs = _runs(idx) if point.mode == "3d" else [idx]
+        done = 0
+        for run in runs:
+            check(cancel)
+            pos = np.searchsorted(idx, run)
+            part = _take(raw, pos)
+            c = apply_calibration(cal, part, prepared.slices[run], prepared.foreground[run], scr=cut, settings=point)
+            full_map[run], mask[run] = c.maps, c.mask
+            if mask_scr is not None and c.scr_mask is not None:
+                mask_scr[run] = c.scr_mask
+            done += len(run)
+            report(progress, 0.9 + 0.1 * done / len(idx), "cutting the masks" if cut else "thresholding")
+        if not cut:
+            point = None
+    result = ScanResult(volume=volume, prepared=prepared, indices=idx, map=full_map, unit=unit, mask=mask,
+                        mask_scr=mask_scr, calibration=cal, scr=point, slices=(), model=ModelIdentity.of(detector),
+                        raw=raw, warnings=tuple(dict.fromkeys(warnings)), seconds_per_slice=seconds)
+    result.slices = slice_scores(result)
+    report(progress, 1.0, "scored")
+    return result
+
+
+def slice_scores(result: ScanResult) -> tuple[SliceScore, ...]:
+    """Per-slice scores of a result: the map's maximum over tissue, and the lesion mask's voxels on it."""
+    original = result.volume.metadata.get("selected_slices")
+    lesion = result.lesion_mask
+    out = []
+    for z in result.indices:
+        z = int(z)
+        fg = result.prepared.foreground[z]
+        vals = result.map[z][fg] if fg.any() else result.map[z].ravel()
+        voxels = None if lesion is None else int(np.count_nonzero(lesion[z]))
+        out.append(SliceScore(index=int(original[z]) if original is not None else z, z=z, score=float(vals.max()),
+                              flagged=None if voxels is None else voxels > 0, mask_voxels=voxels,
+                              volume_ml=None if voxels is None else voxels * result.voxel_ml))
+    return tuple(out)
+
+
+def _scan_warnings(detector: Detector, prepared: PreparedScan) -> list[str]:
+    """What the user must know before trusting this scan's result: the volume's own notes and domain checks."""
+    from .domain import TrainingDomain, domain_warnings
+
+    domain = TrainingDomain.from_training({**(detector.preprocessing or {}), **(detector.training or {})})
+    return [*prepared.volume.warnings, *domain_warnings(domain, prepared.volume, foreground=prepared.foreground)]
+
+
+def _runs(idx: np.ndarray) -> list[np.ndarray]:
+    """Consecutive runs of sorted indices: 3-D SCR links neighbouring slices only."""
+    return np.split(idx, np.flatnonzero(np.diff(idx) != 1) + 1)
+
+
+def _take(res: AnomalyResult, pos: np.ndarray) -> AnomalyResult:
+    """The slices ``pos`` of a result (maps and per-pixel features; embeddings are not needed for masks)."""
+    if len(pos) == res.n_slices:
+        return res
+    return AnomalyResult(heatmaps=res.heatmaps[pos], scores=res.scores[pos], embeddings=None,
+                         features=None if res.features is None else res.features[pos], normalised=res.normalised,
+                         info=res.info)
+
+
+def _score_raw(detector: Detector, prepared: PreparedScan, idx: np.ndarray, keep_embeddings: bool,
+               progress: ProgressCallback | None, cancel: CancelToken | None) -> tuple[AnomalyResult, str | None]:
+    """The detector's raw output for slices ``idx``, placed back on the scan's grid, and a field-of-view note."""
+    grid = model_grid(detector)
+    placement = None if grid is None else scan_placement(prepared, grid)
+    parts: list[AnomalyResult] = []
+    for start in range(0, len(idx), SCORE_BATCH):
+        check(cancel)
+        batch = idx[start:start + SCORE_BATCH]
+        if placement is None or grid is None:
+            part = _score_square(detector, prepared.slices[batch], cancel)
+        else:
+            part = _back_to_scan(detector.score(to_working(prepared.slices[batch], placement), cancel=cancel),
+                                 placement)
+        if not keep_embeddings:
+            part.embeddings = None
+        parts.append(part)
+        done = start + len(batch)
+        report(progress, done / len(idx), f"scored {done}/{len(idx)} slices")
+    shrink = None if placement is None or grid is None else shrink_warning(placement, grid)
+    return merge_results(parts), shrink
+
+
+def _score_square(detector: Detector, slices: np.ndarray, cancel: CancelToken | None) -> AnomalyResult:
+    """Score slices padded to a square (bundles from before working grids) and crop the maps back."""
+    from .preprocess.resize import pad_to_square
+
+    _, h, w = slices.shape
+    if h == w:
+        return detector.score(slices, cancel=cancel)
+    res = detector.score(pad_to_square(slices), cancel=cancel)
+    top, left = (max(h, w) - h) // 2, (max(h, w) - w) // 2
+    crop = (slice(None), slice(top, top + h), slice(left, left + w))
+    emb = res.embeddings
+    if emb is not None:
+        emb.centers = emb.centers - np.asarray([top, left], np.float32)
+    return AnomalyResult(heatmaps=res.heatmaps[crop], scores=res.scores, embeddings=emb,
+                         features=None if res.features is None else res.features[crop], normalised=res.normalised,
+                         info=res.info)
+
+
+def _back_to_scan(res: AnomalyResult, p: Placement) -> AnomalyResult:
+    """A result on the working grid, brought back to the scan's grid (maps, features, patch centres)."""
+    feats = None
+    if res.features is not None and res.features.ndim == 3:
+        feats = from_working(res.features, p)
+    elif res.features is not None:
+        f = np.moveaxis(res.features, -1, 1)  # (n, H, W, C) → (n, C, H, W): resample each channel alike
+        n, c = f.shape[:2]
+        back = from_working(f.reshape(n * c, *f.shape[2:]), p)
+        feats = np.moveaxis(back.reshape(n, c, *back.shape[1:]), 1, -1)
+    emb = res.embeddings
+    if emb is not None:
+        emb.centers = p.to_scan_points(emb.centers)
+    return AnomalyResult(heatmaps=from_working(res.heatmaps, p), scores=res.scores, embeddings=emb,
+                         features=feats, normalised=res.normalised, info=dict(res.info))

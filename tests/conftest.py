@@ -1,0 +1,21 @@
+"""Tests never touch the user's real folders: models, marks, settings and the sample cache are redirected.
+
+Set before any test module is imported, so every process a test starts (dask workers, the CLI) inherits
+it. Samples are cached under ``build/test-cache`` (ignored by git) so that a second run does not download
+brain1 again; models, the case library and settings go to a fresh temporary folder per run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config) -> None:
+    scratch = Path(tempfile.mkdtemp(prefix="anomalens-tests-"))
+    os.environ["ANOMALENS_CACHE_DIR"] = str(ROOT / "build" / "test-cache")
+    os.environ["ANOMALENS_DATA_DIR"] = str(scratch / "data")
+    os.environ["ANOMALENS_CONFIG_DIR"] = str(scratch / "config")

@@ -1,0 +1,190 @@
+"""One result everywhere: ``anomalens score``, batch scoring, ``anomalens eval`` and the engine's ``score_scan``
+give the same map, masks and slice scores for one model and one scan; the typed calibration migrates old
+bundles; a scan unlike the training data is warned about.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomalens.engine.cli.main import main
+from anomalens.engine.io import read_scan
+from anomalens.engine.outputs import read_scores_csv
+from tests.test_cli import PATCHCORE_SET, run_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def brain_model(tmp_path_factory) -> dict[str, Path]:
+    """A small PatchCore trained on brain1's first lesion-free slices, calibrated on its last ones."""
+    d = tmp_path_factory.mktemp("one-result")
+    model, calibrated = d / "model", d / "calibrated"
+    assert main(["train", "--detector", "patchcore", "--normals", "sample:brain1#0-3", "--out", str(model),
+                 "--device", "cpu", *PATCHCORE_SET]) == 0
+    assert main(["calibrate", "--model", str(model), "--normals", "sample:brain1#21-24", "--out", str(calibrated),
+                 "--device", "cpu"]) == 0
+    return {"dir": d, "model": model, "calibrated": calibrated}
+
+
+def test_calibrated_score_writes_masks_and_a_scores_table(brain_model, capsys) -> None:
+    out = brain_model["dir"] / "scored"
+    res = run_json(capsys, ["score", "--model", str(brain_model["calibrated"]), "sample:brain1", "--out", str(out)])
+    assert set(res["files"]) == {"heatmap", "mask", "mask_scr", "scores"}
+    assert res["unit"] == "normal-quantile" and res["mask"] == "scr" and res["model"]["bundle_version"] == 2
+    heat = read_scan(res["files"]["heatmap"])
+    mask, mask_scr = (read_scan(res["files"][k]).array > 0 for k in ("mask", "mask_scr"))
+    assert heat.shape == mask.shape == mask_scr.shape == (25, 256, 256)
+    # The plain mask is the calibrated threshold on the map, inside the tissue; nothing outside it.
+    cal_threshold = res["threshold"]
+    assert mask.any() and not (mask & (heat.array <= cal_threshold)).any()
+    rows = read_scores_csv(res["files"]["scores"])
+    assert list(rows[0]) == ["slice", "score", "flagged", "mask_voxels", "volume_ml"] and len(rows) == 25
+    voxel_ml = float(np.prod(heat.spacing)) / 1000.0
+    for r in rows:
+        z = int(r["slice"])
+        assert int(r["mask_voxels"]) == int(mask_scr[z].sum())
+        assert r["flagged"] == str(int(mask_scr[z].any()))
+        assert float(r["volume_ml"]) == pytest.approx(mask_scr[z].sum() * voxel_ml, rel=1e-5, abs=1e-9)
+    assert res["flagged_slices"] == [int(r["slice"]) for r in rows if r["flagged"] == "1"]
+    assert res["lesion_volume_ml"] == pytest.approx(mask_scr.sum() * voxel_ml, rel=1e-4)
+    header = [ln for ln in Path(res["files"]["scores"]).read_text().splitlines() if ln.startswith("#")]
+    assert any("normal-quantile" in ln for ln in header) and any(res["model"]["fingerprint"] in ln for ln in header)
+    import nibabel
+
+    assert b"normal quantile" in bytes(nibabel.load(res["files"]["heatmap"]).header["descrip"])
+
+
+def test_cli_batch_and_engine_give_the_same_result_voxel_for_voxel(brain_model, capsys) -> None:
+    from anomalens.engine.batch import run_batch
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.pipeline import load_volume
+    from anomalens.engine.scoring import score_scan
+
+    model, d = brain_model["calibrated"], brain_model["dir"]
+    spec = "sample:brain1#8-16"
+    cli = run_json(capsys, ["score", "--model", str(model), spec, "--out", str(d / "cli")])
+    summary = run_batch(model, [spec, "sample:brain1#0-2"], d / "batch", workers=1, processes=False)
+    assert len(summary.ok) == 2 and not summary.failed
+    manifest = json.loads((d / "batch" / "manifest.json").read_text())
+    (rec,) = [r for r in manifest["studies"].values() if r["spec"] == spec]
+    assert rec["model"]["fingerprint"] == cli["model"]["fingerprint"] == manifest["model_fingerprint"]
+    engine = score_scan(load_bundle(model), load_volume(spec))
+    for key, array in (("heatmap", engine.map), ("mask", engine.mask), ("mask_scr", engine.mask_scr)):
+        from_cli = read_scan(cli["files"][key]).array
+        from_batch = read_scan(d / "batch" / rec["outputs"][key]).array
+        np.testing.assert_array_equal(from_cli, from_batch, err_msg=key)
+        np.testing.assert_array_equal(from_cli, array.astype(from_cli.dtype), err_msg=key)
+    assert (d / "cli" / "scores.csv").read_text() == (d / "batch" / rec["outputs"]["scores"]).read_text()
+    assert rec["flagged_slices"] == cli["flagged_slices"] and rec["unit"] == cli["unit"]
+
+
+def test_eval_gives_dice_from_the_masks_score_makes(brain_model, capsys) -> None:
+    out = run_json(capsys, ["eval", "--model", str(brain_model["calibrated"]), "--data", "sample:brain1#8-16",
+                            "--bootstrap", "0"])
+    assert out["dice"] is not None and out["dice_scr"] is not None and out["unit"] == "normal-quantile"
+
+
+def test_an_mr_model_warns_on_a_ct_scan_in_json_and_on_stderr(brain_model, capsys) -> None:
+    code = main(["score", "--model", str(brain_model["calibrated"]), "sample:ct_abdomen", "--out",
+                 str(brain_model["dir"] / "ct"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0
+    res = json.loads(captured.out)
+    (warning,) = [w for w in res["warnings"] if "trained on MR" in w]
+    assert "CT" in warning and f"warning: {warning}" in captured.err
+    # An MR scan like the training data is not warned about.
+    same = run_json(capsys, ["score", "--model", str(brain_model["calibrated"]), "sample:brain1#10",
+                             "--out", str(brain_model["dir"] / "mr")])
+    assert same["warnings"] == []
+
+
+def test_bundles_with_the_old_string_keyed_calibration_load_and_score_alike(brain_model, tmp_path: Path) -> None:
+    """Bundles saved before the typed Calibration (schema 1: no version, flat keys) migrate on load."""
+    import shutil
+
+    from anomalens.engine.calibration import CALIBRATION_SCHEMA
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.pipeline import load_volume
+    from anomalens.engine.scoring import score_scan
+
+    new = brain_model["calibrated"]
+    old = tmp_path / "old"
+    shutil.copytree(new, old)
+    manifest = json.loads((new / "bundle.json").read_text())
+    c = manifest["calibration"]
+    assert c["schema_version"] == CALIBRATION_SCHEMA
+    # The layout 2026-11 bundles had: plain threshold as "threshold", SCR's as "scr_threshold", flat SCR keys.
+    manifest["calibration"] = {
+        "normaliser": c["normaliser"], "threshold": c["threshold"], "scr_threshold": c["scr"]["threshold"],
+        "threshold_fpr": c["scr_threshold_fpr"], "lambda": c["scr"]["lambda"], "tau": c["scr"]["tau"],
+        "temperature": c["scr"]["temperature"], "mode": c["scr"]["mode"], "target_fpr": c["target_fpr"],
+        "fp_area": c["fp_area"], "fp_area_unary": c["fp_area_unary"], "fp_area_scr": c["fp_area_scr"],
+        "n_pixels": c["n_pixels"], "notes": c["notes"], "n_slices": c["n_slices"], "fingerprint": c["fingerprint"]}
+    (old / "bundle.json").write_text(json.dumps(manifest))
+    a, b = load_bundle(new), load_bundle(old)
+    assert b.calibration.threshold == a.calibration.threshold and b.calibration.scr == a.calibration.scr
+    assert b.calibration.scr_threshold_fpr == a.calibration.scr_threshold_fpr
+    vol = load_volume("sample:brain1#10-12")
+    ra, rb = score_scan(a, vol), score_scan(b, vol)
+    np.testing.assert_array_equal(ra.map, rb.map)
+    np.testing.assert_array_equal(ra.mask_scr, rb.mask_scr)
+
+
+@pytest.mark.parametrize("calibration, message", [
+    ({"schema_version": -7, "threshold": 1.0}, "schema version"),
+    ({"schema_version": 2, "threshold": "high"}, "malformed"),
+    ("garbage", "JSON object"),
+    ({"threshold": 0.9}, "normaliser"),
+])
+def test_a_forged_calibration_block_is_refused_on_load(brain_model, tmp_path: Path, calibration, message) -> None:
+    import shutil
+
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.errors import ModelError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(brain_model["calibrated"], bad)
+    manifest = json.loads((bad / "bundle.json").read_text())
+    if isinstance(calibration, dict) and calibration.get("schema_version") == 2:
+        calibration = {**manifest["calibration"], **calibration}
+    manifest["calibration"] = calibration
+    (bad / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match=message):
+        load_bundle(bad)
+    nan = json.loads((brain_model["calibrated"] / "bundle.json").read_text())
+    nan["calibration"]["scr"]["lambda"] = float("nan")
+    (bad / "bundle.json").write_text(json.dumps(nan))
+    with pytest.raises(ModelError, match="finite"):
+        load_bundle(bad)
+
+
+def test_no_string_keyed_calibration_reads_outside_the_calibration_class() -> None:
+    """One name per quantity: the calibration is read by attribute everywhere but in its own (de)serialiser."""
+    pattern = re.compile(r"""(calibration|\bcal)\s*(\[\s*["']|\.get\(\s*["'])|["']normaliser["']\s+(not\s+)?in\b""")
+    allowed = {ROOT / "engine" / "calibration.py"}
+    offenders = []
+    for folder in ("app", "engine", "plugins", "bench"):
+        for py in (ROOT / folder).rglob("*.py"):
+            if py in allowed:
+                continue
+            for n, line in enumerate(py.read_text(encoding="utf-8").splitlines(), 1):
+                if pattern.search(line):
+                    offenders.append(f"{py.relative_to(ROOT)}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_nothing_outside_scoring_builds_masks_from_a_calibration() -> None:
+    """Masks and units come from engine.scoring only: no other module thresholds a normalised map itself."""
+    pattern = re.compile(r"\.normalise\(|ScoreNormaliser\.from_dict|calibration\.threshold\)")
+    allowed = {ROOT / "engine" / "scoring.py", ROOT / "engine" / "calibration.py",
+               ROOT / "engine" / "postprocess" / "calibrate.py", ROOT / "engine" / "postprocess" / "normalise.py"}
+    offenders = [str(py.relative_to(ROOT)) for folder in ("app", "engine", "plugins")
+                 for py in (ROOT / folder).rglob("*.py")
+                 if py not in allowed and pattern.search(py.read_text(encoding="utf-8"))]
+    assert not offenders, offenders
