@@ -37,6 +37,7 @@ BENCHES = (
     Bench("projection", ("bench_projection.py",)),
     Bench("lorentz-speed", ("bench_lorentz_speed.py", "--threads", "1")),
     Bench("batch", ("bench_batch.py",)),
+    Bench("memory", ("bench_memory.py",)),
     Bench("d2ue-latency", ("bench_d2ue.py", "latency")),
     Bench("invdetect-latency", ("bench_invdetect.py", "latency")),
     Bench("viewer", ("bench_viewer.py",), display=True),

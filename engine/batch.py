@@ -227,7 +227,7 @@ def score_study(study: Study, model: str, out_root: str, device: str = "cpu",
     try:
         configure_threads(threads)
         det = cached_bundle(model, device)
-        result = score_scan(det, load_volume(study.spec), keep_embeddings=False)
+        result = score_scan(det, load_volume(study.spec), detail=False)
         target = Path(out_root) / study.id
         with atomic_dir(target, overwrite=True) as tmp:
             files = write_scan_result(result, tmp)

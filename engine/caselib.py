@@ -15,8 +15,10 @@ sub-volume back), so marks made on a slice selection line up with marks made on 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -27,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
+from .io.base import format_bytes
 from .paths import data_dir
 from .volume import Volume
 
@@ -168,9 +171,29 @@ class CaseLibrary:
 
         def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
             try:
-                self.lib.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+                if exc_type is None:
+                    try:
+                        self.lib.db.execute("COMMIT")
+                    except sqlite3.DatabaseError as err:
+                        with contextlib.suppress(sqlite3.DatabaseError):
+                            self.lib.db.execute("ROLLBACK")
+                        raise self.lib._write_failed(err) from err
+                else:
+                    with contextlib.suppress(sqlite3.DatabaseError):
+                        self.lib.db.execute("ROLLBACK")
+                    if isinstance(exc, sqlite3.DatabaseError):
+                        raise self.lib._write_failed(exc) from exc
             finally:
                 self.lib._lock.release()
+
+    def _write_failed(self, exc: sqlite3.DatabaseError) -> OutputError:
+        """A write the database refused (a full disk, a read-only folder): the marks stay as they were."""
+        try:
+            free = format_bytes(shutil.disk_usage(self.path.parent).free)
+        except OSError:
+            free = "unknown"
+        return OutputError(f"the case library could not save this change ({exc}; {free} free on its disk): "
+                           "your earlier marks are unchanged")
 
     def _write(self) -> CaseLibrary._Txn:
         """One write transaction: committed as a whole or not at all."""

@@ -69,3 +69,7 @@ class ConfigError(AnomaLensError):
 
 class Cancelled(AnomaLensError):
     """Long work was cancelled by the user."""
+
+
+class OutputError(AnomaLensError):
+    """A result, model or setting could not be written (disk full, no permission); nothing was replaced."""

@@ -235,7 +235,7 @@ def evaluate_model(detector: Detector, data: EvalData, scr: bool = True, reduce:
     for scan in data.scans:
         check(cancel)
         n = scan.volume.n_slices
-        r = score_scan(detector, scan.volume, scr=scr, keep_embeddings=False, cancel=cancel,
+        r = score_scan(detector, scan.volume, scr=scr, detail=False, cancel=cancel,
                        progress=stage(progress, 0.85 * done / data.n_slices, 0.85 * (done + n) / data.n_slices))
         seconds += r.seconds_per_slice * n
         done += n

@@ -1,66 +1,229 @@
-"""Atomic writes: a crash or a full disk never leaves a half-written model, calibration or result."""
+"""Write, verify, then replace: a crash or a full disk never leaves a half-written model, calibration or result.
+
+Every file the product writes goes to a temporary beside its target (same file system), is flushed to the
+disk, checked (its size, and what a ``verify`` callback reads back: a NIfTI header and its voxel count, a
+safetensors header), and only then renamed over the target. Any failure on the way removes the temporary,
+leaves the old file byte for byte as it was, and raises ``OutputError`` with one line for the user ("disk
+full while writing heatmap.nii.gz: nothing was replaced"). Native writers (ITK) may report a full disk only
+on stderr and return normally: the read-back is what catches them.
+
+Temporaries are named ``.<target>.<pid>.<random>.tmp`` (a native writer's staging file adds the real suffix
+after it), so the next write of the same target removes the ones whose process is gone (a ``kill -9``
+mid-write) and never those of a writer that is still running.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from .errors import OutputError
+
+Verify = Callable[[Path], None]
+
+#: Temporaries of the old naming (no pid) count as dead once this old.
+LEGACY_STALE_SECONDS = 3600.0
+_PID = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?:\.[^/]*)?\.tmp(?:\.[^/]+)?$")
+_OLD = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
+
+
+def describe_os_error(exc: BaseException) -> str:
+    """A few words for an OSError: "disk full", "no permission", … (never a path)."""
+    code = getattr(exc, "errno", None)
+    return {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large for the disk",
+            errno.EACCES: "no permission", errno.EPERM: "no permission", errno.EROFS: "read-only file system",
+            errno.ENAMETOOLONG: "name too long", errno.EIO: "input/output error"}.get(
+        code or -1, (getattr(exc, "strerror", None) or str(exc) or type(exc).__name__).split(":")[0])
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def sweep_stale(target: str | Path) -> int:
+    """Remove temporaries of ``target`` left by processes that are gone; returns how many were removed."""
+    target = Path(target)
+    folder = target.parent
+    if not folder.is_dir():
+        return 0
+    removed = 0
+    prefix = f".{target.name}."
+    try:
+        entries = [p for p in folder.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return 0
+    for p in entries:
+        m = _PID.match(p.name) or _OLD.match(p.name)
+        if m is not None and m.group("name") == target.name:
+            stale = not _alive(int(m.group("pid")))
+        elif ".tmp" in p.name:  # written before temporaries carried their pid
+            try:
+                stale = time.time() - p.lstat().st_mtime > LEGACY_STALE_SECONDS
+            except OSError:
+                continue
+        else:
+            continue
+        if stale:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                removed += 1
+    return removed
+
+
+def _temp(target: Path, suffix: str = "") -> Path:
+    return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}.tmp"
+
+
+def ensure_folder(folder: str | Path, what: str = "output") -> Path:
+    """Create ``folder`` (and parents), or say in one line why it cannot be (a file there, no permission)."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"the {what} folder {folder.name} is an existing file; choose a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create the {what} folder {folder.name}: {describe_os_error(exc)}") from exc
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into the {what} folder {folder.name}: no permission")
+    return folder
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be synced
+        _fsync(folder)
+
+
+def _failed(target: Path, exc: BaseException, verified: bool) -> OutputError:
+    if verified:
+        return OutputError(f"{target.name} did not read back after writing ({_reason(exc)}), most likely because "
+                           "the disk is full: nothing was replaced")
+    return OutputError(f"{describe_os_error(exc)} while writing {target.name}: nothing was replaced")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:160]
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary file path beside ``target``; it replaces ``target`` only if the block succeeds."""
+def atomic_path(target: str | Path, suffix: str = "", verify: Verify | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; it replaces ``target`` only once written, synced and verified.
+
+    ``verify(tmp)`` may raise anything to say the file is not what was meant (a short read, a bad header);
+    an empty file is always refused. On any failure the temporary is removed and ``target`` is untouched.
+    """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    ensure_folder(target.parent)
+    sweep_stale(target)
+    tmp = _temp(target, suffix)
+    stage = "write"
     try:
-        yield tmp_path
-        os.replace(tmp_path, target)
+        tmp.touch(exist_ok=False)
+        yield tmp
+        _fsync(tmp)
+        stage = "verify"
+        if tmp.stat().st_size == 0:
+            raise OSError(errno.ENOSPC, "the file is empty")
+        if verify is not None:
+            verify(tmp)
+        stage = "replace"
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except OutputError:
+        raise
+    except OSError as exc:
+        raise _failed(target, exc, verified=False) from exc
+    except (ValueError, EOFError, RuntimeError) as exc:
+        if stage != "verify":
+            raise
+        raise _failed(target, exc, verified=True) from exc
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def atomic_write_text(target: str | Path, text: str) -> Path:
-    """Write text to ``target`` atomically."""
-    with atomic_path(target) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(target)
+    """Write text to ``target`` atomically, checking that every byte reached the file."""
+    return atomic_write_bytes(target, text.encode("utf-8"))
 
 
 def atomic_write_bytes(target: str | Path, data: bytes) -> Path:
-    """Write bytes to ``target`` atomically."""
-    with atomic_path(target) as tmp:
+    """Write bytes to ``target`` atomically, checking that every byte reached the file."""
+
+    def same_size(p: Path) -> None:
+        if p.stat().st_size != len(data):
+            raise ValueError(f"{p.stat().st_size} of {len(data)} bytes on disk")
+
+    with atomic_path(target, verify=same_size) as tmp:
         tmp.write_bytes(data)
     return Path(target)
 
 
 @contextlib.contextmanager
-def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``target`` that is renamed into place when the block succeeds.
+def atomic_dir(target: str | Path, overwrite: bool = False, verify: Verify | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``target`` that is renamed into place once written, synced and verified.
 
     With ``overwrite`` an existing ``target`` is moved aside first and removed only after the rename,
     so at every instant either the old or the new folder is complete.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(target.parent)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    sweep_stale(target)
+    tmp = _temp(target)
+    stage = "write"
     try:
+        tmp.mkdir()
         yield tmp
+        for f in sorted(tmp.rglob("*")):
+            if f.is_file():
+                _fsync(f)
+                if f.stat().st_size == 0:
+                    raise OSError(errno.ENOSPC, f"{f.name} is empty")
+        stage = "verify"
+        if verify is not None:
+            verify(tmp)
+        stage = "replace"
         old = None
         if target.exists():
             old = target.with_name(f".{target.name}.old-{os.getpid()}")
             os.replace(target, old)
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except (OutputError, FileExistsError):
+        raise
+    except OSError as exc:
+        raise _failed(target, exc, verified=False) from exc
+    except (ValueError, EOFError, RuntimeError) as exc:
+        if stage != "verify":
+            raise
+        raise _failed(target, exc, verified=True) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

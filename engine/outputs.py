@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .fileio import atomic_path
+from .fileio import atomic_path, ensure_folder
 from .scoring import ScanResult
 
 #: Output files by role; a role missing from a result (an uncalibrated model has no masks) is not written.
@@ -42,8 +42,7 @@ def write_scan_result(result: ScanResult, out_dir: str | Path) -> dict[str, Path
     """Write the result's files into ``out_dir`` (created); returns them by role."""
     from .io import write_like
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_folder(out_dir)
     vol = result.volume
     files = {"heatmap": Path(write_like(vol, result.map, out / OUTPUT_FILES["heatmap"],
                                         description=f"AnomaLens heatmap: {result.unit.short}"))}

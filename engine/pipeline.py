@@ -8,15 +8,15 @@ it. The CLI, the viewer's workers, batch scoring and the tests all call these sa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .detectors import AnomalyResult, Detector, create_detector
 from .errors import ConfigError, InvalidVolumeError
-from .preprocess import IntensityConfig, foreground_mask, normalise_volume
+from .preprocess import IntensityConfig, foreground_mask
 from .preprocess.fov import Placement, WorkingGrid, grid_for, place, to_working
+from .preprocess.intensity import scale_to_unit
 from .progress import CancelToken, ProgressCallback, check, report
 from .volume import Volume
 
@@ -24,19 +24,62 @@ if TYPE_CHECKING:
     from .domain import TrainingDomain
 
 
-@dataclass
 class PreparedScan:
-    """A scan normalised for a model: slices in [0, 1] on the scan's grid, and its tissue mask."""
+    """A scan normalised for a model: slices in [0, 1] on the scan's grid, and its tissue mask.
 
-    volume: Volume
-    slices: np.ndarray
-    foreground: np.ndarray
-    indices: np.ndarray
+    The normalisation range and the tissue threshold come from the whole scan (``prepare``), so any batch
+    of slices normalises and masks exactly as the whole stack does: ``batch(z)`` makes a few slices without
+    holding the whole normalised stack, which streaming a 600-slice CT needs; ``slices`` and ``foreground``
+    are the whole stack, made on first use and kept.
+    """
+
+    BATCH = 32
+
+    def __init__(self, volume: Volume, lo: float = 0.0, hi: float = 1.0, threshold: float | None = None,
+                 indices: np.ndarray | None = None, slices: np.ndarray | None = None,
+                 foreground: np.ndarray | None = None) -> None:
+        self.volume = volume
+        self.lo, self.hi, self.threshold = float(lo), float(hi), threshold
+        self.indices = np.arange(volume.n_slices) if indices is None else np.asarray(indices, dtype=int)
+        self._slices = None if slices is None else np.asarray(slices, dtype=np.float32)
+        self._foreground = None if foreground is None else np.asarray(foreground, dtype=bool)
 
     @property
     def n_slices(self) -> int:
-        return len(self.slices)
+        return self.volume.n_slices
 
+    def batch(self, z: np.ndarray | Sequence[int]) -> np.ndarray:
+        """Normalised slices ``z`` (array indices), without keeping them."""
+        idx = np.asarray(z, dtype=int)
+        if self._slices is not None:
+            return self._slices[idx]
+        return scale_to_unit(self.volume.array[idx], self.lo, self.hi)
+
+    def batch_foreground(self, z: np.ndarray | Sequence[int], slices: np.ndarray | None = None) -> np.ndarray:
+        """Tissue masks of slices ``z`` (``slices``: their normalised voxels, when already at hand)."""
+        idx = np.asarray(z, dtype=int)
+        if self._foreground is not None:
+            return self._foreground[idx]
+        sl = self.batch(idx) if slices is None else slices
+        if self.threshold is None:
+            return np.zeros(sl.shape, dtype=bool)
+        return foreground_mask(sl, threshold=self.threshold)
+
+    @property
+    def slices(self) -> np.ndarray:
+        if self._slices is None:
+            self._slices = scale_to_unit(self.volume.array, self.lo, self.hi)
+        return self._slices
+
+    @property
+    def foreground(self) -> np.ndarray:
+        if self._foreground is None:
+            fg = np.zeros(self.volume.shape, dtype=bool)
+            for start in range(0, self.n_slices, self.BATCH):
+                z = np.arange(start, min(self.n_slices, start + self.BATCH))
+                fg[z] = self.batch_foreground(z)
+            self._foreground = fg
+        return self._foreground
 
 
 def load_volume(spec: str, **read_opts: Any) -> Volume:
@@ -47,11 +90,22 @@ def load_volume(spec: str, **read_opts: Any) -> Volume:
 
 
 def prepare(volume: Volume, intensity: IntensityConfig | dict | None = None) -> PreparedScan:
-    """Normalise a volume's intensities and compute its foreground."""
+    """How a volume is normalised for a model: its intensity range and tissue threshold, from the whole scan.
+
+    Nothing is normalised yet (``PreparedScan.slices`` / ``batch`` do it on use). A slice selection takes
+    both from its whole scan (``Volume.intensity_reference``), so it normalises as it would inside it.
+    """
+    from .preprocess.foreground import tissue_threshold
+    from .preprocess.intensity import intensity_range, intensity_reference
+
     cfg = intensity if isinstance(intensity, IntensityConfig) else IntensityConfig.from_dict(intensity)
-    slices = normalise_volume(volume, cfg)
+    if not np.isfinite(volume.array).all():
+        raise InvalidVolumeError("the scan contains NaN/inf voxels; read it with nan_policy='clean' first")
+    ref = volume.intensity_reference if volume.intensity_reference is not None else intensity_reference(volume.array)
+    lo, hi = intensity_range(ref, volume.modality, cfg)
+    threshold = tissue_threshold(scale_to_unit(ref, lo, hi))
     indices = np.asarray(volume.metadata.get("selected_slices", range(volume.n_slices)), dtype=int)
-    return PreparedScan(volume=volume, slices=slices, foreground=foreground_mask(slices), indices=indices)
+    return PreparedScan(volume=volume, lo=lo, hi=hi, threshold=threshold, indices=indices)
 
 
 def model_grid(detector: Detector) -> WorkingGrid | None:
@@ -69,7 +123,7 @@ def scans_grid(scans: Sequence[PreparedScan], size: int | None = None) -> Workin
 
 def scan_placement(prepared: PreparedScan, grid: WorkingGrid) -> Placement:
     """Where a scan lies on a working grid, from its whole tissue: every slice and batch is placed alike."""
-    return place(prepared.slices.shape[1:], prepared.volume.spacing_zyx[1:], grid, prepared.foreground)
+    return place(prepared.volume.shape[1:], prepared.volume.spacing_zyx[1:], grid, prepared.foreground)
 
 
 def working_slices(prepared: PreparedScan, indices: Sequence[int] | np.ndarray,
@@ -77,7 +131,7 @@ def working_slices(prepared: PreparedScan, indices: Sequence[int] | np.ndarray,
     """Slices of a prepared scan as a model sees them, and where they lie (None: padded to a square)."""
     from .preprocess.resize import pad_to_square
 
-    sl = prepared.slices[np.asarray(indices, dtype=int)]
+    sl = prepared.batch(indices)
     if grid is None:
         return pad_to_square(sl), None
     p = scan_placement(prepared, grid)

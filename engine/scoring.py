@@ -28,7 +28,7 @@ from .errors import ConfigError, ModelError
 from .pipeline import PreparedScan, merge_results, model_grid, prepare, scan_placement
 from .preprocess.foreground import foreground_mask
 from .preprocess.fov import Placement, from_working, shrink_warning, to_working
-from .progress import CancelToken, ProgressCallback, check, report, stage
+from .progress import CancelToken, ProgressCallback, check, report
 
 if TYPE_CHECKING:
     from .detectors.base import Detector
@@ -125,7 +125,8 @@ class ScanResult:
 
     ``map``, ``mask`` and ``mask_scr`` are (z, y, x) like the volume; slices not in ``indices`` are zero
     and were not scored. ``raw`` is the detector's own output for the scored slices (embeddings for the
-    Poincaré disk, per-pixel descriptors for SCR), placed on the scan's grid, in raw units.
+    Poincaré disk, per-pixel descriptors for SCR), placed on the scan's grid, in raw units (None unless
+    ``score_scan(detail=True)``).
     """
 
     volume: Volume
@@ -139,7 +140,7 @@ class ScanResult:
     scr: ScrSettings | None
     slices: tuple[SliceScore, ...]
     model: ModelIdentity
-    raw: AnomalyResult
+    raw: AnomalyResult | None
     warnings: tuple[str, ...] = ()
     seconds_per_slice: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
@@ -230,10 +231,14 @@ def apply_calibration(calibration: Calibration, result: AnomalyResult, slices: n
 # -- the entry function -------------------------------------------------------------------------------
 
 def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.ndarray | None = None, *,
-               scr: bool = True, settings: ScrSettings | None = None, keep_embeddings: bool = True,
+               scr: bool = True, settings: ScrSettings | None = None, detail: bool = True,
                extra_warnings: Sequence[str] = (), progress: ProgressCallback | None = None,
                cancel: CancelToken | None = None) -> ScanResult:
     """Score a scan (or some of its slices, as array indices) with a fitted model: the product's one result.
+
+    Slices are normalised, scored, calibrated and cut batch by batch (``SCORE_BATCH``), so memory holds the
+    scan, its map and masks and one batch, whatever the scan's length; 3-D SCR, which links slices, cuts each
+    run of consecutive slices once they are all scored.
 
     Args:
         detector: a fitted detector, calibrated or not.
@@ -241,10 +246,11 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
         slices: array z indices to score (default: all).
         scr: cut the SCR mask (calibrated models with SCR parameters).
         settings: SCR's operating point instead of the calibrated one (the viewer's sliders).
-        keep_embeddings: keep per-patch embeddings in ``raw`` (the Poincaré disk); batch jobs drop them.
+        detail: keep the detector's own output in ``raw`` (embeddings for the Poincaré disk, per-pixel
+            features for live SCR): the viewer wants it; files, batches and metrics do not.
         extra_warnings: warnings the caller found on the way (e.g. a geometry note of a PACS pull).
-        progress: progress callback; scoring is 0–90 %, the calibration and SCR the rest.
-        cancel: cancel token, checked between batches and before SCR.
+        progress: progress callback; scoring is 0–90 %, 3-D SCR the rest.
+        cancel: cancel token, checked between batches.
 
     Raises:
         ConfigError: an empty or out-of-range slice selection.
@@ -259,42 +265,56 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
         raise ConfigError(f"slice selection out of range 0-{volume.n_slices - 1}")
     prepared = prepare(volume, (detector.preprocessing or {}).get("intensity"))
     warnings = _scan_warnings(detector, prepared) + [w for w in extra_warnings if w]
-    t0 = time.perf_counter()
-    raw, shrink = _score_raw(detector, prepared, idx, keep_embeddings, stage(progress, 0.0, 0.9), cancel)
-    seconds = (time.perf_counter() - t0) / len(idx)
-    if shrink:
-        warnings.append(shrink)
+    grid = model_grid(detector)
+    placement = None if grid is None else scan_placement(prepared, grid)
+    if placement is not None and grid is not None:
+        shrink = shrink_warning(placement, grid)
+        if shrink:
+            warnings.append(shrink)
     cal = detector.calibration
+    point = None if cal is None else (settings or cal.scr)
+    cut = point is not None and scr and point.usable
+    linked = cut and point is not None and point.mode == "3d"
     shape = volume.shape
     full_map = np.zeros(shape, np.float32)
-    mask = mask_scr = None
-    point = None
-    if cal is None:
-        unit = MapUnit.RAW
-        full_map[idx] = raw.heatmaps
-    else:
-        unit = MapUnit.QUANTILE
-        point = settings or cal.scr
-        mask = np.zeros(shape, bool)
-        cut = scr and point.usable
-        mask_scr = np.zeros(shape, bool) if cut else None
-        runs = _runs(idx) if point.mode == "3d" else [idx]
-        done = 0
-        for run in runs:
+    mask = None if cal is None else np.zeros(shape, bool)
+    mask_scr = np.zeros(shape, bool) if cut else None
+    parts: list[AnomalyResult] = []
+    t0 = time.perf_counter()
+    for start in range(0, len(idx), SCORE_BATCH):
+        check(cancel)
+        batch = idx[start:start + SCORE_BATCH]
+        sl = prepared.batch(batch)
+        part = _score_batch(detector, sl, placement, cancel)
+        if not detail:
+            part.embeddings = None
+        if cal is None:
+            full_map[batch] = part.heatmaps
+        elif not linked:
+            c = apply_calibration(cal, part, sl, prepared.batch_foreground(batch, sl), scr=cut, settings=point)
+            full_map[batch], mask[batch] = c.maps, c.mask  # type: ignore[index]
+            if mask_scr is not None and c.scr_mask is not None:
+                mask_scr[batch] = c.scr_mask
+        if detail or linked:
+            parts.append(part)
+        done = start + len(batch)
+        report(progress, 0.9 * done / len(idx), f"scored {done}/{len(idx)} slices")
+    seconds = (time.perf_counter() - t0) / len(idx)
+    raw = merge_results(parts) if parts else None
+    if linked and raw is not None and cal is not None:
+        for run in _runs(idx):
             check(cancel)
-            pos = np.searchsorted(idx, run)
-            part = _take(raw, pos)
-            c = apply_calibration(cal, part, prepared.slices[run], prepared.foreground[run], scr=cut, settings=point)
-            full_map[run], mask[run] = c.maps, c.mask
+            sl = prepared.batch(run)
+            c = apply_calibration(cal, _take(raw, np.searchsorted(idx, run)), sl, prepared.batch_foreground(run, sl),
+                                  scr=True, settings=point)
+            full_map[run], mask[run] = c.maps, c.mask  # type: ignore[index]
             if mask_scr is not None and c.scr_mask is not None:
                 mask_scr[run] = c.scr_mask
-            done += len(run)
-            report(progress, 0.9 + 0.1 * done / len(idx), "cutting the masks" if cut else "thresholding")
-        if not cut:
-            point = None
-    result = ScanResult(volume=volume, prepared=prepared, indices=idx, map=full_map, unit=unit, mask=mask,
-                        mask_scr=mask_scr, calibration=cal, scr=point, slices=(), model=ModelIdentity.of(detector),
-                        raw=raw, warnings=tuple(dict.fromkeys(warnings)), seconds_per_slice=seconds)
+            report(progress, 0.9 + 0.1 * float(run[-1] - idx[0] + 1) / float(idx[-1] - idx[0] + 1), "cutting in 3-D")
+    result = ScanResult(volume=volume, prepared=prepared, indices=idx, map=full_map,
+                        unit=MapUnit.RAW if cal is None else MapUnit.QUANTILE, mask=mask, mask_scr=mask_scr,
+                        calibration=cal, scr=point if cut else None, slices=(), model=ModelIdentity.of(detector),
+                        raw=raw if detail else None, warnings=tuple(dict.fromkeys(warnings)), seconds_per_slice=seconds)
     result.slices = slice_scores(result)
     report(progress, 1.0, "scored")
     return result
@@ -338,27 +358,12 @@ def _take(res: AnomalyResult, pos: np.ndarray) -> AnomalyResult:
                          info=res.info)
 
 
-def _score_raw(detector: Detector, prepared: PreparedScan, idx: np.ndarray, keep_embeddings: bool,
-               progress: ProgressCallback | None, cancel: CancelToken | None) -> tuple[AnomalyResult, str | None]:
-    """The detector's raw output for slices ``idx``, placed back on the scan's grid, and a field-of-view note."""
-    grid = model_grid(detector)
-    placement = None if grid is None else scan_placement(prepared, grid)
-    parts: list[AnomalyResult] = []
-    for start in range(0, len(idx), SCORE_BATCH):
-        check(cancel)
-        batch = idx[start:start + SCORE_BATCH]
-        if placement is None or grid is None:
-            part = _score_square(detector, prepared.slices[batch], cancel)
-        else:
-            part = _back_to_scan(detector.score(to_working(prepared.slices[batch], placement), cancel=cancel),
-                                 placement)
-        if not keep_embeddings:
-            part.embeddings = None
-        parts.append(part)
-        done = start + len(batch)
-        report(progress, done / len(idx), f"scored {done}/{len(idx)} slices")
-    shrink = None if placement is None or grid is None else shrink_warning(placement, grid)
-    return merge_results(parts), shrink
+def _score_batch(detector: Detector, slices: np.ndarray, placement: Placement | None,
+                 cancel: CancelToken | None) -> AnomalyResult:
+    """The detector's raw output for some normalised slices, on the scan's grid."""
+    if placement is None:
+        return _score_square(detector, slices, cancel)
+    return _back_to_scan(detector.score(to_working(slices, placement), cancel=cancel), placement)
 
 
 def _score_square(detector: Detector, slices: np.ndarray, cancel: CancelToken | None) -> AnomalyResult:

@@ -120,7 +120,7 @@ def run_self_test(out: str | Path | None = None, sample: str = DEFAULT_SAMPLE, d
                     lambda d: f"saved and reloaded {work / 'model'}")
         check(cancel)
         report(progress, 0.65, "scoring")
-        scored = _step(rep, "score", lambda: score_scan(det, volume, keep_embeddings=False, cancel=cancel),
+        scored = _step(rep, "score", lambda: score_scan(det, volume, detail=False, cancel=cancel),
                        lambda r: f"{len(r.slices)} slices, {r.seconds_per_slice:.3f} s/slice, {r.unit.short}")
         files = _step(rep, "write", lambda: write_scan_result(scored, work),
                       lambda f: ", ".join(p.name for p in f.values()))

@@ -92,11 +92,12 @@ class Volume:
             raise InvalidVolumeError("no slices selected")
         if idx.min() < 0 or idx.max() >= self.n_slices:
             raise InvalidVolumeError(f"slice index out of range 0-{self.n_slices - 1}")
-        from .preprocess.intensity import intensity_sample
+        from .preprocess.intensity import intensity_reference
 
         d = np.asarray(self.direction).reshape(3, 3)
         origin = np.asarray(self.origin) + d[:, 2] * self.spacing[2] * idx[0]
-        reference = self.intensity_reference if self.intensity_reference is not None else intensity_sample(self.array)
+        reference = (self.intensity_reference if self.intensity_reference is not None
+                     else intensity_reference(self.array).copy())
         out = replace(self, array=self.array[idx], origin=tuple(origin.tolist()), metadata=dict(self.metadata),
                       warnings=list(self.warnings), intensity_reference=reference)
         previous = self.metadata.get("selected_slices")

@@ -10,6 +10,7 @@ import pytest
 from anomalens.engine.detectors import load_bundle
 from anomalens.engine.errors import ConfigError
 from anomalens.engine.geometry import lorentz
+from anomalens.engine.outputs import read_scores_csv
 from anomalens.plugins.lorentz import LorentzDetector
 from tests.phantoms import phantom_slices
 from tests.test_cli import run_json
@@ -177,7 +178,6 @@ def _cli_set() -> list[str]:
 
 def test_cli_trains_on_a_dicom_folder_and_scores_it_on_its_own_grid(capsys, tmp_path: Path) -> None:
     """The issue's "Done when": ``anomalens train --detector lorentz`` / ``score`` on a DICOM folder."""
-    import csv
 
     import SimpleITK as sitk
 
@@ -193,10 +193,9 @@ def test_cli_trains_on_a_dicom_folder_and_scores_it_on_its_own_grid(capsys, tmp_
     assert out["n_training_slices"] == 6 and load_bundle(model).name == "lorentz"
     res = run_json(capsys, ["score", "--model", str(model), f"{tmp_path / 'tests'}#1-2", "--out", str(tmp_path / "o"),
                         "--device", "cpu"])
-    heat = sitk.GetArrayFromImage(sitk.ReadImage(res["heatmap"]))
+    heat = sitk.GetArrayFromImage(sitk.ReadImage(res["files"]["heatmap"]))
     assert heat.shape == (2, 64, 64) and np.isfinite(heat).all()
-    rows = list(csv.reader(Path(res["scores"]).open()))
-    assert rows[0] == ["slice", "score"] and [int(r[0]) for r in rows[1:]] == [1, 2]
+    assert [int(r["slice"]) for r in read_scores_csv(res["files"]["scores"])] == [1, 2]
     # the map is brighter on the lesion than on the rest of the tissue (a trained, not a constant, map)
     tissue = tests[1:] > 0.05
     assert heat[masks[1:]].mean() > heat[tissue & ~masks[1:]].mean()
@@ -208,4 +207,4 @@ def test_cli_trains_and_scores_on_a_sample(capsys, tmp_path: Path) -> None:
                         "--device", "cpu", "--epochs", "1", *_cli_set()])
     assert out["n_training_slices"] == 4
     res = run_json(capsys, ["score", "--model", str(model), "sample:brain1#12-13", "--out", str(tmp_path / "o")])
-    assert res["n_slices"] == 2 and Path(res["heatmap"]).is_file() and Path(res["scores"]).is_file()
+    assert res["n_slices"] == 2 and Path(res["files"]["heatmap"]).is_file() and Path(res["files"]["scores"]).is_file()

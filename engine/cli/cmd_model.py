@@ -123,15 +123,17 @@ def run_score(args: argparse.Namespace) -> int:
         return run_score_batch(args, inputs)
 
     from ..detectors import load_bundle
+    from ..fileio import ensure_folder
     from ..outputs import write_scan_result
     from ..pipeline import load_volume, parse_slices
     from ..scoring import score_scan
 
+    ensure_folder(args.out)  # before minutes of scoring, not after
     det = load_bundle(args.model, device=args.device)
     volume = load_volume(inputs[0])
     idx = parse_slices(args.slices, volume.n_slices)
     with terminal_progress("scoring") as progress:
-        result = score_scan(det, volume, idx, keep_embeddings=False, progress=progress)
+        result = score_scan(det, volume, idx, detail=False, progress=progress)
     paths = write_scan_result(result, args.out)
     data = {"files": {k: str(v) for k, v in paths.items()}, **result.summary()}
     for w in result.warnings:  # on stderr in both modes: a log keeps it, and --json has it under "warnings"

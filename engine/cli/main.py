@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..errors import AnomaLensError, Cancelled
@@ -91,6 +92,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except AnomaLensError as exc:
         print(f"anomalens: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the machine refused (disk, permissions, a vanished file): the user's to fix, in one line
+        from ..fileio import describe_os_error
+
+        where = f" ({Path(exc.filename).name})" if getattr(exc, "filename", None) else ""
+        print(f"anomalens: error: {describe_os_error(exc)}{where}", file=sys.stderr)
         return 2
     return int(result or 0)
 

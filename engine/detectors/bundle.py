@@ -99,13 +99,27 @@ def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "anomalens_version": __version__,
     }
+    text = json.dumps(manifest, indent=2, sort_keys=True)
     try:
-        with atomic_dir(path, overwrite=overwrite) as tmp:
+        with atomic_dir(path, overwrite=overwrite, verify=lambda folder: _verify_saved(folder, text)) as tmp:
             save_file(tensors, str(tmp / WEIGHTS))
-            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
+            (tmp / MANIFEST).write_text(text, encoding="utf-8")
     except FileExistsError as exc:
         raise ModelError(f"{path} already exists; choose a new folder (bundles are never overwritten)") from exc
     return path
+
+
+def _verify_saved(folder: Path, manifest_text: str) -> None:
+    """A written bundle is whole: the manifest reads back as written, the weights file as long as its header says."""
+    if (folder / MANIFEST).read_text(encoding="utf-8") != manifest_text:
+        raise ValueError(f"{MANIFEST} did not read back as written")
+    weights = folder / WEIGHTS
+    with weights.open("rb") as fh:
+        n = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(n))
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if weights.stat().st_size != 8 + n + end:
+        raise ValueError(f"{WEIGHTS} holds {weights.stat().st_size} bytes, its header describes {8 + n + end}")
 
 
 def load_bundle(path: str | Path, device: str = "cpu") -> Detector:

@@ -10,25 +10,39 @@ import numpy as np
 from scipy import ndimage
 
 
-def foreground_mask(slices: np.ndarray, min_fraction: float = 0.002) -> np.ndarray:
-    """A boolean tissue mask for normalised slices (n, H, W) or one slice (H, W).
+def tissue_threshold(normalised: np.ndarray) -> float | None:
+    """The normalised intensity above which a voxel is tissue, from a scan's voxels (None: a constant scan).
 
-    Otsu's threshold over the whole stack separates air from tissue; holes are filled and specks removed
-    per slice. Slices where this finds nothing get an all-False mask (e.g. slices above the head).
+    Otsu's threshold separates air from tissue; on tissue-rich data it can split grey from white matter, so
+    it is capped low and all tissue counts. Taken from the whole scan (``Volume.intensity_reference`` for a
+    slice selection), so a slice's mask does not depend on which other slices were loaded with it.
     """
     from skimage.filters import threshold_otsu
 
+    arr = np.asarray(normalised, dtype=np.float32).ravel()
+    sample = arr[:: max(1, arr.size // 1_000_000)]
+    low = float(sample.min())
+    if float(sample.max()) <= low:
+        return None
+    t = min(float(threshold_otsu(sample)), float(np.percentile(sample, 50)) * 0.5 + 0.05)
+    return max(t, low + 1e-6)
+
+
+def foreground_mask(slices: np.ndarray, min_fraction: float = 0.002, threshold: float | None = None) -> np.ndarray:
+    """A boolean tissue mask for normalised slices (n, H, W) or one slice (H, W).
+
+    Voxels above ``threshold`` (default: ``tissue_threshold`` of these slices) are tissue; holes are filled
+    and specks removed per slice, so any batch of slices gets the same masks as the whole stack. Slices
+    where this finds nothing get an all-False mask (e.g. slices above the head).
+    """
     arr = np.asarray(slices, dtype=np.float32)
     single = arr.ndim == 2
     if single:
         arr = arr[None]
-    if float(arr.max()) <= float(arr.min()):
+    t = tissue_threshold(arr) if threshold is None else threshold
+    if t is None:
         out = np.zeros(arr.shape, dtype=bool)
         return out[0] if single else out
-    sample = arr.ravel()[:: max(1, arr.size // 1_000_000)]
-    # Otsu on tissue-rich data can split grey from white matter; cap it low so all tissue counts.
-    t = min(float(threshold_otsu(sample)), float(np.percentile(sample, 50)) * 0.5 + 0.05)
-    t = max(t, float(arr.min()) + 1e-6)
     mask = arr > t
     min_px = max(1, int(min_fraction * arr.shape[1] * arr.shape[2]))
     out = np.zeros_like(mask)

@@ -61,24 +61,46 @@ def resolve_method(config: IntensityConfig, modality: str) -> str:
     return "window" if modality.upper() == "CT" else "percentile"
 
 
-#: Voxels the percentile statistics are taken from, at most (an even stride through the scan).
+#: Voxels of a scan its statistics (percentiles, the tissue threshold) are taken from, at most: an even
+#: stride through larger scans, so a 600-slice CT costs no more than a 16 M-voxel one.
+MAX_REFERENCE = 16_000_000
+#: Non-background voxels the percentiles are computed on, at most.
 MAX_SAMPLE = 2_000_000
 
 
-def intensity_sample(array: np.ndarray) -> np.ndarray:
-    """The voxels percentile normalisation takes its statistics from: the non-background ones, evenly thinned.
+def intensity_reference(array: np.ndarray) -> np.ndarray:
+    """The voxels a scan's intensity statistics come from (a view: the whole scan up to 16 M voxels)."""
+    flat = np.asarray(array, dtype=np.float32).ravel()
+    return flat[:: flat.size // MAX_REFERENCE + 1]
 
-    Percentiles over non-background voxels, so large air regions do not compress the tissue range. Scans of
-    over 16 M voxels are thinned first, so a 600-slice CT costs no more than a 16 M-voxel one.
+
+def intensity_range(reference: np.ndarray, modality: str, config: IntensityConfig | None = None) -> tuple[float, float]:
+    """The raw intensities that map to 0 and 1 for a scan whose statistics voxels are ``reference``.
+
+    Percentiles are taken over non-background voxels, so large air regions do not compress the tissue range.
     """
-    arr = np.asarray(array, dtype=np.float32).ravel()
-    if arr.size > 8 * MAX_SAMPLE:
-        arr = arr[:: arr.size // (8 * MAX_SAMPLE) + 1]
-    low = arr.min()
-    body = arr[arr > low] if (arr > low).any() else arr
-    if body.size > MAX_SAMPLE:
-        body = body.ravel()[:: body.size // MAX_SAMPLE + 1]
-    return np.ascontiguousarray(body, dtype=np.float32)
+    config = config or IntensityConfig()
+    ref = np.asarray(reference, dtype=np.float32)
+    method = resolve_method(config, modality)
+    if method == "window":
+        return config.window
+    low = float(ref.min())
+    if method == "percentile":
+        body = ref[ref > low] if (ref > low).any() else ref
+        if body.size > MAX_SAMPLE:
+            body = body[:: body.size // MAX_SAMPLE + 1]
+        lo, hi = (float(v) for v in np.percentile(body, config.percentiles))
+        return lo, hi
+    return low, float(ref.max())
+
+
+def scale_to_unit(array: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """``(array − lo) / (hi − lo)`` clipped to [0, 1] as float32 (all zeros when the range is empty)."""
+    arr = np.asarray(array, dtype=np.float32)
+    if hi <= lo:
+        return np.zeros_like(arr, dtype=np.float32)
+    out = (arr - np.float32(lo)) / np.float32(hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
 
 
 def normalise_array(array: np.ndarray, modality: str, config: IntensityConfig | None = None,
@@ -88,24 +110,11 @@ def normalise_array(array: np.ndarray, modality: str, config: IntensityConfig | 
     ``reference`` (``Volume.intensity_reference``) holds the whole scan's statistics voxels when ``array`` is
     a selection of its slices; without it the array's own voxels are used.
     """
-    config = config or IntensityConfig()
     arr = np.asarray(array, dtype=np.float32)
     if not np.isfinite(arr).all():
         raise InvalidVolumeError("the scan contains NaN/inf voxels; read it with nan_policy='clean' first")
-    method = resolve_method(config, modality)
-    if method == "window":
-        lo, hi = config.window
-    elif method == "percentile":
-        body = intensity_sample(arr) if reference is None else reference
-        lo, hi = (float(v) for v in np.percentile(body, config.percentiles))
-    elif reference is not None:
-        lo, hi = float(min(reference.min(), arr.min())), float(max(reference.max(), arr.max()))
-    else:
-        lo, hi = float(arr.min()), float(arr.max())
-    if hi <= lo:
-        return np.zeros_like(arr, dtype=np.float32)
-    out = (arr - lo) / (hi - lo)
-    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+    lo, hi = intensity_range(intensity_reference(arr) if reference is None else reference, modality, config)
+    return scale_to_unit(arr, lo, hi)
 
 
 def normalise_volume(volume: Volume, config: IntensityConfig | None = None) -> np.ndarray:
