@@ -72,8 +72,6 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
                 parent: dict[str, Any] | None = None, note: str = "") -> Path:
     """Save a fitted detector atomically (temporary folder, then rename)."""
-    from safetensors.torch import save_file
-
     from .. import __version__
 
     if not detector.fitted:
@@ -102,11 +100,26 @@ def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
     text = json.dumps(manifest, indent=2, sort_keys=True)
     try:
         with atomic_dir(path, overwrite=overwrite, verify=lambda folder: _verify_saved(folder, text)) as tmp:
-            save_file(tensors, str(tmp / WEIGHTS))
+            _save_weights(tensors, tmp / WEIGHTS)
             (tmp / MANIFEST).write_text(text, encoding="utf-8")
     except FileExistsError as exc:
         raise ModelError(f"{path} already exists; choose a new folder (bundles are never overwritten)") from exc
     return path
+
+
+def _save_weights(tensors: dict[str, Any], target: Path) -> None:
+    """Safetensors' writer, its I/O failures as the OSError they are (its own error type hides the errno)."""
+    import errno
+    import re
+
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(tensors, str(target))
+    except SafetensorError as exc:
+        m = re.search(r"os error (\d+)", str(exc))
+        raise OSError(int(m.group(1)) if m else errno.EIO, str(exc)) from exc
 
 
 def _verify_saved(folder: Path, manifest_text: str) -> None:

@@ -1,0 +1,172 @@
+"""A full disk never destroys a result or reports success (issue #18).
+
+Two real faults, no mocks: a small tmpfs filled to the brim (where this process may mount one: root with the
+capability), and everywhere a per-process file-size limit (``RLIMIT_FSIZE``), under which the kernel refuses
+every write past the limit with EFBIG, as a full disk refuses it with ENOSPC. The CLI runs in a child process
+with the fault; it must exit 2 with one line on stderr and leave the earlier outputs byte for byte as they were.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomalens.engine.cli.main import main
+from tests.phantoms import phantom_slices
+from tests.test_cli import PATCHCORE_SET
+from tests.test_datasets import write_volume
+
+LIMIT = 4096  # bytes a process may write to one file under the rlimit fault
+
+
+def _cli(argv: list[str], fsize: int | None = None) -> subprocess.CompletedProcess:
+    """The CLI in a child process; with ``fsize`` the kernel refuses any file write past that many bytes."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a kill, like ENOSPC on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "ANOMALENS_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "anomalens.engine.cli", *argv], capture_output=True, text=True,
+                          env=env, preexec_fn=limit if fsize is not None else None, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("full-disk")
+    normals, _ = phantom_slices(6, 64, seed=1)
+    held_out, _ = phantom_slices(4, 64, seed=3)
+    case, _ = phantom_slices(3, 64, seed=5, lesion=True)
+    w = {"dir": d, "normals": write_volume(d / "normals.nii.gz", (normals * 1000).astype(np.float32)),
+         "held_out": write_volume(d / "held_out.nii.gz", (held_out * 1000).astype(np.float32)),
+         "case": write_volume(d / "case.nii.gz", (case * 1000).astype(np.float32)),
+         "model": d / "model", "calibrated": d / "calibrated"}
+    with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - closed with the process
+        assert main(["train", "--detector", "patchcore", "--normals", str(w["normals"]), "--out", str(w["model"]),
+                     "--device", "cpu", *PATCHCORE_SET]) == 0
+        assert main(["calibrate", "--model", str(w["model"]), "--normals", str(w["held_out"]), "--out",
+                     str(w["calibrated"]), "--device", "cpu"]) == 0
+    return w
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert proc.returncode == 2, proc.stderr
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+@contextlib.contextmanager
+def _small_tmpfs(path: Path, size_kb: int) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_kb}k", "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip("mounting a tmpfs needs root with CAP_SYS_ADMIN here; test_score_on_a_disk_that_refuses_* "
+                    "exercises the same writer through the kernel's file-size limit")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_score_on_a_disk_that_refuses_writes_replaces_nothing(world) -> None:
+    out = world["dir"] / "scored"
+    good = _cli(["score", "--model", str(world["calibrated"]), str(world["case"]), "--out", str(out)])
+    assert good.returncode == 0, good.stderr
+    before = _snapshot(out)
+    assert {"heatmap.nii.gz", "mask.nii.gz", "mask_scr.nii.gz", "scores.csv"} <= set(before)
+    assert max(len(b) for b in before.values()) > LIMIT  # the fault will bite
+    bad = _cli(["score", "--model", str(world["calibrated"]), str(world["case"]), "--out", str(out)], fsize=LIMIT)
+    line = _one_line(bad)
+    assert "nothing was replaced" in line and ("too large" in line or "disk full" in line), line
+    assert _snapshot(out) == before  # byte-identical, and no temporaries left beside them
+
+
+def test_score_on_a_full_tmpfs_replaces_nothing(world, tmp_path: Path) -> None:
+    with _small_tmpfs(tmp_path / f"fs-{uuid.uuid4().hex[:6]}", 512) as fs:
+        out = fs / "scored"
+        good = _cli(["score", "--model", str(world["calibrated"]), str(world["case"]), "--out", str(out)])
+        assert good.returncode == 0, good.stderr
+        before = _snapshot(out)
+        free = shutil.disk_usage(fs).free
+        with (fs / "filler").open("wb") as fh:  # the disk is now full
+            with contextlib.suppress(OSError):
+                fh.write(b"\0" * free)
+        bad = _cli(["score", "--model", str(world["calibrated"]), str(world["case"]), "--out", str(out)])
+        line = _one_line(bad)
+        assert "disk full while writing" in line and "nothing was replaced" in line, line
+        assert _snapshot(out) == before
+
+
+def test_train_and_calibrate_on_a_refusing_disk_leave_no_bundle(world) -> None:
+    for argv in (["train", "--detector", "patchcore", "--normals", str(world["normals"]), *PATCHCORE_SET],
+                 ["calibrate", "--model", str(world["model"]), "--normals", str(world["held_out"])]):
+        target = world["dir"] / f"bundle-{argv[0]}"
+        line = _one_line(_cli([*argv, "--out", str(target), "--device", "cpu"], fsize=LIMIT))
+        assert "nothing was replaced" in line, line
+        assert not target.exists()
+        assert not [p.name for p in world["dir"].iterdir() if p.name.startswith(f".{target.name}.")]
+
+
+def test_the_next_write_sweeps_temporaries_of_dead_writers_only(world, tmp_path: Path) -> None:
+    from anomalens.engine.fileio import atomic_write_text, sweep_stale
+
+    target = tmp_path / "scores.csv"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / f".scores.csv.{dead_pid}.0123abcd.tmp"
+    staged = tmp_path / f".scores.csv.{dead_pid}.0123abcd.tmp.nii.gz"
+    live = tmp_path / f".scores.csv.{os.getppid()}.89abcdef.tmp"  # a writer that still runs (our parent)
+    other = tmp_path / f".other.csv.{dead_pid}.0123abcd.tmp"
+    for p in (stale, staged, live, other):
+        p.write_text("half")
+    atomic_write_text(target, "slice,score\n")
+    assert not stale.exists() and not staged.exists()
+    assert live.exists() and other.exists()  # another output's temporaries and a running writer's stay
+    assert sweep_stale(tmp_path / "other.csv") == 1 and not other.exists()
+
+
+def test_a_refused_case_library_write_keeps_the_marks(tmp_path: Path) -> None:
+    code = f"""
+import sys
+from anomalens.engine.caselib import CaseLibrary
+from anomalens.engine.errors import OutputError
+from anomalens.engine.volume import Volume
+import numpy as np
+lib = CaseLibrary({str(tmp_path / 'cases.sqlite')!r})
+key = lib.register(Volume(array=np.zeros((400, 8, 8), np.float32)))
+lib.mark_normal(key, [1, 2])
+import resource, signal
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+size = (lib.path.stat().st_size + lib.path.with_name(lib.path.name + '-wal').stat().st_size)
+hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
+resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
+try:
+    for z in range(3, 400):
+        lib.mark_normal(key, [z], patches=[(z, float(i), float(i)) for i in range(200)])
+except OutputError as exc:
+    print("refused:", exc)
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))
+print("marks", lib.marks(key)[:2])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: the case library could not save this change" in proc.stdout and "free on its disk" in proc.stdout
+    assert "marks [1, 2]" in proc.stdout
