@@ -52,7 +52,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
          "held_out": write_volume(d / "held_out.nii.gz", (held_out * 1000).astype(np.float32)),
          "case": write_volume(d / "case.nii.gz", (case * 1000).astype(np.float32)),
          "model": d / "model", "calibrated": d / "calibrated"}
-    with contextlib.redirect_stdout(open(os.devnull, "w")):  # noqa: SIM115 - closed with the process
+    with contextlib.redirect_stdout(open(os.devnull, "w")):
         assert main(["train", "--detector", "patchcore", "--normals", str(w["normals"]), "--out", str(w["model"]),
                      "--device", "cpu", *PATCHCORE_SET]) == 0
         assert main(["calibrate", "--model", str(w["model"]), "--normals", str(w["held_out"]), "--out",
