@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any
 
 from .device import THREADS_ENV
 from .errors import AnomaLensError, ConfigError, EmptyInputError
-from .fileio import atomic_dir, atomic_write_text
+from .fileio import atomic_dir, atomic_write_text, ensure_folder
+from .io.spec import split_spec
+from .logredact import redact_paths, remember
 
 if TYPE_CHECKING:
     from .detectors import Detector
@@ -74,10 +76,21 @@ class BatchSummary:
 
 # -- inputs ------------------------------------------------------------------------------------------------
 
-def study_id(spec: str) -> str:
-    """A filesystem-safe, stable name: the scan's stem (readable) plus a short hash of the SPEC (unique)."""
+#: Study folder names: a hash of the SPEC only, so no folder or file name (which may name a patient) is copied.
+DEFAULT_NAME_PATTERN = "study-{hash}"
+
+
+def study_id(spec: str, pattern: str = DEFAULT_NAME_PATTERN) -> str:
+    """A filesystem-safe, stable output-folder name for a study: ``pattern`` with ``{hash}`` and ``{stem}``.
+
+    ``{hash}`` is 12 hex digits of a SHA-256 of the whole SPEC (unique per file and slice selection);
+    ``{stem}`` is the scan's file or folder name without its suffix (plus the selection), which sites may opt
+    into (``--name-pattern '{stem}-{hash}'``) where names carry no patient data.
+    """
     from .io.spec import SAMPLE_PREFIX, split_spec
 
+    if "{hash}" not in pattern:
+        raise ConfigError("--name-pattern must contain {hash}, so that two studies never share a folder")
     source, selection = split_spec(spec)
     if source.startswith(SAMPLE_PREFIX):
         stem = source[len(SAMPLE_PREFIX):]
@@ -91,9 +104,12 @@ def study_id(spec: str) -> str:
         stem = name
     if selection:
         stem = f"{stem}_{selection}"
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:48] or "study"
-    digest = hashlib.sha256(spec.encode("utf-8")).hexdigest()[:8]
-    return f"{stem}-{digest}"
+    digest = hashlib.sha256(spec.encode("utf-8")).hexdigest()[:12]
+    try:
+        text = pattern.format(hash=digest, stem=stem)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise ConfigError(f"--name-pattern may use {{hash}} and {{stem}} only: {exc}") from exc
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._-")[:96] or f"study-{digest}"
 
 
 def _absolute_spec(spec: str, base: Path | None = None) -> str:
@@ -133,7 +149,7 @@ def _read_list(path: Path) -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[Study]:
+def expand_inputs(inputs: Sequence[str], name_pattern: str = DEFAULT_NAME_PATTERN) -> list[Study]:
     """Studies from INPUT arguments: SPECs, folders of studies, and ``@list.txt`` files (one SPEC a line).
 
     Relative paths in a list file are taken relative to the list's folder, so a list travels with its data.
@@ -154,7 +170,7 @@ def expand_inputs(inputs: Sequence[str]) -> list[Study]:
             specs.append(_absolute_spec(item))
     studies: dict[str, Study] = {}
     for spec in specs:
-        s = Study(study_id(spec), spec)
+        s = Study(study_id(spec, name_pattern), spec)
         studies.setdefault(s.id, s)
     if not studies:
         raise EmptyInputError("no studies found in the inputs: " + ", ".join(inputs))
@@ -282,7 +298,8 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
               workers: int | None = None, scheduler: str | None = None, client: Any = None,
               device: str = "cpu", processes: bool = True, show_progress: bool | None = None,
               on_result: Callable[[str, dict[str, Any]], None] | None = None,
-              threads: int | None = None) -> BatchSummary:
+              threads: int | None = None, keep_paths: bool = False,
+              name_pattern: str = DEFAULT_NAME_PATTERN) -> BatchSummary:
     """Score many studies on dask.distributed, resumable, writing ``out/<id>/`` and ``out/manifest.json``.
 
     Args:
@@ -298,6 +315,10 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
         on_result: called as ``on_result(study_id, record)`` after each result is recorded.
         threads: torch threads in each worker. None: ``$ANOMALENS_THREADS`` in the worker's environment;
             for a local cluster without it, the cores shared out evenly among the workers.
+        keep_paths: record each study's SPEC and the model's path in the manifest, and errors as they were
+            raised. By default the manifest names studies by their id and hash only and error texts have their
+            paths replaced by ``<path:…>`` tokens: folder and file names often name patients.
+        name_pattern: output-folder names (``study_id``); the default holds a hash only.
     """
     from distributed import Client, LocalCluster, as_completed
 
@@ -308,10 +329,13 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
     if inputs and all(isinstance(i, Study) for i in inputs):
         studies: list[Study] = list(inputs)  # type: ignore[arg-type]
     else:
-        studies = expand_inputs([str(i) for i in inputs])
-    out.mkdir(parents=True, exist_ok=True)
+        studies = expand_inputs([str(i) for i in inputs], name_pattern)
+    for s in studies:
+        remember(split_spec(s.spec)[0])  # error texts below name them by token only
+    ensure_folder(out)
     manifest = read_batch_manifest(out)
-    manifest.update(version=MANIFEST_VERSION, model=model_path, model_fingerprint=fingerprint)
+    manifest.update(version=MANIFEST_VERSION, model=model_path if keep_paths else None, model_fingerprint=fingerprint,
+                    keep_paths=keep_paths)
     summary = BatchSummary(out=out)
     todo: list[Study] = []
     for s in studies:
@@ -358,8 +382,12 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             # run the study again behind our back to restore data we no longer need (seen under load: a
             # second write of a finished study, cut short, left its temporary folders behind).
             fut.release()
-            record.update(model_fingerprint=fingerprint,
+            record.update(model_fingerprint=fingerprint, spec_hash=hashlib.sha256(s.spec.encode()).hexdigest()[:12],
                           finished=datetime.now(UTC).isoformat(timespec="seconds"))
+            if not keep_paths:
+                record.pop("spec", None)
+                if record.get("error"):
+                    record["error"] = redact_paths(str(record["error"]))
             manifest["studies"][s.id] = record
             _save(out, manifest)
             if record["status"] == "ok":

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .errors import OutputError
+from .logredact import remember
 
 Verify = Callable[[Path], None]
 
@@ -92,6 +93,7 @@ def _temp(target: Path, suffix: str = "") -> Path:
 def ensure_folder(folder: str | Path, what: str = "output") -> Path:
     """Create ``folder`` (and parents), or say in one line why it cannot be (a file there, no permission)."""
     folder = Path(folder)
+    remember(folder)
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"the {what} folder {folder.name} is an existing file; choose a folder")
     try:
@@ -136,6 +138,7 @@ def atomic_path(target: str | Path, suffix: str = "", verify: Verify | None = No
     an empty file is always refused. On any failure the temporary is removed and ``target`` is untouched.
     """
     target = Path(target)
+    remember(target)
     ensure_folder(target.parent)
     sweep_stale(target)
     tmp = _temp(target, suffix)
@@ -190,6 +193,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False, verify: Verify | Non
     so at every instant either the old or the new folder is complete.
     """
     target = Path(target)
+    remember(target)
     ensure_folder(target.parent)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target} already exists")

@@ -1,35 +1,97 @@
-"""Keep file paths out of log files: sites often name scan folders after patients.
+"""Keep file paths and the names in them out of log files: sites often name scan folders after patients.
 
-The user sees full messages on screen (their own machine, their own files); what is written to a log
-that may be sent to support gets every path-like token replaced by ``<path:xxxxxxxx>``, a short hash
-that still lets two lines about the same file be matched up.
+The user sees full messages on screen (their own machine, their own files); what is written to a log that
+may be sent to support gets every path replaced by ``<path:xxxxxxxx>``, a short hash that still lets two
+lines about the same file be matched up.
+
+Two layers, because a name like ``DOE^JOHN 12345`` holds spaces and carets that no pattern can tell from
+the words around it:
+
+* every path the product opens or writes is registered (``remember``: scans, models, output folders); the
+  formatter replaces each registered path wherever it appears, and also its file and folder names alone,
+  whatever characters they hold (longest first);
+* anything else that looks like a path (a separator inside a token or a quoted string) is replaced too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import threading
+from pathlib import Path
 
 # A quoted string that contains a path separator (repr() of a path, possibly with spaces in it)…
 _QUOTED = re.compile(r"""(['"])((?:(?!\1).)*[\\/](?:(?!\1).)*)\1""")
 # …or a bare token with a separator: /a/b, ./a, C:\a\b, \\server\share, a/b.dcm, file:///a.
-_BARE = re.compile(r"""(?:[A-Za-z]:|\b[\w.~-]+:/)?(?:[\w.~$%+-]*[\\/])+[\w.~$%+-]*""")
+_BARE = re.compile(r"""(?:[A-Za-z]:|\b[\w.~-]+:/)?(?:[\w.~$%+^-]*[\\/])+[\w.~$%+^-]*""")
+#: Names too common to be anyone's: never redacted on their own (a path holding them still is, whole).
+_GENERIC = frozenset({"", ".", "..", "data", "home", "tmp", "scans", "scan", "dicom", "images", "out", "output",
+                      "results", "models", "model", "users", "user", "mnt", "media", "var", "private"})
+
+_lock = threading.Lock()
+_known: set[str] = set()
+_pattern: re.Pattern[str] | None = None
 
 
-def _token(path: str) -> str:
-    return f"<path:{hashlib.sha256(path.encode('utf-8', 'replace')).hexdigest()[:8]}>"
+def token(text: str) -> str:
+    """The placeholder for a path or a name: the same text always gives the same token."""
+    return f"<path:{hashlib.sha256(text.encode('utf-8', 'replace')).hexdigest()[:8]}>"
+
+
+def remember(path: str | os.PathLike[str] | None) -> None:
+    """Register a path the product touched, so logs never show it, its parents' names or its file name."""
+    if path is None:
+        return
+    text = os.fspath(path)
+    if not text or text.startswith("sample:"):
+        return
+    p = Path(text).expanduser()
+    items = {text, str(p)}
+    try:
+        items.add(str(p.resolve()))
+    except (OSError, RuntimeError):
+        pass
+    parts = [p.name, p.parent.name, p.parent.parent.name]
+    stem = p.name.split(".")[0]
+    items |= {x for x in (*parts, stem) if len(x) >= 3 and x.lower() not in _GENERIC}
+    global _pattern
+    with _lock:
+        if items - _known:
+            _known.update(items)
+            _pattern = None
+
+
+def forget_all() -> None:
+    """Drop every registered path (tests)."""
+    global _pattern
+    with _lock:
+        _known.clear()
+        _pattern = None
+
+
+def _registered() -> re.Pattern[str] | None:
+    global _pattern
+    with _lock:
+        if _pattern is None and _known:
+            _pattern = re.compile("|".join(re.escape(k) for k in sorted(_known, key=len, reverse=True)))
+        return _pattern
 
 
 def redact_paths(text: str) -> str:
-    """``text`` with every file-system path replaced by a stable placeholder."""
-    text = _QUOTED.sub(lambda m: m.group(1) + _token(m.group(2)) + m.group(1), text)
-    return _BARE.sub(lambda m: _token(m.group(0)) if _is_path(m.group(0)) else m.group(0), text)
+    """``text`` with every registered path or name, and every path-like token, replaced by a stable placeholder."""
+    known = _registered()
+    if known is not None:
+        text = known.sub(lambda m: token(m.group(0)), text)
+    text = _QUOTED.sub(lambda m: m.group(1) + token(m.group(2)) + m.group(1)
+                       if not m.group(2).startswith("<path:") else m.group(0), text)
+    return _BARE.sub(lambda m: token(m.group(0)) if _is_path(m.group(0)) else m.group(0), text)
 
 
-def _is_path(token: str) -> bool:
+def _is_path(token_text: str) -> bool:
     """A separator and something besides digits: ``epoch 3/30`` is progress, not a path."""
-    return bool(re.search(r"[\\/]", token)) and bool(re.search(r"[^\d\\/]", token))
+    return bool(re.search(r"[\\/]", token_text)) and bool(re.search(r"[^\d\\/]", token_text))
 
 
 class RedactingFormatter(logging.Formatter):

@@ -84,8 +84,10 @@ class PreparedScan:
 
 def load_volume(spec: str, **read_opts: Any) -> Volume:
     """Read a scan from a SPEC (file, DICOM folder, ``sample:NAME``, optional ``#slices`` suffix)."""
-    from .io.spec import load_spec
+    from .io.spec import load_spec, split_spec
+    from .logredact import remember
 
+    remember(split_spec(spec)[0])  # log lines about it never show its path or the names in it
     return load_spec(spec, **read_opts)
 
 

@@ -24,6 +24,7 @@ from anomalens.engine.batch import (
     run_batch,
     study_id,
 )
+from anomalens.engine.errors import ConfigError
 from anomalens.engine.outputs import read_scores_csv
 from tests.phantoms import phantom_slices
 from tests.test_datasets import write_volume
@@ -70,10 +71,15 @@ def read_heat(path: Path) -> np.ndarray:
 def test_study_ids_are_stable_safe_and_distinct(tmp_path: Path) -> None:
     a = study_id(f"{tmp_path}/scans/ct 01.nii.gz")
     assert a == study_id(f"{tmp_path}/scans/ct 01.nii.gz")
-    assert a.startswith("ct_01-") and all(ch.isalnum() or ch in "._-" for ch in a)
+    assert a.startswith("study-") and all(ch.isalnum() or ch in "._-" for ch in a)
+    assert "ct" not in a  # no name is copied unless a site opts in
     assert study_id(f"{tmp_path}/other/ct 01.nii.gz") != a  # same stem, different study
     assert study_id(f"{tmp_path}/scans/ct 01.nii.gz#0-3") != a
-    assert study_id("sample:brain1").startswith("brain1-")
+    named = study_id(f"{tmp_path}/scans/ct 01.nii.gz", "{stem}-{hash}")
+    assert named.startswith("ct_01-") and named.endswith(a.removeprefix("study-"))
+    assert study_id("sample:brain1", "{stem}-{hash}").startswith("brain1-")
+    with pytest.raises(ConfigError, match="hash"):
+        study_id("sample:brain1", "{stem}")
 
 
 def test_inputs_expand_from_folders_and_list_files(data, tmp_path: Path) -> None:
@@ -101,9 +107,12 @@ def test_cluster_matches_in_process_and_a_corrupt_study_fails_alone(capsys, data
                         on_result=lambda sid, rec: seen.append(sid))
     assert summary.exit_code == 1 and len(summary.ok) == 4 and len(seen) == 5
     (bad,) = summary.failed
-    assert bad.startswith("broken-") and summary.failed[bad]
+    assert bad == study_id(str(data["studies"] / "broken.nii.gz")) and summary.failed[bad]
     manifest = read_batch_manifest(out)
     assert manifest["studies"][bad]["status"] == "failed" and manifest["studies"][bad]["error"]
+    # Paths stay out of the manifest unless asked for: no SPEC, no model path, errors with tokens.
+    assert "spec" not in manifest["studies"][bad] and manifest["model"] is None
+    assert str(data["studies"]) not in json.dumps(manifest) and "<path:" in manifest["studies"][bad]["error"]
     records = [manifest["studies"][sid] for sid in summary.ok]
     assert {r["status"] for r in records} == {"ok"}
     assert summary.workers == 2
@@ -142,10 +151,11 @@ def _compare_with_single_input_command(capsys, data, out: Path, manifest: dict, 
                                        tmp_path: Path) -> None:
     from anomalens.engine.cli.main import main
 
+    by_id = {study_id(str(p)): str(p) for p in data["studies"].iterdir()}
     for sid in ids:
         rec = manifest["studies"][sid]
         single = tmp_path / f"single-{sid}"
-        assert main(["score", "--model", str(data["model"]), rec["spec"], "--out", str(single),
+        assert main(["score", "--model", str(data["model"]), by_id[sid], "--out", str(single),
                      "--device", "cpu", "--json"]) == 0
         capsys.readouterr()
         np.testing.assert_array_equal(read_heat(out / rec["outputs"]["heatmap"]), read_heat(single / "heatmap.nii.gz"))
@@ -218,7 +228,8 @@ def test_cli_batch_on_a_running_scheduler_exits_1_with_a_summary(capsys, data, c
     assert code == 1
     res = json.loads(captured.out)
     assert res["ok"] == 1 and len(res["failed"]) == 1 and res["workers"] >= 1
-    assert "anomalens: failed: broken-" in captured.err
+    broken = study_id(f"{data['studies']}/broken.nii.gz")
+    assert f"anomalens: failed: {broken}: <path:" in captured.err and str(data["studies"]) not in captured.err
     manifest = read_batch_manifest(out)
     ok = next(v for v in manifest["studies"].values() if v["status"] == "ok")
     assert (out / ok["outputs"]["heatmap"]).is_file() and ok["model_fingerprint"] == manifest["model_fingerprint"]

@@ -61,7 +61,7 @@ def test_calibrated_score_writes_masks_and_a_scores_table(brain_model, capsys) -
 
 
 def test_cli_batch_and_engine_give_the_same_result_voxel_for_voxel(brain_model, capsys) -> None:
-    from anomalens.engine.batch import run_batch
+    from anomalens.engine.batch import run_batch, study_id
     from anomalens.engine.detectors import load_bundle
     from anomalens.engine.pipeline import load_volume
     from anomalens.engine.scoring import score_scan
@@ -72,7 +72,7 @@ def test_cli_batch_and_engine_give_the_same_result_voxel_for_voxel(brain_model, 
     summary = run_batch(model, [spec, "sample:brain1#0-2"], d / "batch", workers=1, processes=False)
     assert len(summary.ok) == 2 and not summary.failed
     manifest = json.loads((d / "batch" / "manifest.json").read_text())
-    (rec,) = [r for r in manifest["studies"].values() if r["spec"] == spec]
+    rec = manifest["studies"][study_id(spec)]
     assert rec["model"]["fingerprint"] == cli["model"]["fingerprint"] == manifest["model_fingerprint"]
     engine = score_scan(load_bundle(model), load_volume(spec))
     for key, array in (("heatmap", engine.map), ("mask", engine.mask), ("mask_scr", engine.mask_scr)):

@@ -68,6 +68,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     e.add_argument("--no-scr", action="store_true", help="skip SCR (dice_scr/precision_scr become null)")
     e.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples over slices for the confidence intervals (0: none)")
+    e.add_argument("--keep-paths", action="store_true",
+                   help="name the data and the model by their paths in the output and the report files (default: "
+                        "<path:…> tokens, since folder and file names often name patients)")
     e.add_argument("--device", default="auto", choices=DEVICE_CHOICES)
     e.set_defaults(handler=run_eval)
 
@@ -168,8 +171,11 @@ def run_eval(args: argparse.Namespace) -> int:
         ev = evaluate_model(det, data, scr=not args.no_scr, reduce=args.reduce, n_boot=args.bootstrap,
                             progress=stage(progress, 0.1, 1.0))
     metrics = ev.metrics
-    metrics.update({"model": str(args.model), "detector": det.name, "data": data.source,
-                    "device": str(det.device)})
+    from ..logredact import redact_paths
+
+    shown = (lambda text: text) if args.keep_paths else redact_paths
+    metrics.update({"model": shown(str(args.model)), "detector": det.name, "data": shown(data.source),
+                    "device": str(det.device), "notes": [shown(n) for n in metrics.get("notes", [])]})
     metrics["calibration"] = None if det.calibration is None else det.calibration.summary()
     for key in STABLE_KEYS:
         metrics.setdefault(key, None)

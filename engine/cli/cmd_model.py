@@ -61,6 +61,12 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="batch: local cluster of N worker processes, 1 thread each (default: CPU count)")
     s.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="batch: use a running dask scheduler, e.g. tcp://host:8786, instead of a local cluster")
+    s.add_argument("--name-pattern", default=None, metavar="PATTERN",
+                   help="batch: output folder names, from {hash} (always required) and {stem} (the scan's file or "
+                        "folder name); default 'study-{hash}', which copies no name that could identify a patient")
+    s.add_argument("--keep-paths", action="store_true",
+                   help="batch: record each study's path in manifest.json and keep paths in error texts "
+                        "(default: studies are named by hash only, paths in errors are replaced by <path:…>)")
     s.set_defaults(handler=run_score)
 
     d = sub.add_parser("detectors", parents=[common], help="list installed detectors")
@@ -169,8 +175,11 @@ def run_score_batch(args: argparse.Namespace, inputs: list[str]) -> int:
         raise ConfigError("--slices applies to one INPUT; in a batch add #slices to each study's SPEC")
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers must be at least 1")
+    from ..batch import DEFAULT_NAME_PATTERN
+
     summary = run_batch(args.model, inputs, args.out, workers=args.workers, scheduler=args.scheduler,
-                        device=args.device, threads=getattr(args, "threads", None))
+                        device=args.device, threads=getattr(args, "threads", None), keep_paths=args.keep_paths,
+                        name_pattern=args.name_pattern or DEFAULT_NAME_PATTERN)
     data = summary.to_dict()
     emit(args, data, f"{data['ok']} scored, {data['skipped']} already done, {len(summary.failed)} failed "
                      f"in {data['seconds']:.1f} s on {data['workers']} workers; manifest: {data['manifest']}")

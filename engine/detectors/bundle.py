@@ -16,6 +16,7 @@ from ..calibration import Calibration
 from ..domain import TrainingDomain
 from ..errors import ModelError, UnsafeModelFileError
 from ..fileio import atomic_dir
+from ..logredact import remember
 
 if TYPE_CHECKING:
     from .base import Detector
@@ -143,6 +144,7 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
     from .registry import get_detector_class
 
     path = Path(path)
+    remember(path)
     manifest = read_manifest(path)
     cls = get_detector_class(manifest["detector"])
     weights = path / WEIGHTS
