@@ -404,7 +404,11 @@ def load_eval_data(spec: str, progress: ProgressCallback | None = None,
         SampleError: a sample without a lesion mask, or one that cannot be fetched.
         ScanReadError: an unreadable image or mask.
     """
+    from .logredact import remember
+
     parsed = parse_eval_spec(spec)
+    for part in (parsed.image, parsed.mask):  # logs and reports name them by token only
+        remember(part)
     if parsed.kind == "sample":
         data = _sample_data(parsed)
     elif parsed.kind == "pair":

@@ -182,7 +182,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.report is not None:
         predicted = ev.scr_mask if ev.scr_mask is not None else ev.mask
         write_report(args.report, metrics, ev.slices, ev.maps, ev.truth, ev.foreground, predicted,
-                     ev.names, title=f"AnomaLens evaluation: {det.name}", seed=det.seed)
+                     [shown(n) for n in ev.names], title=f"AnomaLens evaluation: {det.name}", seed=det.seed)
         metrics["report"] = str(args.report)
     out = jsonable(metrics)
     emit(args, out, human_eval(out))
