@@ -189,14 +189,31 @@ class FileActions(QObject):
         return series[labels.index(choice)].get("uid")
 
 
+#: Below this screen height (pixels: 1080p included) the SCR dock joins the tab group, so the Detector dock
+#: keeps room for its score curve: the three docks' natural heights add up to about 1,150 pixels.
+SMALL_SCREEN = 1300
+#: Narrowest the right-hand docks get (the model list and the sliders stay readable; wider content scrolls).
+DOCK_MIN_WIDTH = 350
+#: Share of the right-hand column's height each stacked dock gets (the tab group takes the rest).
+_DOCK_SHARE = {"Detector": 0.4, "SCR": 0.22}
+_DOCK_SHARE_SMALL = {"Detector": 0.52}
+_DOCK_SHARE_TINY = {"Detector": 0.66}  # a 768-pixel screen: the curve needs the room, SCR's tab still fits
+
+
 def add_docks(viewer: napari.Viewer) -> dict[str, QWidget]:
-    """Create the AnomaLens docks (Detector and SCR on the right; Poincaré disk, Calibration, Export tabbed below)."""
+    """Create the AnomaLens docks (Detector and SCR on the right; Poincaré disk, Calibration, Export tabbed below).
+
+    On a screen up to 1080p SCR is tabbed with the others. Every dock scrolls, so the window
+    never grows taller than the screen; the column is shared out once the window has its size.
+    """
     from .widgets.detector import DetectorWidget
     from .widgets.scr import ScrWidget
 
+    small = _screen_height(viewer) < SMALL_SCREEN
     docks: dict[str, QWidget] = {}
+    frames: dict[str, Any] = {}
     for name, factory, tabify in (("Detector", DetectorWidget, False), ("SCR", ScrWidget, False),
-                                  ("Poincaré disk", _optional("poincare", "PoincareWidget"), False),
+                                  ("Poincaré disk", _optional("poincare", "PoincareWidget"), small),
                                   ("Calibration", _optional("calibration", "CalibrationWidget"), True),
                                   ("Export", _optional("export", "ExportWidget"), True)):
         if factory is None:
@@ -206,9 +223,64 @@ def add_docks(viewer: napari.Viewer) -> dict[str, QWidget]:
         except Exception as exc:  # one broken dock must not stop the app
             notify_error(exc, f"the {name} dock could not start")
             continue
-        viewer.window.add_dock_widget(widget, name=name, area="right", tabify=tabify)
+        frames[name] = viewer.window.add_dock_widget(scrollable(widget), name=name, area="right", tabify=tabify)
         docks[name] = widget
+    viewer.window.anomalens_frames = frames
+    viewer.window.anomalens_first_tab = "SCR" if small else "Poincaré disk"
+    viewer.window.anomalens_shares = (_DOCK_SHARE_TINY if _screen_height(viewer) < 900 else _DOCK_SHARE_SMALL) \
+        if small else _DOCK_SHARE
+    QTimer.singleShot(0, lambda: balance_docks(viewer))
     return docks
+
+
+def balance_docks(viewer: napari.Viewer) -> None:
+    """Share the right-hand column out: the Detector dock (curve included) first, then SCR, then the tabs."""
+    from qtpy.QtCore import Qt
+
+    frames = getattr(viewer.window, "anomalens_frames", {})
+    qt = viewer.window._qt_window
+    try:
+        first = frames.get(getattr(viewer.window, "anomalens_first_tab", ""))
+        if first is not None:
+            first.raise_()  # the tab group opens on its first tab, not on the last one added
+        column = [f for f in frames.values() if f.isVisible()]
+    except RuntimeError:  # the window was closed before the timer fired
+        return
+    stacked = column  # a tab group's hidden tabs are not visible: the group counts once
+    if len(stacked) < 2:
+        return
+    total = max(qt.height() - 100, 300)
+    names = {id(f): n for n, f in frames.items()}
+    shares = getattr(viewer.window, "anomalens_shares", _DOCK_SHARE)
+    sizes = [int(total * shares.get(names[id(f)], 0.0)) for f in stacked]
+    rest = total - sum(sizes)
+    sizes = [s or max(rest, 150) for s in sizes]
+    qt.resizeDocks(stacked, sizes, Qt.Orientation.Vertical)
+
+
+def _screen_height(viewer: napari.Viewer) -> int:
+    try:
+        screen = viewer.window._qt_window.screen()
+        return int(screen.availableGeometry().height())
+    except (AttributeError, RuntimeError):
+        return 10_000
+
+
+def scrollable(widget: QWidget) -> QWidget:
+    """``widget`` in a scroll area, so a dock may be shorter than its content.
+
+    The right-hand column stacks the Detector, SCR and a tab group; their natural heights add up to more
+    than a 1366×768 laptop screen, and Qt would otherwise make the window taller than the screen (its
+    bottom, with the status bar and the Cancel button, out of reach). Scrolled docks let it fit.
+    """
+    from qtpy.QtWidgets import QFrame, QScrollArea
+
+    area = QScrollArea()
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setWidget(widget)
+    area.setMinimumWidth(DOCK_MIN_WIDTH)
+    return area
 
 
 def _optional(module: str, cls: str) -> Any:
@@ -245,15 +317,15 @@ def create_viewer(path: str | Path | None = None, show: bool = True,
     return viewer
 
 
-#: Name of the demo's scan layer; its heatmap and mask layers follow the results' naming ("brain1 anomaly", …).
+#: Name of the demo's scan layer; its heatmap and mask layers carry the model's label ("brain1 · patchcore v1 anomaly").
 DEMO_LAYER = "brain1"
 
 
 def show_demo(viewer: napari.Viewer, screenshot: Path | None = None) -> None:
     """Run the engine's demo job (terminal progress bar), then show scan, heatmap and SCR mask.
 
-    The engine does the work (``anomalens.engine.demo``); ``show_demo_output`` registers its result as the
-    viewer's results, so the docks treat it like a result of the Detector dock (export, SCR re-tuning).
+    The engine does the work (``anomalens.engine.demo``, which scores with ``score_scan``); ``show_demo_output``
+    publishes its result like a scoring in the Detector dock (export, SCR re-tuning, the Poincaré disk).
     """
     from ..engine.cli.progressbar import terminal_progress
     from ..engine.demo import run_demo
@@ -274,42 +346,31 @@ def show_demo(viewer: napari.Viewer, screenshot: Path | None = None) -> None:
 
 
 def show_demo_output(viewer: napari.Viewer, out: DemoOutput, detector: Detector | None = None) -> ScanResults:
-    """Show a demo job's scan, heatmap and mask through the results registry the Detector dock uses.
+    """Show a demo job's scan and its result through the same path as a scoring in the Detector dock.
 
-    The demo's maps and mask are already on the scan's grid (slices ``out.evaluated``), so they become the
-    state's ``ScanResults`` as they are, and its trained model (``detector``, else the bundle at ``out.model``)
-    becomes the state's model: the Export dock then exports them and the SCR dock re-cuts the mask at new λ,
-    τ and threshold. The demo hands back no per-pixel features, so SCR weighs edges by intensity, as the
-    demo's own cut did for PatchCore (which gives none). ``ScanResults`` needs the scan prepared for the
-    model (tissue mask, normalised intensities); the engine's ``prepare`` gives it, as in every scoring.
+    The demo's ``ScanResult`` (``score_scan`` on the held-out slices) is published as it is: heatmap and
+    lesion-mask layers named with the model's label, the score curve in its unit, its warnings notified.
+    Its trained model (``detector``, else the bundle at ``out.model``) becomes the state's model, so the
+    Export dock exports the result and the SCR dock re-cuts its mask; the Poincaré disk shows its
+    embeddings.
     """
     from ..engine.detectors import load_bundle
-    from ..engine.pipeline import prepare
     from .reader import image_layer_data
-    from .results import ScanResults, show_results
+    from .results import model_identity, publish
     from .state import get_state
 
     if detector is None:
         detector = load_bundle(out.model)
-    data, kwargs, _ = image_layer_data(out.volume, name=DEMO_LAYER)
+    model_identity(detector)
+    result = out.result
+    data, kwargs, _ = image_layer_data(result.volume, name=DEMO_LAYER)
     layer = viewer.add_image(data, **kwargs)
     state = get_state(viewer)
-    state.set_model(detector, out.model)  # sets state.scr to the calibrated point the demo cut its mask at
-    prepared = prepare(out.volume, (detector.preprocessing or {}).get("intensity"))
-    state.set_volume(out.volume, prepared)
-    cal = detector.calibration or {}
-    normalised = "normaliser" in cal
-    res = ScanResults.from_maps(layer.name, out.volume, prepared, out.evaluated, out.heatmap,
-                                out.mask if normalised else None, normalised, model=detector,
-                                params=state.scr.key() if normalised else None)
-    state.results = res
-    show_results(viewer, res, cal)
-    dock = getattr(viewer.window, "anomalens_docks", {}).get("Detector")
-    if dock is not None:  # the score curve, as after scoring in the dock
-        dock.plot.set_scores(res.slice_scores, threshold=cal.get("threshold") if normalised else None)
-    viewer.dims.set_current_step(0, int(out.evaluated[len(out.evaluated) // 2]))
-    state.set_score(None)  # the demo hands back no VolumeScore (no embeddings for the Poincaré disk)
-    state.mask_changed.emit(res.mask)
+    state.set_model(detector, out.model)
+    state.set_volume(result.volume, result.prepared)
+    res = publish(viewer, state, layer.name, result, detector)
+    z = result.most_anomalous()
+    viewer.dims.set_current_step(0, int(z if z is not None else result.indices[len(result.indices) // 2]))
     return res
 
 

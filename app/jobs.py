@@ -20,6 +20,8 @@ from ..engine.progress import CancelToken, ProgressCallback
 from .messages import log, notify_error
 
 Work = Callable[[ProgressCallback, CancelToken], Any]
+#: Shortest time between two progress updates a job sends to the UI thread.
+PROGRESS_INTERVAL_S = 0.05
 
 
 def _preload_heavy_imports() -> None:
@@ -51,7 +53,8 @@ class JobRunner(QObject):
         self.bar, self.cancel_button, self.status = bar, cancel_button, status
         self._worker: Any = None
         self._token: CancelToken | None = None
-        self._job: tuple[str, dict[str, Any], Callable[[Any], None] | None] | None = None
+        self._job: tuple[str, dict[str, Any], Callable[[Any], None] | None,
+                         Callable[[BaseException], None] | None] | None = None
         self.cancel_requested_at: float | None = None
         self._progressed.connect(self._show_progress)
         self.cancel_button.clicked.connect(self.cancel)
@@ -62,10 +65,12 @@ class JobRunner(QObject):
     def running(self) -> bool:
         return self._job is not None
 
-    def start(self, name: str, work: Work, on_done: Callable[[Any], None] | None = None) -> bool:
+    def start(self, name: str, work: Work, on_done: Callable[[Any], None] | None = None,
+              on_fail: Callable[[BaseException], None] | None = None) -> bool:
         """Run ``work(progress, cancel)`` in a thread worker; ``on_done(result)`` runs on the UI thread.
 
-        Returns False (and starts nothing) while another job is running.
+        ``on_fail(exc)`` runs on the UI thread when the job was cancelled (``Cancelled``) or failed, after the
+        failure was reported. Returns False (and starts nothing) while another job is running.
         """
         from napari.qt.threading import create_worker
 
@@ -75,13 +80,23 @@ class JobRunner(QObject):
         token = CancelToken()
         box: dict[str, Any] = {}
 
+        last = [float("-inf")]
+
+        def progress(fraction: float, message: str = "") -> None:
+            # At most one update per PROGRESS_INTERVAL_S (and the last one): a bar needs no more, and every
+            # queued cross-thread signal costs the UI thread a wake-up.
+            now = time.perf_counter()
+            if now - last[0] >= PROGRESS_INTERVAL_S or fraction >= 1.0:
+                last[0] = now
+                self._progressed.emit(float(fraction), message)
+
         def run() -> None:
             try:
-                box["value"] = work(self._progressed.emit, token)
+                box["value"] = work(progress, token)
             except BaseException as exc:  # handled on the UI thread in _finished
                 box["error"] = exc
 
-        self._token, self._job = token, (name, box, on_done)
+        self._token, self._job = token, (name, box, on_done, on_fail)
         self.cancel_requested_at = None
         self._worker = create_worker(run, _ignore_errors=True)
         self._worker.finished.connect(self._finished)
@@ -126,7 +141,7 @@ class JobRunner(QObject):
     def _finished(self) -> None:
         if self._job is None:
             return
-        name, box, on_done = self._job
+        name, box, on_done, on_fail = self._job
         self._job, self._worker, self._token = None, None, None
         self._idle()
         if "error" in box:
@@ -136,6 +151,11 @@ class JobRunner(QObject):
                 log.info("%s cancelled", name)
             else:
                 self.status.setText(f"{name} failed: {notify_error(exc, name)}")
+            if on_fail is not None:
+                try:
+                    on_fail(exc)
+                except Exception as inner:  # reporting a failure must not crash the viewer
+                    notify_error(inner, name)
             self.done.emit(name, exc)
             return
         self.status.setText(f"{name}: done")

@@ -37,14 +37,15 @@ class BundleEntry:
 def describe_bundle(path: str | Path) -> BundleEntry:
     """Read a bundle's manifest; a broken or newer-schema bundle gives an entry with ``error`` set."""
     from ..engine.detectors import read_manifest
+    from ..engine.detectors.bundle import manifest_calibration
 
     p = Path(path)
     try:
         manifest = read_manifest(p)
+        calibrated = manifest_calibration(manifest) is not None
     except AnomaLensError as exc:
         return BundleEntry(p, error=str(exc))
-    cal = manifest.get("calibration") or {}
-    return BundleEntry(p, p.name, str(manifest.get("detector", "")), "normaliser" in cal)
+    return BundleEntry(p, p.name, str(manifest.get("detector", "")), calibrated)
 
 
 def list_bundles(folder: str | Path | None = None) -> list[BundleEntry]:
@@ -54,8 +55,7 @@ def list_bundles(folder: str | Path | None = None) -> list[BundleEntry]:
     cannot be used, instead of the model silently missing.
     """
     store = ModelStore(folder)
-    entries = {b.path: BundleEntry(b.path, b.name, b.detector, "normaliser" in (b.manifest.get("calibration") or {}))
-               for b in store.bundles()}
+    entries = {b.path: BundleEntry(b.path, b.name, b.detector, b.calibrated) for b in store.bundles()}
     if store.root.is_dir():
         for p in sorted(store.root.iterdir()):
             if p not in entries and p.is_dir() and not p.name.startswith(".") and (p / "bundle.json").is_file():

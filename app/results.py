@@ -1,130 +1,195 @@
-"""What has been scored for one image, on its full grid, and the layers that show it.
+"""What has been scored for one image by one model, on its full grid, and the layers that show it.
 
-Scoring a slice, then another, then the volume, adds up: ``ScanResults`` keeps the display maps, the mask
-and the per-slice scores for every z scored so far, and the heatmap and mask layers show those arrays.
-The work functions here run in thread workers and only call the engine; the layer functions run on the
-UI thread.
+Every number here comes from ``engine.scoring.score_scan``, the product's one result: the workers call it
+(``score_work``) and ``ScanResults`` only accumulates what it returned (map in the result's unit, lesion
+mask, slice scores, SCR descriptors, patch embeddings), so the viewer shows what ``anomalens score`` writes.
+Scoring a slice, then another, then the volume adds up per (image, model): a second model gets its own
+``ScanResults`` and its own layers, named with its label (``"brain1 · patchcore v2 anomaly"``), and the
+first model's stay. The work functions run in thread workers and only call the engine; the layer
+functions run on the UI thread.
 """
 
 from __future__ import annotations
 
+import re
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .embeddings import EmbeddingStore
+from .messages import notify_info, notify_warning
 from .reader import ROLE_KEY
 
 if TYPE_CHECKING:
     import napari
 
+    from ..engine.calibration import Calibration, ScrSettings
     from ..engine.detectors import Detector
-    from ..engine.pipeline import PreparedScan, VolumeScore
+    from ..engine.pipeline import PreparedScan
     from ..engine.progress import CancelToken, ProgressCallback
+    from ..engine.scoring import MapUnit, ModelIdentity, ScanResult, SliceScore
     from ..engine.volume import Volume
-    from .state import ScrParams
+    from .state import AnomaLensState
 
 HEATMAP_COLORMAP = "inferno"
 HEATMAP_OPACITY = 0.6
 MASK_OPACITY = 0.5
+#: Added to a result's layer names when the loaded model changed and the result was not made again.
+STALE_SUFFIX = " (stale: model changed)"
+#: The points layer that rings a patch chosen on the Poincaré disk.
+HIGHLIGHT_LAYER = "AnomaLens patch"
+#: Heatmap layer metadata: the map's unit (``MapUnit`` value) and the model that made it.
+UNIT_KEY = "anomalens_unit"
+MODEL_KEY = "anomalens_model"
 
+
+# -- work (thread workers) ---------------------------------------------------------------------------
 
 @dataclass
 class ScoreOutcome:
-    """What a scoring worker hands back to the UI thread."""
+    """What a scoring worker hands back to the UI thread: the engine's result, as it is."""
 
-    score: VolumeScore
-    indices: np.ndarray
-    maps: np.ndarray
-    mask: np.ndarray | None
-    normalised: bool
-    params: tuple | None = None
+    result: ScanResult
+
+    @property
+    def indices(self) -> np.ndarray:
+        return self.result.indices
 
 
-def score_work(detector: Detector, volume: Volume, indices: np.ndarray, scr: ScrParams,
-               progress: ProgressCallback, cancel: CancelToken, batch_size: int = 4) -> ScoreOutcome:
-    """Score slices and, for a calibrated model, normalise the maps and cut the mask (worker thread).
+def score_work(detector: Detector, volume: Volume, indices: np.ndarray | None, settings: ScrSettings | None,
+               progress: ProgressCallback | None, cancel: CancelToken | None) -> ScoreOutcome:
+    """Score slices with ``score_scan`` (worker thread); ``settings`` is SCR's point when the sliders moved it.
 
-    Small batches keep the time between two cancel checks short, so Cancel answers within a second.
+    ``score_scan`` checks the cancel token between small batches, so Cancel answers within a second.
     """
-    from ..engine.calibration import apply_calibration
-    from ..engine.pipeline import score_volume
+    from ..engine.scoring import score_scan
 
-    vs = score_volume(detector, volume, slices=indices, batch_size=batch_size,
-                      progress=lambda f, m: progress(0.9 * f, m), cancel=cancel)
-    cancel.raise_if_cancelled()
-    if "normaliser" not in (detector.calibration or {}):
-        return ScoreOutcome(vs, indices, vs.result.heatmaps, None, False)
-    progress(0.95, "computing the mask")
-    cal = apply_calibration(detector, vs.result, vs.prepared.slices[indices],
-                            foreground=vs.prepared.foreground[indices], lam=scr.lam, threshold=scr.threshold,
-                            tau=scr.tau if scr.tau > 0 else None, mode=scr.mode)
-    mask = cal.scr_mask if cal.scr_mask is not None else cal.mask
-    return ScoreOutcome(vs, indices, cal.maps.astype(np.float32, copy=False), mask, True, scr.key())
+    return ScoreOutcome(score_scan(detector, volume, indices, settings=settings, progress=progress, cancel=cancel))
 
+
+def score_for_viewer(detector: Detector, volume: Volume, indices: np.ndarray | None = None,
+                     settings: ScrSettings | None = None, layer_name: str = "scan") -> ScanResults:
+    """What the viewer's scoring worker makes of a scan, run synchronously (tests and scripts compare it).
+
+    The same two steps as the Detector dock's "Score volume", without Qt: ``score_work`` and
+    ``ScanResults.from_result``; ``maps`` and ``mask`` are what the heatmap and mask layers show.
+    """
+    return ScanResults.from_result(layer_name, score_work(detector, volume, indices, settings, None, None).result,
+                                   detector)
+
+
+_IDENTITIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def model_identity(detector: Detector) -> ModelIdentity:
+    """``ModelIdentity.of(detector)``, remembered per model object (its fingerprint hashes every weight).
+
+    Recomputed when the detector's calibration object was replaced (a recalibration in place).
+    """
+    from ..engine.scoring import ModelIdentity
+
+    hit = _IDENTITIES.get(detector)
+    if hit is not None and hit[0] is detector.calibration:
+        return hit[1]
+    ident = ModelIdentity.of(detector)
+    _IDENTITIES[detector] = (detector.calibration, ident)
+    return ident
+
+
+# -- the accumulated result of one image and one model ------------------------------------------------
 
 @dataclass
 class ScanResults:
-    """Accumulated results for one image layer (arrays on the full (z, y, x) grid)."""
+    """One image's results from one model, accumulated over scoring runs (arrays on the full (z, y, x) grid).
+
+    ``maps`` is in ``unit``; ``mask`` is the result's lesion mask (SCR's when it was cut, else the plain
+    one; zeros for an uncalibrated model, which has none); ``slices`` the engine's per-slice scores by z.
+    ``detector`` is the model object that made it (the SCR dock re-cuts only while that model is loaded).
+    """
 
     layer_name: str
     volume: Volume
     prepared: PreparedScan
+    model: ModelIdentity
+    unit: MapUnit
+    calibration: Calibration | None
+    label: str
     maps: np.ndarray
     mask: np.ndarray
     scored: np.ndarray
-    normalised: bool = False
-    slice_scores: dict[int, float] = field(default_factory=dict)
+    detector: Any = None
+    slices: dict[int, SliceScore] = field(default_factory=dict)
     features: dict[int, np.ndarray] = field(default_factory=dict)
-    generation: int = 0
-    model: Any = None
+    embeddings: EmbeddingStore = field(default_factory=EmbeddingStore)
+    warnings: tuple[str, ...] = ()
     cut_params: dict[int, tuple] = field(default_factory=dict)
+    generation: int = 0
+    stale: bool = False
 
     @classmethod
-    def start(cls, layer_name: str, volume: Volume, prepared: PreparedScan, normalised: bool) -> ScanResults:
-        shape = volume.shape
-        return cls(layer_name, volume, prepared, np.zeros(shape, np.float32), np.zeros(shape, np.uint8),
-                   np.zeros(shape[0], bool), normalised)
-
-    @classmethod
-    def from_maps(cls, layer_name: str, volume: Volume, prepared: PreparedScan, indices: np.ndarray,
-                  maps: np.ndarray, mask: np.ndarray | None, normalised: bool, model: Any = None,
-                  params: tuple | None = None) -> ScanResults:
-        """Results for maps the engine already placed on the scan's full grid (the demo job's output).
-
-        Only the ``indices`` slices count as scored: the rest of a full-grid map is zeros, not a score.
-        ``params`` is the SCR operating point ``mask`` was cut at, so the SCR dock re-cuts only on a change.
-        """
-        res = cls.start(layer_name, volume, prepared, normalised)
-        res.model = model
-        idx = np.asarray(indices, dtype=int)
-        res.write_slices(idx, np.asarray(maps, dtype=np.float32)[idx], None if mask is None else np.asarray(mask)[idx],
-                         params, None)
+    def from_result(cls, layer_name: str, result: ScanResult, detector: Any = None,
+                    label: str | None = None) -> ScanResults:
+        """Start the accumulation of an image's results with ``result`` (the first scoring of this model)."""
+        shape = result.volume.shape
+        res = cls(layer_name=layer_name, volume=result.volume, prepared=result.prepared, model=result.model,
+                  unit=result.unit, calibration=result.calibration, label=label or result.model.label,
+                  maps=np.zeros(shape, np.float32), mask=np.zeros(shape, np.uint8), scored=np.zeros(shape[0], bool),
+                  detector=detector)
+        res.merge(result)
         return res
 
-    def merge(self, outcome: ScoreOutcome) -> None:
-        """Write an outcome's slices into the full-grid arrays (in place, so layers showing them stay valid)."""
-        self.write_slices(outcome.indices, outcome.maps, outcome.mask, outcome.params, outcome.score.result.features)
+    def accepts(self, result: ScanResult) -> bool:
+        """Whether ``result`` adds to these results: the same model (fingerprint) on the same scan."""
+        return (result.model.fingerprint == self.model.fingerprint and result.volume is self.volume
+                and result.unit is self.unit)
 
-    def write_slices(self, indices: np.ndarray, maps: np.ndarray, mask: np.ndarray | None, params: tuple | None,
-                     features: np.ndarray | None) -> None:
-        """Record scored slices (maps, mask, slice scores, cut parameters, SCR descriptors) in place."""
-        idx = indices
-        self.maps[idx] = maps
-        if mask is not None:
-            self.mask[idx] = mask.astype(np.uint8)
+    def merge(self, result: ScanResult) -> None:
+        """Write a result's scored slices into the full-grid arrays (in place: layers showing them stay valid)."""
+        if not self.accepts(result):
+            raise ValueError("a result of another model or scan cannot be merged into these results")
+        idx = np.asarray(result.indices, dtype=int)
+        self.maps[idx] = result.map[idx]
+        lesion = result.lesion_mask
+        if lesion is not None:
+            self.mask[idx] = lesion[idx].astype(np.uint8)
         self.scored[idx] = True
+        self.prepared = result.prepared
+        self.calibration = result.calibration
+        key = result.scr.key() if result.scr is not None and result.mask_scr is not None else None
+        feats = result.raw.features
         for i, z in enumerate(idx):
-            fg = self.prepared.foreground[z]
-            vals = self.maps[z][fg] if fg.any() else self.maps[z].ravel()
-            self.slice_scores[int(z)] = float(vals.max())
-            if params is not None:
-                self.cut_params[int(z)] = params
-            if features is not None:
-                self.features[int(z)] = features[i]
+            z = int(z)
+            if key is None:
+                self.cut_params.pop(z, None)
             else:
-                self.features.pop(int(z), None)
+                self.cut_params[z] = key
+            if feats is not None:
+                self.features[z] = feats[i]
+            else:
+                self.features.pop(z, None)
+        for s in result.slices:
+            self.slices[s.z] = s
+        self.embeddings.add_result(result)
+        self.warnings = tuple(dict.fromkeys((*self.warnings, *result.warnings)))
         self.generation += 1
+
+    # -- what the docks read -------------------------------------------------------------------------
+    @property
+    def calibrated(self) -> bool:
+        """Whether the map is in normal-quantile units with a mask (else raw scores, no mask)."""
+        return self.calibration is not None and self.unit.value == "normal-quantile"
+
+    @property
+    def threshold(self) -> float | None:
+        """The plain operating point in the map's unit (None: uncalibrated, no threshold)."""
+        return self.calibration.threshold if self.calibrated and self.calibration is not None else None
+
+    @property
+    def slice_scores(self) -> dict[int, float]:
+        """``{z: score}`` of every scored slice (the map's maximum over tissue, in ``unit``)."""
+        return {z: s.score for z, s in sorted(self.slices.items())}
 
     def descriptors(self, z: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(features, intensities) for SCR's pairwise weights of slice z: features when the detector gave them."""
@@ -132,26 +197,51 @@ class ScanResults:
         return (f, None) if f is not None else (None, self.prepared.slices[z])
 
     @property
+    def title(self) -> str:
+        """``brain1 · patchcore v2``: the image and the model, as the layer names start."""
+        return f"{self.layer_name} · {self.label}"
+
+    @property
     def heatmap_name(self) -> str:
-        return f"{self.layer_name} anomaly"
+        return f"{self.title} anomaly{STALE_SUFFIX if self.stale else ''}"
 
     @property
     def mask_name(self) -> str:
-        return f"{self.layer_name} mask"
+        return f"{self.title} mask{STALE_SUFFIX if self.stale else ''}"
+
+    @property
+    def file_stem(self) -> str:
+        """A file-name stem for exports: ``brain1_patchcore_v2``."""
+        return re.sub(r"[^A-Za-z0-9.-]+", "_", f"{self.layer_name}_{self.label}").strip("_.") or "anomalens"
+
+    @property
+    def unit_text(self) -> str:
+        """One line on what the numbers mean, for status lines and the canvas legend."""
+        return f"{self.title}: {self.unit.description}"
 
 
-def heatmap_contrast(maps: np.ndarray, calibration: dict[str, Any] | None, normalised: bool) -> tuple[float, float]:
+def format_score(value: float, unit: MapUnit | str) -> str:
+    """A score as the docks write it.
+
+    Three decimals in normal-quantile units (0.998 against 1.004 matters), else four significant digits
+    (raw scores have any scale).
+    """
+    return f"{value:.3f}" if str(getattr(unit, "value", unit)) == "normal-quantile" else f"{value:.4g}"
+
+
+# -- layers (UI thread) -------------------------------------------------------------------------------
+
+def heatmap_contrast(maps: np.ndarray, calibration: Calibration | None, unit: MapUnit) -> tuple[float, float]:
     """Contrast limits for a heatmap layer.
 
-    Normalised maps are in normal-quantile units: everything below the plain threshold looks like normal
-    tissue, so the colour ramp starts a little below it and ends at the strongest score (at least 1, the
-    top of the normal range). Raw maps have no meaning across models, so their median and top percentile
-    are used.
+    Normal-quantile maps: everything below the plain threshold looks like normal tissue, so the colour ramp
+    starts a little below it and ends at the strongest score (at least 1, the top of the normal range). Raw
+    maps have no meaning across models, so their median and top percentile are used.
     """
     vals = np.asarray(maps, dtype=np.float32)
     vals = vals[np.isfinite(vals) & (vals != 0)]
-    if normalised and calibration and "threshold" in calibration:
-        lo = float(calibration["threshold"]) - 0.05
+    if calibration is not None and unit.value == "normal-quantile":
+        lo = float(calibration.threshold) - 0.05
         hi = max(1.0, float(vals.max()) if vals.size else 1.0)
         return (lo, hi if hi > lo else lo + 0.1)
     if vals.size == 0:
@@ -160,30 +250,12 @@ def heatmap_contrast(maps: np.ndarray, calibration: dict[str, Any] | None, norma
     return (lo, hi if hi > lo else lo + 1e-6)
 
 
-def modality_warning(detector: Detector, volume: Volume) -> str | None:
-    """A warning when the model was trained on another modality than the scan's, else None.
-
-    Bundles record the training modality in ``training`` (or ``preprocessing``); older ones do not,
-    which gives no warning rather than a false one.
-    """
-    info: dict[str, Any] = {**(detector.preprocessing or {}), **(detector.training or {})}
-    trained = info.get("modality") or info.get("modalities")
-    if not trained or not volume.modality or volume.modality.upper() in ("OT", ""):
-        return None
-    names = [trained] if isinstance(trained, str) else list(trained)
-    if volume.modality.upper() in {str(n).upper() for n in names}:
-        return None
-    return (f"this model was trained on {'/'.join(str(n) for n in names)} scans but the scan is "
-            f"{volume.modality}; scores and masks may not mean much")
-
-
 def find_layer(viewer: napari.Viewer, name: str) -> Any:
     """The layer called ``name`` or None."""
     return viewer.layers[name] if name in viewer.layers else None
 
 
-def show_results(viewer: napari.Viewer, results: ScanResults, calibration: dict[str, Any] | None,
-                 indices: np.ndarray | None = None) -> tuple[Any, Any]:
+def show_results(viewer: napari.Viewer, results: ScanResults) -> tuple[Any, Any]:
     """Create or update the heatmap and mask layers of ``results``.
 
     Existing layers are updated in place (``layer.data[z] = …``; ``refresh()``), which keeps a labels
@@ -192,34 +264,117 @@ def show_results(viewer: napari.Viewer, results: ScanResults, calibration: dict[
     scale = results.volume.spacing_zyx
     source = find_layer(viewer, results.layer_name)
     extra = {"units": source.units} if source is not None and getattr(source, "units", None) else {}
-    limits = heatmap_contrast(results.maps[results.scored], calibration, results.normalised)
+    limits = heatmap_contrast(results.maps[results.scored], results.calibration, results.unit)
+    meta = {ROLE_KEY: "heatmap", UNIT_KEY: results.unit.value, "unit_description": results.unit.description,
+            MODEL_KEY: results.label, "model_fingerprint": results.model.fingerprint}
     heat = find_layer(viewer, results.heatmap_name)
     if heat is None or tuple(heat.data.shape) != results.maps.shape:
         if heat is not None:
             viewer.layers.remove(heat)
         heat = viewer.add_image(results.maps, name=results.heatmap_name, scale=scale, colormap=HEATMAP_COLORMAP,
                                 opacity=HEATMAP_OPACITY, blending="additive", contrast_limits=limits,
-                                metadata={ROLE_KEY: "heatmap"}, **extra)
+                                metadata=meta, **extra)
     else:
+        heat.metadata.update(meta)
         if heat.data is not results.maps:
             heat.data = results.maps
         heat.contrast_limits_range = (min(limits[0], float(results.maps.min())), max(limits[1], limits[0] + 1e-6))
         heat.contrast_limits = limits
         heat.refresh()
     mask = None
-    if results.normalised:
+    if results.calibrated:
         mask = find_layer(viewer, results.mask_name)
+        mask_meta = {ROLE_KEY: "mask", MODEL_KEY: results.label, "model_fingerprint": results.model.fingerprint}
         if mask is None or tuple(mask.data.shape) != results.mask.shape:
             if mask is not None:
                 viewer.layers.remove(mask)
             mask = viewer.add_labels(results.mask, name=results.mask_name, scale=scale, opacity=MASK_OPACITY,
-                                     metadata={ROLE_KEY: "mask"}, **extra)
+                                     metadata=mask_meta, **extra)
         elif mask.data is not results.mask:
             write_mask(mask, results.mask)  # adopt the layer's array: hand edits and SCR share one mask
             results.mask = mask.data
         else:
             mask.refresh()
     return heat, mask
+
+
+def result_layers(viewer: napari.Viewer, results: ScanResults) -> list[Any]:
+    """The heatmap and mask layers of ``results`` that are in the viewer."""
+    return [lyr for lyr in (find_layer(viewer, results.heatmap_name), find_layer(viewer, results.mask_name))
+            if lyr is not None]
+
+
+def set_stale(viewer: napari.Viewer, results: ScanResults, stale: bool) -> None:
+    """Mark (or unmark) a result's layers as made by a model that is no longer the loaded one."""
+    if results.stale == stale:
+        return
+    layers = result_layers(viewer, results)
+    results.stale = stale
+    for lyr in layers:
+        lyr.name = results.heatmap_name if lyr.metadata.get(ROLE_KEY) == "heatmap" else results.mask_name
+
+
+def set_visible(viewer: napari.Viewer, results: ScanResults, visible: bool) -> None:
+    for lyr in result_layers(viewer, results):
+        lyr.visible = visible
+
+
+def show_legend(viewer: napari.Viewer, current: ScanResults | None) -> None:
+    """Say on the canvas what the current result's numbers are, with a colour bar on its heatmap only."""
+    for lyr in viewer.layers:
+        if lyr.metadata.get(ROLE_KEY) == "heatmap" and hasattr(lyr, "colorbar"):
+            lyr.colorbar.visible = False
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    overlay = overlays.text if overlays is not None else viewer.text_overlay  # napari < 0.9: the old attribute
+    if current is None:
+        overlay.visible = False
+        return
+    heat = find_layer(viewer, current.heatmap_name)
+    if heat is not None and hasattr(heat, "colorbar"):
+        heat.colorbar.visible = True
+    meaning = "1 = top of the normal range" if current.calibrated else "not calibrated, no mask"
+    overlay.text = f"{current.title}{STALE_SUFFIX if current.stale else ''}\n{current.unit.short}: {meaning}"
+    overlay.position = "bottom_left"
+    overlay.font_size = 10
+    overlay.visible = True
+
+
+def publish(viewer: napari.Viewer, state: AnomaLensState, layer_name: str, result: ScanResult,
+            detector: Any) -> ScanResults:
+    """Add a scoring's result to the viewer: merged into its (image, model) results, shown, made current.
+
+    The result's warnings (a CT scored with an MR model, a shrunk field of view) reach the user once per
+    image and model, as a notification; the docks show them in their status lines (``results.warnings``).
+    """
+    res = state.results_of(layer_name, result.model.fingerprint)
+    if res is not None and res.accepts(result):
+        res.merge(result)
+        res.detector = detector
+    else:
+        res = state.add_results(ScanResults.from_result(layer_name, result, detector))
+    if res.stale:
+        set_stale(viewer, res, False)
+    show_results(viewer, res)
+    tell_once(state, res)
+    state.select_results(res)
+    show_legend(viewer, res)
+    state.mask_changed.emit(res.mask)
+    return res
+
+
+def tell_once(state: AnomaLensState, res: ScanResults) -> list[str]:
+    """Notify the user of a result's warnings (and of raw units) once per image and model; returns what was new."""
+    key = (res.layer_name, res.model.fingerprint)
+    told = state.told.setdefault(key, set())
+    new = [w for w in res.warnings if w not in told]
+    for w in new:
+        told.add(w)
+        notify_warning(f"{res.title}: {w}")
+    if not res.calibrated and "uncalibrated" not in told:
+        told.add("uncalibrated")
+        notify_info(f"{res.label} is not calibrated: its heatmap is in raw detector scores and there is no mask; "
+                    "calibrate it on a few normal scans for normal-quantile units and masks")
+    return new
 
 
 def write_mask(layer: Any, values: np.ndarray, indices: np.ndarray | int | None = None, fast: bool = False) -> None:
@@ -255,3 +410,14 @@ def goto_index(viewer: napari.Viewer, layer: Any, z: int) -> None:
     point = list(layer.data_to_world([*([0] * (layer.ndim - 3)), int(z), 0, 0]))
     axis = viewer.dims.ndim - 3
     viewer.dims.set_point(axis, float(point[-3]))
+
+
+def highlight_patch(viewer: napari.Viewer, layer: Any, z: float, y: float, x: float) -> None:
+    """Ring the patch at (z, y, x) (data coordinates of ``layer``) in a points layer on the same grid."""
+    pts = find_layer(viewer, HIGHLIGHT_LAYER)
+    if pts is None:
+        extra = {"units": tuple(layer.units)[-3:]} if getattr(layer, "units", None) else {}
+        viewer.add_points([[z, y, x]], name=HIGHLIGHT_LAYER, scale=tuple(layer.scale)[-3:], size=12, symbol="ring",
+                          face_color="transparent", border_color="cyan", metadata={ROLE_KEY: "highlight"}, **extra)
+    else:
+        pts.data = np.array([[z, y, x]])

@@ -1,7 +1,7 @@
 """The viewer's shared state: one per napari viewer, so the docks stay in step without knowing each other.
 
 Like napari's layer models: the state holds data and emits signals; widgets mirror it. Nothing here
-computes: results come from ``anomalens.engine`` (through workers in the widgets).
+computes: results come from ``anomalens.engine.scoring.score_scan`` (through workers in the widgets).
 """
 
 from __future__ import annotations
@@ -16,51 +16,34 @@ from psygnal import Signal
 if TYPE_CHECKING:
     import napari
 
+    from ..engine.calibration import ScrSettings
     from ..engine.detectors import Detector
-    from ..engine.pipeline import PreparedScan, VolumeScore
+    from ..engine.pipeline import PreparedScan
     from ..engine.volume import Volume
     from .results import ScanResults
-
-
-@dataclass
-class ScrParams:
-    """The SCR operating point the sliders show (threshold in normalised score units)."""
-
-    threshold: float = 0.99
-    lam: float = 0.0
-    tau: float = 1.0
-    mode: str = "2d"
-
-    @classmethod
-    def from_calibration(cls, cal: dict[str, Any]) -> ScrParams:
-        """The calibrated operating point of a model (SCR's own threshold, λ and τ)."""
-        return cls(threshold=float(cal.get("scr_threshold", cal.get("threshold", 0.99))),
-                   lam=float(cal.get("lambda") or 0.0), tau=float(cal.get("tau") or 1.0),
-                   mode=str(cal.get("mode", "2d")))
-
-    def key(self) -> tuple[float, float, float, str]:
-        """A hashable form, to tell whether a slice's mask was cut at these values."""
-        return (round(self.threshold, 9), round(self.lam, 9), round(self.tau, 9), self.mode)
 
 
 @dataclass
 class AnomaLensState:
     """What is loaded and computed for one viewer.
 
-    Signals carry the new value. ``results`` accumulates what has been scored for the shown image (heatmap,
-    mask, per-slice scores on the full grid; see ``anomalens.app.results``); ``score_changed`` fires after it
-    was updated. ``slice_requested`` asks the viewer to show a z index (from the score
-    curve or the Poincaré disk); ``highlight_requested`` carries (z, y, x) of a patch centre.
+    Results are kept per (image layer, model fingerprint) in ``registry``; ``results`` is the one the docks
+    follow: the loaded model's result for the shown scan (None when that model has not scored it). It is
+    chosen again whenever the model or the scan changes, and ``score_changed`` (carrying it) fires when it
+    is replaced or updated. ``scr`` is SCR's operating point as the sliders moved it (None: the model's
+    calibrated point, ``scr_point()``). ``slice_requested`` asks the viewer to show a z index (from the
+    score curve or the Poincaré disk); ``highlight_requested`` carries (z, y, x) of a patch centre.
     """
 
     volume: Volume | None = None
     prepared: PreparedScan | None = None
     detector: Detector | None = None
     model_path: Path | None = None
-    score: VolumeScore | None = None
-    scr: ScrParams = field(default_factory=ScrParams)
+    scr: ScrSettings | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     results: ScanResults | None = None
+    registry: dict[tuple[str, str], ScanResults] = field(default_factory=dict)
+    told: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
     volume_changed = Signal(object)
     model_changed = Signal(object)
@@ -74,26 +57,107 @@ class AnomaLensState:
     selection_changed = Signal(object)
 
     def set_volume(self, volume: Volume, prepared: PreparedScan | None = None) -> None:
-        self.volume, self.prepared, self.score = volume, prepared, None
+        self.volume, self.prepared = volume, prepared
         self.volume_changed.emit(volume)
+        self.follow()
 
     def set_model(self, detector: Detector | None, path: Path | None = None) -> None:
+        """Load a model: SCR goes back to its calibrated point and the docks follow its results."""
         self.detector, self.model_path = detector, path
-        cal = (detector.calibration or {}) if detector is not None else {}
-        if cal:
-            self.scr = ScrParams.from_calibration(cal)
+        self.scr = None
         self.model_changed.emit(detector)
+        self.scr_changed.emit(self.scr_point())
+        self.follow()
+
+    # -- SCR's operating point ----------------------------------------------------------------------
+    def calibrated_scr(self) -> ScrSettings | None:
+        """The loaded model's calibrated SCR point (λ 0 at the plain threshold when SCR is not calibrated)."""
+        cal = self.detector.calibration if self.detector is not None else None
+        if cal is None:
+            return None
+        if cal.scr.usable:
+            return cal.scr
+        return cal.scr.replace(threshold=cal.threshold, lam=0.0, tau=1.0)
+
+    def scr_point(self) -> ScrSettings | None:
+        """The point the sliders show: as moved, else the calibrated one (None: the model is not calibrated)."""
+        return self.scr if self.scr is not None else self.calibrated_scr()
+
+    def set_scr(self, settings: ScrSettings | None) -> None:
+        self.scr = settings
+        self.scr_changed.emit(self.scr_point())
 
     def reset_scr(self) -> None:
         """Put the SCR operating point back to the model's calibrated values and tell the docks."""
-        cal = (self.detector.calibration or {}) if self.detector is not None else {}
-        self.scr = ScrParams.from_calibration(cal) if cal else ScrParams()
-        self.scr_changed.emit(self.scr)
+        self.set_scr(None)
 
-    def set_score(self, score: VolumeScore | None) -> None:
-        self.score = score
-        self.score_changed.emit(score)
+    # -- results ------------------------------------------------------------------------------------
+    def results_of(self, layer_name: str, fingerprint: str) -> ScanResults | None:
+        return self.registry.get((layer_name, fingerprint))
 
+    def add_results(self, res: ScanResults) -> ScanResults:
+        """Register an image's results of a model.
+
+        A label that another model's results of this image already show gets the fingerprint added, so layer
+        names never collide (two bundles of one detector at version 1 are both ``patchcore v1``).
+        """
+        taken = {r.label for (name, fp), r in self.registry.items()
+                 if name == res.layer_name and fp != res.model.fingerprint}
+        if res.label in taken:
+            res.label = f"{res.label} [{res.model.fingerprint.split(':')[-1][:6]}]"
+        self.registry[(res.layer_name, res.model.fingerprint)] = res
+        return res
+
+    def results_for(self, volume: Volume | None, detector: Detector | None) -> ScanResults | None:
+        """The results ``detector`` made for ``volume`` (matched by the model's fingerprint), else None."""
+        if volume is None or detector is None:
+            return None
+        mine = [r for r in self.registry.values() if r.volume is volume]
+        for r in mine:
+            if r.detector is detector:
+                return r
+        if not mine:
+            return None
+        from .results import model_identity
+
+        fp = model_identity(detector).fingerprint
+        for r in mine:
+            if r.model.fingerprint == fp:
+                r.detector = detector  # the same model loaded again: its results are current again
+                return r
+        return None
+
+    def results_made_by(self, detector: Detector | None) -> list[ScanResults]:
+        """Every image's results made by ``detector`` (the object, or a model with its fingerprint)."""
+        if detector is None:
+            return []
+        mine = [r for r in self.registry.values() if r.detector is detector]
+        if mine or not self.registry:
+            return mine
+        from .results import model_identity
+
+        fp = model_identity(detector).fingerprint
+        return [r for r in self.registry.values() if r.model.fingerprint == fp]
+
+    def select_results(self, res: ScanResults | None) -> None:
+        """Make ``res`` the results the docks follow and tell them (also when it was updated in place)."""
+        self.results = res
+        self.score_changed.emit(res)
+
+    def follow(self) -> None:
+        """Choose the loaded model's results for the shown scan (after a model or scan change)."""
+        res = self.results_for(self.volume, self.detector)
+        if res is not self.results:
+            self.select_results(res)
+
+    def forget_layer(self, layer_name: str) -> None:
+        """Drop the results of an image layer that was removed."""
+        for key in [k for k in self.registry if k[0] == layer_name]:
+            res = self.registry.pop(key)
+            if res is self.results:
+                self.select_results(None)
+
+    # -- marks --------------------------------------------------------------------------------------
     def set_marked_slices(self, slices: list[int]) -> None:
         """Record the z indices marked normal (``extras["marked_slices"]``) and tell the docks."""
         self.extras["marked_slices"] = sorted({int(z) for z in slices})

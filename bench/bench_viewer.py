@@ -47,7 +47,10 @@ def main() -> None:
     from anomalens.app.results import ScanResults, show_results
     from anomalens.app.state import get_state
     from anomalens.app.widgets.scr import ScrWidget
+    from anomalens.engine.calibration import Calibration, ScrSettings
     from anomalens.engine.pipeline import prepare
+    from anomalens.engine.postprocess.normalise import ScoreNormaliser
+    from anomalens.engine.scoring import MapUnit, ModelIdentity
     from anomalens.engine.volume import Volume
 
     slices, lesions = _phantom(3, args.size)
@@ -58,26 +61,32 @@ def main() -> None:
     widget = ScrWidget(viewer)
     viewer.window.add_dock_widget(widget)
 
+    rng = np.random.default_rng(0)
+    normaliser = ScoreNormaliser().fit(rng.random(10_000).astype(np.float32))
+    calibration = Calibration(normaliser=normaliser, threshold=0.99,
+                              scr=ScrSettings(threshold=0.9, lam=0.5, tau=0.1, temperature=0.05))
+
     class Model:  # a calibrated model as far as the dock is concerned
         def __init__(self) -> None:
-            self.calibration = {"lambda": 0.5, "tau": 0.1, "threshold": 0.99, "scr_threshold": 0.9,
-                                "temperature": 0.05}
+            self.calibration = calibration
 
     state = get_state(viewer)
-    rng = np.random.default_rng(0)
-    res = ScanResults.start("scan", volume, prepare(volume), normalised=True)
-    noise = ndimage.gaussian_filter(rng.random(slices.shape), (0, 2, 2)).astype(np.float32)
-    res.maps[:] = np.clip(noise * 1.1 + 0.6 * lesions, 0, 2)
-    res.scored[:] = True
     model = Model()
-    res.model = model
-    state.results = res
-    show_results(viewer, res, model.calibration)
+    ident = ModelIdentity(detector="bench", detector_version="1", name="bench", bundle_version=0,
+                          fingerprint="sha256:bench", calibrated=True)
+    noise = ndimage.gaussian_filter(rng.random(slices.shape), (0, 2, 2)).astype(np.float32)
+    res = ScanResults(layer_name="scan", volume=volume, prepared=prepare(volume), model=ident, unit=MapUnit.QUANTILE,
+                      calibration=calibration, label=ident.label,
+                      maps=np.clip(noise * 1.1 + 0.6 * lesions, 0, 2).astype(np.float32),
+                      mask=np.zeros(volume.shape, np.uint8), scored=np.ones(len(slices), bool), detector=model)
     state.set_model(model, None)  # type: ignore[arg-type]
+    state.add_results(res)
+    show_results(viewer, res)
+    state.select_results(res)
     viewer.dims.set_point(0, 1)
     QApplication.processEvents()
 
-    mask_layer = viewer.layers["scan mask"]
+    mask_layer = viewer.layers[res.mask_name]
     sweeps = (("λ", widget.lam_slider, np.linspace(0.0, widget.lam_slider.maximum(), args.moves)),
               ("threshold", widget.threshold_slider, np.linspace(0.7, 1.2, args.moves)),
               ("τ (α recomputed)", widget.tau_slider, np.linspace(0.05, 0.3, args.moves)))

@@ -30,11 +30,11 @@ _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDa
 POSITION_TOLERANCE_MM = 0.05
 
 
-def export_heatmap(volume: Volume, heatmap: np.ndarray, path: str | Path) -> Path:
-    """The heatmap (float32, the scan's grid) as NIfTI/NRRD/MHA by suffix."""
+def export_heatmap(volume: Volume, heatmap: np.ndarray, path: str | Path, description: str | None = None) -> Path:
+    """The heatmap (float32, the scan's grid) as NIfTI/NRRD/MHA by suffix; ``description`` (its unit) in the header."""
     from .io import write_like
 
-    return write_like(volume, np.asarray(heatmap, dtype=np.float32), path)
+    return write_like(volume, np.asarray(heatmap, dtype=np.float32), path, description=description)
 
 
 def export_mask(volume: Volume, mask: np.ndarray, path: str | Path) -> Path:

@@ -8,8 +8,10 @@ Two layers, because a name like ``DOE^JOHN 12345`` holds spaces and carets that 
 the words around it:
 
 * every path the product opens or writes is registered (``remember``: scans, models, output folders); the
-  formatter replaces each registered path wherever it appears, and also its file and folder names alone,
-  whatever characters they hold (longest first);
+  formatter replaces each registered path wherever it appears, and also its file and folder names alone as
+  whole words, whatever characters they hold (longest first). A plain lower-case word under eight letters
+  (``mask``, ``empty``, ``normals``) is not taken for a name, or every sentence using it would be garbled;
+  names of people and IDs carry capitals, digits or separators;
 * anything else that looks like a path (a separator inside a token or a quoted string) is replaced too.
 """
 
@@ -31,7 +33,8 @@ _GENERIC = frozenset({"", ".", "..", "data", "home", "tmp", "scans", "scan", "di
                       "results", "models", "model", "users", "user", "mnt", "media", "var", "private"})
 
 _lock = threading.Lock()
-_known: set[str] = set()
+_paths: set[str] = set()
+_names: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 
 
@@ -53,29 +56,39 @@ def remember(path: str | os.PathLike[str] | None) -> None:
         items.add(str(p.resolve()))
     except (OSError, RuntimeError):
         pass
-    parts = [p.name, p.parent.name, p.parent.parent.name]
-    stem = p.name.split(".")[0]
-    items |= {x for x in (*parts, stem) if len(x) >= 3 and x.lower() not in _GENERIC}
+    parts = [p.name, p.parent.name, p.parent.parent.name, p.name.split(".")[0]]
+    names = {x for x in parts if _distinctive(x)}
     global _pattern
     with _lock:
-        if items - _known:
-            _known.update(items)
+        if items - _paths or names - _names:
+            _paths.update(items)
+            _names.update(names)
             _pattern = None
+
+
+def _distinctive(name: str) -> bool:
+    """Whether a file or folder name could identify someone (not a generic or plain lower-case short word)."""
+    if len(name) < 3 or name.lower() in _GENERIC:
+        return False
+    return len(name) >= 8 or not re.fullmatch(r"[a-z]+", name)
 
 
 def forget_all() -> None:
     """Drop every registered path (tests)."""
     global _pattern
     with _lock:
-        _known.clear()
+        _paths.clear()
+        _names.clear()
         _pattern = None
 
 
 def _registered() -> re.Pattern[str] | None:
     global _pattern
     with _lock:
-        if _pattern is None and _known:
-            _pattern = re.compile("|".join(re.escape(k) for k in sorted(_known, key=len, reverse=True)))
+        if _pattern is None and (_paths or _names):
+            alternatives = [(k, re.escape(k)) for k in _paths]
+            alternatives += [(k, rf"(?<![A-Za-z0-9]){re.escape(k)}(?![A-Za-z0-9])") for k in _names - _paths]
+            _pattern = re.compile("|".join(rx for _, rx in sorted(alternatives, key=lambda a: len(a[0]), reverse=True)))
         return _pattern
 
 

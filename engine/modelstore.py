@@ -58,6 +58,16 @@ class BundleInfo:
     manifest: dict[str, Any] = field(repr=False, compare=False)
 
     @property
+    def calibrated(self) -> bool:
+        """Whether the bundle holds a (valid) calibration; a damaged one counts as none."""
+        from .detectors.bundle import manifest_calibration
+
+        try:
+            return manifest_calibration(self.manifest) is not None
+        except ModelError:
+            return False
+
+    @property
     def version(self) -> str | None:
         """``v0002`` for a version folder of a profile, else None."""
         return self.path.name if _VERSION.match(self.path.name) else None

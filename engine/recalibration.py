@@ -44,6 +44,7 @@ def calibrate_detector(detector: Detector, normals: np.ndarray, foreground: np.n
     cal = dataclasses.replace(cal, n_slices=len(normals), fingerprint=fingerprint(normals),
                               created=datetime.now(UTC).isoformat(timespec="seconds"))
     detector.calibration = cal
+    detector.bundle_manifest = None  # no longer the saved version it was loaded as
     return cal
 
 

@@ -71,7 +71,7 @@ class ModelIdentity:
 
     @classmethod
     def of(cls, detector: Detector) -> ModelIdentity:
-        manifest = getattr(detector, "bundle_manifest", None) or {}
+        manifest = detector.bundle_manifest or {}
         cal = detector.calibration
         return cls(detector=detector.name, detector_version=str(detector.version),
                    name=str(getattr(detector, "display_name", "") or detector.name),

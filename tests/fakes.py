@@ -48,3 +48,58 @@ def use_model_folders(monkeypatch, bundle, tmp_path):
     monkeypatch.setenv("ANOMALENS_DATA_DIR", str(bundle.parent.parent))
     monkeypatch.setenv("ANOMALENS_CONFIG_DIR", str(tmp_path / "config"))
     return bundle
+
+
+class EmbeddingDetector(Detector):
+    """Known per-patch embeddings (a 4×4 grid of patches per slice) on a chosen manifold, for the disk's tests.
+
+    Heatmaps are smoothed noise (raw units: the model is not calibrated); embeddings lie on ``manifold``
+    (Lorentz points with a hyperplane, or Euclidean features shifted off the origin).
+    """
+
+    name = "embedding-test"
+    GRID = 4
+
+    def __init__(self, manifold: str = "lorentz", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.manifold = manifold
+
+    def _fit(self, normals, progress, cancel):
+        return None
+
+    def _score(self, slices, progress, cancel):
+        from scipy import ndimage
+
+        from anomalens.engine.detectors import Embeddings
+        from anomalens.engine.geometry import lorentz
+
+        n, h, w = slices.shape
+        rng = np.random.default_rng(1)
+        heat = ndimage.gaussian_filter(rng.random((n, h, w)), (0, 2, 2)).astype(np.float32) * 10.0
+        k = self.GRID * self.GRID
+        v = rng.standard_normal((n * k, 6)) * 0.6
+        extra: dict = {}
+        if self.manifold == "lorentz":
+            pts = lorentz.expmap0(torch.from_numpy(v), 1.0).numpy()
+            extra = {"curvature": 1.0, "hyperplane": np.array([1.0, 0.5, 0, 0, 0, 0]), "hyperplane_offset": 0.2}
+        else:
+            pts = v + 3.0
+        gy = (np.arange(self.GRID) + 0.5) * h / self.GRID
+        gx = (np.arange(self.GRID) + 0.5) * w / self.GRID
+        centers = np.tile(np.stack(np.meshgrid(gy, gx, indexing="ij"), -1).reshape(-1, 2), (n, 1))
+        emb = Embeddings(points=pts, slice_index=np.repeat(np.arange(n), k), centers=centers.astype(np.float32),
+                         manifold=self.manifold, scores=rng.random(n * k), **extra)
+        return AnomalyResult(heatmaps=heat, scores=heat.reshape(n, -1).max(1), embeddings=emb)
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        return None
+
+
+def embedding_detector(manifold: str = "lorentz") -> EmbeddingDetector:
+    """A fitted ``EmbeddingDetector`` (nothing to learn)."""
+    det = EmbeddingDetector(manifold)
+    det.fitted = True
+    return det

@@ -100,6 +100,8 @@ def test_fine_tune_makes_a_new_version_and_rollback_restores_the_old(make_napari
     assert not w.finetune_button.isEnabled()  # no model yet
     state.set_model(load_bundle(env), env)
     assert w.version_rows() == ["v0001"]
+    w.mark_current_slice()
+    assert not w.finetune_button.isEnabled() and "at least 2" in w.finetune_button.toolTip()  # one is not enough
     w.mark_range(0, 2)
     assert w.finetune_button.isEnabled()
     assert w.fine_tune()
@@ -107,8 +109,11 @@ def test_fine_tune_makes_a_new_version_and_rollback_restores_the_old(make_napari
     assert w.last_update is not None, w.status.text()
     v2 = env.parent / "v0002"
     assert state.model_path == v2 and v2.is_dir()
-    assert w.last_update.fp_before is not None and 0 <= w.last_update.fp_after <= 1
-    assert "before" in w.fp_label.text() and "after" in w.fp_label.text()
+    rec = w.last_update.recalibration
+    assert rec.before is not None and 0 <= rec.after.plain <= 1
+    assert (rec.n_fine_tune, rec.n_calibration) == (2, 1)  # every other marked slice adapts, the rest calibrate
+    assert "fine-tuned on 2 normal slices" in w.fp_label.text() and "it was" in w.fp_label.text()
+    assert state.detector.calibration == rec.calibration
     manifest = json.loads((v2 / "bundle.json").read_text())
     assert manifest["parent"]["path"] == str(env.resolve()) and manifest["bundle_version"] == 2
     assert "3 slices marked normal" in manifest["note"]
@@ -123,7 +128,7 @@ def test_fine_tune_makes_a_new_version_and_rollback_restores_the_old(make_napari
     assert json.loads((env.parent / "active.json").read_text())["version"] == "v0001"
     assert v2.is_dir()  # nothing deleted
     assert state.detector.calibration == load_bundle(env).calibration
-    assert np.isfinite(state.detector.calibration["threshold"])
+    assert np.isfinite(state.detector.calibration.threshold)
     assert w.version_rows() == ["v0002", "v0001"] and w.versions.item(1).text().startswith("●")
 
     # Cancel: nothing is saved and the loaded model stays

@@ -14,9 +14,10 @@ from anomalens.app.livecut import LiveCut, refine_scored
 from anomalens.app.paths import list_bundles
 from anomalens.app.reader import get_reader, volume_for_layer
 from anomalens.app.recent import RecentFiles
-from anomalens.app.results import ScanResults, heatmap_contrast, modality_warning
+from anomalens.app.results import ScanResults, heatmap_contrast
 from anomalens.engine.errors import ConfigError
 from anomalens.engine.postprocess.scr import scr_refine
+from anomalens.engine.scoring import MapUnit, ModelIdentity
 from anomalens.engine.volume import Volume, Window
 from anomalens.engine.windows import (
     default_window_limits,
@@ -187,23 +188,14 @@ def test_model_list_marks_unreadable_bundles(tmp_path: Path) -> None:
 
 # -- results helpers --------------------------------------------------------------------------------
 def test_heatmap_contrast_starts_below_the_calibrated_threshold() -> None:
+    from types import SimpleNamespace
+
     maps = np.zeros((2, 8, 8), np.float32)
     maps[0, :4] = np.linspace(0.1, 1.7, 32).reshape(4, 8)
-    lo, hi = heatmap_contrast(maps, {"threshold": 0.97}, normalised=True)
+    lo, hi = heatmap_contrast(maps, SimpleNamespace(threshold=0.97), MapUnit.QUANTILE)  # type: ignore[arg-type]
     assert lo < 0.97 and hi == pytest.approx(1.7)
-    lo, hi = heatmap_contrast(maps, None, normalised=False)
+    lo, hi = heatmap_contrast(maps, None, MapUnit.RAW)
     assert 0.1 < lo < hi <= 1.7
-
-
-def test_modality_warning_only_when_the_training_modality_differs() -> None:
-    class Det:
-        def __init__(self, training: dict) -> None:
-            self.preprocessing: dict = {}
-            self.training = training
-
-    assert modality_warning(Det({"modality": "CT"}), Volume(np.zeros((1, 8, 8)), modality="CT")) is None
-    assert "trained on CT" in modality_warning(Det({"modality": "CT"}), Volume(np.zeros((1, 8, 8)), modality="MR"))
-    assert modality_warning(Det({}), Volume(np.zeros((1, 8, 8)), modality="MR")) is None
 
 
 # -- live SCR ---------------------------------------------------------------------------------------
@@ -216,10 +208,12 @@ def _fake_results(n: int = 3, size: int = 48, seed: int = 0) -> ScanResults:
     img = ndimage.gaussian_filter(rng.random((n, size, size)), (0, 2, 2)).astype(np.float32)
     vol = Volume(img, modality="MR")
     prepared = prepare(vol)
-    res = ScanResults.start("scan", vol, prepared, normalised=True)
-    res.maps[:] = ndimage.gaussian_filter(rng.random((n, size, size)), (0, 1, 1)).astype(np.float32) * 1.2
-    res.scored[:] = True
-    return res
+    model = ModelIdentity(detector="fake", detector_version="1", name="fake", bundle_version=0,
+                          fingerprint="sha256:0", calibrated=True)
+    maps = ndimage.gaussian_filter(rng.random((n, size, size)), (0, 1, 1)).astype(np.float32) * 1.2
+    return ScanResults(layer_name="scan", volume=vol, prepared=prepared, model=model, unit=MapUnit.QUANTILE,
+                       calibration=None, label=model.label, maps=maps, mask=np.zeros(vol.shape, np.uint8),
+                       scored=np.ones(n, bool))
 
 
 def test_live_cut_matches_a_full_cut_and_reuses_alpha() -> None:
@@ -297,3 +291,28 @@ def test_gui_script_target_is_the_desktop_main() -> None:
     with pytest.raises(SystemExit) as exc:
         main(["--version"])
     assert exc.value.code == 0
+
+
+def test_the_qt_binding_keeps_python_reference_counts() -> None:
+    """PySide6 6.12.0 took a reference off ``True`` per signal delivered to a Python slot, and the interpreter
+    aborted at exit (bool_dealloc / none_dealloc: the crash of ``pytest -m gui`` and of closing the app). The
+    check runs in a child process, which must also exit cleanly."""
+    code = """
+import sys
+from PySide6.QtCore import QCoreApplication, QObject, Signal
+app = QCoreApplication([])
+class Emitter(QObject):
+    fired = Signal(bool)
+got = []
+e = Emitter()
+e.fired.connect(got.append)
+before_true, before_none = sys.getrefcount(True), sys.getrefcount(None)
+for _ in range(200):
+    e.fired.emit(True)
+got.clear()
+print(sys.getrefcount(True) - before_true, sys.getrefcount(None) - before_none)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-500:]
+    true_delta, none_delta = (int(v) for v in proc.stdout.split())
+    assert true_delta == 0 and abs(none_delta) < 50, proc.stdout

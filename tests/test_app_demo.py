@@ -1,9 +1,9 @@
 """``anomalens-viewer --demo``'s result in the docks, with real Qt/OpenGL (run under ``xvfb-run -a``).
 
-The real demo trains on brain1 (minutes), so ``run_demo`` is replaced by one returning a small fake ``DemoOutput``: a
-phantom scan, a heatmap and mask on two of its slices, and a tiny calibrated PatchCore bundle. What is
-checked is that the demo goes through the same results registry as the Detector dock: the Export dock
-lists it and writes exactly its arrays, and the SCR dock re-cuts its mask.
+The real demo trains on brain1 (minutes), so ``run_demo`` is replaced by one returning a small ``DemoOutput``: a
+phantom scan scored on two of its slices by ``score_scan`` with a tiny calibrated PatchCore bundle. What is
+checked is that the demo goes through the same path as the Detector dock: its layers carry the model's
+label, the Export dock lists it and writes exactly its arrays, and the SCR dock re-cuts its mask.
 """
 
 from __future__ import annotations
@@ -35,20 +35,14 @@ def env(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def fake_demo_output(model: Path) -> Any:
-    """What ``run_demo`` returns, in miniature: maps and mask on the scan's grid, zeros off the evaluated slices."""
+    """What ``run_demo`` returns, in miniature: ``score_scan`` of two slices of a phantom with lesions."""
     from anomalens.engine.demo import DemoOutput
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.scoring import score_scan
 
-    slices, _ = phantom_slices(4, 64, seed=3)
+    slices, _ = phantom_slices(4, 64, seed=3, lesion=True)
     vol = Volume(slices, spacing=(0.8, 0.8, 6.5), origin=(-10.0, 5.0, 2.0), modality="MR")
-    rng = np.random.default_rng(0)
-    heat = np.zeros(vol.shape, np.float32)
-    heat[EVALUATED] = (0.3 + 0.2 * rng.random((len(EVALUATED), 64, 64))).astype(np.float32)
-    heat[1, 28:36, 26:34] = 1.6  # a "lesion" inside the phantom's tissue on each evaluated slice
-    heat[2, 30:38, 30:36] = 1.4
-    heat[slices == 0] = 0.0
-    mask = np.zeros(vol.shape, np.uint8)
-    mask[EVALUATED] = heat[EVALUATED] > 1.0
-    return DemoOutput(volume=vol, heatmap=heat, mask=mask, evaluated=EVALUATED, metrics={}, model=model)
+    return DemoOutput(result=score_scan(load_bundle(model), vol, EVALUATED), metrics={}, model=model)
 
 
 def _wait(qtbot: Any, widget: Any) -> None:
@@ -74,13 +68,17 @@ def test_demo_result_is_exported_and_recut_by_the_docks(make_napari_viewer: Any,
     show_demo(viewer)
     state = get_state(viewer)
     res = state.results
-    assert res is not None and res.normalised and state.detector is res.model
+    result = out.result
+    assert res is not None and res.calibrated and state.detector is res.detector
     assert state.model_path == env and state.volume is out.volume
     assert list(np.flatnonzero(res.scored)) == list(EVALUATED)
-    assert sorted(res.slice_scores) == list(EVALUATED)
+    assert res.slice_scores == {s.z: s.score for s in result.slices}
+    assert res.heatmap_name == "brain1 · patchcore v1 anomaly" and res.mask_name == "brain1 · patchcore v1 mask"
     assert {lyr.name for lyr in viewer.layers} == {"brain1", res.heatmap_name, res.mask_name}
-    assert np.array_equal(viewer.layers[res.mask_name].data, out.mask)  # the demo's own cut, not re-cut
+    assert np.array_equal(viewer.layers[res.heatmap_name].data, result.map)
+    assert np.array_equal(viewer.layers[res.mask_name].data, result.lesion_mask)  # the demo's own cut, not re-cut
     assert sorted(docks["Detector"].plot._z) == list(EVALUATED)
+    assert docks["Detector"].plot.unit_label == "normal quantile"
 
     # the Export dock sees the demo's result and writes exactly its arrays on the scan's geometry
     for button in (exp_w.heatmap_button, exp_w.mask_button, exp_w.csv_button):
@@ -90,23 +88,33 @@ def test_demo_result_is_exported_and_recut_by_the_docks(make_napari_viewer: Any,
     _wait(qtbot, exp_w)
     assert exp_w.last_written == (tmp_path / "heat.nii.gz").resolve(), exp_w.status.text()
     img = sitk.ReadImage(str(tmp_path / "heat.nii.gz"))
-    assert np.array_equal(sitk.GetArrayFromImage(img), out.heatmap)
+    assert np.array_equal(sitk.GetArrayFromImage(img), result.map)
     assert img.GetSpacing() == pytest.approx(out.volume.spacing)
     assert img.GetOrigin() == pytest.approx(out.volume.origin)
     assert exp_w.export_scores(tmp_path / "scores.csv")
     _wait(qtbot, exp_w)
     rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
     assert [int(r["slice"]) for r in rows] == list(EVALUATED)
-    assert [int(r["mask_voxels"]) for r in rows] == [int(out.mask[z].sum()) for z in EVALUATED]
+    assert [int(r["mask_voxels"]) for r in rows] == [s.mask_voxels for s in result.slices]
 
-    # the SCR dock acts on it: a threshold above every score clears the shown slice only
-    z = int(EVALUATED[len(EVALUATED) // 2])
-    other = int(EVALUATED[0])
-    assert out.mask[z].any() and scr_w.threshold_slider.isEnabled()
-    scr_w.threshold_slider.setValue(2.0)
+    # the SCR dock acts on it: a higher threshold re-cuts the shown slice only, with the engine's scr_refine
+    from anomalens.app.results import current_index
+    from anomalens.engine.postprocess.scr import scr_refine
+
+    z = current_index(viewer, viewer.layers["brain1"])
+    other = int(next(e for e in EVALUATED if e != z))
+    lesion = result.lesion_mask
+    assert z in EVALUATED and lesion[z].any() and scr_w.threshold_slider.isEnabled()
+    cal = state.detector.calibration.scr
+    lo, hi = scr_w.threshold_slider.minimum(), scr_w.threshold_slider.maximum()
+    assert lo < cal.threshold < hi  # the slider's range follows the calibrated point
+    scr_w.threshold_slider.setValue(hi)
     mask_layer = viewer.layers[res.mask_name]
-    assert not mask_layer.data[z].any()
-    assert np.array_equal(mask_layer.data[other], out.mask[other])
+    want = scr_refine(result.map[z], hi, cal.lam, cal.tau, intensities=result.prepared.slices[z],
+                      foreground=result.prepared.foreground[z], temperature=cal.temperature)
+    assert np.array_equal(mask_layer.data[z].astype(bool), want)
+    assert mask_layer.data[z].sum() < lesion[z].sum()
+    assert np.array_equal(mask_layer.data[other], lesion[other])
     assert exp_w.export_mask(tmp_path / "mask.nii.gz")
     _wait(qtbot, exp_w)
     written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "mask.nii.gz")))

@@ -88,7 +88,7 @@ def test_exports_of_a_scored_dicom_series_read_back(make_napari_viewer: Any, qtb
     _wait(qtbot, det_w)
     assert state.results is not None and state.results.scored.all()
     assert exp_w.seg_button.isEnabled() and exp_w.mask_button.isEnabled()
-    mask_layer = viewer.layers["ct mask"]
+    mask_layer = viewer.layers["ct · patchcore v1 mask"]
     mask_layer.paint((1, 20, 20), 3, refresh=True)  # a hand edit: the export must hold it
     mask_layer.paint((2, 40, 30), 1, refresh=True)
     shown = np.asarray(mask_layer.data) != 0
@@ -108,8 +108,9 @@ def test_exports_of_a_scored_dicom_series_read_back(make_napari_viewer: Any, qtb
         assert img.GetSpacing() == pytest.approx(vol.spacing)
         assert img.GetOrigin() == pytest.approx(vol.origin)
         assert img.GetDirection() == pytest.approx(tuple(np.asarray(vol.direction).ravel()))
-    np.testing.assert_allclose(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "heat.nii.gz"))),
-                               state.results.maps, rtol=1e-6)
+    heat_img = sitk.ReadImage(str(out / "heat.nii.gz"))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(heat_img), state.results.maps, rtol=1e-6)
+    assert "normal quantile" in heat_img.GetMetaData("descrip")  # the file says its unit
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "mask.nii.gz"))).astype(bool), shown)
 
     # DICOM SEG on the source images, pixels equal to the mask layer
@@ -139,6 +140,7 @@ def test_exports_of_a_scored_dicom_series_read_back(make_napari_viewer: Any, qtb
     assert [float(r["score"]) for r in rows] == pytest.approx([state.results.slice_scores[z] for z in range(4)],
                                                               rel=1e-5)
     assert [int(r["mask_voxels"]) for r in rows] == [int(shown[z].sum()) for z in range(4)]
+    assert {r["unit"] for r in rows} == {"normal-quantile"} and {r["model"] for r in rows} == {"patchcore v1"}
 
     # the source DICOM folder is never written into; a failing write is a message, not a crash
     before = sorted(p.name for p in src.iterdir())
@@ -206,5 +208,6 @@ def test_detector_dock_follows_a_model_set_elsewhere(make_napari_viewer: Any, en
     state.set_model(load_bundle(env), env)  # as the demo or the Calibration dock do
     assert w.detector_combo.currentText() == "patchcore"
     assert w.bundle_combo.currentData() == str(env)
-    assert "patchcore model (phantom-patchcore)" in w.model_label.text()
+    assert "Model patchcore v1 (phantom-patchcore)" in w.model_label.text()
+    assert "normal-quantile units" in w.model_label.text()
     assert not w.jobs.running  # mirroring the state loaded nothing again

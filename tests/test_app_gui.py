@@ -96,12 +96,15 @@ def test_scoring_a_slice_adds_heatmap_mask_and_curve_and_sliders_recut(make_napa
     det_w.goto_slice(2)
     assert det_w.score_slice()
     _wait(qtbot, det_w)
-    heat, mask = viewer.layers["phantom anomaly"], viewer.layers["phantom mask"]
+    heat, mask = viewer.layers["phantom · patchcore v1 anomaly"], viewer.layers["phantom · patchcore v1 mask"]
     assert isinstance(heat, Image) and isinstance(mask, Labels)
+    assert heat.metadata["anomalens_unit"] == "normal-quantile"
     assert tuple(heat.scale) == tuple(image.scale) == tuple(mask.scale)
     assert heat.data[2].max() > 0 and heat.data[[0, 1, 3]].max() == 0  # only the scored slice
     assert state.results is not None and list(np.flatnonzero(state.results.scored)) == [2]
-    assert state.score is not None and set(state.score.slice_scores) == {2}
+    assert set(state.results.slice_scores) == {2}
+    assert det_w.plot.unit_label == "normal quantile" and det_w.plot.threshold.isVisible()
+    assert det_w.plot.threshold.value() == pytest.approx(state.detector.calibration.threshold)
 
     # hand edit on slice 0, then slider moves on slice 2: the edit stays undoable
     mask.paint((0, 5, 5), 3, refresh=True)
@@ -125,7 +128,9 @@ def test_scoring_a_slice_adds_heatmap_mask_and_curve_and_sliders_recut(make_napa
     assert state.scr.mode == "3d" and state.results.cut_params[2][3] == "3d"
     # the model's state drives the sliders back (reset to calibrated)
     scr_w.reset_button.click()
-    assert scr_w.lam_slider.value() == pytest.approx(state.scr.lam, abs=1e-3)
+    assert state.scr is None  # back to the model's calibrated point
+    assert scr_w.lam_slider.value() == pytest.approx(state.detector.calibration.scr.lam, abs=1e-3)
+    assert scr_w.threshold_slider.value() == pytest.approx(state.detector.calibration.scr.threshold, abs=1e-3)
 
     # score the volume, then a click on the curve moves the viewer
     assert det_w.score_volume()
@@ -141,7 +146,7 @@ def test_scoring_a_slice_adds_heatmap_mask_and_curve_and_sliders_recut(make_napa
     # apply SCR to every scored slice in the background
     assert scr_w.apply_to_volume()
     _wait(qtbot, scr_w)
-    assert all(state.results.cut_params[z] == state.scr.key() for z in range(4))
+    assert all(state.results.cut_params[z] == state.scr_point().key() for z in range(4))
 
 
 def test_cancel_stops_a_running_job_within_a_second(make_napari_viewer: Any, qtbot: Any, app_env: Path) -> None:
@@ -183,7 +188,7 @@ def test_cancel_stops_a_running_job_within_a_second(make_napari_viewer: Any, qtb
     _wait(qtbot, widget, timeout=5)
     assert time.perf_counter() - t0 < 1.0
     assert "cancelled" in widget.status.text()
-    assert "phantom anomaly" not in viewer.layers
+    assert not [lyr for lyr in viewer.layers if lyr.metadata.get("anomalens_role") == "heatmap"]
 
 
 def test_train_from_marked_normals_when_there_is_no_model(make_napari_viewer: Any, qtbot: Any, app_env: Path,
@@ -208,7 +213,7 @@ def test_train_from_marked_normals_when_there_is_no_model(make_napari_viewer: An
     assert widget.train_button.isEnabled() and "2 marked" in widget.train_button.text()
     widget.train_button.click()
     _wait(qtbot, widget, timeout=60)
-    assert state.detector is not None and "normaliser" in state.detector.calibration
+    assert state.detector is not None and state.detector.calibration is not None
     assert state.detector.training["modality"] == "MR"
     [saved] = ModelStore().bundles()
     assert state.model_path == saved.path and widget.bundle_combo.currentData() == str(saved.path)

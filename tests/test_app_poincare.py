@@ -1,6 +1,8 @@
 """The Poincaré-disk dock with real Qt/OpenGL (run under ``xvfb-run -a``; never QT_QPA_PLATFORM=offscreen).
 
-Embeddings are synthetic (a known number per slice) so the test checks the dock, not a detector.
+Embeddings are synthetic (``tests.fakes.EmbeddingDetector``: a known number per slice) and reach the dock
+through the viewer's scoring path (``score_scan``, then ``publish``), so the test checks the dock, not a
+detector.
 """
 
 from __future__ import annotations
@@ -9,7 +11,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
 from anomalens.engine.volume import Volume
 
@@ -57,28 +58,19 @@ def _volume() -> Volume:
     return Volume(arr, spacing=(0.5, 0.5, 2.0), modality="MR")
 
 
-def _score(volume: Volume, manifold: str = "lorentz", slices: np.ndarray | None = None):
-    from anomalens.engine.detectors import AnomalyResult, Embeddings
-    from anomalens.engine.geometry import lorentz
-    from anomalens.engine.pipeline import PreparedScan, VolumeScore
+def _score(viewer: Any, volume: Volume, manifold: str = "lorentz", slices: np.ndarray | None = None) -> Any:
+    """Score ``volume`` with a detector of known embeddings through the viewer's path (``score_scan``, publish)."""
+    from anomalens.app.results import publish
+    from anomalens.app.state import get_state
+    from anomalens.engine.scoring import score_scan
+    from tests.fakes import embedding_detector
 
-    idx = np.arange(volume.n_slices) if slices is None else np.asarray(slices)
-    n = len(idx)
-    rng = np.random.default_rng(1)
-    v = rng.standard_normal((n * N_PATCH, 6)) * 0.6
-    if manifold == "lorentz":
-        pts = lorentz.expmap0(torch.from_numpy(v), 1.0).numpy()
-        extra = {"curvature": 1.0, "hyperplane": np.array([1.0, 0.5, 0, 0, 0, 0]), "hyperplane_offset": 0.2}
-    else:
-        pts, extra = v + 3.0, {}
-    g = (np.arange(4) + 0.5) * SIZE / 4
-    centers = np.tile(np.stack(np.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2), (n, 1))
-    emb = Embeddings(points=pts, slice_index=np.repeat(np.arange(n), N_PATCH), centers=centers, manifold=manifold,
-                     scores=rng.random(n * N_PATCH), **extra)
-    result = AnomalyResult(heatmaps=np.zeros((n, SIZE, SIZE)), scores=np.zeros(n), embeddings=emb)
-    prepared = PreparedScan(volume, volume.array, volume.array > 0.1, np.arange(volume.n_slices))
-    heat = np.zeros(volume.shape, np.float32)
-    return VolumeScore(prepared, result, heat, slice_scores={int(z): 0.0 for z in idx})
+    state = get_state(viewer)
+    det = embedding_detector(manifold)
+    state.set_model(det)
+    result = score_scan(det, volume, slices)
+    publish(viewer, state, "scan", result, det)
+    return result
 
 
 def _viewer_with_scan(make_napari_viewer: Any):
@@ -102,7 +94,7 @@ def test_one_point_per_embedding_and_a_click_jumps_to_the_slice(make_napari_view
     from anomalens.app.widgets.poincare import HIGHLIGHT_LAYER
 
     viewer, layer, state, w, vol = _viewer_with_scan(make_napari_viewer)
-    state.set_score(_score(vol))
+    _score(viewer, vol)
     assert len(w.patch_projection) == N_SLICES * N_PATCH
     # patch view: one point per patch of the current slice; over all slices, one per embedding
     drawn = 0
@@ -134,8 +126,8 @@ def test_lasso_marks_normals_that_are_then_ringed(make_napari_viewer: Any, qtbot
 
     from anomalens.engine.caselib import CaseLibrary, study_key
 
-    _, _, state, w, vol = _viewer_with_scan(make_napari_viewer)
-    state.set_score(_score(vol, slices=np.array([1, 2, 4])))  # scoring a few slices only
+    viewer, _, state, w, vol = _viewer_with_scan(make_napari_viewer)
+    _score(viewer, vol, slices=np.array([1, 2, 4]))  # scoring a few slices only
     w.set_per_slice(True)
     assert sorted(w.slice_projection.slice_index) == [1, 2, 4]
     xy = w.slice_projection.xy
@@ -163,9 +155,9 @@ def test_lasso_marks_normals_that_are_then_ringed(make_napari_viewer: Any, qtbot
 
 def test_features_without_geometry_are_drawn_with_a_note_and_big_sets_in_a_worker(make_napari_viewer: Any,
                                                                                    qtbot: Any) -> None:
-    _, _, state, w, vol = _viewer_with_scan(make_napari_viewer)
+    viewer, _, state, w, vol = _viewer_with_scan(make_napari_viewer)
     w.sync_limit = 10  # force the thread worker
-    state.set_score(_score(vol, manifold="euclidean"))
+    _score(viewer, vol, manifold="euclidean")
     assert w.wait(20.0)
     assert w.patch_projection is not None and len(w.patch_projection) == N_SLICES * N_PATCH
     assert "not hyperbolic" in w.note.text()

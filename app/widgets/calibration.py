@@ -4,12 +4,16 @@ Marks go to the local case library (``anomalens.engine.caselib``), so they survi
 by every viewer; the dock mirrors the current study's marks into ``state.extras["marked_slices"]`` (array z
 indices of the shown scan), which the Detector dock's "Train from marked normals" reads. "Fine-tune on
 marks" runs ``engine.modelstore.fine_tune_site`` in a worker (progress, Cancel) on a fresh copy of the
-model, so the loaded model stays usable until the new version is saved and loaded.
+model, so the loaded model stays usable until the new version is saved and loaded: every other marked
+slice adapts the model and the rest recalibrate it (``engine.recalibration``), and the dock shows what
+changed in plain words (``Recalibration.describe()``). Whatever the previous model showed is then scored
+again with the new one (``anomalens.app.rescore``), as after a rollback.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,7 +35,8 @@ from ...engine.errors import AnomaLensError
 from ..jobs import JobRunner
 from ..messages import notify_error, notify_info
 from ..reader import ROLE_KEY, VOLUME_KEY
-from ..results import current_index, goto_index
+from ..rescore import rescore_shown
+from ..results import current_index, goto_index, model_identity
 from ..state import AnomaLensState, get_state
 
 if TYPE_CHECKING:
@@ -44,6 +49,8 @@ if TYPE_CHECKING:
 
 LIBRARY_KEY = "case_library"
 STUDY_KEY = "study_key"
+#: Fine-tuning adapts on every other marked slice and calibrates on the rest: it needs two at least.
+MIN_MARKED = 2
 
 
 # --------------------------------------------------------------------------------------------- shared helpers
@@ -165,9 +172,21 @@ def profile_of(store: ModelStore, path: Path | None) -> tuple[str | None, str]:
     return None, re.sub(r"[^A-Za-z0-9._-]", "-", name).strip(".-")[:80] or "site-profile"
 
 
+@dataclass
+class FineTuned:
+    """What "Fine-tune on marks" produced: the site update (recalibration, saved version) and that version loaded."""
+
+    update: SiteUpdate
+    detector: Detector
+
+
 def fine_tune_work(detector: Detector, model_path: Path | None, volume: Volume, z: list[int], store: ModelStore,
-                   progress: Any, cancel: Any) -> SiteUpdate:
-    """Worker: a fresh copy of the model, fine-tuned and recalibrated on slices ``z``, saved as a new version."""
+                   progress: Any, cancel: Any) -> FineTuned:
+    """Worker: a fresh copy of the model, fine-tuned and recalibrated on slices ``z``, saved and loaded back.
+
+    The saved version is loaded again so the viewer scores with exactly what later sessions and the CLI
+    load (its version label included).
+    """
     import copy
 
     from ...engine.detectors import load_bundle
@@ -180,10 +199,14 @@ def fine_tune_work(detector: Detector, model_path: Path | None, volume: Volume, 
     prepared = prepare(volume, (work.preprocessing or {}).get("intensity"))
     normals, _ = working_slices(prepared, sorted(z), model_grid(work))
     _, base = profile_of(store, model_path)
-    note = (f"fine-tuned on {len(z)} slice{'s' * (len(z) != 1)} marked normal, recalibrated on them "
-            f"({volume.modality} study)")
-    return fine_tune_site(work, normals, store, base, note=note, parent=model_path, progress=progress,
-                          cancel=cancel)
+    note = (f"from {len(z)} slice{'s' * (len(z) != 1)} marked normal ({volume.modality} study): every other one "
+            "fine-tuned the model, the rest recalibrated it")
+    update = fine_tune_site(work, normals, store, base, note=note, parent=model_path,
+                            progress=lambda f, m: progress(0.95 * f, m), cancel=cancel)
+    progress(0.97, "loading the new version")
+    fresh = load_bundle(update.info.path, device=str(detector.device))
+    model_identity(fresh)  # its fingerprint hashes every weight: here, not on the UI thread
+    return FineTuned(update, fresh)
 
 
 # --------------------------------------------------------------------------------------------- the dock
@@ -330,9 +353,12 @@ class CalibrationWidget(QWidget):
         self.mark_range_button.setEnabled(has_scan)
         self.mark_selection_button.setEnabled(has_scan and bool(self.state.extras.get("disk_selection")))
         self.undo_button.setEnabled(has_scan)
-        self.finetune_button.setEnabled(has_scan and bool(marked) and self.state.detector is not None and not busy)
-        self.finetune_button.setToolTip("" if self.state.detector is not None else
-                                        "load a model in the Detector dock first")
+        self.finetune_button.setEnabled(has_scan and len(marked) >= MIN_MARKED and self.state.detector is not None
+                                        and not busy)
+        self.finetune_button.setToolTip(
+            "load a model in the Detector dock first" if self.state.detector is None else
+            f"mark at least {MIN_MARKED} normal slices: every other one adapts the model, the rest calibrate it"
+            if len(marked) < MIN_MARKED else "")
         self.rollback_button.setEnabled(not busy and self.versions.currentItem() is not None
                                         and self.versions.currentItem().data(Qt.ItemDataRole.UserRole) is not None)
 
@@ -395,18 +421,18 @@ class CalibrationWidget(QWidget):
         from ...engine.modelstore import ModelStore
 
         det, vol, marked = self.state.detector, self.state.volume, self.marked_slices()
-        if det is None or vol is None or not marked:
-            notify_info("load a model (Detector dock) and mark some normal slices first")
+        if det is None or vol is None or len(marked) < MIN_MARKED:
+            notify_info(f"load a model (Detector dock) and mark at least {MIN_MARKED} normal slices first")
             return False
         store, path = ModelStore(), self.state.model_path
 
-        def done(update: SiteUpdate) -> None:
-            self.last_update = update
-            self.state.set_model(update.detector, update.info.path)
-            before = "n/a (uncalibrated)" if update.fp_before is None else f"{100 * update.fp_before:.2f}%"
-            self.fp_label.setText(f"False-positive area on the {len(marked)} marked slices: {before} before → "
-                                  f"{100 * update.fp_after:.2f}% after (calibrated on these slices)")
-            notify_info(f"saved and loaded {update.info.name}")
+        def done(out: FineTuned) -> None:
+            self.last_update = out.update
+            previous = self.state.detector
+            self.state.set_model(out.detector, out.update.info.path)
+            self.fp_label.setText("\n".join(f"• {line}" for line in out.update.recalibration.describe()))
+            notify_info(f"saved and loaded {out.update.info.name} ({model_identity(out.detector).label})")
+            rescore_shown(self.viewer, self.state, self.jobs, previous)
 
         return self.jobs.start("Fine-tuning", lambda progress, cancel: fine_tune_work(
             det, path, vol, marked, store, progress, cancel), done)
@@ -467,8 +493,10 @@ class CalibrationWidget(QWidget):
         device = str(self.state.detector.device) if self.state.detector is not None else "cpu"
 
         def done(det: Detector) -> None:
+            previous = self.state.detector
             self.state.set_model(det, info.path)
             notify_info(f"rolled back to {info.name}")
+            rescore_shown(self.viewer, self.state, self.jobs, previous)
 
         return self.jobs.start(f"Loading {info.name}", lambda progress, cancel: load_bundle(info.path, device=device),
                                done)

@@ -1,14 +1,15 @@
 """The Detector dock: pick an image, a model and a device; score a slice or the volume.
 
-Scoring runs in a thread worker through ``anomalens.engine.pipeline.score_volume`` (progress bar, Cancel
-within a second). Results become a heatmap image layer, a mask labels layer (SCR at the calibrated
-operating point) and a per-slice score curve whose clicks move the viewer. Without a model the dock
-offers to train one from the slices marked normal instead of failing.
+Scoring runs in a thread worker through ``anomalens.engine.scoring.score_scan`` (progress bar, Cancel
+within a second), the same call as ``anomalens score``. Its result becomes a heatmap image layer and a
+lesion-mask labels layer named with the model's label (a second model adds its own layers), and a
+per-slice score curve in the result's unit whose clicks move the viewer. The result's warnings (a scan
+unlike the model's training data) are notified once and shown in the status line. Without a model the
+dock offers to train one from the slices marked normal instead of failing.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +30,7 @@ from qtpy.QtWidgets import (
 
 from ...engine.errors import AnomaLensError, ModelError
 from ..jobs import JobRunner
-from ..messages import notify_error, notify_info, notify_warning
+from ..messages import notify_error, notify_info
 from ..paths import describe_bundle, list_bundles, models_dir
 from ..reader import ROLE_KEY, volume_for_layer
 from ..results import (
@@ -37,10 +38,12 @@ from ..results import (
     ScoreOutcome,
     current_index,
     find_layer,
+    format_score,
     goto_index,
-    modality_warning,
+    highlight_patch,
+    model_identity,
+    publish,
     score_work,
-    show_results,
 )
 from ..state import get_state
 from .score_plot import ScorePlot
@@ -51,7 +54,6 @@ if TYPE_CHECKING:
     from ...engine.detectors import Detector
     from ...engine.volume import Volume
 
-HIGHLIGHT_LAYER = "AnomaLens patch"
 #: What "Train from marked normals" fits unless another detector is chosen: the reference baseline.
 DEFAULT_DETECTOR = "patchcore"
 
@@ -70,8 +72,6 @@ class DetectorWidget(QWidget):
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         self._loaded: tuple[Path, str] | None = None
-        self._warned: set[tuple[int, int]] = set()
-        self._told_uncalibrated: set[int] = set()
 
         self.layer_combo = QComboBox()
         self.detector_combo = QComboBox()
@@ -135,18 +135,22 @@ class DetectorWidget(QWidget):
         self.jobs.started.connect(self._update_buttons)
         self.jobs.done.connect(self._update_buttons)
         self.state.model_changed.connect(self._on_model_changed)
+        self.state.score_changed.connect(self._on_results)
+        self.state.message.connect(self._on_message)
         self.state.slice_requested.connect(self.goto_slice)
         self.state.highlight_requested.connect(self._highlight)
         self.state.marks_changed.connect(self._update_buttons)
         self.state.volume_changed.connect(self._update_buttons)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.layers.events.reordered.connect(self._refresh_layers)
         self.viewer.dims.events.current_step.connect(self._on_step)
 
         self.refresh_bundles()
         self._refresh_layers()
         self._on_model_changed(self.state.detector)
+        self._on_results(self.state.results)
 
     # -- images ----------------------------------------------------------------------------------
     def image_layer(self) -> Any:
@@ -178,7 +182,11 @@ class DetectorWidget(QWidget):
             return
         self.state.set_volume(volume)
         self.plot.set_range(volume.n_slices)
-        self._check_modality()
+
+    def _on_layer_removed(self, event: Any = None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None and layer.metadata.get(ROLE_KEY) not in ("heatmap", "mask", "highlight"):
+            self.state.forget_layer(layer.name)
 
     # -- models ----------------------------------------------------------------------------------
     def refresh_bundles(self, select: Path | None = None) -> None:
@@ -233,7 +241,9 @@ class DetectorWidget(QWidget):
 
         def work(progress: Any, cancel: Any) -> Detector:
             progress(0.1, "reading the bundle")
-            return load_bundle(path, device=device)
+            det = load_bundle(path, device=device)
+            model_identity(det)  # its fingerprint hashes every weight: here, not on the UI thread
+            return det
 
         def done(detector: Detector) -> None:
             self._loaded = (path, device)
@@ -247,17 +257,13 @@ class DetectorWidget(QWidget):
 
     def _on_model_changed(self, detector: Detector | None) -> None:
         self._show_model_choice(detector)
-        if detector is None:
-            self.model_label.setText("No model loaded")
-        else:
-            cal = detector.calibration or {}
-            where = self.state.model_path.name if self.state.model_path else "in memory"
-            self.model_label.setText(
-                f"{detector.name} model ({where}); "
-                + ("calibrated: heatmaps in normal-quantile units, masks at the calibrated point"
-                   if "normaliser" in cal else "not calibrated: raw heatmaps, no mask (calibrate it first)"))
+        self._show_model_label()
         self._update_buttons()
-        self._check_modality()
+
+    def _show_model_label(self) -> None:
+        res, detector = self.state.results, self.state.detector
+        label = res.label if res is not None and res.detector is detector else None
+        self.model_label.setText(describe_model(detector, self.state.model_path, label))
 
     def _show_model_choice(self, detector: Detector | None) -> None:
         """Make the Detector and Model boxes show the state's model, wherever it was set (demo, Calibration dock).
@@ -286,21 +292,6 @@ class DetectorWidget(QWidget):
         self.bundle_combo.blockSignals(False)
         if self._loaded is None or self._loaded[0] != path:
             self._loaded = (path, self.device_combo.currentText() or "cpu")
-
-    def _check_modality(self) -> None:
-        det, vol = self.state.detector, self.state.volume
-        if det is None or vol is None or (id(det), id(vol)) in self._warned:
-            return
-        text = modality_warning(det, vol)
-        prepared = self.state.prepared
-        if not text and prepared is not None:
-            from ...engine.pipeline import field_of_view_warning
-
-            text = field_of_view_warning(det, prepared)
-        if text:
-            self._warned.add((id(det), id(vol)))
-            notify_warning(text)
-            self.status.setText(text)
 
     def _update_buttons(self, *_: Any) -> None:
         has_model = self.state.detector is not None
@@ -347,32 +338,36 @@ class DetectorWidget(QWidget):
             return False
         if self.state.volume is not volume:
             self.state.set_volume(volume)
-        self._check_modality()
-        scr = copy.copy(self.state.scr)
+        settings = self.state.scr  # None: the calibrated point; else where the SCR sliders were moved
         name = "Scoring slice" if len(indices) == 1 else f"Scoring {len(indices)} slices"
         return self.jobs.start(
-            name, lambda progress, cancel: score_work(detector, volume, indices, scr, progress, cancel),
-            lambda outcome: self._show(outcome, layer.name, volume, detector))
+            name, lambda progress, cancel: score_work(detector, volume, indices, settings, progress, cancel),
+            lambda outcome: self._show(outcome, layer.name, detector))
 
-    def _show(self, outcome: ScoreOutcome, layer_name: str, volume: Volume, detector: Detector) -> None:
-        res = self.state.results
-        if (res is None or res.layer_name != layer_name or res.volume is not volume
-                or res.normalised != outcome.normalised or res.model is not detector):
-            res = ScanResults.start(layer_name, volume, outcome.score.prepared, outcome.normalised)
-            res.model = detector
-        res.merge(outcome)
-        self.state.results = res
-        self.state.prepared = outcome.score.prepared
-        cal = detector.calibration or {}
-        show_results(self.viewer, res, cal, outcome.indices)
-        self.plot.set_scores(res.slice_scores, threshold=cal.get("threshold") if res.normalised else None)
+    def _show(self, outcome: ScoreOutcome, layer_name: str, detector: Detector) -> ScanResults:
+        self.state.prepared = outcome.result.prepared
+        return publish(self.viewer, self.state, layer_name, outcome.result, detector)
+
+    def _on_message(self, text: str) -> None:
+        self.status.setText(text)
+
+    def _on_results(self, res: ScanResults | None) -> None:
+        """Mirror the followed result: its curve (in its unit, with its threshold) and its warnings."""
+        self._show_model_label()
+        if res is None:
+            self.plot.clear()
+            return
+        self.plot.set_scores(res.slice_scores, threshold=res.threshold, unit=res.unit.short, model=res.label)
         self.plot.set_current(current_index(self.viewer, self.image_layer()))
-        if not outcome.normalised and id(detector) not in self._told_uncalibrated:
-            self._told_uncalibrated.add(id(detector))
-            notify_info("this model is not calibrated: the heatmap is in raw units and there is no mask; "
-                        "calibrate it on a few normal scans for masks")
-        self.state.set_score(outcome.score)
-        self.state.mask_changed.emit(res.mask)
+        n = len(res.slices)
+        top = max(res.slices.values(), key=lambda s: s.score) if res.slices else None
+        lines = [f"{res.title}: {n} slice{'s' * (n != 1)} scored"
+                 + ("" if top is None else f"; highest {format_score(top.score, res.unit)} {res.unit.short} "
+                                           f"(slice {top.z})")]
+        lines += [f"⚠ {w}" for w in res.warnings]
+        if res.stale:
+            lines.append("these layers were made by a model that is no longer loaded (stale: model changed)")
+        self.status.setText("\n".join(lines))
 
     @staticmethod
     def _volume_of(layer: Any) -> Volume | None:
@@ -435,12 +430,7 @@ class DetectorWidget(QWidget):
             return
         z, y, x = (float(v) for v in zyx)
         self.goto_slice(round(z))
-        pts = find_layer(self.viewer, HIGHLIGHT_LAYER)
-        if pts is None:
-            self.viewer.add_points([[z, y, x]], name=HIGHLIGHT_LAYER, scale=layer.scale, size=12, symbol="ring",
-                                   face_color="transparent", border_color="cyan", metadata={ROLE_KEY: "highlight"})
-        else:
-            pts.data = np.array([[z, y, x]])
+        highlight_patch(self.viewer, layer, z, y, x)
 
 
 def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: str,
@@ -451,9 +441,10 @@ def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: s
     model scores its own training data low); the bundle's note says so, and the Calibration dock can
     recalibrate on other normals.
     """
-    from ...engine.calibration import calibrate_detector
+    from ...engine.detectors import load_bundle
     from ...engine.modelstore import ModelStore
     from ...engine.pipeline import prepare, scans_grid, train, working_slices
+    from ...engine.recalibration import calibrate_detector
 
     prepared = prepare(volume)
     grid = scans_grid([prepared])
@@ -466,4 +457,17 @@ def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: s
     info = ModelStore().save_version(det, profile, note=f"trained in the viewer on {len(slices)} slices marked "
                                      "normal; calibrated on the same slices, so thresholds are permissive until "
                                      "recalibrated on other normals")
-    return det, info.path
+    saved = load_bundle(info.path, device=device)  # what every later scoring uses, its version label included
+    model_identity(saved)
+    return saved, info.path
+
+
+def describe_model(detector: Detector | None, path: Path | None, label: str | None = None) -> str:
+    """The Detector dock's line on the loaded model: its label (``label``: as in its layer names) and its unit."""
+    if detector is None:
+        return "No model loaded"
+    label = label or model_identity(detector).label
+    where = path.name if path is not None else "in memory"
+    if detector.calibration is None:
+        return f"Model {label} ({where}) · not calibrated: heatmaps in raw detector scores, no mask"
+    return f"Model {label} ({where}) · calibrated: heatmaps in normal-quantile units, masks at its threshold"

@@ -1,10 +1,12 @@
 """The Export dock (and File → Export): heatmap and mask as NIfTI, the mask as DICOM SEG, a PNG, slice scores.
 
-What is exported is what the user sees: the heatmap of ``state.results`` and the *mask layer's current
-data*, so hand edits made with napari's label tools are in the file. Arrays are copied on the UI thread
-and written by ``anomalens.engine.export`` in a worker (the app's ``JobRunner``), so a slow disk never
-freezes the viewer and a failure becomes a message. Targets inside the source DICOM folder (or the source
-file itself) are refused: a stray file there would turn up as a new series in the next import.
+What is exported is what the user sees: the heatmap of ``state.results`` (the loaded model's result for
+the shown scan, as ``score_scan`` made it; its unit goes into the file's description and the CSV) and the
+*mask layer's current data*, so hand edits made with napari's label tools are in the file. Arrays are
+copied on the UI thread and written by ``anomalens.engine`` in a worker (the app's ``JobRunner``), so a
+slow disk never freezes the viewer and a failure becomes a message. Targets inside the source DICOM
+folder (or the source file itself) are refused: a stray file there would turn up as a new series in the
+next import.
 """
 
 from __future__ import annotations
@@ -143,7 +145,7 @@ class ExportWidget(QWidget):
     def current_mask(self) -> np.ndarray | None:
         """A copy of the mask as shown (the layer's data, edits included), as 0/1 on the scan's grid."""
         res, layer = self.results(), self.mask_layer()
-        data = layer.data if layer is not None else (res.mask if res is not None and res.normalised else None)
+        data = layer.data if layer is not None else (res.mask if res is not None and res.calibrated else None)
         if data is None or res is None or tuple(np.shape(data)) != res.volume.shape:
             return None
         return (np.asarray(data) != 0).astype(np.uint8)
@@ -160,7 +162,7 @@ class ExportWidget(QWidget):
     def update_buttons(self, *_: Any) -> None:
         """Enable what the current results allow, with a tooltip saying why the rest is off."""
         res, busy = self.results(), self.jobs.running
-        has_mask = res is not None and res.normalised
+        has_mask = res is not None and res.calibrated
         seg_ok = has_mask and is_dicom(res.volume)
         no_scores = "score a slice or the volume first (Detector dock)"
         for button, ok, why in (
@@ -176,15 +178,15 @@ class ExportWidget(QWidget):
 
     # -- exports -----------------------------------------------------------------------------------
     def export_heatmap(self, path: str | Path | None = None) -> bool:
-        """Write the heatmap as NIfTI (NRRD/MHA by suffix) on the scan's geometry."""
-        from ...engine.export import export_heatmap
+        """Write the heatmap as NIfTI (NRRD/MHA by suffix) on the scan's geometry, its unit in the header."""
+        from ...engine.io import write_like
 
         res, heat = self.results(), self.current_heatmap()
         if res is None or heat is None:
             return self._nothing("heatmap")
-        vol = res.volume
-        return self._write("heatmap", path, f"{res.layer_name}_anomaly",
-                           lambda target, progress, cancel: export_heatmap(vol, heat, target))
+        vol, description = res.volume, f"AnomaLens heatmap: {res.unit.short}"  # as ``anomalens score`` writes it
+        return self._write("heatmap", path, f"{res.file_stem}_anomaly",
+                           lambda target, progress, cancel: write_like(vol, heat, target, description=description))
 
     def export_mask(self, path: str | Path | None = None) -> bool:
         """Write the mask as shown (hand edits included) as NIfTI on the scan's geometry."""
@@ -194,7 +196,7 @@ class ExportWidget(QWidget):
         if res is None or mask is None:
             return self._nothing("mask")
         vol = res.volume
-        return self._write("mask", path, f"{res.layer_name}_mask",
+        return self._write("mask", path, f"{res.file_stem}_mask",
                            lambda target, progress, cancel: export_mask(vol, mask, target))
 
     def export_seg(self, path: str | Path | None = None) -> bool:
@@ -208,7 +210,7 @@ class ExportWidget(QWidget):
             notify_info("DICOM SEG needs a scan opened from DICOM; export the mask as NIfTI instead")
             return False
         vol = res.volume
-        return self._write("seg", path, f"{res.layer_name}_seg",
+        return self._write("seg", path, f"{res.file_stem}_seg",
                            lambda target, progress, cancel: export_seg(vol, mask, target, progress=progress,
                                                                        cancel=cancel))
 
@@ -217,7 +219,7 @@ class ExportWidget(QWidget):
         from ...engine.export import save_png
 
         res = self.results()
-        name = f"{res.layer_name}_view" if res is not None else "anomalens_view"
+        name = f"{res.file_stem}_view" if res is not None else "anomalens_view"
         target = self._target("png", path, name)
         if target is None:
             return False
@@ -229,15 +231,21 @@ class ExportWidget(QWidget):
         return self._start("png", target, lambda t, progress, cancel: save_png(rgb, t))
 
     def export_scores(self, path: str | Path | None = None) -> bool:
-        """Write ``slice,score,mask_voxels`` for every scored slice (z as in the scan's array)."""
+        """Write ``slice,score,unit,model[,mask_voxels]`` for every scored slice (z as in the scan's array).
+
+        ``mask_voxels`` counts the mask as shown (hand edits and SCR re-cuts included).
+        """
         from ...engine.export import export_scores_csv
 
         res, mask = self.results(), self.current_mask()
         if res is None or not res.slice_scores:
             return self._nothing("slice scores")
         scores = dict(res.slice_scores)
-        extra = {"mask_voxels": {z: int(mask[z].sum()) for z in scores}} if mask is not None else None
-        return self._write("csv", path, f"{res.layer_name}_slice_scores",
+        extra: dict[str, dict[int, Any]] = {"unit": dict.fromkeys(scores, res.unit.value),
+                                            "model": dict.fromkeys(scores, res.label)}
+        if mask is not None:
+            extra["mask_voxels"] = {z: int(mask[z].sum()) for z in scores}
+        return self._write("csv", path, f"{res.file_stem}_slice_scores",
                            lambda target, progress, cancel: export_scores_csv(scores, target, extra=extra))
 
     # -- plumbing ------------------------------------------------------------------------------------

@@ -1,28 +1,40 @@
-"""The Poincaré-disk dock: the scan's embeddings on the unit disk, coloured by anomaly score.
+"""The Poincaré-disk dock: the followed result's embeddings on the unit disk, coloured like its heatmap.
 
-Every scoring the Detector dock does adds its embeddings here (per slice, like the heatmap), projected by
-``anomalens.engine.projection`` (log map, two main directions, exp map: see there). Two views: the patches
-of the current slice, or one point per scored slice (its mean embedding). Points of slices marked normal
-are ringed green; the classifier hyperplane, when the detector has one, is drawn as a geodesic. A click
-jumps to the point's slice and rings its patch in the viewer; a lasso drag selects points, which can be
-marked normal in the case library. Detectors without hyperbolic embeddings (PatchCore) are drawn through
-the same tangent map, and the note under the disk says so.
+Every scoring adds its embeddings to its result (per slice, like the heatmap; ``anomalens.app.embeddings``)
+and the disk shows those of the result the docks follow (the loaded model's, for the shown scan),
+projected by ``anomalens.engine.projection`` (log map, two main directions, exp map: see there). Each
+point is coloured by the result's map at its patch centre, in the result's unit, on the heatmap layer's
+colour scale, and a click or hover says that value and its unit, so the disk and the heatmap agree. Two
+views: the patches of the current slice, or one point per scored slice (its mean embedding, valued by its
+highest patch). Points of slices marked normal are ringed green; the classifier hyperplane, when the
+detector has one, is drawn as a geodesic. A click jumps to the point's slice and rings its patch in the
+viewer; a lasso drag selects points, which can be marked normal in the case library. Detectors without
+hyperbolic embeddings (PatchCore) are drawn through the same tangent map, and the note under the disk
+says so.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import Signal
+from qtpy.QtCore import QSize, Signal
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ...engine.errors import AnomaLensError
+from ..embeddings import EmbeddingStore
 from ..messages import notify_error, notify_info
-from ..reader import ROLE_KEY
-from ..results import current_index, find_layer, goto_index
+from ..results import (
+    HEATMAP_COLORMAP,
+    HIGHLIGHT_LAYER,
+    current_index,
+    find_layer,
+    format_score,
+    goto_index,
+    heatmap_contrast,
+    highlight_patch,
+)
 from ..state import get_state
 from .calibration import ensure_volume, mark_normal, scan_layer
 
@@ -30,86 +42,15 @@ if TYPE_CHECKING:
     import napari
 
     from ...engine.detectors import Embeddings
-    from ...engine.pipeline import VolumeScore
     from ...engine.projection import DiskProjection
+    from ..results import ScanResults
 
-HIGHLIGHT_LAYER = "AnomaLens patch"
+__all__ = ["HIGHLIGHT_LAYER", "EmbeddingStore", "PoincareWidget", "project_both"]
+
 MODES = ("Patches of the current slice", "One point per slice")
 MARKED_COLOR = "#2ecc71"
 SELECTED_COLOR = "#00d8ff"
-
-
-def scored_indices(vs: VolumeScore) -> np.ndarray:
-    """The z indices (into the scored volume's array) of a score's slices, in result order.
-
-    ``VolumeScore.slice_scores`` is keyed by the study's slice numbers in scoring order; with a slice
-    selection those are mapped back to array indices.
-    """
-    keys = [int(k) for k in vs.slice_scores]
-    sel = vs.prepared.volume.metadata.get("selected_slices")
-    if sel:
-        pos = {int(s): i for i, s in enumerate(sel)}
-        return np.asarray([pos[k] for k in keys], dtype=int)
-    return np.asarray(keys, dtype=int)
-
-
-@dataclass
-class _SliceEmbedding:
-    points: np.ndarray
-    centers: np.ndarray
-    scores: np.ndarray | None
-
-
-class EmbeddingStore:
-    """Embeddings of the slices scored so far for one volume and model, keyed by z (newest wins)."""
-
-    def __init__(self) -> None:
-        self.slices: dict[int, _SliceEmbedding] = {}
-        self.manifold = "euclidean"
-        self.curvature = 0.0
-        self.hyperplane: np.ndarray | None = None
-        self.offset = 0.0
-        self.owner: tuple[Any, Any] | None = None  # (volume array, detector) the embeddings belong to
-        self.generation = 0
-
-    def clear(self) -> None:
-        self.slices.clear()
-        self.owner = None
-        self.generation += 1
-
-    def add(self, emb: Embeddings, z_of: np.ndarray, owner: tuple[Any, Any]) -> None:
-        if self.owner is None or self.owner[0] is not owner[0] or self.owner[1] is not owner[1] \
-                or emb.manifold != self.manifold:
-            self.slices.clear()
-        self.owner = owner
-        self.manifold, self.curvature = emb.manifold, float(emb.curvature)
-        self.hyperplane, self.offset = emb.hyperplane, float(emb.hyperplane_offset)
-        sl = np.asarray(emb.slice_index, dtype=int)
-        for j in np.unique(sl):
-            keep = sl == j
-            self.slices[int(z_of[j])] = _SliceEmbedding(
-                np.asarray(emb.points)[keep], np.asarray(emb.centers)[keep],
-                None if emb.scores is None else np.asarray(emb.scores)[keep])
-        self.generation += 1
-
-    def __len__(self) -> int:
-        return sum(len(s.points) for s in self.slices.values())
-
-    def combined(self) -> Embeddings | None:
-        """All stored slices as one ``Embeddings`` whose ``slice_index`` is the volume z."""
-        from ...engine.detectors import Embeddings
-
-        if not self.slices:
-            return None
-        zs = sorted(self.slices)
-        parts = [self.slices[z] for z in zs]
-        scores = None if any(p.scores is None for p in parts) else np.concatenate([p.scores for p in parts])
-        return Embeddings(points=np.concatenate([p.points for p in parts]),
-                          slice_index=np.concatenate([np.full(len(p.points), z) for z, p in zip(zs, parts,
-                                                                                                 strict=True)]),
-                          centers=np.concatenate([p.centers for p in parts]), manifold=self.manifold,
-                          curvature=self.curvature, scores=scores, hyperplane=self.hyperplane,
-                          hyperplane_offset=self.offset)
+_EMPTY_NOTE = "Score a slice or the volume in the Detector dock to see its embeddings here."
 
 
 def project_both(emb: Embeddings) -> tuple[DiskProjection, DiskProjection]:
@@ -154,6 +95,20 @@ def _lasso_viewbox_class() -> type:
     return LassoViewBox
 
 
+class _Box(QWidget):
+    """Holds a pyqtgraph plot with a modest preferred size (pyqtgraph's own, about 640×480, makes a dock scroll)."""
+
+    def __init__(self, child: QWidget, width: int, height: int) -> None:
+        super().__init__()
+        self._hint = QSize(width, height)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(child)
+
+    def sizeHint(self) -> QSize:
+        return self._hint
+
+
 class PoincareWidget(QWidget):
     """Dock widget: the current scan's embeddings on the Poincaré disk."""
 
@@ -167,13 +122,15 @@ class PoincareWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
-        self.store = EmbeddingStore()
+        self.results: ScanResults | None = None  # whose embeddings the disk shows
+        self._empty = EmbeddingStore()
+        self._projected: tuple[int, int] | None = None
         self.patch_projection: DiskProjection | None = None
         self.slice_projection: DiskProjection | None = None
         self.shown = np.zeros(0, int)  # indices into the shown projection
         self.selection = np.zeros(0, int)
         self._worker: Any = None
-        self._pending = -1
+        self._pending: tuple[int, int] | None = None
 
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(MODES)
@@ -184,8 +141,10 @@ class PoincareWidget(QWidget):
         self.mark_button.setToolTip("Marks the slices of the selected points normal in the case library "
                                     "(the patches are kept too)")
         self.clear_button = QPushButton("Clear selection")
-        self.note = QLabel("Score a slice or the volume in the Detector dock to see its embeddings here.")
+        self.note = QLabel(_EMPTY_NOTE)
         self.note.setWordWrap(True)
+        self.legend = QLabel("")
+        self.legend.setWordWrap(True)
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
@@ -206,7 +165,7 @@ class PoincareWidget(QWidget):
         self.scatter = pg.ScatterPlotItem(size=7, pen=None, hoverable=True)
         for item in (self.geodesic, self.marked_rings, self.selected_rings, self.scatter):
             self.view.addItem(item)
-        self.colormap = pg.colormap.get("inferno")
+        self.colormap = pg.colormap.get(HEATMAP_COLORMAP)  # the heatmap layer's: one colour, one value
 
         top = QHBoxLayout()
         top.addWidget(self.mode_combo, 1)
@@ -216,25 +175,24 @@ class PoincareWidget(QWidget):
         sel.addWidget(self.clear_button)
         layout = QVBoxLayout(self)
         layout.addLayout(top)
-        layout.addWidget(self.plot, 1)
+        layout.addWidget(_Box(self.plot, 280, 280), 1)
+        layout.addWidget(self.legend)
         layout.addWidget(self.note)
         layout.addLayout(sel)
         layout.addWidget(self.status)
 
         self.scatter.sigClicked.connect(self.on_points_clicked)
+        self.scatter.sigHovered.connect(self.on_points_hovered)
         self.view.sigLasso.connect(self.select_in_polygon)
         self.lasso_button.toggled.connect(self._set_lasso)
         self.mark_button.clicked.connect(self.mark_selection)
         self.clear_button.clicked.connect(self.clear_selection)
         self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
         self.state.score_changed.connect(self._on_score)
-        self.state.model_changed.connect(self._on_model_changed)
-        self.state.volume_changed.connect(self._on_volume_changed)
         self.state.marks_changed.connect(self._on_marks_changed)
         self.viewer.dims.events.current_step.connect(self._on_step)
         self._update_buttons()
-        if self.state.score is not None:
-            self._on_score(self.state.score)
+        self._on_score(self.state.results)
 
     # -- data ------------------------------------------------------------------------------------
     @property
@@ -252,49 +210,48 @@ class PoincareWidget(QWidget):
     def _on_marks_changed(self, marked: Any = None) -> None:
         self.redraw()
 
-    def _on_model_changed(self, detector: Any) -> None:
-        self.store.clear()
-        self._set_projections(None)
+    @property
+    def store(self) -> EmbeddingStore:
+        """The embeddings of the result the disk shows (an empty store before any)."""
+        return self.results.embeddings if self.results is not None else self._empty
 
-    def _on_volume_changed(self, volume: Any) -> None:
-        if self.store.owner is not None and volume is not None and self.store.owner[0] is not volume.array:
-            self.store.clear()
+    def _on_score(self, res: ScanResults | None) -> None:
+        """Follow the state's result: project its embeddings when they are new or changed."""
+        if res is not self.results:
+            self.results = res
+            self._projected = None
+        if res is None:
             self._set_projections(None)
+            return
+        if len(res.embeddings) == 0:
+            self._set_projections(None)
+            self.note.setText(f"The {res.model.detector} detector gives no embeddings to draw.")
+            return
+        if self._projected != self._key():
+            self.reproject()
 
-    def _on_score(self, vs: VolumeScore | None) -> None:
-        if vs is None:
-            return
-        emb = vs.result.embeddings
-        if emb is None:
-            det = self.state.detector
-            self.note.setText(f"The {getattr(det, 'name', 'current')} detector gives no embeddings to draw.")
-            return
-        try:
-            self.store.add(emb, scored_indices(vs), (vs.prepared.volume.array, self.state.detector))
-        except (KeyError, IndexError, ValueError) as exc:
-            self.status.setText(notify_error(exc, "Poincaré disk"))
-            return
-        self.reproject()
+    def _key(self) -> tuple[int, int]:
+        return (id(self.store), self.store.generation)
 
     def reproject(self) -> None:
-        """Project the stored embeddings again (in a thread worker for big sets)."""
+        """Project the shown result's embeddings again (in a thread worker for big sets)."""
         emb = self.store.combined()
         if emb is None:
             self._set_projections(None)
             return
-        generation = self.store.generation
+        key = self._key()
         if len(emb.points) <= self.sync_limit:
             try:
-                self._set_projections(project_both(emb), generation)
+                self._set_projections(project_both(emb), key)
             except AnomaLensError as exc:
                 self.status.setText(notify_error(exc, "Poincaré disk"))
             return
         from napari.qt.threading import create_worker
 
-        self._pending = generation
+        self._pending = key
         self.status.setText(f"projecting {len(emb.points)} embeddings…")
         worker = create_worker(project_both, emb, _ignore_errors=True)
-        worker.returned.connect(lambda res, g=generation: self._set_projections(res, g))
+        worker.returned.connect(lambda res, k=key: self._set_projections(res, k))
         worker.errored.connect(lambda exc: self.status.setText(notify_error(exc, "Poincaré disk")))
         self._worker = worker
         worker.start()
@@ -306,19 +263,22 @@ class PoincareWidget(QWidget):
         from qtpy.QtWidgets import QApplication
 
         end = time.perf_counter() + timeout_s
-        while self._pending >= 0 and time.perf_counter() < end:
+        while self._pending is not None and time.perf_counter() < end:
             QApplication.processEvents()
             time.sleep(0.005)
-        return self._pending < 0
+        return self._pending is None
 
-    def _set_projections(self, both: tuple[DiskProjection, DiskProjection] | None, generation: int = -1) -> None:
-        if generation >= 0 and generation != self.store.generation:
-            return  # a newer scoring has arrived meanwhile; its projection will follow
-        self._pending = -1
+    def _set_projections(self, both: tuple[DiskProjection, DiskProjection] | None,
+                         key: tuple[int, int] | None = None) -> None:
+        if key is not None and key != self._key():
+            return  # a newer scoring (or another result) has arrived meanwhile; its projection will follow
+        self._pending = None
+        self._projected = key
         self.patch_projection, self.slice_projection = both if both is not None else (None, None)
         if both is None:
-            self.note.setText("Score a slice or the volume in the Detector dock to see its embeddings here.")
+            self.note.setText(_EMPTY_NOTE)
             self.status.setText("")
+            self.legend.setText("")
         else:
             self.note.setText(self.projection.note if self.projection is not None else "")
         self.redraw(keep_selection=False)
@@ -370,16 +330,54 @@ class PoincareWidget(QWidget):
             self.geodesic.setData(g[:, 0], g[:, 1])
         self._update_buttons()
 
+    def colour_limits(self) -> tuple[float, float] | None:
+        """The colour scale of the points: the heatmap layer's contrast limits (the result's unit)."""
+        res = self.results
+        if res is None:
+            return None
+        heat = find_layer(self.viewer, res.heatmap_name)
+        if heat is not None:
+            return (float(heat.contrast_limits[0]), float(heat.contrast_limits[1]))
+        return heatmap_contrast(res.maps[res.scored], res.calibration, res.unit)
+
     def _brushes(self, proj: DiskProjection, idx: np.ndarray) -> list:
         import pyqtgraph as pg
 
-        if proj.scores is None or len(proj.scores) == 0:
+        limits = self.colour_limits()
+        if proj.scores is None or len(proj.scores) == 0 or limits is None:
             return [pg.mkBrush("#4a90e2")] * len(idx)
+        lo, hi = limits
         s = proj.scores.astype(np.float64)
-        lo, hi = np.percentile(s, (1.0, 99.0))
         t = np.clip((s[idx] - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
-        rgba = self.colormap.map(0.15 + 0.85 * t, mode="byte")
+        rgba = self.colormap.map(0.15 + 0.85 * t, mode="byte")  # the darkest points stay visible on the disk
+        self._show_legend(lo, hi)
         return [pg.mkBrush(*c) for c in rgba]
+
+    def _show_legend(self, lo: float, hi: float) -> None:
+        res = self.results
+        if res is None:
+            return
+        what = "the highest heatmap value of its slice's patches" if self.per_slice else \
+            "the heatmap value at its patch centre"
+        self.legend.setText(f"Colour: {what}, in {res.unit.short} units ({res.label}); dark ≤ {lo:.3g}, "
+                            f"bright ≥ {hi:.3g}, as on the heatmap layer")
+
+    def unit_short(self) -> str:
+        return self.results.unit.short if self.results is not None else "score"
+
+    def describe_point(self, index: int) -> str:
+        """``slice 3, patch at (y 12, x 40): 1.23 normal quantile (heatmap value there)``."""
+        proj = self.projection
+        if proj is None:
+            return ""
+        z = int(proj.slice_index[index])
+        y, x = (float(v) for v in proj.centers[index])
+        text = f"slice {z}, patch at (y {y:.0f}, x {x:.0f})"
+        if proj.scores is not None:
+            where = "highest heatmap value of the slice's patches" if self.per_slice else "heatmap value there"
+            unit = self.results.unit if self.results is not None else "raw"
+            text += f": {format_score(float(proj.scores[index]), unit)} {self.unit_short()} ({where})"
+        return text
 
     # -- interaction -----------------------------------------------------------------------------
     def on_points_clicked(self, item: Any, points: Any, event: Any = None) -> None:
@@ -398,21 +396,20 @@ class PoincareWidget(QWidget):
         self.state.slice_requested.emit(z)
         self.state.highlight_requested.emit((z, y, x))
         self._show_in_viewer(z, y, x)
-        score = "" if proj.scores is None else f", score {float(proj.scores[index]):.3g}"
-        self.status.setText(f"slice {z}, patch at (y {y:.0f}, x {x:.0f}){score}")
+        self.status.setText(self.describe_point(index))
+
+    def on_points_hovered(self, item: Any, points: Any, event: Any = None) -> None:
+        """The scatter's hover handler: say the hovered point's slice, patch and value (in its unit)."""
+        if points is None or len(points) == 0:
+            return
+        self.status.setText(self.describe_point(int(points[0].data())))
 
     def _show_in_viewer(self, z: int, y: float, x: float) -> None:
         layer = scan_layer(self.viewer, self.state)
         if layer is None:
             return
         goto_index(self.viewer, layer, z)
-        pts = find_layer(self.viewer, HIGHLIGHT_LAYER)
-        if pts is None:
-            self.viewer.add_points([[z, y, x]], name=HIGHLIGHT_LAYER, scale=layer.scale[-3:], size=12,
-                                   symbol="ring", face_color="transparent", border_color="cyan",
-                                   metadata={ROLE_KEY: "highlight"})
-        else:
-            pts.data = np.array([[z, y, x]])
+        highlight_patch(self.viewer, layer, z, y, x)
 
     def _set_lasso(self, on: bool) -> None:
         self.view.lasso_enabled = bool(on)

@@ -1,16 +1,23 @@
-"""Per-slice score curve: where in the volume the model sees something; a click jumps to that slice."""
+"""Per-slice score curve: where in the volume the model sees something; a click jumps to that slice.
+
+The curve is the result's slice scores (the map's maximum over tissue) in the result's unit, and the axis
+says which; the dashed line is the calibrated plain threshold, drawn only for calibrated results (a raw
+score has no threshold).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
 import numpy as np
-from qtpy.QtCore import Qt, Signal
+from qtpy.QtCore import QSize, Qt, Signal
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 
 class ScorePlot(QWidget):
     """A pyqtgraph curve of slice scores with a marker at the current slice and an optional threshold line.
+
+    ``unit_label`` is the left axis's text (the unit: ``normal quantile``), ``title`` the model it shows.
 
     Signals:
         slice_clicked(int): the scored slice nearest to a click.
@@ -26,13 +33,17 @@ class ScorePlot(QWidget):
         self.plot.setMinimumHeight(120)
         self.plot.setLabel("bottom", "slice")
         self.plot.setLabel("left", "score")
+        self.unit_label = "score"
+        self.title = ""
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.plot.setMouseEnabled(x=False, y=False)
         self.plot.hideButtons()
         self.curve = self.plot.plot([], [], pen=pg.mkPen("#f5a623", width=2), symbol="o", symbolSize=5,
                                     symbolBrush="#f5a623")
         self.cursor = pg.InfiniteLine(angle=90, movable=False, pen=pg.mkPen("#4a90e2", width=1))
-        self.threshold = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen("#d0021b", style=Qt.PenStyle.DashLine))
+        self.threshold = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen("#d0021b", style=Qt.PenStyle.DashLine),
+                                         label="", labelOpts={"position": 0.02, "color": "#d0021b", "anchors":
+                                                              [(0, 1), (0, 1)]})
         self.plot.addItem(self.cursor)
         self.plot.addItem(self.threshold)
         self.threshold.setVisible(False)
@@ -42,14 +53,28 @@ class ScorePlot(QWidget):
         layout.addWidget(self.plot)
         self._z = np.zeros(0, int)
 
-    def set_scores(self, scores: Mapping[int, float], threshold: float | None = None) -> None:
-        """Show ``{z: score}`` (any order) and a threshold line when given."""
+    def sizeHint(self) -> QSize:
+        """A modest preferred size: in a scrolling dock, pyqtgraph's own (about 640×480) made the dock scroll."""
+        return QSize(240, 140)
+
+    def set_scores(self, scores: Mapping[int, float], threshold: float | None = None, unit: str = "score",
+                   model: str = "") -> None:
+        """Show ``{z: score}`` (any order) in ``unit`` and the calibrated threshold line when given."""
         z = np.array(sorted(scores), dtype=int)
         self._z = z
         self.curve.setData(z.astype(float), np.array([scores[int(k)] for k in z], dtype=float))
+        self.unit_label = unit
+        self.title = model
+        self.plot.setLabel("left", unit)
+        self.plot.setTitle(f"{model} · slice maximum" if model else None, size="9pt")
         self.threshold.setVisible(threshold is not None)
         if threshold is not None:
             self.threshold.setPos(float(threshold))
+            self.threshold.label.setFormat(f"threshold {float(threshold):.3f}")
+
+    def clear(self) -> None:
+        """Nothing scored by the loaded model: an empty curve and a plain axis."""
+        self.set_scores({})
 
     def set_range(self, n_slices: int) -> None:
         """Span the slice axis over a volume of ``n_slices`` slices."""

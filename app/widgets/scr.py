@@ -1,10 +1,14 @@
 """The SCR dock: λ, τ and threshold sliders that re-cut the shown slice's mask on every move.
 
-The sliders mirror ``state.scr`` (the model emits, the widget follows while blocking its own signals). A
-move re-solves only the shown slice (α cached per slice and τ, see ``anomalens.app.livecut``), which takes
-well under 50 ms on a 256² slice; "Apply to volume" cuts every scored slice in a worker. Masks are written
-into the labels layer in place, so napari's undo history of hand edits survives (SCR updates themselves
-are not undo steps: a slider move is undone by moving the slider back or by "Reset").
+The mask scoring gives is the engine's (``score_scan`` cuts it at the calibrated point); this dock is
+SCR's tunable display. The sliders mirror ``state.scr_point()`` (the model's calibrated point until moved;
+the model emits, the widget follows while blocking its own signals) and their ranges follow that point
+(the threshold, in the result's normal-quantile units, spans the calibrated one). A move re-solves only
+the shown slice with the engine's ``scr_refine`` on the result's map (α cached per slice and τ, see
+``anomalens.app.livecut``), which takes well under 50 ms on a 256² slice; "Apply to volume" cuts every
+scored slice in a worker. Masks are written into the labels layer in place, so napari's undo history of
+hand edits survives (SCR updates themselves are not undo steps: a slider move is undone by moving the
+slider back or by "Reset").
 """
 
 from __future__ import annotations
@@ -27,16 +31,18 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from ...engine.postprocess.scr import DEFAULT_TEMPERATURE
 from ..jobs import JobRunner
 from ..livecut import LiveCut, refine_scored
 from ..results import current_index, find_layer, write_mask
-from ..state import ScrParams, get_state
+from ..state import get_state
 
 if TYPE_CHECKING:
     import napari
 
-THRESHOLD_RANGE = (0.5, 2.0)
+    from ...engine.calibration import ScrSettings
+
+#: The threshold slider spans the calibrated SCR threshold minus / plus these (normal-quantile units).
+THRESHOLD_BELOW, THRESHOLD_ABOVE = 0.5, 1.0
 #: Pause after the last slider move before the slower bookkeeping (thumbnail, status, listeners) runs.
 SETTLE_MS = 150
 
@@ -108,7 +114,7 @@ class ScrWidget(QWidget):
             s.valueChanged.connect(self._on_slider)
         self.mode_3d.toggled.connect(self._on_slider)
         self.apply_button.clicked.connect(self.apply_to_volume)
-        self.reset_button.clicked.connect(self.state.reset_scr)
+        self.reset_button.clicked.connect(self.reset)
         self.state.scr_changed.connect(self._mirror)
         self.state.model_changed.connect(self._on_model_changed)
         self.state.score_changed.connect(self._update_enabled)
@@ -118,53 +124,67 @@ class ScrWidget(QWidget):
 
     # -- model → view ----------------------------------------------------------------------------
     def _on_model_changed(self, detector: Any) -> None:
-        cal = (detector.calibration or {}) if detector is not None else {}
-        lam_cal, tau_cal = float(cal.get("lambda") or 0.0), float(cal.get("tau") or 1.0)
+        cal = self.state.calibrated_scr()
         self._mirroring = True
         try:
-            self.lam_slider.setRange(0.0, max(2.0, 4.0 * lam_cal))
-            self.tau_slider.setRange(round(tau_cal / 20.0, 4) or 1e-4, 4.0 * tau_cal)
-            self.threshold_slider.setRange(*THRESHOLD_RANGE)
+            if cal is not None:
+                for slider, (lo, hi) in zip((self.threshold_slider, self.lam_slider, self.tau_slider),
+                                            slider_ranges(cal), strict=True):
+                    slider.setRange(lo, hi)
         finally:
             self._mirroring = False
         self.cut.clear()
-        self._mirror(self.state.scr)
+        self._mirror(self.state.scr_point())
         self._update_enabled()
 
-    def _mirror(self, params: ScrParams) -> None:
-        """Show ``params`` on the sliders without echoing the change back (then refresh the shown slice)."""
-        if self._mirroring:
+    def _mirror(self, point: ScrSettings | None) -> None:
+        """Show ``point`` on the sliders without echoing the change back (then refresh the shown slice)."""
+        if self._mirroring or point is None:
             return
         self._mirroring = True
         try:
-            self.lam_slider.setValue(params.lam)
-            self.tau_slider.setValue(params.tau)
-            self.threshold_slider.setValue(params.threshold)
-            (self.mode_3d if params.mode == "3d" else self.mode_2d).setChecked(True)
+            self.lam_slider.setValue(float(point.lam or 0.0))
+            self.tau_slider.setValue(float(point.tau or 1.0))
+            self.threshold_slider.setValue(point.threshold)
+            (self.mode_3d if point.mode == "3d" else self.mode_2d).setChecked(True)
         finally:
             self._mirroring = False
         self.update_current_slice()
 
+    def reset(self) -> None:
+        """The "Reset to calibrated" button: back to the model's calibrated SCR point (``calibration.scr``)."""
+        self.state.reset_scr()
+
     def _update_enabled(self, *_: Any) -> None:
         res = self.state.results
-        ok = res is not None and res.normalised and bool(res.scored.any())
+        ok = self._live(res) and bool(res.scored.any())
         for w in (self.lam_slider, self.tau_slider, self.threshold_slider, self.mode_2d, self.mode_3d,
                   self.apply_button, self.reset_button):
             w.setEnabled(ok and not self.jobs.running)
-        if res is not None and not res.normalised:
+        if res is not None and not res.calibrated:
             self.info.setText("This model is not calibrated, so there is no mask to refine: calibrate it first.")
         elif ok:
-            self.info.setText("Moving a slider re-cuts the shown slice; 'Apply to volume' cuts every scored slice.")
+            cal = self.state.calibrated_scr()
+            at = "" if cal is None else (f" Calibrated point: threshold {cal.threshold:.3g} (normal quantile), "
+                                         f"λ {float(cal.lam or 0.0):.3g}, τ {float(cal.tau or 0.0):.3g}.")
+            self.info.setText(f"{res.label}: moving a slider re-cuts the shown slice; 'Apply to volume' cuts every "
+                              f"scored slice.{at}")
+        elif res is None:
+            self.info.setText("Score a slice with a calibrated model to refine its mask here.")
 
     # -- view → model ----------------------------------------------------------------------------
     def _on_slider(self, *_: Any) -> None:
         if self._mirroring:
             return
-        self.state.scr = ScrParams(threshold=float(self.threshold_slider.value()), lam=float(self.lam_slider.value()),
-                                   tau=float(self.tau_slider.value()), mode="3d" if self.mode_3d.isChecked() else "2d")
+        base = self.state.scr_point()
+        if base is None:
+            return
+        settings = base.replace(threshold=float(self.threshold_slider.value()), lam=float(self.lam_slider.value()),
+                                tau=max(float(self.tau_slider.value()), 1e-6),
+                                mode="3d" if self.mode_3d.isChecked() else "2d")
         self._mirroring = True
         try:
-            self.state.scr_changed.emit(self.state.scr)
+            self.state.set_scr(settings)
         finally:
             self._mirroring = False
         self.update_current_slice()
@@ -174,7 +194,8 @@ class ScrWidget(QWidget):
         if res is None:
             return
         z = self._current_z()
-        if z is not None and res.cut_params.get(z) not in (None, self.state.scr.key()):
+        p = self.state.scr_point()
+        if z is not None and p is not None and res.cut_params.get(z) not in (None, p.key()):
             self.update_current_slice()
 
     def _current_z(self) -> int | None:
@@ -187,18 +208,17 @@ class ScrWidget(QWidget):
     def update_current_slice(self) -> bool:
         """Re-cut the shown slice at the current values and write it into the mask layer (UI thread, fast)."""
         res = self.state.results
-        if res is None or not res.normalised or self.jobs.running or res.model is not self.state.detector:
+        if not self._live(res) or self.jobs.running:
             return False
         layer = find_layer(self.viewer, res.mask_name)
         z = self._current_z()
-        if layer is None or z is None or not res.scored[z]:
+        p = self.state.scr_point()
+        if layer is None or z is None or not res.scored[z] or p is None or not p.tau:
             return False
-        p = self.state.scr
-        if p.tau <= 0:
-            return False
+        if res.cut_params.get(z, self._own_key(res, z)) == p.key():
+            return False  # the slice already shows this cut (the result's own one after scoring)
         t0 = time.perf_counter()
-        temperature = float((self._calibration()).get("temperature", DEFAULT_TEMPERATURE))
-        mask = self.cut.solve(res, z, p.threshold, p.lam, p.tau, p.mode, temperature)
+        mask = self.cut.solve(res, z, p.threshold, float(p.lam or 0.0), float(p.tau), p.mode, p.temperature)
         write_mask(layer, mask.astype(layer.data.dtype, copy=False), z, fast=True)
         res.cut_params[z] = p.key()
         self.last_solve_ms = 1000.0 * (time.perf_counter() - t0)
@@ -217,20 +237,25 @@ class ScrWidget(QWidget):
         self.status.setText(f"slice {z}: {flagged} pixels flagged{ms}")
         self.state.mask_changed.emit(res.mask)
 
-    def _calibration(self) -> dict[str, Any]:
-        det = self.state.detector
-        return (det.calibration or {}) if det is not None else {}
+    def _live(self, res: Any) -> bool:
+        """Whether the followed result can be re-cut: calibrated, made by the loaded model, not stale."""
+        return (res is not None and res.calibrated and not res.stale and res.detector is not None
+                and res.detector is self.state.detector)
+
+    def _own_key(self, res: Any, z: int) -> tuple | None:
+        """The key of the cut a slice shows when it has none recorded: the calibrated plain mask's point."""
+        cal = self.state.calibrated_scr()
+        return None if cal is None or z not in res.slices else cal.key()
 
     def apply_to_volume(self) -> bool:
         """Cut every scored slice at the current values in a worker, then write the masks."""
-        res = self.state.results
-        if res is None or not res.normalised:
+        res, p = self.state.results, self.state.scr_point()
+        if not self._live(res) or p is None:
             return False
-        p = self.state.scr
-        temperature = float(self._calibration().get("temperature", DEFAULT_TEMPERATURE))
 
         def work(progress: Any, cancel: Any) -> tuple[np.ndarray, np.ndarray]:
-            return refine_scored(res, p.threshold, p.lam, p.tau, p.mode, temperature, progress, cancel)
+            return refine_scored(res, p.threshold, float(p.lam or 0.0), float(p.tau or 1.0), p.mode, p.temperature,
+                                 progress, cancel)
 
         def done(value: tuple[np.ndarray, np.ndarray]) -> None:
             idx, masks = value
@@ -246,3 +271,17 @@ class ScrWidget(QWidget):
         started = self.jobs.start("Applying SCR to the volume", work, done)
         self._update_enabled()
         return started
+
+
+def slider_ranges(point: ScrSettings) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+    """(threshold, λ, τ) slider ranges around a calibrated SCR point.
+
+    The threshold spans the calibrated one (normal-quantile units: below about 0.5 half the normal tissue
+    would be flagged); λ reaches four times the calibrated value (a fine-tuned model's λ can be 40); τ a
+    twentieth to four times the calibrated scale.
+    """
+    t = float(point.threshold)
+    lam = float(point.lam or 0.0)
+    tau = float(point.tau or 1.0)
+    return ((max(0.0, t - THRESHOLD_BELOW), t + THRESHOLD_ABOVE), (0.0, max(2.0, 4.0 * lam)),
+            (round(tau / 20.0, 4) or 1e-4, 4.0 * tau))

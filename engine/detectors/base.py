@@ -92,6 +92,9 @@ class Detector(ABC):
         self.training: dict[str, Any] = {}
         self.calibration: Calibration | None = None
         self.preprocessing: dict[str, Any] = {}
+        #: The ``bundle.json`` this model was loaded from or last saved as; None once it changes in memory
+        #: (fitted, fine-tuned, recalibrated), so a result never names a saved version it no longer is.
+        self.bundle_manifest: dict[str, Any] | None = None
 
     # -- configuration -------------------------------------------------------------------------
     @classmethod
@@ -126,6 +129,7 @@ class Detector(ABC):
         normals = validate_slices(normals, "normal slices")
         seed_everything(self.seed)
         self.fitted = False
+        self.bundle_manifest = None
         self._fit(normals, progress, cancel)
         self.fitted = True
         self.training = {"fingerprint": fingerprint(normals), "n_slices": len(normals),
@@ -151,6 +155,7 @@ class Detector(ABC):
             raise ModelError("fine-tuning needs a trained model; train one first")
         normals = validate_slices(normals, "normal slices")
         seed_everything(self.seed + 1)
+        self.bundle_manifest = None
         self._fine_tune(normals, progress, cancel)
         self.training["fine_tuned_on"] = {"fingerprint": fingerprint(normals), "n_slices": len(normals)}
         return self

@@ -70,6 +70,11 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def manifest_calibration(manifest: dict[str, Any]) -> Calibration | None:
+    """The calibration a ``bundle.json`` holds (checked; None: not calibrated), without loading any weight."""
+    return Calibration.from_dict(manifest.get("calibration"))
+
+
 def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
                 parent: dict[str, Any] | None = None, note: str = "") -> Path:
     """Save a fitted detector atomically (temporary folder, then rename)."""
@@ -105,6 +110,7 @@ def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
             (tmp / MANIFEST).write_text(text, encoding="utf-8")
     except FileExistsError as exc:
         raise ModelError(f"{path} already exists; choose a new folder (bundles are never overwritten)") from exc
+    detector.bundle_manifest = manifest  # it is now this saved version
     return path
 
 
@@ -165,5 +171,5 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
     except (KeyError, RuntimeError, ValueError) as exc:
         raise ModelError(f"{path} does not match the {cls.name} detector's layout: {exc}") from exc
     detector.fitted = True
-    detector.bundle_manifest = manifest  # type: ignore[attr-defined]
+    detector.bundle_manifest = manifest
     return detector

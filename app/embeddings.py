@@ -1,0 +1,92 @@
+"""Per-patch embeddings of one image's result, kept per slice so the Poincaré disk adds up like the heatmap.
+
+Each patch carries the value of the result's map at its centre, in the result's unit (normal-quantile for a
+calibrated model), so a point on the disk and the heatmap under its patch show the same number. The
+detector's own per-patch scores (raw units) are not kept: they would be a second, different number for the
+same place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from ..engine.detectors import Embeddings
+    from ..engine.scoring import ScanResult
+
+
+@dataclass
+class SliceEmbedding:
+    """The patches of one slice: points, (y, x) centres on the scan's grid, and the map's value at each centre."""
+
+    points: np.ndarray
+    centers: np.ndarray
+    values: np.ndarray
+
+
+def values_at_centers(maps: np.ndarray, z: int, centers: np.ndarray) -> np.ndarray:
+    """The map of slice ``z`` at (y, x) patch centres (nearest pixel, clipped to the slice)."""
+    h, w = maps.shape[-2:]
+    c = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
+    yy = np.clip(np.rint(c[:, 0]), 0, h - 1).astype(int)
+    xx = np.clip(np.rint(c[:, 1]), 0, w - 1).astype(int)
+    return np.asarray(maps[int(z)][yy, xx], dtype=np.float32)
+
+
+class EmbeddingStore:
+    """Embeddings of the slices scored so far for one image and one model, keyed by z (newest wins)."""
+
+    def __init__(self) -> None:
+        self.slices: dict[int, SliceEmbedding] = {}
+        self.manifold = "euclidean"
+        self.curvature = 0.0
+        self.hyperplane: np.ndarray | None = None
+        self.offset = 0.0
+        self.generation = 0
+
+    def clear(self) -> None:
+        self.slices.clear()
+        self.generation += 1
+
+    def add_result(self, result: ScanResult) -> bool:
+        """Keep a result's embeddings (their ``slice_index`` counts the result's scored slices); False: it has none."""
+        emb = result.raw.embeddings
+        if emb is None:
+            return False
+        self.add(emb, np.asarray(result.indices, dtype=int), result.map)
+        return True
+
+    def add(self, emb: Embeddings, z_of: np.ndarray, maps: np.ndarray) -> None:
+        """Store ``emb`` with slice ``j`` of it at volume z ``z_of[j]``, valued by ``maps`` at the patch centres."""
+        if emb.manifold != self.manifold:
+            self.slices.clear()
+        self.manifold, self.curvature = emb.manifold, float(emb.curvature)
+        self.hyperplane, self.offset = emb.hyperplane, float(emb.hyperplane_offset)
+        sl = np.asarray(emb.slice_index, dtype=int)
+        points, centers = np.asarray(emb.points), np.asarray(emb.centers, dtype=np.float32)
+        for j in np.unique(sl):
+            keep = sl == j
+            z = int(z_of[j])
+            self.slices[z] = SliceEmbedding(points[keep], centers[keep], values_at_centers(maps, z, centers[keep]))
+        self.generation += 1
+
+    def __len__(self) -> int:
+        return sum(len(s.points) for s in self.slices.values())
+
+    def combined(self) -> Embeddings | None:
+        """All stored slices as one ``Embeddings``: ``slice_index`` is the volume z, ``scores`` the map's values."""
+        from ..engine.detectors import Embeddings
+
+        if not self.slices:
+            return None
+        zs = sorted(self.slices)
+        parts = [self.slices[z] for z in zs]
+        return Embeddings(points=np.concatenate([p.points for p in parts]),
+                          slice_index=np.concatenate([np.full(len(p.points), z) for z, p in zip(zs, parts,
+                                                                                                 strict=True)]),
+                          centers=np.concatenate([p.centers for p in parts]), manifold=self.manifold,
+                          curvature=self.curvature, scores=np.concatenate([p.values for p in parts]),
+                          hyperplane=self.hyperplane, hyperplane_offset=self.offset)
