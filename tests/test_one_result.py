@@ -61,13 +61,13 @@ def test_calibrated_score_writes_masks_and_a_scores_table(brain_model, capsys) -
 
 
 def test_cli_batch_and_engine_give_the_same_result_voxel_for_voxel(brain_model, capsys) -> None:
+    import torch
+
     from anomalens.app.results import score_for_viewer
     from anomalens.engine.batch import run_batch, study_id
     from anomalens.engine.detectors import load_bundle
     from anomalens.engine.pipeline import load_volume
     from anomalens.engine.scoring import score_scan
-
-    import torch
 
     # One torch thread everywhere: float sums are ordered by the thread count (differences ~1e-6), which no
     # code path should be blamed for; the CLI, a batch worker and the engine call are otherwise the same.
