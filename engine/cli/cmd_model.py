@@ -134,10 +134,10 @@ def run_score(args: argparse.Namespace) -> int:
     from ..pipeline import load_volume, parse_slices
     from ..scoring import score_scan
 
-    ensure_folder(args.out)  # before minutes of scoring, not after
     det = load_bundle(args.model, device=args.device)
     volume = load_volume(inputs[0])
     idx = parse_slices(args.slices, volume.n_slices)
+    ensure_folder(args.out)  # before minutes of scoring, not after
     with terminal_progress("scoring") as progress:
         result = score_scan(det, volume, idx, detail=False, progress=progress)
     paths = write_scan_result(result, args.out)

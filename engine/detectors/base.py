@@ -99,19 +99,24 @@ class Detector(ABC):
     # -- configuration -------------------------------------------------------------------------
     @classmethod
     def make_config(cls, config: dict[str, Any] | DetectorConfig | None) -> DetectorConfig:
-        """Build the config dataclass, refusing unknown keys with the list of known ones."""
+        """Build the config dataclass from checked values (``detectors.schema``): types, finiteness, ranges.
+
+        The same check serves ``train --set``, the viewer and every bundle loaded, so a forged or mistyped
+        option is one line naming it, before anything is allocated from it.
+        """
+        from .schema import check_config
+
         if isinstance(config, cls.config_class):
             return config
-        config = dict(config or {})
-        known = {f.name for f in dataclasses.fields(cls.config_class)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) {', '.join(unknown)} for detector {cls.name!r}; known: {', '.join(sorted(known))}"
-            )
+        if config is not None and not isinstance(config, dict):
+            raise ConfigError(f"the {cls.name} detector's configuration must be an object, got {type(config).__name__}")
         try:
-            return cls.config_class(**config)
-        except (TypeError, ValueError) as exc:
+            values = check_config(cls.config_class, dict(config or {}))
+        except ConfigError as exc:
+            raise ConfigError(f"detector {cls.name!r}: {exc}") from exc
+        try:
+            return cls.config_class(**values)
+        except (TypeError, ValueError, KeyError) as exc:
             raise ConfigError(f"bad configuration for detector {cls.name!r}: {exc}") from exc
 
     @classmethod

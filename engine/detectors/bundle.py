@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..calibration import Calibration
 from ..domain import TrainingDomain
-from ..errors import ModelError, UnsafeModelFileError
+from ..errors import ConfigError, ModelError, UnsafeModelFileError
 from ..fileio import atomic_dir
 from ..logredact import remember
 
@@ -50,15 +50,30 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         raise ModelError(f"{path} is not a model bundle: {MANIFEST} is missing")
+    if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise ModelError(f"{MANIFEST} of this model is {manifest_path.stat().st_size:,} bytes; a real one is a few "
+                         "hundred kilobytes: refusing it")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{manifest_path} is not valid JSON: {exc}") from exc
+        raise ModelError(f"{MANIFEST} of this model is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ModelError(f"{MANIFEST} of this model is nested too deeply to be a model's description") from exc
+    return check_manifest(manifest)
+
+
+#: The largest ``bundle.json`` read at all (a calibration's 1,001 knots and a config are a few hundred kB).
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+_OBJECT_KEYS = ("config", "preprocessing", "training", "extra", "parent")
+
+
+def check_manifest(manifest: Any) -> dict[str, Any]:
+    """The parts of ``bundle.json`` every loader relies on, checked for type before anything is built."""
     if not isinstance(manifest, dict):
-        raise ModelError(f"{manifest_path} must hold a JSON object")
+        raise ModelError(f"{MANIFEST} must hold a JSON object")
     schema = manifest.get("schema_version")
-    if not isinstance(schema, int):
-        raise ModelError(f"{manifest_path} has no integer schema_version")
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+        raise ModelError(f"{MANIFEST} has no valid schema_version (a positive whole number), got {schema!r}")
     if schema > SCHEMA_VERSION:
         raise ModelError(
             f"this model bundle uses schema version {schema}, but this AnomaLens reads up to version "
@@ -66,8 +81,77 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
         )
     for key in ("detector", "config"):
         if key not in manifest:
-            raise ModelError(f"{manifest_path} lacks the required key {key!r}")
+            raise ModelError(f"{MANIFEST} lacks the required key {key!r}")
+    if not isinstance(manifest["detector"], str) or not manifest["detector"]:
+        raise ModelError(f"{MANIFEST}'s detector must be a name, got {manifest['detector']!r}")
+    for key in _OBJECT_KEYS:
+        if manifest.get(key) is not None and not isinstance(manifest[key], dict):
+            raise ModelError(f"{MANIFEST}'s {key} must be an object, got {type(manifest[key]).__name__}")
+    for key in ("seed", "bundle_version"):
+        v = manifest.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
+            raise ModelError(f"{MANIFEST}'s {key} must be a whole number ≥ 0, got {v!r}")
     return manifest
+
+
+#: Tensor types a model may hold: floating point, and BatchNorm's step counters.
+_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+_COUNTER = "num_batches_tracked"
+
+
+def check_weights(weights: Path, budget: int | None = None) -> None:
+    """The safetensors header, checked before any tensor is allocated: types, shapes, offsets, total size.
+
+    safetensors checks that offsets fit the file; this also refuses integer or boolean tensors where a model
+    holds floats (a forged bank of int8 or bool), empty tensors, and a total beyond the memory budget.
+    """
+    from ..io.base import format_bytes, resolve_max_bytes
+
+    budget = resolve_max_bytes() if budget is None else budget
+    size = weights.stat().st_size
+    with weights.open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise ModelError(f"{WEIGHTS} is damaged or not a safetensors file (truncated)")
+        n = int.from_bytes(head, "little")
+        if n <= 0 or n > min(size - 8, MAX_MANIFEST_BYTES):
+            raise ModelError(f"{WEIGHTS} is damaged or not a safetensors file (a header of {n:,} bytes)")
+        try:
+            header = json.loads(fh.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+            raise ModelError(f"{WEIGHTS} is damaged or not a safetensors file (its header)") from exc
+    if not isinstance(header, dict):
+        raise ModelError(f"{WEIGHTS} is damaged or not a safetensors file (its header)")
+    total = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("shape"), list):
+            raise ModelError(f"{WEIGHTS}: tensor {name!r} has no shape")
+        dtype, shape = entry.get("dtype"), entry["shape"]
+        if dtype not in _FLOAT_DTYPES and not (dtype == "I64" and name.endswith(_COUNTER)):
+            raise ModelError(f"{WEIGHTS}: tensor {name!r} is {dtype}; a model's tensors are floating point")
+        if not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise ModelError(f"{WEIGHTS}: tensor {name!r} has an impossible shape {shape}")
+        if shape and 0 in shape:
+            raise ModelError(f"{WEIGHTS}: tensor {name!r} is empty (shape {shape})")
+        offsets = entry.get("data_offsets")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise ModelError(f"{WEIGHTS}: tensor {name!r} has no data offsets")
+        total += offsets[1] - offsets[0]
+    if total > budget:
+        raise ModelError(f"this model's tensors hold {format_bytes(total)}, over the memory budget of "
+                         f"{format_bytes(budget)} (ANOMALENS_MAX_SCAN_BYTES)")
+    if 8 + n + total > size:
+        raise ModelError(f"{WEIGHTS} is shorter than its header says: truncated or damaged")
+
+
+def _check_finite(tensors: dict[str, Any]) -> None:
+    import torch
+
+    for name, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise ModelError(f"{WEIGHTS}: tensor {name!r} holds NaN or infinite values; the model is damaged")
 
 
 def manifest_calibration(manifest: dict[str, Any]) -> Calibration | None:
@@ -157,10 +241,15 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
     if not weights.is_file():
         raise ModelError(f"{path} has no {WEIGHTS}")
     try:
+        detector = cls(config=manifest["config"], device=device, seed=int(manifest.get("seed", 0)))
+    except ConfigError as exc:  # the same check as `train --set`: a forged option is refused before allocation
+        raise ModelError(f"this model's configuration is invalid: {exc}") from exc
+    check_weights(weights)
+    try:
         tensors = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
-        raise ModelError(f"{weights} is damaged or not a safetensors file: {exc}") from exc
-    detector = cls(config=manifest["config"], device=device, seed=int(manifest.get("seed", 0)))
+        raise ModelError(f"{WEIGHTS} of this model is damaged or not a safetensors file: {exc}") from exc
+    _check_finite(tensors)
     detector.preprocessing = dict(manifest.get("preprocessing") or {})
     detector.training = dict(manifest.get("training") or {})
     detector.calibration = Calibration.from_dict(manifest.get("calibration"))
@@ -168,7 +257,7 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
     try:
         detector.load_extra_state(dict(manifest.get("extra") or {}))
         detector.load_state_dict(tensors)
-    except (KeyError, RuntimeError, ValueError) as exc:
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as exc:
         raise ModelError(f"{path} does not match the {cls.name} detector's layout: {exc}") from exc
     detector.fitted = True
     detector.bundle_manifest = manifest
