@@ -22,7 +22,7 @@ from .volume import Volume
 
 # The demo's first run trains its model, so it uses the detector that fits in seconds: the PatchCore-kind
 # reference. The Lorentz detector (fused with a memory bank) measures better on brain1 (bench/
-# bench_brain1.py: Dice 0.352 against 0.308 at the calibrated point) but trains for ~5 minutes on this
+# bench_brain1.py: Dice 0.352 against 0.305 at the calibrated point) but trains for ~5 minutes on this
 # CPU; it is one flag away (--detector lorentz).
 DEFAULT_DETECTOR = "patchcore"
 DEFAULT_CONFIG: dict[str, Any] = {}

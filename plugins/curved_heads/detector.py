@@ -11,22 +11,23 @@ justified in README.md beside this file.
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...engine.batching import batches
 from ...engine.detectors.base import Detector, DetectorConfig
 from ...engine.detectors.result import AnomalyResult, Embeddings
 from ...engine.errors import ConfigError
 from ...engine.geometry.manifolds import C_MAX, C_MIN
 from ...engine.patchfeatures import PatchFeatureExtractor, extractor_for
+from ...engine.patchmaps import patch_centers, patch_slice_index, to_heatmap
 from ...engine.preprocess.foreground import foreground_mask
-from ...engine.preprocess.resize import resize_back, resize_tensor, to_tensor
-from ...engine.preprocess.smooth import gaussian_smooth
+from ...engine.preprocess.resize import resize_tensor, to_tensor
 from ...engine.progress import CancelToken, ProgressCallback, check, report
+from ...engine.training import shuffled_batches, train_loop
 from .heads import N_ROTATIONS, VARIANTS, CurvedHeads, canonical_variant, default_kappa_h
 
 
@@ -143,22 +144,19 @@ class CurvedHeadsDetector(Detector):
         fg = torch.as_tensor(foreground_mask(normals).astype(np.float32)).unsqueeze(1)
         fg = resize_tensor(fg, self.config.input_size)
         feats, labels = [], []
-        bs = self.config.batch_size
-        total = N_ROTATIONS * math.ceil(len(normals) / bs)
-        done = 0
+        share = (stop - start) / N_ROTATIONS
         for k in range(N_ROTATIONS):
-            for i in range(0, len(normals), bs):
-                check(cancel)
-                x = torch.rot90(self._square(normals[i:i + bs]), k, dims=(-2, -1))
+            for b in batches(len(normals), self.config.batch_size, progress, cancel,
+                             f"rotation {k + 1}/{N_ROTATIONS}: features of {{done}}/{{total}} slices",
+                             start + k * share, start + (k + 1) * share):
+                x = torch.rot90(self._square(normals[b]), k, dims=(-2, -1))
                 f = self.extractor.features(x).concat()
                 h, w = f.shape[-2:]
-                tissue = F.adaptive_avg_pool2d(torch.rot90(fg[i:i + bs], k, dims=(-2, -1)), (h, w)).reshape(-1)
+                tissue = F.adaptive_avg_pool2d(torch.rot90(fg[b], k, dims=(-2, -1)), (h, w)).reshape(-1)
                 flat = f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
                 flat = flat[(tissue >= self.config.min_tissue).to(flat.device)]
                 feats.append(flat.to(torch.float16))
                 labels.append(torch.full((len(flat),), k, dtype=torch.long, device=flat.device))
-                done += 1
-                report(progress, start + (stop - start) * done / total, f"rotation features {done}/{total}")
         data = _RotationSet(torch.cat(feats), torch.cat(labels))
         if len(data.labels) == 0:
             raise ConfigError("the normal slices hold no tissue patches to learn from; they may be empty (air)")
@@ -168,8 +166,8 @@ class CurvedHeadsDetector(Detector):
         """Per-channel mean/std of the tissue patches of all rotations (float64 sums over chunks)."""
         total = torch.zeros(feats.shape[1], dtype=torch.float64, device=feats.device)
         sq = torch.zeros_like(total)
-        for i in range(0, len(feats), chunk):
-            x = feats[i:i + chunk].double()
+        for b in batches(len(feats), chunk):
+            x = feats[b].double()
             total += x.sum(0)
             sq += (x * x).sum(0)
         mean = total / len(feats)
@@ -178,8 +176,8 @@ class CurvedHeadsDetector(Detector):
 
     def _standardise_set(self, data: _RotationSet, chunk: int = 65536) -> _RotationSet:
         out = torch.empty_like(data.feats)
-        for i in range(0, len(out), chunk):
-            out[i:i + chunk] = self._standardise(data.feats[i:i + chunk].float()).to(torch.float16)
+        for b in batches(len(out), chunk):
+            out[b] = self._standardise(data.feats[b].float()).to(torch.float16)
         return _RotationSet(out, data.labels)
 
     # -- training ------------------------------------------------------------------------------
@@ -191,35 +189,21 @@ class CurvedHeadsDetector(Detector):
     def _train(self, data: _RotationSet, epochs: int, lr: float, progress: ProgressCallback | None,
                cancel: CancelToken | None, start: float, stop: float, seed: int) -> None:
         """Adam on the summed cross-entropies of the variant's branches, balanced minibatches of patches."""
-        assert self.head is not None
-        gen = torch.Generator().manual_seed(seed)
-        opt = torch.optim.Adam(self.head.parameters(), lr=lr)
+        head = self.head
+        assert head is not None
+        gen = torch.Generator().manual_seed(seed)  # the batch order, then the accuracy subsample below
         n = len(data.labels)
-        bsz = min(self.config.batch_patches, n)
-        steps = max(1, math.ceil(n / bsz))
-        total = 0.0
-        self.head.train()
-        with torch.enable_grad():
-            for epoch in range(epochs):
-                perm = torch.randperm(n, generator=gen).to(data.labels.device)
-                total = 0.0
-                for s in range(steps):
-                    check(cancel)
-                    idx = perm[s * bsz:(s + 1) * bsz]
-                    out = self.head(data.feats[idx].to(self.device, torch.float32))
-                    loss = self.head.loss(out, data.labels[idx].to(self.device))
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach())
-                report(progress, start + (stop - start) * (epoch + 1) / epochs,
-                       f"epoch {epoch + 1}/{epochs} loss {total / steps:.3f}")
-        self.head.eval()
+
+        def step(idx: torch.Tensor) -> torch.Tensor:
+            idx = idx.to(data.labels.device)
+            return head.loss(head(data.feats[idx].to(self.device, torch.float32)), data.labels[idx].to(self.device))
+
+        log = train_loop(head, step, shuffled_batches(n, min(self.config.batch_patches, n)), epochs, lr=lr,
+                         generator=gen, progress=progress, cancel=cancel, start=start, stop=stop)
         with torch.no_grad():
             sub = torch.randperm(n, generator=gen)[: min(n, 20000)].to(data.labels.device)
-            acc = self.head.accuracy(self.head(data.feats[sub].to(self.device, torch.float32)),
-                                     data.labels[sub].to(self.device))
-        self.training_log = {"final_loss": total / steps, "rotation_accuracy": acc, "n_patches": n,
+            acc = head.accuracy(head(data.feats[sub].to(self.device, torch.float32)), data.labels[sub].to(self.device))
+        self.training_log = {"final_loss": log.final_loss, "rotation_accuracy": acc, "n_patches": n,
                              "kappa_s": self.config.kappa_s, "kappa_h": self.config.kappa_h_effective}
 
     def _fit(self, normals: np.ndarray, progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
@@ -249,8 +233,8 @@ class CurvedHeadsDetector(Detector):
         maps, points, patch_scores = [], [], []
         manifold, curvature = "euclidean", 0.0
         grid: tuple[int, int] | None = None
-        for i in range(0, n, c.batch_size):
-            x = self._square(slices[i:i + c.batch_size])
+        for b in batches(n, c.batch_size, progress, cancel, "scored {done}/{total} slices"):
+            x = self._square(slices[b])
             acc = None
             for k in range(c.score_rotations):
                 check(cancel)
@@ -267,19 +251,15 @@ class CurvedHeadsDetector(Detector):
                     patch_scores.append(a.reshape(-1).float().cpu())
             assert acc is not None
             maps.append((acc / c.score_rotations).float())
-            report(progress, min(1.0, (i + c.batch_size) / n), f"scored {min(n, i + c.batch_size)}/{n} slices")
         assert grid is not None
-        heat = torch.as_tensor(resize_back(torch.cat(maps), (H, W)))
-        heat = gaussian_smooth(heat, c.smoothing_sigma * max(H, W) / c.input_size).numpy()
+        heat = to_heatmap(torch.cat(maps), (H, W), c.smoothing_sigma, c.input_size)
         if c.mask_background:
             # per slice, so a slice's map never depends on which other slices share its batch
             fg = np.stack([foreground_mask(s) for s in slices])
             heat = np.where(fg, heat, 0.0).astype(np.float32)
-        h, w = grid
-        ys, xs = np.meshgrid((np.arange(h) + 0.5) * H / h, (np.arange(w) + 0.5) * W / w, indexing="ij")
-        emb = Embeddings(points=torch.cat(points).numpy(), slice_index=np.repeat(np.arange(n), h * w),
-                         centers=np.tile(np.stack([ys.ravel(), xs.ravel()], 1), (n, 1)).astype(np.float32),
-                         manifold=manifold, curvature=float(curvature), scores=torch.cat(patch_scores).numpy())
+        emb = Embeddings(points=torch.cat(points).numpy(), slice_index=patch_slice_index(grid, n),
+                         centers=patch_centers(grid, (H, W), n), manifold=manifold, curvature=float(curvature),
+                         scores=torch.cat(patch_scores).numpy())
         score_name = "1 - max softmax" if c.variant == "euclidean" else "1 - tanh(z)"
         return AnomalyResult(heatmaps=heat, scores=heat.reshape(n, -1).max(1), embeddings=emb,
                              info={"image_score": "max of the heatmap", "variant": c.variant,

@@ -18,18 +18,20 @@ input gradient is computed.
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ...engine.batching import batches
 from ...engine.detectors.base import Detector, DetectorConfig
 from ...engine.detectors.result import AnomalyResult
 from ...engine.errors import ConfigError
-from ...engine.preprocess.resize import resize_back, resize_tensor, to_tensor
-from ...engine.preprocess.smooth import gaussian_smooth
+from ...engine.patchmaps import to_heatmap
+from ...engine.preprocess.resize import resize_tensor, to_tensor
 from ...engine.progress import CancelToken, ProgressCallback, check, report
+from ...engine.training import EpochBatches, shuffled_batches, train_loop
 from .cka import mean_cka
 from .model import (
     BACKBONES,
@@ -94,12 +96,9 @@ class D2UEConfig(DetectorConfig):
             raise ConfigError("learning rates must be positive")
 
 
-def _batches(n: int, batch_size: int, perm: torch.Tensor) -> list[torch.Tensor]:
+def _batches(n: int, batch_size: int) -> EpochBatches:
     """Near-equal batches covering every sample once, none smaller than 2 (batch norm needs two)."""
-    k = max(1, math.ceil(n / batch_size))
-    if n // k < 2:
-        k = max(1, n // 2)
-    return list(torch.tensor_split(perm, k))
+    return shuffled_batches(n, batch_size, even=True, min_size=2)
 
 
 def _adam(params: Any, lr: float, device: torch.device) -> torch.optim.Adam:
@@ -145,8 +144,26 @@ class D2UEDetector(Detector):
     def _features(self, learner: EnsembleAE, x: torch.Tensor) -> torch.Tensor:
         """A trained learner's RAR features of every training slice (eval mode, as the official code)."""
         learner.eval()
-        bs = self.cfg.score_batch
-        return torch.cat([learner(x[i:i + bs], self.cfg.feature_layer)[2][:, 0] for i in range(0, len(x), bs)])
+        layer = self.cfg.feature_layer
+        return torch.cat([learner(x[b], layer)[2][:, 0] for b in batches(len(x), self.cfg.score_batch)])
+
+    def _learner_step(self, learner: EnsembleAE, x: torch.Tensor,
+                      seniors: list[torch.Tensor] | None) -> Callable[[torch.Tensor], dict[str, torch.Tensor]]:
+        """One RAR step (paper eq. 4): reconstruction loss, plus λ · mean CKA to the seniors' features if any."""
+        c = self.cfg
+
+        def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+            idx_d = idx.to(self.device)
+            xb = x[idx_d]
+            recon, log_var, feat = learner(xb, c.feature_layer if seniors is not None else None)
+            rec = reconstruction_loss(recon, log_var, xb).sum()
+            if seniors is None:
+                return {"loss": rec, "rec": rec}
+            assert feat is not None
+            sim = mean_cka([f[idx_d] for f in seniors], feat[:, 0])
+            return {"loss": rec + c.lam * sim, "rec": rec, "cka": sim}
+
+        return step
 
     # -- training --------------------------------------------------------------------------------
     def _fit(self, normals: np.ndarray, progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
@@ -158,44 +175,22 @@ class D2UEDetector(Detector):
         gen = torch.Generator().manual_seed(self.seed)
         lr = c.lr if c.lr is not None else DEFAULT_LR[c.backbone]
         learners: list[EnsembleAE] = []
-        senior_feats: list[torch.Tensor] = []
-        log: list[dict[str, float]] = []
-        with torch.inference_mode(False), torch.enable_grad():
+        log: list[dict[str, float | None]] = []
+        with torch.inference_mode(False):  # the learners' tensors must be usable by autograd when scoring
             for k in range(c.n_learners):
                 check(cancel)
                 repel = c.repulsion and c.lam > 0 and k > 0
-                if repel:  # trained learners are frozen and see no augmentation: their features are fixed
-                    senior_feats = [self._features(lr_, x) for lr_ in learners]
-                learner = self._new_learner(k).train()
-                opt = _adam(learner.parameters(), lr, self.device)
-                rec_total = sim_total = 0.0
-                for epoch in range(c.epochs):
-                    rec_total = sim_total = 0.0
-                    batches = _batches(len(x), c.batch_size, torch.randperm(len(x), generator=gen))
-                    for idx in batches:
-                        check(cancel)
-                        idx_d = idx.to(self.device)
-                        xb = x[idx_d]
-                        recon, log_var, feat = learner(xb, c.feature_layer if repel else None)
-                        rec = reconstruction_loss(recon, log_var, xb).sum()
-                        loss = rec
-                        if repel:
-                            assert feat is not None
-                            sim = mean_cka([f[idx_d] for f in senior_feats], feat[:, 0])
-                            loss = rec + c.lam * sim
-                            sim_total += float(sim.detach())
-                        opt.zero_grad(set_to_none=True)
-                        loss.backward()
-                        opt.step()
-                        rec_total += float(rec.detach())
-                    nb = len(batches)
-                    report(progress, (k + (epoch + 1) / c.epochs) / c.n_learners,
-                           f"learner {k + 1}/{c.n_learners} epoch {epoch + 1}/{c.epochs} "
-                           f"loss {rec_total / nb:.4f}" + (f" CKA {sim_total / nb:.3f}" if repel else ""))
-                learner.eval()
+                # trained learners are frozen and see no augmentation: their features are fixed
+                seniors = [self._features(lr_, x) for lr_ in learners] if repel else None
+                learner = self._new_learner(k)
+                message = (f"learner {k + 1}/{c.n_learners} epoch {{epoch}}/{{epochs}} loss {{rec:.4f}}"
+                           + (" CKA {cka:.3f}" if repel else ""))
+                trained = train_loop(learner, self._learner_step(learner, x, seniors), _batches(len(x), c.batch_size),
+                                     c.epochs, optimizer=_adam(learner.parameters(), lr, self.device), generator=gen,
+                                     progress=progress, cancel=cancel, start=k / c.n_learners,
+                                     stop=(k + 1) / c.n_learners, message=message)
                 learners.append(learner)
-                log.append({"final_loss": rec_total / len(batches),
-                            "final_cka": sim_total / len(batches) if repel else None})
+                log.append({"final_loss": trained.final["rec"], "final_cka": trained.final["cka"] if repel else None})
             self.model = self._freeze(stack_members(learners))
         self.training_log = {"learners": log, "lr": lr}
 
@@ -219,53 +214,37 @@ class D2UEDetector(Detector):
         if c.fine_tune_epochs == 0:
             return
         x = self._inputs(normals)
-        gen = torch.Generator().manual_seed(self.seed + 1)
         model = self.model
-        with torch.inference_mode(False), torch.enable_grad():
-            for p in model.parameters():
-                p.requires_grad_(True)
-            model.eval()
-            opt = _adam(model.parameters(), c.fine_tune_lr, self.device)
-            for epoch in range(c.fine_tune_epochs):
-                total = 0.0
-                batches = _batches(len(x), c.batch_size, torch.randperm(len(x), generator=gen))
-                for idx in batches:
-                    check(cancel)
-                    xb = x[idx.to(self.device)]
-                    recon, log_var, _ = model(xb.expand(-1, model.members, -1, -1))
-                    loss = reconstruction_loss(recon, log_var, xb).sum()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach())
-                report(progress, (epoch + 1) / c.fine_tune_epochs,
-                       f"fine-tuning epoch {epoch + 1}/{c.fine_tune_epochs} loss {total / len(batches):.4f}")
-        self._freeze(model)
+
+        def step(idx: torch.Tensor) -> torch.Tensor:
+            xb = x[idx.to(self.device)]
+            recon, log_var, _ = model(xb.expand(-1, model.members, -1, -1))
+            return reconstruction_loss(recon, log_var, xb).sum()
+
+        for p in model.parameters():
+            p.requires_grad_(True)
+        train_loop(model, step, _batches(len(x), c.batch_size), c.fine_tune_epochs,
+                   optimizer=_adam(model.parameters(), c.fine_tune_lr, self.device), seed=self.seed + 1,
+                   train_mode=False, freeze=True, progress=progress, cancel=cancel,
+                   message="fine-tuning epoch {epoch}/{epochs} loss {loss:.4f}")
 
     # -- scoring ---------------------------------------------------------------------------------
     def raw_maps(self, slices: np.ndarray, kinds: tuple[str, ...], progress: ProgressCallback | None = None,
                  cancel: CancelToken | None = None) -> dict[str, torch.Tensor]:
         """Maps (n, s, s) at the model's input size for several map kinds from one pass (bench, ablations)."""
         assert self.model is not None
-        bs = self.cfg.score_batch
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in kinds}
-        n = len(slices)
         with torch.inference_mode(False), torch.enable_grad():
-            for i in range(0, n, bs):
-                check(cancel)
-                out = ensemble_maps(self.model, self._inputs(slices[i:i + bs]), kinds)
+            for b in batches(len(slices), self.cfg.score_batch, progress, cancel, "scored {done}/{total} slices"):
+                out = ensemble_maps(self.model, self._inputs(slices[b]), kinds)
                 for k in kinds:
                     parts[k].append(out[k].detach().cpu())
-                report(progress, min(1.0, (i + bs) / n), f"scored {min(n, i + bs)}/{n} slices")
         return {k: torch.cat(v) for k, v in parts.items()}
 
     def to_result(self, maps: torch.Tensor, shape: tuple[int, int], kind: str | None = None) -> AnomalyResult:
         """Bring (n, s, s) maps to the scan's grid, smooth them, and take image scores."""
         c = self.cfg
-        h, w = shape
-        heat = torch.as_tensor(resize_back(maps, (h, w)))
-        sigma = c.smoothing_sigma * max(h, w) / c.input_size
-        heat = gaussian_smooth(heat, sigma).clamp_min_(0).numpy()
+        heat = np.maximum(to_heatmap(maps, shape, c.smoothing_sigma, c.input_size), 0)
         flat = heat.reshape(len(heat), -1)
         scores = flat.mean(1) if c.image_score == "mean" else flat.max(1)
         return AnomalyResult(heatmaps=heat, scores=scores,

@@ -12,17 +12,19 @@ latents) are returned as ``AnomalyResult.features`` for SCR. See README.md besid
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from ...engine.batching import batch_stage, batches
 from ...engine.detectors.base import Detector, DetectorConfig
 from ...engine.detectors.result import AnomalyResult
 from ...engine.errors import ConfigError
-from ...engine.preprocess.resize import resize_back, resize_tensor, to_tensor
-from ...engine.progress import CancelToken, ProgressCallback, check, report
+from ...engine.patchmaps import to_slice_grid
+from ...engine.preprocess.resize import resize_tensor, to_tensor
+from ...engine.progress import CancelToken, ProgressCallback, check, report, stage
+from ...engine.training import shuffled_batches, train_loop
 from .diffusion import ddim_invert, ddpm_loss, make_unet, schedulers
 from .ocsvm import KernelOCSVM, fit_ocsvm
 from .patches import aggregate, extract_patches, n_patches
@@ -141,14 +143,12 @@ class InvDetectDetector(Detector):
         self.unet.eval()
         out = []
         n = len(patches)
-        for i in range(0, n, c.score_batch):
-            check(cancel)
-            xb = patches[i:i + c.score_batch].to(self.device)
+        for b in batches(n, c.score_batch, progress, cancel, "inverted {done}/{total} patches"):
+            xb = patches[b].to(self.device)
             if self.device.type == "cuda":
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            frac0, span = i / n, min(c.score_batch, n - i) / n
             z = ddim_invert(self.unet, inverse, xb, c.inversion_steps, amp=c.amp, cancel=cancel,
-                            progress=lambda f, m, a=frac0, s=span: report(progress, a + s * f, m))
+                            progress=batch_stage(progress, b, n))
             out.append(z.float().cpu())
         return torch.cat(out) if out else torch.zeros(0, 1, c.patch_size, c.patch_size)
 
@@ -165,38 +165,23 @@ class InvDetectDetector(Detector):
                     cancel: CancelToken | None) -> float:
         c = self.cfg
         sched, _ = schedulers(c.num_train_timesteps)
-        gen = torch.Generator().manual_seed(self.seed)
-        with torch.inference_mode(False), torch.enable_grad():
-            torch.manual_seed(self.seed)
-            self.unet = self._new_unet()
-            self.unet.train()
-            opt = torch.optim.Adam(self.unet.parameters(), lr=c.lr)
-            n = len(patches)
-            n_batches = max(1, math.ceil(n / c.batch_size))
-            total = 0.0
-            for epoch in range(c.epochs):
-                perm = torch.randperm(n, generator=gen)
-                total = 0.0
-                for k, idx in enumerate(torch.tensor_split(perm, n_batches)):
-                    check(cancel)
-                    xb = patches[idx].to(self.device)
-                    if self.device.type == "cuda":
-                        xb = xb.contiguous(memory_format=torch.channels_last)
-                    if c.amp and self.device.type == "cuda":
-                        with torch.autocast("cuda", dtype=torch.bfloat16):
-                            loss = ddpm_loss(self.unet, sched, xb, gen)
-                    else:
-                        loss = ddpm_loss(self.unet, sched, xb, gen)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach())
-                    report(progress, 0.6 * (epoch + (k + 1) / n_batches) / c.epochs,
-                           f"U-Net epoch {epoch + 1}/{c.epochs} loss {total / (k + 1):.4f}")
-            self.unet.eval()
-            for p in self.unet.parameters():
-                p.requires_grad_(False)
-        return total / n_batches
+        gen = torch.Generator().manual_seed(self.seed)  # the batch order and the DDPM noise and time steps
+        torch.manual_seed(self.seed)  # the U-Net's initial weights
+        unet = self.unet = self._new_unet()
+
+        def step(idx: torch.Tensor) -> torch.Tensor:
+            xb = patches[idx].to(self.device)
+            if self.device.type == "cuda":
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            if c.amp and self.device.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    return ddpm_loss(unet, sched, xb, gen)
+            return ddpm_loss(unet, sched, xb, gen)
+
+        log = train_loop(unet, step, shuffled_batches(len(patches), c.batch_size, even=True), c.epochs, lr=c.lr,
+                         generator=gen, freeze=True, progress=progress, cancel=cancel, start=0.0, stop=0.6,
+                         message="U-Net epoch {epoch}/{epochs} loss {loss:.4f}", report_every="step")
+        return log.final_loss
 
     def _fit_normality(self, z: np.ndarray) -> None:
         """SVM on the normal latents; PCA axes for SCR's features; a subsample kept for fine-tuning."""
@@ -223,7 +208,7 @@ class InvDetectDetector(Detector):
         x = self._grid(normals)
         patches, _ = extract_patches(x, c.patch_size, self.stride)
         loss = self._train_unet(patches, progress, cancel)
-        z = self.invert(patches, lambda f, m: report(progress, 0.6 + 0.35 * f, m), cancel)
+        z = self.invert(patches, stage(progress, 0.6, 0.95), cancel)
         check(cancel)
         report(progress, 0.95, "fitting the one-class SVM")
         z = z.reshape(len(z), -1).numpy()
@@ -240,7 +225,7 @@ class InvDetectDetector(Detector):
         The U-Net is not tuned: changing it would make the stored latents stale (their patches are not kept).
         """
         assert self.svm is not None
-        z_new, _, _ = self.latents(normals, lambda f, m: report(progress, 0.9 * f, m), cancel)
+        z_new, _, _ = self.latents(normals, stage(progress, 0.0, 0.9), cancel)
         old = self.kept.astype(np.float32) if self.kept is not None else np.zeros((0, z_new.shape[1]), np.float32)
         z = np.concatenate([old, z_new])
         c = self.cfg
@@ -255,16 +240,16 @@ class InvDetectDetector(Detector):
         assert self.svm is not None and self.pca_axes is not None and self.pca_mean is not None
         c = self.cfg
         n, h, w = slices.shape
-        z, (hh, ww), padded = self.latents(slices, lambda f, m: report(progress, 0.95 * f, m), cancel)
+        z, (hh, ww), padded = self.latents(slices, stage(progress, 0.0, 0.95), cancel)
         check(cancel)
         s = -self.svm.decision_function(z)
         feats = (z.astype(np.float64) - self.pca_mean) @ self.pca_axes.T
         vals = torch.from_numpy(np.concatenate([s[:, None], feats], 1).astype(np.float32))
         maps = aggregate(vals, n, (hh, ww), padded, c.patch_size, self.stride, self.omega)  # (n, 1+k, hh, ww)
-        heat = resize_back(maps[:, 0], (h, w)) if (hh, ww) != (h, w) else maps[:, 0].numpy()
+        # No extra smoothing: the Gaussian-weighted patch average (ω = b/4) is the paper's smoothing.
+        heat = to_slice_grid(maps[:, 0], (h, w))
         k = maps.shape[1] - 1
-        f = maps[:, 1:].reshape(n * k, hh, ww)
-        f = resize_back(f, (h, w)) if (hh, ww) != (h, w) else f.numpy()
+        f = to_slice_grid(maps[:, 1:].reshape(n * k, hh, ww), (h, w))
         features = np.ascontiguousarray(f.reshape(n, k, h, w).transpose(0, 2, 3, 1))
         flat = heat.reshape(n, -1)
         scores = flat.max(1) if c.image_score == "max" else flat.mean(1)

@@ -16,15 +16,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...engine.batching import batches
 from ...engine.detectors.base import Detector, DetectorConfig
 from ...engine.detectors.result import AnomalyResult, Embeddings
 from ...engine.errors import ConfigError
 from ...engine.patchfeatures import PatchFeatureExtractor, extractor_for
+from ...engine.patchmaps import patch_centers, patch_slice_index, to_heatmap
 from ...engine.postprocess.surprise import Surprise
 from ...engine.preprocess.foreground import foreground_mask, interior_mask
-from ...engine.preprocess.resize import resize_back, resize_tensor, to_tensor
-from ...engine.preprocess.smooth import gaussian_smooth
+from ...engine.preprocess.resize import resize_tensor, to_tensor
 from ...engine.progress import CancelToken, ProgressCallback, check, report
+from ...engine.training import train_loop
 from .head import HEADS
 
 GEOMETRIES = tuple(HEADS)
@@ -152,10 +154,8 @@ class LorentzDetector(Detector):
     def _raw_features(self, slices: np.ndarray, cancel: CancelToken | None) -> dict[str, torch.Tensor]:
         """(n, C, h, w) per level, in batches."""
         parts: dict[str, list[torch.Tensor]] = {lv: [] for lv in self.config.levels}
-        bs = self.config.batch_size
-        for i in range(0, len(slices), bs):
-            check(cancel)
-            grid = self.extractor.features(slices[i:i + bs])
+        for b in batches(len(slices), self.config.batch_size, cancel=cancel):
+            grid = self.extractor.features(slices[b])
             for lv in self.config.levels:
                 parts[lv].append(grid.levels[lv])
         return {lv: torch.cat(p) for lv, p in parts.items()}
@@ -288,34 +288,26 @@ class LorentzDetector(Detector):
         if len(pos) == 0 or len(neg) == 0:
             raise ConfigError("the synthetic training set has no anomalous or no normal tissue patches; "
                               "the normal slices may be empty or too small")
-        gen = torch.Generator().manual_seed(batch_seed)
-        opt = torch.optim.Adam(head.parameters(), lr=lr)
         half = self.config.batch_patches // 2
         steps = max(1, math.ceil(max(len(pos), len(neg)) / half))
-        head.train()
-        with torch.enable_grad():
-            for epoch in range(epochs):
-                perm_pos = pos[torch.randperm(len(pos), generator=gen)]
-                perm_neg = neg[torch.randperm(len(neg), generator=gen)]
-                total = 0.0
-                for s in range(steps):
-                    check(cancel)
-                    ip = perm_pos[torch.arange(s * half, (s + 1) * half) % len(pos)]
-                    ineg = perm_neg[torch.arange(s * half, (s + 1) * half) % len(neg)]
-                    idx = torch.cat([ip, ineg])
-                    batch = {lv: x[idx].to(self.device, torch.float32) for lv, x in data.feats.items()}
-                    logit = head(batch)
-                    y = data.labels[idx].to(self.device)
-                    loss = F.binary_cross_entropy_with_logits(logit[: len(ip)], y[: len(ip)]) + \
-                        F.binary_cross_entropy_with_logits(logit[len(ip):], y[len(ip):])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach())
-                report(progress, start + (stop - start) * (epoch + 1) / epochs,
-                       f"epoch {epoch + 1}/{epochs} loss {total / steps:.3f}")
-        head.eval()
-        return total / steps
+
+        def epoch_batches(gen: torch.Generator) -> list[torch.Tensor]:
+            """``half`` anomalous then ``half`` normal patches per step; the smaller class cycles."""
+            perm_pos = pos[torch.randperm(len(pos), generator=gen)]
+            perm_neg = neg[torch.randperm(len(neg), generator=gen)]
+            cells = [torch.arange(s * half, (s + 1) * half) for s in range(steps)]
+            return [torch.cat([perm_pos[c % len(pos)], perm_neg[c % len(neg)]]) for c in cells]
+
+        def step(idx: torch.Tensor) -> torch.Tensor:
+            batch = {lv: x[idx].to(self.device, torch.float32) for lv, x in data.feats.items()}
+            logit = head(batch)
+            y = data.labels[idx].to(self.device)
+            return F.binary_cross_entropy_with_logits(logit[:half], y[:half]) + \
+                F.binary_cross_entropy_with_logits(logit[half:], y[half:])
+
+        log = train_loop(head, step, epoch_batches, epochs, lr=lr, seed=batch_seed, progress=progress, cancel=cancel,
+                         start=start, stop=stop)
+        return log.final_loss
 
     def _draw_rng(self, k: int, offset: int = 0) -> np.random.Generator:
         """Head k's synthetic draw; head 0 keeps the single-head detector's stream."""
@@ -421,12 +413,9 @@ class LorentzDetector(Detector):
         grid = tuple(next(iter(raw.values())).shape[-2:])
         tissue = self._tissue(foreground_mask(normals), grid).reshape(-1)
         x = self._inputs(self._flatten(self._standardise(raw)), self.bank)
-        probs = []
-        bs = self.config.batch_patches
         with torch.no_grad():
-            for i in range(0, len(tissue), bs):
-                check(cancel)
-                probs.append(self._mean_prob({lv: v[i:i + bs] for lv, v in x.items()}))
+            probs = [self._mean_prob({lv: v[b] for lv, v in x.items()})
+                     for b in batches(len(tissue), self.config.batch_patches, cancel=cancel)]
         ref = torch.cat(probs)[tissue]
         if len(ref) < 2:
             raise ConfigError("the normal slices hold no tissue to take the heads' reference from")
@@ -485,11 +474,9 @@ class LorentzDetector(Detector):
         n, H, W = slices.shape
         probs, points, patch = [], [], []
         fuse = self._fusing
-        bs = self.config.batch_size
         grid = None
-        for i in range(0, n, bs):
-            check(cancel)
-            raw = self._raw_features(slices[i:i + bs], cancel)
+        for b in batches(n, self.config.batch_size, progress, cancel, "scored {done}/{total} slices"):
+            raw = self._raw_features(slices[b], cancel)
             grid = tuple(next(iter(raw.values())).shape[-2:])
             x = self._inputs(self._flatten(self._standardise(raw)), self.bank)
             z = self.head.embed(x)
@@ -498,21 +485,15 @@ class LorentzDetector(Detector):
             probs.append(prob)
             if fuse:
                 patch.append(torch.as_tensor(self._fused(raw, prob)))
-            report(progress, min(1.0, (i + bs) / n), f"scored {min(n, i + bs)}/{n} slices")
         assert grid is not None
         p = torch.cat(probs)
         score = torch.cat(patch) if fuse else p
-        maps = torch.as_tensor(resize_back(score.reshape(n, *grid), (H, W)))
-        sigma = self.config.smoothing_sigma * max(H, W) / self.config.input_size
-        maps = gaussian_smooth(maps, sigma)
-        maps = (maps.clamp_(min=0) if fuse else maps.clamp_(0, 1)).numpy()
-        h, w = grid
-        ys, xs = np.meshgrid((np.arange(h) + 0.5) * H / h, (np.arange(w) + 0.5) * W / w, indexing="ij")
+        maps = to_heatmap(score.reshape(n, *grid), (H, W), self.config.smoothing_sigma, self.config.input_size)
+        maps = np.maximum(maps, 0) if fuse else np.clip(maps, 0, 1)
         normal, offset = self.head.hyperplane()
         emb = Embeddings(
-            points=torch.cat(points).cpu().numpy(), slice_index=np.repeat(np.arange(n), h * w),
-            centers=np.tile(np.stack([ys.ravel(), xs.ravel()], 1), (n, 1)).astype(np.float32),
-            manifold=self.head.manifold_name, curvature=self.head.curvature,
+            points=torch.cat(points).cpu().numpy(), slice_index=patch_slice_index(grid, n),
+            centers=patch_centers(grid, (H, W), n), manifold=self.head.manifold_name, curvature=self.head.curvature,
             scores=p.cpu().numpy(),  # the heads' mean probability, as in the heatmap
             hyperplane=normal.detach().cpu().numpy(), hyperplane_offset=float(offset))
         heatmap = ("surprise (nats) of the heads' mean probability plus that of the distance to the normal "

@@ -14,19 +14,23 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ...engine.batching import batches
 from ...engine.coreset import greedy_coreset, nearest_distance
 from ...engine.detectors.base import Detector, DetectorConfig
 from ...engine.detectors.result import AnomalyResult, Embeddings
 from ...engine.errors import ConfigError
 from ...engine.patchfeatures import PatchFeatureExtractor, extractor_for
-from ...engine.preprocess.resize import resize_back
-from ...engine.preprocess.smooth import gaussian_smooth
-from ...engine.progress import CancelToken, ProgressCallback, check, report
+from ...engine.patchmaps import patch_centers, patch_slice_index, to_heatmap
+from ...engine.progress import CancelToken, ProgressCallback, check, report, stage
 
 
 @dataclasses.dataclass
 class PatchCoreConfig(DetectorConfig):
-    """Defaults follow PatchCore (patch size 3, 10 % coreset) on the offline EfficientNet-Lite0 backbone."""
+    """Defaults follow PatchCore (patch size 3, 10 % coreset) on the offline EfficientNet-Lite0 backbone.
+
+    ``smoothing_sigma`` is in pixels of the ``input_size`` input, scaled to the slice grid by the shared
+    rule of ``anomalens.engine.patchmaps`` (before 2026-12-06 PatchCore alone took it in slice pixels).
+    """
 
     backbone: str = "lite0"
     input_size: int = 224
@@ -69,20 +73,16 @@ class PatchCoreDetector(Detector):
     def _features(self, slices: np.ndarray, progress: ProgressCallback | None, cancel: CancelToken | None,
                   start: float = 0.0, stop: float = 1.0) -> torch.Tensor:
         """(n, C, h, w) patch features, in batches, honouring cancel between batches."""
-        parts = []
-        bs = self.config.batch_size
-        for i in range(0, len(slices), bs):
-            check(cancel)
-            parts.append(self.extractor(slices[i:i + bs]).concat())
-            report(progress, start + (stop - start) * min(1.0, (i + bs) / len(slices)), "extracting features")
-        return torch.cat(parts)
+        return torch.cat([self.extractor(slices[b]).concat()
+                          for b in batches(len(slices), self.config.batch_size, progress, cancel,
+                                           "extracting features", start, stop)])
 
     def _fit(self, normals: np.ndarray, progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
         feats = self._features(normals, progress, cancel, 0.0, 0.4)
         flat = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
         n_select = min(self.config.max_bank, max(1, round(self.config.coreset_ratio * len(flat))))
         idx = greedy_coreset(flat, n_select, self.config.projection_dim, self.seed,
-                             progress=lambda f, m: report(progress, 0.4 + 0.6 * f, m), cancel=cancel)
+                             progress=stage(progress, 0.4, 1.0), cancel=cancel)
         self.bank = flat[idx].contiguous()
 
     def _nearest(self, query: torch.Tensor) -> torch.Tensor:
@@ -97,14 +97,11 @@ class PatchCoreDetector(Detector):
         flat = feats.permute(0, 2, 3, 1).reshape(-1, c)
         check(cancel)
         patch_scores = self._nearest(flat).reshape(n, h, w)
-        maps = torch.as_tensor(resize_back(patch_scores, slices.shape[1:]))
-        maps = gaussian_smooth(maps, self.config.smoothing_sigma).numpy()
+        maps = to_heatmap(patch_scores, slices.shape[1:], self.config.smoothing_sigma, self.config.input_size)
         report(progress, 1.0, "scored")
-        ys, xs = np.meshgrid((np.arange(h) + 0.5) * slices.shape[1] / h, (np.arange(w) + 0.5) * slices.shape[2] / w,
-                             indexing="ij")
-        centers = np.tile(np.stack([ys.ravel(), xs.ravel()], 1), (n, 1)).astype(np.float32)
-        emb = Embeddings(points=flat.cpu().numpy(), slice_index=np.repeat(np.arange(n), h * w), centers=centers,
-                         manifold="euclidean", curvature=0.0, scores=patch_scores.reshape(-1).cpu().numpy())
+        emb = Embeddings(points=flat.cpu().numpy(), slice_index=patch_slice_index((h, w), n),
+                         centers=patch_centers((h, w), slices.shape[1:], n), manifold="euclidean", curvature=0.0,
+                         scores=patch_scores.reshape(-1).cpu().numpy())
         return AnomalyResult(heatmaps=maps, scores=maps.reshape(n, -1).max(1), embeddings=emb,
                              info={"image_score": "max of the heatmap"})
 
