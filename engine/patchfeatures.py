@@ -30,19 +30,60 @@ class PatchGrid:
         return torch.cat(list(self.levels.values()), dim=1)
 
 
+@dataclass(frozen=True, eq=False)
+class BackboneWeights:
+    """Backbone weights a model carries inside its bundle (a user's WRN-50-2 file, copied in at ``train``).
+
+    A bundle never names a file: the weights travel with the model. Equal (and cached) by ``digest``.
+    """
+
+    name: str
+    state: dict[str, torch.Tensor]
+    digest: str
+
+    @classmethod
+    def read(cls, spec: str) -> BackboneWeights:
+        """The weights a ``name=/path/to/file`` spec names, read now (the file is never needed again)."""
+        from .backbones import parse_spec, weights_file
+        from .backbones.weights import read_state_dict
+
+        name, _ = parse_spec(spec)
+        return cls.of(name, read_state_dict(weights_file(spec)))
+
+    @classmethod
+    def of(cls, name: str, state: dict[str, torch.Tensor]) -> BackboneWeights:
+        import hashlib
+
+        h = hashlib.sha256(name.encode())
+        for k in sorted(state):
+            h.update(k.encode())
+            h.update(state[k].detach().to("cpu").contiguous().numpy().tobytes())
+        return cls(name, {k: v.detach().to("cpu").contiguous() for k, v in state.items()}, h.hexdigest()[:16])
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, BackboneWeights) and other.digest == self.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+
 class PatchFeatureExtractor:
     """Frozen backbone → locally averaged, co-registered multi-level patch features.
 
-    The backbone is loaded from a pip-installed package or a user file (never a hub) by
-    ``anomalens.engine.backbones.load_backbone``; it is not part of a model bundle, only its spec is.
+    The backbone is loaded from a pip-installed package (``lite0``) or from weights the model carries
+    (``BackboneWeights``); ``anomalens.engine.backbones.load_backbone`` never fetches from a hub.
     """
 
     def __init__(self, backbone: str = "lite0", input_size: int = 224, levels: tuple[str, ...] = ("s8", "s16"),
-                 patch_size: int = 3, device: torch.device | str = "cpu") -> None:
-        from .backbones import load_backbone
+                 patch_size: int = 3, device: torch.device | str = "cpu",
+                 weights: BackboneWeights | None = None) -> None:
+        from .backbones import build_backbone, load_backbone
 
         self.device = torch.device(device)
-        self.backbone = load_backbone(backbone, device=self.device)
+        if weights is not None:
+            self.backbone = build_backbone(weights.name, weights.state, device=self.device, source="the model's")
+        else:
+            self.backbone = load_backbone(backbone, device=self.device)
         self.input_size = int(input_size)
         self.levels = tuple(levels)
         self.patch_size = int(patch_size)
@@ -82,18 +123,20 @@ class PatchFeatureExtractor:
 
 @functools.lru_cache(maxsize=4)
 def _shared(backbone: str, input_size: int, levels: tuple[str, ...], patch_size: int,
-            device: str) -> PatchFeatureExtractor:
+            device: str, weights: BackboneWeights | None) -> PatchFeatureExtractor:
     # Building the network draws its (then overwritten) initial weights from torch's global generator;
     # fork it so whether the cache was warm never changes a detector's seeded training.
     with torch.random.fork_rng(devices=[]):
-        return PatchFeatureExtractor(backbone, input_size, levels, patch_size, device)
+        return PatchFeatureExtractor(backbone, input_size, levels, patch_size, device, weights)
 
 
-def extractor_for(config: object, device: torch.device | str) -> PatchFeatureExtractor:
+def extractor_for(config: object, device: torch.device | str,
+                  weights: BackboneWeights | None = None) -> PatchFeatureExtractor:
     """The extractor a detector config asks for (``backbone``, ``input_size``, ``levels``, ``patch_size``).
 
-    Cached and shared: the backbone is frozen, so every detector on the same settings (a model and its
-    fine-tuned copy, the bench's variants, the viewer's docks) can use one copy instead of loading it again.
+    ``weights``: the backbone weights the model carries (``Detector.backbone_weights``), if any. Cached and
+    shared: the backbone is frozen, so every detector on the same settings (a model and its fine-tuned
+    copy, the bench's variants, the viewer's docks) can use one copy instead of loading it again.
     """
     c = config
-    return _shared(str(c.backbone), int(c.input_size), tuple(c.levels), int(c.patch_size), str(device))
+    return _shared(str(c.backbone), int(c.input_size), tuple(c.levels), int(c.patch_size), str(device), weights)

@@ -269,3 +269,35 @@ def test_cuda_extract_is_float32_and_close_to_cpu(lite0: Backbone) -> None:
         assert g.device.type == "cuda" and g.dtype == torch.float32
         cos = F.cosine_similarity(g.cpu().flatten(1), cpu_f[lv].flatten(1)).min()
         assert cos > 0.98
+
+
+def test_a_user_weight_file_travels_inside_the_bundle(wrn_file: tuple[Path, WideResNet50], tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--backbone wrn50=FILE``: the weights are copied into the bundle, which names no file and loads without it."""
+    import json
+    import shutil
+
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.plugins.patchcore import PatchCoreDetector
+    from tests.phantoms import phantom_slices
+
+    path, _ = wrn_file
+    own = tmp_path / "mine.pth"
+    shutil.copy(path, own)
+    det = PatchCoreDetector(config={**PatchCoreDetector.test_config(), "backbone": f"wrn50={own}"})
+    normals = phantom_slices(2, 64, seed=0)[0]
+    det.fit(normals)
+    bundle = det.save(tmp_path / "model")
+    manifest = json.loads((bundle / "bundle.json").read_text())
+    assert manifest["config"]["backbone"] == "wrn50" and str(own) not in (bundle / "bundle.json").read_text()
+    own.unlink()  # the user's file is gone; the model still works, and no hub cache is consulted
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty-hub"))
+    again = load_bundle(bundle)
+    assert again.backbone_weights is not None and again.backbone_weights.digest == det.backbone_weights.digest
+    assert again.content_fingerprint() == det.content_fingerprint()
+    np.testing.assert_allclose(again.score(normals).heatmaps, det.score(normals).heatmaps, atol=1e-5)
+    # A bundle that names a file is refused before anything is read from it.
+    manifest["config"]["backbone"] = "wrn50=/etc/passwd"
+    (bundle / "bundle.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="names a weight file"):
+        load_bundle(bundle)

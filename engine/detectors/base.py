@@ -23,6 +23,7 @@ from ..progress import CancelToken, ProgressCallback
 
 if TYPE_CHECKING:
     from ..calibration import Calibration
+    from ..patchfeatures import BackboneWeights
 from .result import AnomalyResult
 
 
@@ -86,6 +87,14 @@ class Detector(ABC):
     def __init__(self, config: dict[str, Any] | DetectorConfig | None = None, device: str = "cpu",
                  seed: int = 0) -> None:
         self.config = self.make_config(config)
+        #: Backbone weights the model carries in its bundle (a user's weight file, read once here).
+        self.backbone_weights: BackboneWeights | None = None
+        spec = getattr(self.config, "backbone", None)
+        if isinstance(spec, str) and "=" in spec:
+            from ..patchfeatures import BackboneWeights
+
+            self.backbone_weights = BackboneWeights.read(spec)
+            self.config.backbone = self.backbone_weights.name  # type: ignore[attr-defined]
         self.device = resolve_device(device)
         self.seed = int(seed)
         self.fitted = False
@@ -184,7 +193,8 @@ class Detector(ABC):
         h = hashlib.sha256()
         cal = None if self.calibration is None else self.calibration.to_dict()
         head = {"detector": self.name, "version": self.version, "config": self.config_dict(),
-                "preprocessing": self.preprocessing, "calibration": cal}
+                "preprocessing": self.preprocessing, "calibration": cal,
+                "backbone": None if self.backbone_weights is None else self.backbone_weights.digest}
         h.update(json.dumps(head, sort_keys=True, default=str).encode())
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in self.state_dict().items()}
         h.update(to_bytes(tensors))

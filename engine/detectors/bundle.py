@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from .base import Detector
 
 SCHEMA_VERSION = 1
+#: Tensors of backbone weights a model carries (``Detector.backbone_weights``), apart from its own state.
+BACKBONE_PREFIX = "backbone_weights."
 WEIGHTS = "weights.safetensors"
 MANIFEST = "bundle.json"
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".bin", ".joblib", ".npy")
@@ -170,6 +172,8 @@ def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
     # clone: a parameter shared by several layers (one curvature) appears under several keys, and
     # safetensors refuses tensors that share memory.
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in detector.state_dict().items()}
+    if detector.backbone_weights is not None:  # a user's weight file travels inside the model, never by name
+        tensors.update({f"{BACKBONE_PREFIX}{k}": v.clone() for k, v in detector.backbone_weights.state.items()})
     bundle_version = 1 if parent is None else int(parent.get("bundle_version", 1)) + 1
     manifest = {
         "schema_version": SCHEMA_VERSION,
@@ -240,6 +244,10 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
     weights = path / WEIGHTS
     if not weights.is_file():
         raise ModelError(f"{path} has no {WEIGHTS}")
+    backbone = (manifest["config"] or {}).get("backbone")
+    if isinstance(backbone, str) and "=" in backbone:
+        raise ModelError("this model names a weight file for its backbone; a model carries its weights inside its "
+                         "bundle and names no file: train it again with --backbone NAME=PATH on this version")
     try:
         detector = cls(config=manifest["config"], device=device, seed=int(manifest.get("seed", 0)))
     except ConfigError as exc:  # the same check as `train --set`: a forged option is refused before allocation
@@ -250,6 +258,11 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelError(f"{WEIGHTS} of this model is damaged or not a safetensors file: {exc}") from exc
     _check_finite(tensors)
+    embedded = {k[len(BACKBONE_PREFIX):]: tensors.pop(k) for k in [k for k in tensors if k.startswith(BACKBONE_PREFIX)]}
+    if embedded:
+        from ..patchfeatures import BackboneWeights
+
+        detector.backbone_weights = BackboneWeights.of(str(getattr(detector.config, "backbone", "")), embedded)
     detector.preprocessing = dict(manifest.get("preprocessing") or {})
     detector.training = dict(manifest.get("training") or {})
     detector.calibration = Calibration.from_dict(manifest.get("calibration"))

@@ -121,7 +121,7 @@ class CurvedHeadsDetector(Detector):
     # -- features ------------------------------------------------------------------------------
     @property
     def extractor(self) -> PatchFeatureExtractor:
-        return extractor_for(self.config, self.device)
+        return extractor_for(self.config, self.device, self.backbone_weights)
 
     def _square(self, slices: np.ndarray) -> torch.Tensor:
         """(n, H, W) → (n, 1, S, S) at the backbone's input size, so a rotation by 90° is exact."""

@@ -149,7 +149,7 @@ class LorentzDetector(Detector):
     # -- features ------------------------------------------------------------------------------
     @property
     def extractor(self) -> PatchFeatureExtractor:
-        return extractor_for(self.config, self.device)
+        return extractor_for(self.config, self.device, self.backbone_weights)
 
     def _raw_features(self, slices: np.ndarray, cancel: CancelToken | None) -> dict[str, torch.Tensor]:
         """(n, C, h, w) per level, in batches."""

@@ -68,7 +68,7 @@ class PatchCoreDetector(Detector):
 
     @property
     def extractor(self) -> PatchFeatureExtractor:
-        return extractor_for(self.config, self.device)
+        return extractor_for(self.config, self.device, self.backbone_weights)
 
     def _features(self, slices: np.ndarray, progress: ProgressCallback | None, cancel: CancelToken | None,
                   start: float = 0.0, stop: float = 1.0) -> torch.Tensor:
