@@ -77,6 +77,7 @@ def test_forged_options_are_refused_before_allocation(bundle, tmp_path, changes,
     (torch.ones((4, 8), dtype=torch.int8), "I8"),
     (torch.ones((4, 8), dtype=torch.bool), "BOOL"),
     (torch.ones(16), "layout"),
+    (torch.ones((4, 7)), "channels"),  # a bank of the wrong feature width: refused at load, not at scoring
 ])
 def test_forged_memory_banks_are_refused(bundle, tmp_path, bank, match) -> None:
     _refused(_forge_bank(bundle, tmp_path, bank), match)

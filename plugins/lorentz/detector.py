@@ -533,14 +533,22 @@ class LorentzDetector(Detector):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.stats = {k[len("stats."):]: v.to(self.device) for k, v in state.items() if k.startswith("stats.")}
+        channels = self.extractor.channels
         for lv in self.config.levels:
-            if f"{lv}.mean" not in self.stats:
+            if f"{lv}.mean" not in self.stats or f"{lv}.std" not in self.stats:
                 raise KeyError(f"normalisation statistics for level {lv}")
+            for k in (f"{lv}.mean", f"{lv}.std"):
+                if tuple(self.stats[k].shape) != (channels[lv],):
+                    raise ValueError(f"statistics {k} have shape {tuple(self.stats[k].shape)}, the features "
+                                     f"{channels[lv]} channels")
         self.bank = state["bank"].to(self.device) if "bank" in state else None
         if self.config.inputs == "residual" and self.bank is None:
             raise KeyError("bank (the normal memory bank of a residual-input model)")
         # Bundles saved before fusion hold no memory bank: they score with the heads alone, as trained.
         self.memory = state["memory_bank"].to(self.device) if "memory_bank" in state else None
+        dim = sum(channels[lv] for lv in self.config.levels)
+        if self.memory is not None and (self.memory.ndim != 2 or self.memory.shape[1] != dim):
+            raise ValueError(f"memory bank has shape {tuple(self.memory.shape)}; the features have {dim} channels")
         self.surprise = {k[len("surprise."):]: Surprise.from_tensor(v) for k, v in state.items()
                          if k.startswith("surprise.")}
         if self.memory is None:

@@ -111,6 +111,7 @@ class PatchCoreDetector(Detector):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         bank = state["memory_bank"]
-        if bank.ndim != 2:
-            raise ValueError(f"memory bank has shape {tuple(bank.shape)}")
-        self.bank = bank.to(self.device)
+        if bank.ndim != 2 or bank.shape[0] < 1 or bank.shape[1] != self.extractor.dim:
+            raise ValueError(f"memory bank has shape {tuple(bank.shape)}; this configuration's patch features "
+                             f"have {self.extractor.dim} channels")
+        self.bank = bank.to(self.device, torch.float32)
