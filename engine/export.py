@@ -77,9 +77,13 @@ def save_png(rgb: np.ndarray, path: str | Path) -> Path:
 
 
 def _source_frames(volume: Volume) -> list[Any]:
-    """The source series' frames in the reader's order (one per position), re-read from ``volume.source``."""
+    """The source series' frames on the volume's z grid, re-read from ``volume.source``.
+
+    Index k is the frame the reader put at slice k; a slice the reader inserted for a missing one (a gap
+    filler) has None: it has no source image and gets no SEG frame.
+    """
     from .io.base import resolve_max_bytes
-    from .io.dicom import order_frames, read_header, scan_folder
+    from .io.dicom import layout, order_frames, read_header, scan_folder
 
     src = Path(volume.source) if volume.source is not None else None
     if src is None or not src.exists():
@@ -90,8 +94,12 @@ def _source_frames(volume: Volume) -> list[Any]:
     headers = [h for h in headers if h.uid == uid]
     if not headers:
         raise ConfigError(f"the series of this scan is no longer in {src}; DICOM SEG needs its files")
-    frames, _, _ = order_frames([f for h in headers for f in h.frames], [])
-    return frames
+    frames, _, dist = order_frames([f for h in headers for f in h.frames], [])
+    if not volume.metadata.get("gap_slices"):
+        return frames
+    grid = layout(dist, [], "fill")
+    by_slot = dict(zip(grid.slots, frames, strict=True))
+    return [by_slot.get(k) for k in range(grid.n)]
 
 
 def _check_geometry(volume: Volume, frames: list[Any], picked: list[int]) -> None:
@@ -145,6 +153,11 @@ def export_seg(volume: Volume, mask: np.ndarray, path: str | Path, *, series_des
     if max(picked) >= len(frames) or (not sel and len(frames) != volume.n_slices):
         raise ConfigError(f"the source series now has {len(frames)} images but the scan had "
                           f"{max(picked) + 1 if sel else volume.n_slices}; reload the scan and export again")
+    real = [k for k in picked if frames[k] is not None]  # gap fillers have no source image
+    m = m[[i for i, k in enumerate(picked) if frames[k] is not None]]
+    picked = real
+    if not picked:
+        raise ConfigError("the selected slices are all empty fillers of missing slices; there is nothing to export")
     _check_geometry(volume, frames, picked)
 
     datasets: dict[Path, Any] = {}

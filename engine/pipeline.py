@@ -14,6 +14,7 @@ import numpy as np
 
 from .detectors import AnomalyResult, Detector, create_detector
 from .errors import ConfigError, InvalidVolumeError
+from .io.base import gap_indices
 from .preprocess import IntensityConfig, foreground_mask
 from .preprocess.fov import Placement, WorkingGrid, grid_for, place, to_working
 from .preprocess.intensity import scale_to_unit
@@ -165,6 +166,8 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
     for i, spec in enumerate(specs):
         check(cancel)
         volume = load_volume(spec)
+        if info is not None and volume.warnings:  # numbered, never by path: logs and bundles outlive the session
+            info.setdefault("warnings", []).extend(f"normal scan {i + 1} of {len(specs)}: {w}" for w in volume.warnings)
         if orientation is None:
             orientation = orientation_of(volume)
             if info is not None:
@@ -174,6 +177,7 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
             volume = reorient(volume, orientation)
         prepared = prepare(volume, intensity)
         keep = np.flatnonzero(prepared.foreground.reshape(prepared.n_slices, -1).mean(1) > 0.02)
+        keep = np.setdiff1d(keep, gap_indices(volume))  # empty fillers of missing slices teach nothing
         if keep.size:
             scans.append((prepared, keep))
         report(progress, (i + 1) / len(specs), f"read {keep.size} slices")
@@ -225,6 +229,7 @@ def train(detector: str, normals: Sequence[str] | np.ndarray, config: dict | Non
         grid_d = info.pop("grid")
     det.preprocessing = {"intensity": icfg.to_dict(), **({"grid": grid_d} if grid_d else {})}
     det.fit(stack, progress=lambda f, m: report(progress, 0.1 + 0.9 * f, m), cancel=cancel)
+    det.notes = info.pop("warnings", [])  # what reading the normals turned up: shown by the caller, not saved
     det.training.update(info)  # modality, domain, orientation: score_scan warns about scans unlike these
     return det
 

@@ -25,6 +25,7 @@ import numpy as np
 from .calibration import Calibration, ScrSettings
 from .detectors.result import AnomalyResult
 from .errors import ConfigError, ModelError
+from .io.base import gap_indices
 from .pipeline import PreparedScan, merge_results, model_grid, prepare, scan_placement
 from .preprocess.foreground import foreground_mask
 from .preprocess.fov import Placement, from_working, shrink_warning, to_working
@@ -263,6 +264,10 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
         raise ConfigError("no slices selected")
     if idx.min() < 0 or idx.max() >= volume.n_slices:
         raise ConfigError(f"slice selection out of range 0-{volume.n_slices - 1}")
+    gaps = gap_indices(volume)  # empty slices a reader inserted where the series has none: not data
+    idx = np.setdiff1d(idx, gaps)
+    if idx.size == 0:
+        raise ConfigError("no slices selected: only empty slices inserted where the series has none")
     prepared = prepare(volume, (detector.preprocessing or {}).get("intensity"))
     warnings = _scan_warnings(detector, prepared) + [w for w in extra_warnings if w]
     grid = model_grid(detector)

@@ -152,3 +152,50 @@ def write_sitk(path: Path, array: np.ndarray, spacing=(0.8, 0.9, 2.5), origin=(1
         img.SetDirection(direction)
     sitk.WriteImage(img, str(path))
     return path
+
+
+# --------------------------------------------------------------------------------------------- fuzz worker
+
+
+def read_outcome(path: Path, nan_policy: str = "refuse", max_bytes: int = 16 * 1024**2) -> dict:
+    """What ``read_scan`` does with one file: a usable volume, an ``AnomaLensError``, or a traceback (a bug)."""
+    import traceback
+
+    from anomalens.engine.errors import AnomaLensError
+    from anomalens.engine.io import describe, read_scan
+
+    try:
+        volume = read_scan(path, nan_policy=nan_policy, max_bytes=max_bytes)
+    except AnomaLensError as exc:
+        return {"error": type(exc).__name__, "message": str(exc)}
+    except BaseException:  # anything else is a bug: report it whole
+        return {"traceback": traceback.format_exc()}
+    problems = []
+    if volume.array.dtype != np.float32 or volume.array.ndim != 3:
+        problems.append(f"array {volume.array.dtype} {volume.array.shape}")
+    if not np.isfinite(volume.array).all():
+        problems.append("non-finite voxels")
+    if not (all(np.isfinite(volume.spacing)) and min(volume.spacing) > 0):
+        problems.append(f"spacing {volume.spacing}")
+    if len(describe(volume)["orientation"]) != 3:
+        problems.append("no orientation")
+    return {"read": list(volume.shape), "problems": problems}
+
+
+def fuzz_worker(manifest: str, results: str) -> None:
+    """Read every case of a manifest (JSON list of {id, path, nan_policy}) and log each outcome as a JSON line.
+
+    Runs in a child process (``python -c``) so that a native crash or hang shows as the child's exit code
+    or a timeout, with the last "started" line naming the culprit, instead of taking the test run down.
+    Nothing is printed: the parent checks that stdout and stderr stay empty (no native-library lines).
+    """
+    import json
+
+    cases = json.loads(Path(manifest).read_text())
+    with open(results, "a", encoding="utf-8") as log:
+        for case in cases:
+            log.write(json.dumps({"id": case["id"], "started": True}) + "\n")
+            log.flush()
+            outcome = read_outcome(Path(case["path"]), case.get("nan_policy", "refuse"))
+            log.write(json.dumps({"id": case["id"], **outcome}) + "\n")
+            log.flush()

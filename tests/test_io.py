@@ -197,9 +197,12 @@ def test_dicom_sagittal_series_sorts_along_the_slice_normal(tmp_path: Path) -> N
     assert out.direction == pytest.approx((0, 0, -1, 1, 0, 0, 0, -1, 0))
 
 
-def test_missing_slice_is_reported_with_the_gap(tmp_path: Path) -> None:
+def test_missing_slice_is_filled_or_reported_with_the_gap(tmp_path: Path) -> None:
     write_ct_series(tmp_path / "gap", phantom((6, 8, 8)), z0=0.0, dz=2.5, skip=(3,))
-    out = read_scan(tmp_path / "gap")
+    filled = read_scan(tmp_path / "gap")  # the default: an empty slice where slice 3 was (tests/test_io_gaps.py)
+    assert filled.shape == (6, 8, 8) and filled.metadata["gap_slices"] == [3]
+    assert any("1 empty slice was inserted" in w for w in filled.warnings)
+    out = read_scan(tmp_path / "gap", gaps="stack")
     assert out.shape == (5, 8, 8)
     assert out.spacing[2] == pytest.approx(2.5)
     (gap,) = [w for w in out.warnings if "missing slices" in w]

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..progress import stage
+from .cmd_model import warn
 from .main import emit
 from .progressbar import terminal_progress
 
@@ -92,9 +93,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     manifest = read_manifest(args.model)
     det = load_bundle(args.model, device=args.device)
     notes: list[str] = []
+    info: dict[str, Any] = {}
     with terminal_progress("calibrating") as progress:
         normals = gather_normals(args.normals, (det.preprocessing or {}).get("intensity"),
-                                 progress=stage(progress, 0.0, 0.15), grid=model_grid(det))
+                                 progress=stage(progress, 0.0, 0.15), grid=model_grid(det), info=info)
         if fingerprint(normals) == (det.training or {}).get("fingerprint"):
             notes.append("these normals are the model's own training data: thresholds will be too permissive; "
                          "calibrate on held-out normal scans")
@@ -108,6 +110,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         f", fine-tuned on {rec.n_fine_tune}" if rec.n_fine_tune else "")
     path = save_bundle(det, args.out, parent=manifest | {"path": str(args.model)}, note=what)
     before, after = rec.before, rec.after
+    warn(info.get("warnings", []))
     data = {
         "model": str(path), "parent": str(args.model), "bundle_version": int(manifest.get("bundle_version", 1)) + 1,
         "n_normal_slices": len(normals), "n_calibration_slices": rec.n_calibration,
@@ -115,6 +118,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "calibration": cal.summary(),
         "before": None if before is None else {"fp_area": before.plain, "fp_area_scr": before.scr},
         "after": {"fp_area": after.plain, "fp_area_scr": after.scr}, "notes": notes,
+        "warnings": info.get("warnings", []),
     }
     lines = [
         f"saved calibrated model (bundle version {data['bundle_version']}) to {path}; {args.model} is unchanged",

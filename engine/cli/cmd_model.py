@@ -5,12 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
 from .main import emit
 from .progressbar import terminal_progress
+
+
+def warn(warnings: Sequence[str]) -> None:
+    """Warnings on stderr in both output modes: a log keeps them, and ``--json`` has them under "warnings"."""
+    for w in warnings:
+        print(f"anomalens: warning: {w}", file=sys.stderr)
 
 
 def parse_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -61,6 +68,10 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="batch: local cluster of N worker processes, 1 thread each (default: CPU count)")
     s.add_argument("--scheduler", default=None, metavar="ADDRESS",
                    help="batch: use a running dask scheduler, e.g. tcp://host:8786, instead of a local cluster")
+    s.add_argument("--gaps", choices=("fill", "refuse", "stack"), default="fill",
+                   help="a DICOM series with missing slices: fill them with empty slices so every slice lies at its "
+                        "true position (default; the fillers are not scored), refuse it, or stack the slices as if "
+                        "none were missing (positions are then wrong)")
     s.add_argument("--name-pattern", default=None, metavar="PATTERN",
                    help="batch: output folder names, from {hash} (always required) and {stem} (the scan's file or "
                         "folder name); default 'study-{hash}', which copies no name that could identify a patient")
@@ -115,8 +126,9 @@ def run_train(args: argparse.Namespace) -> int:
     path = det.save(args.out)
     grid = det.preprocessing.get("grid") or {}
     where = f" on a {grid['fov_mm']:g} mm field of view at {grid['size']}² px" if grid else ""
+    warn(det.notes)
     emit(args, {"model": str(path), "detector": det.name, "n_training_slices": det.training.get("n_slices"),
-                "working_grid": grid or None},
+                "working_grid": grid or None, "warnings": det.notes},
          f"saved {det.name} model trained on {det.training.get('n_slices')} slices{where} to {path}")
     return 0
 
@@ -135,15 +147,14 @@ def run_score(args: argparse.Namespace) -> int:
     from ..scoring import score_scan
 
     det = load_bundle(args.model, device=args.device)
-    volume = load_volume(inputs[0])
+    volume = load_volume(inputs[0], gaps=args.gaps)
     idx = parse_slices(args.slices, volume.n_slices)
     ensure_folder(args.out)  # before minutes of scoring, not after
     with terminal_progress("scoring") as progress:
         result = score_scan(det, volume, idx, detail=False, progress=progress)
     paths = write_scan_result(result, args.out)
     data = {"files": {k: str(v) for k, v in paths.items()}, **result.summary()}
-    for w in result.warnings:  # on stderr in both modes: a log keeps it, and --json has it under "warnings"
-        print(f"anomalens: warning: {w}", file=sys.stderr)
+    warn(result.warnings)
     emit(args, data, "\n".join(score_lines(result, paths)))
     return 0
 

@@ -104,6 +104,8 @@ class Detector(ABC):
         #: The ``bundle.json`` this model was loaded from or last saved as; None once it changes in memory
         #: (fitted, fine-tuned, recalibrated), so a result never names a saved version it no longer is.
         self.bundle_manifest: dict[str, Any] | None = None
+        #: What making this model turned up for the user (warnings of its normal scans); never saved.
+        self.notes: list[str] = []
 
     # -- configuration -------------------------------------------------------------------------
     @classmethod

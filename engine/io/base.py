@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +27,7 @@ from ..errors import (
     TooLargeError,
 )
 from ..volume import Volume
+from .safety import native_output, native_reason
 
 #: Default memory budget for one scan as float32: large enough for a whole-body CT, small enough that a
 #: corrupt header claiming billions of voxels fails fast instead of exhausting memory.
@@ -158,28 +160,46 @@ def library_errors(path: Path, fmt: str) -> Iterator[None]:
 
     Parsers of binary formats fail in many ways (``RuntimeError`` from ITK, ``ValueError``/``struct.error``/
     ``KeyError`` from pydicom...). To a user they all mean the same thing, and to the caller anything that
-    is not an ``AnomaLensError`` is a bug, so the reader boundary translates them here.
+    is not an ``AnomaLensError`` is a bug, so the reader boundary translates them here. What native code
+    prints meanwhile (MetaIO, libpng, libjpeg write to the process's stdout/stderr) is captured: folded
+    into the error line when the read fails, dropped when it succeeds.
     """
-    try:
-        yield
-    except AnomaLensError:
-        raise
-    except MemoryError:
-        raise TooLargeError(f"{path.name}: not enough memory to read this {fmt} file") from None
-    except (PermissionError, IsADirectoryError) as exc:
-        raise ScanReadError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except Exception as exc:
-        raise CorruptFileError(f"{path.name} looks like {fmt} but could not be read: {short_reason(exc)}") from exc
+    with native_output() as native:
+        try:
+            yield
+        except AnomaLensError:
+            raise
+        except MemoryError:
+            raise TooLargeError(f"{path.name}: not enough memory to read this {fmt} file") from None
+        except (PermissionError, IsADirectoryError) as exc:
+            raise ScanReadError(f"cannot read {path}: {exc.strerror or exc}") from None
+        except Exception as exc:
+            reason = short_reason(exc, native.text, path)
+            raise CorruptFileError(f"{path.name} looks like {fmt} but could not be read: {reason}") from exc
 
 
-def short_reason(exc: BaseException) -> str:
-    """The last meaningful line of a library error (ITK messages carry long source paths first)."""
+#: ITK ends every IO error with ``Reason: <strerror(errno)>``; errno is usually stale, so "Success" or a
+#: random errno text says nothing about the file.
+_ITK_REASON = re.compile(r"^Reason:\s*", re.IGNORECASE)
+_ITK_PREFIX = re.compile(r"^ITK ERROR:\s*\w+\(0x[0-9a-fA-F]+\):\s*")
+
+
+def short_reason(exc: BaseException, native: str = "", path: Path | None = None) -> str:
+    """One line saying why a library failed: what native code printed first, else the library's last line.
+
+    ITK messages carry long source paths and an errno text (``Reason: Success``) that is not the cause;
+    the line native code printed before failing (``data not read completely``) usually is.
+    """
+    told = native_reason(native, path)
     text = str(exc).strip() or type(exc).__name__
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    last = lines[-1] if lines else text
-    if "ITK ERROR" in last and ":" in last:
-        last = last.split(":", 2)[-1].strip()
-    return last[:300]
+    lines = [ln for ln in lines if not (_ITK_REASON.match(ln) and "success" in ln.lower())] or [type(exc).__name__]
+    last = lines[-1]
+    if "ITK ERROR" in last:
+        last = _ITK_PREFIX.sub("", last[last.index("ITK ERROR"):])
+    if path is not None:
+        last = last.replace(str(path), path.name)
+    return (told or last)[:300]
 
 
 def to_grey(array: np.ndarray, components: int) -> tuple[np.ndarray, str | None]:
@@ -214,7 +234,7 @@ def geometry_or_default(spacing: list[float], origin: list[float], direction: li
         warnings.append("the file's origin is not finite; using 0")
         org = [o if math.isfinite(o) else 0.0 for o in org]
     d = np.asarray(direction, dtype=float).reshape(3, 3)
-    if not np.all(np.isfinite(d)) or abs(np.linalg.det(d)) < 1e-6:
+    if not np.all(np.isfinite(d)) or np.abs(d).max() > 1.001 or abs(np.linalg.det(d)) < 1e-6:
         warnings.append("the file's direction cosines are invalid; assuming the identity orientation")
         d = np.eye(3)
     return sp, org, d.ravel().tolist()
@@ -240,3 +260,17 @@ def apply_nan_policy(volume: Volume, nan_policy: str) -> Volume:
     volume.array[~finite] = low
     volume.warnings.append(f"replaced {bad} NaN/infinite voxels by the lowest finite value {low:g}")
     return volume
+
+
+def gap_indices(volume: Volume) -> list[int]:
+    """Array z indices of ``volume`` that are gap fillers (empty slices a reader inserted), not scan data.
+
+    ``metadata["gap_slices"]`` numbers them on the grid as read; a slice selection (``selected_slices``)
+    renumbers the array, so they are mapped through it here. Scoring and training skip these slices.
+    """
+    gaps = {int(i) for i in volume.metadata.get("gap_slices") or ()}
+    if not gaps:
+        return []
+    selected = volume.metadata.get("selected_slices")
+    numbering = range(volume.n_slices) if selected is None else [int(i) for i in selected]
+    return [k for k, original in enumerate(numbering) if original in gaps and k < volume.n_slices]

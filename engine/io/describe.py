@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..volume import Volume
+from .base import gap_indices
 
 #: Patient-space direction each letter names, in DICOM/ITK LPS world coordinates (+x left, +y posterior).
 _LETTERS = (("L", "R"), ("P", "A"), ("S", "I"))
@@ -23,7 +24,7 @@ def orientation_code(direction: tuple[float, ...] | list[float] | np.ndarray) ->
     letters = ["?"] * 3
     weight = np.where(np.isfinite(d), np.abs(d), 0.0)
     for axis in range(3):  # an axis that is not a direction at all (a corrupt header) keeps "?"
-        if np.linalg.norm(weight[:, axis]) < 1e-6:
+        if weight[:, axis].max() < 1e-6:
             weight[:, axis] = -1.0
     # Greedy on the strongest remaining cosine, as ITK does, so oblique scans get the same code as in ITK.
     for _ in range(3):
@@ -72,5 +73,8 @@ def describe(volume: Volume) -> dict[str, Any]:
     }
     if "selected_slices" in volume.metadata:
         info["selected_slices"] = list(volume.metadata["selected_slices"])
+    gaps = gap_indices(volume)
+    if gaps:
+        info["gap_slices"] = gaps  # empty slices inserted where a DICOM series misses some; not scan data
     info["warnings"] = list(volume.warnings)
     return info

@@ -9,7 +9,6 @@ never touches pixel data of series the user did not ask for.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections import Counter
 from collections.abc import Iterable
@@ -42,12 +41,24 @@ from .base import (
     to_grey,
 )
 from .metadata import dicom_metadata
+from .safety import FolderListing, walk_regular_files
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: Two frames closer than this along the slice normal (mm) are taken to be at the same position.
 POSITION_TOLERANCE_MM = 0.01
 #: A step between neighbouring slices this many times the usual step means slices are missing.
 GAP_FACTOR = 1.5
+#: What to do with missing slices (see ``layout``): insert empty ones at their true positions, refuse the
+#: series, or stack the slices one after another as if nothing were missing (positions then wrong).
+GAP_MODES = ("fill", "refuse", "stack")
+#: A slice further than this fraction of the slice step from its place on a uniform grid is at an
+#: irregular position: no uniform grid holds it where the scanner put it.
+IRREGULAR_FRACTION = 0.1
+#: Slices off the grid by more than this fraction (but less than the above) are placed with a warning.
+NOTE_FRACTION = 0.02
+#: Scanners that write positions rounded to 0.1 mm put thin slices up to 0.05 mm (plus the fit's own error) off
+#: any grid: never noted nor refused, whatever the slice step.
+ROUNDING_MM = 0.075
 
 
 def _pydicom() -> Any:
@@ -309,21 +320,19 @@ class FolderScan:
     n_files: int
     other: list[Path]  # not DICOM, or DICOM without an image
     damaged: list[tuple[Path, ScanReadError | TooLargeError]]
+    special: list[Path] = field(default_factory=list)  # FIFOs, devices, sockets, broken links: never opened
 
 
-def _walk(folder: Path) -> list[Path]:
-    files: list[Path] = []
-    for root, dirs, names in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files.extend(Path(root) / n for n in sorted(names) if not n.startswith(".") and n.upper() != "DICOMDIR")
-    return files
+def _walk(folder: Path) -> FolderListing:
+    return walk_regular_files(folder, skip=frozenset({"DICOMDIR"}))
 
 
 def scan_folder(folder: Path, max_bytes: int, progress: ProgressCallback | None = None,
                 cancel: CancelToken | None = None) -> FolderScan:
     """Read the header of every file below ``folder`` (recursively), sorting them into usable and not."""
-    files = _walk(folder)
-    scan = FolderScan(headers=[], n_files=len(files), other=[], damaged=[])
+    listing = _walk(folder)
+    files = listing.files
+    scan = FolderScan(headers=[], n_files=len(files), other=[], damaged=[], special=listing.special)
     for i, path in enumerate(files):
         check(cancel)
         try:
@@ -383,9 +392,13 @@ def _example(paths: list[Path], folder: Path) -> str:
 
 
 def read_folder(folder: Path, series_uid: str | None, max_bytes: int,
-                progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Volume:
+                progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                gaps: str = "fill") -> Volume:
     scan = scan_folder(folder, max_bytes, lambda f, m: report(progress, 0.3 * f, m), cancel)
     if scan.n_files == 0:
+        if scan.special:
+            raise EmptyInputError(f"the folder {folder} holds no regular files, only {len(scan.special)} pipe(s), "
+                                  f"device(s), socket(s) or broken link(s) such as {_example(scan.special, folder)}")
         raise EmptyInputError(f"the folder {folder} holds no files")
     if not scan.headers:
         if scan.damaged:
@@ -418,7 +431,11 @@ def read_folder(folder: Path, series_uid: str | None, max_bytes: int,
     if scan.other:
         warnings.append(f"ignored {len(scan.other)} file(s) that are not DICOM images: "
                         f"{_example(scan.other, folder)}")
-    volume = stack(groups[uid], max_bytes, warnings, lambda f, m: report(progress, 0.3 + 0.7 * f, m), cancel)
+    if scan.special:
+        warnings.append(f"skipped {len(scan.special)} entr{'y' if len(scan.special) == 1 else 'ies'} that are not "
+                        f"regular files (pipes, devices, sockets or broken links): {_example(scan.special, folder)}")
+    volume = stack(groups[uid], max_bytes, warnings, lambda f, m: report(progress, 0.3 + 0.7 * f, m), cancel,
+                   gaps=gaps)
     volume.source = folder
     return volume
 
@@ -485,6 +502,7 @@ def order_frames(frames: list[Frame], warnings: list[str]) -> tuple[list[Frame],
 
 
 def _check_spacing(dist: np.ndarray, warnings: list[str]) -> float:
+    """The common step, warning about gaps and uneven steps: ``gaps="stack"``, where slices stay consecutive."""
     diffs = np.diff(dist)
     step = _common_step(diffs)
     gaps = np.nonzero(diffs > GAP_FACTOR * step)[0]
@@ -504,6 +522,92 @@ def _check_spacing(dist: np.ndarray, warnings: list[str]) -> float:
     return step
 
 
+@dataclass
+class Layout:
+    """Where each frame of a sorted series goes on the volume's uniform z grid.
+
+    ``slots[i]`` is the grid index of frame ``i``; grid indices that no frame fills are ``gaps`` (filled
+    with background, not part of the scan). ``step`` is the grid's z spacing in mm, None when the frames
+    carry no positions.
+    """
+
+    slots: list[int]
+    n: int
+    step: float | None
+    gaps: list[int] = field(default_factory=list)
+
+
+def layout(dist: np.ndarray | None, warnings: list[str], gaps: str = "fill") -> Layout:
+    """Place sorted frames (``dist``: their positions along the slice normal) on a uniform grid.
+
+    A clean gap (a step that is a whole multiple of the usual one) gets empty slices at the missing
+    positions with ``gaps="fill"``, so every read slice lies where the scanner put it; ``"refuse"`` refuses
+    such a series and ``"stack"`` stacks the slices one after another with a warning (the old behaviour:
+    positions across the gap are wrong). Positions that fit no uniform grid (more than
+    ``IRREGULAR_FRACTION`` of a step off) are refused unless ``gaps="stack"``.
+
+    Raises:
+        InvalidVolumeError: missing slices with ``gaps="refuse"``, irregular positions, or more missing
+            slices than slices present, each with a line saying how to proceed.
+        ConfigError: an unknown ``gaps`` mode.
+    """
+    if gaps not in GAP_MODES:
+        raise ConfigError(f"gaps must be one of {', '.join(GAP_MODES)}, got {gaps!r}")
+    if dist is None or len(dist) < 2:
+        n = 1 if dist is not None else 0
+        return Layout(slots=list(range(n)), n=n, step=None)
+    if gaps == "stack":
+        step = _check_spacing(dist, warnings)
+        return Layout(slots=list(range(len(dist))), n=len(dist), step=step)
+    diffs = np.diff(dist)
+    step = _common_step(diffs)
+    steps = np.rint(diffs / step).astype(np.int64)
+    index = np.concatenate([[0], np.cumsum(steps)])
+    offsets = dist - dist[0]
+    if index[-1] > 0:  # least squares through the first slice: the grid that fits all positions best
+        step = float(offsets @ index / float(index @ index))
+    off_grid = np.abs(offsets - index * step)
+    worst = int(np.argmax(off_grid))
+    if (steps < 1).any() or off_grid[worst] > max(IRREGULAR_FRACTION * step, ROUNDING_MM):
+        lo, hi = float(diffs.min()), float(diffs.max())
+        raise InvalidVolumeError(
+            f"the slices lie at irregular positions (steps from {lo:.2f} to {hi:.2f} mm; the slice at "
+            f"{dist[worst]:.2f} mm is {off_grid[worst]:.2f} mm off a uniform {step:.2f} mm grid), so they cannot "
+            "be placed where the scanner put them; read with gaps='stack' (--gaps stack) to stack them "
+            f"{step:.2f} mm apart anyway, distances along the slices then being approximate"
+        )
+    if off_grid[worst] > max(NOTE_FRACTION * step, ROUNDING_MM):
+        warnings.append(f"the slice positions deviate by up to {off_grid[worst]:.2f} mm from a uniform "
+                        f"{step:.2f} mm grid; each slice is placed at its nearest grid position")
+    n = int(index[-1]) + 1
+    slots = [int(i) for i in index]
+    missing = sorted(set(range(n)) - set(slots))
+    if not missing:
+        return Layout(slots=slots, n=n, step=step)
+    holes = np.flatnonzero(steps > 1)
+    where = [f"{dist[g]:.2f} and {dist[g + 1]:.2f} mm" for g in holes[:5]]
+    spans = " and between ".join(where) + (f" (and {len(holes) - 5} more gaps)" if len(holes) > 5 else "")
+    if gaps == "refuse":
+        raise InvalidVolumeError(
+            f"slices are missing between positions {spans} along the slice normal ({len(missing)} of {n} slices "
+            "of the series' grid); an incomplete transfer? read with gaps='fill' (--gaps fill) to insert empty "
+            "slices at the missing positions, or gaps='stack' to stack the slices as they are"
+        )
+    if len(missing) > len(slots):
+        raise InvalidVolumeError(
+            f"{len(missing)} slices of a {step:.2f} mm grid are missing but only {len(slots)} are present "
+            f"(gaps between positions {spans}); this does not look like one scan with missing slices; read with "
+            "gaps='stack' (--gaps stack) to stack the slices as they are"
+        )
+    shown = ", ".join(str(i) for i in missing[:12]) + (", ..." if len(missing) > 12 else "")
+    warnings.append(
+        f"slices missing between positions {spans} along the slice normal: {len(missing)} empty slice"
+        f"{'s were' if len(missing) > 1 else ' was'} inserted (z indices {shown}) so every slice lies at its "
+        "true position; they are not part of the scan"
+    )
+    return Layout(slots=slots, n=n, step=step, gaps=missing)
+
+
 def _sheared(frames: list[Frame], normal: np.ndarray) -> bool:
     delta = frames[-1].position - frames[0].position
     length = float(np.linalg.norm(delta))
@@ -511,8 +615,12 @@ def _sheared(frames: list[Frame], normal: np.ndarray) -> bool:
 
 
 def stack(headers: list[FileHeader], max_bytes: int, warnings: list[str],
-          progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Volume:
-    """Build one volume from the files of one series (see the module docstring for the rules)."""
+          progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+          gaps: str = "fill") -> Volume:
+    """Build one volume from the files of one series (see the module docstring and ``layout`` for the rules).
+
+    Missing slices (``gaps="fill"``) become background slices listed in ``metadata["gap_slices"]``.
+    """
     frames = [f for h in headers for f in h.frames]
     shapes = Counter((f.rows, f.cols) for f in frames)
     if len(shapes) > 1:
@@ -520,14 +628,15 @@ def stack(headers: list[FileHeader], max_bytes: int, warnings: list[str],
         raise InvalidVolumeError(f"the images of this series differ in size ({listed}); they cannot be stacked")
     frames, orientation, dist = order_frames(frames, warnings)
     rows, cols = frames[0].rows, frames[0].cols
-    check_budget((len(frames), rows, cols), max_bytes, "this series")
+    grid = layout(dist, warnings, gaps) if dist is not None else Layout(list(range(len(frames))), len(frames), None)
+    check_budget((grid.n, rows, cols), max_bytes, "this series")
 
     first = frames[0]
     if orientation is None:  # for several slices ``order_frames`` has already warned
         orientation = np.array([1.0, 0, 0, 0, 1.0, 0])
     normal = np.cross(orientation[:3], orientation[3:])
-    if dist is not None and len(dist) > 1:
-        dz = _check_spacing(dist, warnings)
+    if grid.step is not None:
+        dz = grid.step
         if _sheared(frames, normal):
             warnings.append("the slices are shifted in-plane from one to the next (gantry tilt?); the volume is "
                             "stacked without correcting it")
@@ -544,9 +653,11 @@ def stack(headers: list[FileHeader], max_bytes: int, warnings: list[str],
 
     by_path = {h.path: h for h in headers}
     slots: dict[Path, list[tuple[int, Frame]]] = {}
-    for slot, f in enumerate(frames):
+    for slot, f in zip(grid.slots, frames, strict=True):
         slots.setdefault(f.path, []).append((slot, f))
-    out = np.empty((len(frames), rows, cols), dtype=np.float32)
+    out = np.empty((grid.n, rows, cols), dtype=np.float32)
+    if grid.gaps:
+        out[grid.gaps] = np.nan  # placeholders that min/max ignore until the background is known
     for done, (path, items) in enumerate(slots.items()):
         check(cancel)
         try:
@@ -576,12 +687,22 @@ def stack(headers: list[FileHeader], max_bytes: int, warnings: list[str],
         out = (lo + hi) - out
         windows = [Window(center=lo + hi - w.center, width=w.width, name=w.name) for w in windows]
         meta["inverted_monochrome1"] = True
+    if grid.gaps:
+        out[grid.gaps] = _background(out, grid.slots)
+        meta["gap_slices"] = list(grid.gaps)
     sp, org, direction = geometry_or_default(
         [dx, dy, dz], (first.position if first.position is not None else np.zeros(3)).tolist(),
         np.column_stack([orientation[:3], orientation[3:], normal]).ravel().tolist(), warnings)
     meta.update({"format": "DICOM", "series_uid": head.uid, "n_files": len(headers), "n_images": len(frames)})
     return Volume(array=out, spacing=sp, origin=org, direction=direction, modality=head.modality or "OT",
                   windows=windows, metadata=meta, source=head.path, warnings=warnings)
+
+
+def _background(out: np.ndarray, slots: list[int]) -> float:
+    """The lowest finite value of the read slices: what a gap filler holds (normalisation ignores it)."""
+    lows = [float(np.min(out[i], where=np.isfinite(out[i]), initial=np.inf)) for i in slots]
+    finite = [v for v in lows if np.isfinite(v)]
+    return min(finite) if finite else 0.0
 
 
 def read_pixels(header: FileHeader, rows: int, cols: int) -> tuple[np.ndarray, bool]:
@@ -654,7 +775,7 @@ class DicomFolderReader(Reader):
 
     def read(self, path: Path, **opts: Any) -> Volume:
         return read_folder(path, opts.get("series_uid"), resolve_max_bytes(opts.get("max_bytes")),
-                           opts.get("progress"), opts.get("cancel"))
+                           opts.get("progress"), opts.get("cancel"), gaps=opts.get("gaps") or "fill")
 
 
 class DicomFileReader(Reader):
@@ -678,6 +799,7 @@ class DicomFileReader(Reader):
         warnings: list[str] = []
         if series_uid is not None and series_uid != header.uid:
             raise ConfigError(f"{path.name} belongs to series {header.uid or '(no UID)'}, not {series_uid}")
-        volume = stack([header], max_bytes, warnings, opts.get("progress"), opts.get("cancel"))
+        volume = stack([header], max_bytes, warnings, opts.get("progress"), opts.get("cancel"),
+                       gaps=opts.get("gaps") or "fill")
         volume.source = path
         return volume

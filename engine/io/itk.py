@@ -6,7 +6,9 @@ loaded, and a 4-D file is cut down to its first 3-D volume while reading rather 
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -24,6 +26,7 @@ from .base import (
     sitk_module,
     to_grey,
 )
+from .headers import check_metaimage, check_nifti, check_nrrd
 
 #: Header fields copied from SimpleITK's metadata dictionary: coordinate-system codes only. Free-text fields
 #: (NIfTI ``descrip``/``aux_file``, NRRD comments, PNG text chunks) can hold names and are never copied.
@@ -51,16 +54,22 @@ def _tail(path: Path, n: int) -> bytes:
 
 #: ``voxels(path, itk_size) -> array (z, y, x)`` — an alternative pixel loader for one format.
 VoxelLoader = Callable[[Path, list[int]], np.ndarray]
+#: ``check(path)`` raises a ``CorruptFileError`` for a header a native reader must not see (``headers``).
+HeaderCheck = Callable[[Path], None]
 
 
 def read_with_sitk(path: Path, image_io: str, fmt: str, max_bytes: int,
-                   voxels: VoxelLoader | None = None) -> Volume:
+                   voxels: VoxelLoader | None = None, check: HeaderCheck | None = None) -> Volume:
     """Read ``path`` with one named ITK ImageIO into a ``Volume`` (see the module docstring).
 
     ``voxels`` replaces ITK's pixel reading for single-component images while ITK still supplies the
     header and geometry: NIfTI uses it because ITK 5.4 silently zeroes NaN/inf voxels and pads truncated
-    files with zeros, both of which would defeat the checks that follow.
+    files with zeros, both of which would defeat the checks that follow. ``check`` validates the header in
+    Python first: ITK crashes the process on some impossible headers instead of raising.
     """
+    if check is not None:
+        with library_errors(path, fmt):
+            check(path)
     sitk = sitk_module()
     warnings: list[str] = []
     reader = sitk.ImageFileReader()
@@ -116,10 +125,39 @@ def read_with_sitk(path: Path, image_io: str, fmt: str, max_bytes: int,
                   warnings=warnings)
 
 
+_QUIET = threading.local()
+
+
+class _QuietReads(logging.Filter):
+    """Drops nibabel's header-repair notes ("vox offset ... not SPM compatible") logged by our own reads.
+
+    nibabel prints them to stderr through a handler of its own; to a user they are noise before the
+    result (or the one error line). Other threads' use of nibabel keeps its messages.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_QUIET, "on", False)
+
+
+def _quiet_nibabel() -> None:
+    logger = logging.getLogger("nibabel.global")
+    if not any(isinstance(f, _QuietReads) for f in logger.filters):
+        logger.addFilter(_QuietReads())
+
+
 def nibabel_voxels(path: Path, size: list[int]) -> np.ndarray:
     """The first 3-D volume of a NIfTI file via nibabel, in (z, y, x) order, NaN/inf kept, truncation caught."""
     import nibabel as nib
 
+    _quiet_nibabel()
+    _QUIET.on = True
+    try:
+        return _nibabel_voxels(nib, path, size)
+    finally:
+        _QUIET.on = False
+
+
+def _nibabel_voxels(nib: Any, path: Path, size: list[int]) -> np.ndarray:
     with library_errors(path, "NIfTI"):
         proxy = nib.load(str(path), mmap=False).dataobj
         file_shape = tuple(int(s) for s in proxy.shape)
@@ -135,6 +173,7 @@ class SimpleITKReader(Reader):
 
     image_io: ClassVar[str] = ""
     format_name: ClassVar[str] = ""
+    header_check: ClassVar[HeaderCheck | None] = None
     magic: ClassVar[tuple[tuple[int, bytes], ...]] = ()  # (offset, bytes)
 
     def verify_magic(self, path: Path) -> bool:
@@ -151,9 +190,7 @@ class SimpleITKReader(Reader):
 
     def read(self, path: Path, **opts: Any) -> Volume:
         budget = resolve_max_bytes(opts.get("max_bytes"))
-        return read_with_sitk(path, self.io_for(path), self.format_name, budget)
-
-
+        return read_with_sitk(path, self.io_for(path), self.format_name, budget, check=type(self).header_check)
 
 
 class NiftiReader(SimpleITKReader):
@@ -165,7 +202,7 @@ class NiftiReader(SimpleITKReader):
 
     def read(self, path: Path, **opts: Any) -> Volume:
         return read_with_sitk(path, self.image_io, self.format_name, resolve_max_bytes(opts.get("max_bytes")),
-                              voxels=nibabel_voxels)
+                              voxels=nibabel_voxels, check=check_nifti)
 
 
 class NrrdReader(SimpleITKReader):
@@ -174,6 +211,7 @@ class NrrdReader(SimpleITKReader):
     image_io = "NrrdImageIO"
     format_name = "NRRD"
     magic = ((0, b"NRRD"),)
+    header_check = staticmethod(check_nrrd)
 
 
 class MetaImageReader(SimpleITKReader):
@@ -182,6 +220,7 @@ class MetaImageReader(SimpleITKReader):
     image_io = "MetaImageIO"
     format_name = "MetaImage"
     magic = ((0, b"ObjectType"), (0, b"NDims"))
+    header_check = staticmethod(check_metaimage)
 
 
 class PictureReader(SimpleITKReader):

@@ -11,6 +11,7 @@ from ..errors import ConfigError, InvalidVolumeError
 from ..fileio import atomic_path
 from ..volume import Volume
 from .base import short_reason, sitk_module
+from .safety import native_output
 
 #: Single-file formats only: a header/data pair (.nhdr+.raw, .mhd+.raw) cannot be replaced atomically.
 WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -95,7 +96,8 @@ def _write_itk(volume: Volume, arr: np.ndarray, path: Path, suffix: str, descrip
     staged = path.with_name(path.name + suffix)
     try:
         try:
-            sitk.WriteImage(img, str(staged), useCompression=True)
+            with native_output():  # ITK's own "** ERROR: … wrote only 0 of …" lines: the read-back says it once
+                sitk.WriteImage(img, str(staged), useCompression=True)
         except RuntimeError as exc:  # ITK reports a full disk or a read-only folder this way
             raise OSError(f"could not write {path.name}: {short_reason(exc)}") from exc
         os.replace(staged, path)

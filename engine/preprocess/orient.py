@@ -32,6 +32,29 @@ def reorient(volume: Volume, code: str = "LPS") -> Volume:
     img = sitk.DICOMOrient(volume.to_sitk(), code)
     out = Volume(sitk.GetArrayFromImage(img).astype(np.float32), spacing=img.GetSpacing(), origin=img.GetOrigin(),
                  direction=img.GetDirection(), modality=volume.modality, windows=list(volume.windows),
-                 metadata=dict(volume.metadata), source=volume.source, warnings=list(volume.warnings))
+                 metadata=dict(volume.metadata), source=volume.source, warnings=list(volume.warnings),
+                 intensity_reference=volume.intensity_reference)
+    gaps = _gaps_after(volume, out)
     out.metadata.pop("selected_slices", None)
+    if gaps is None:
+        out.metadata.pop("gap_slices", None)
+    else:
+        out.metadata["gap_slices"] = gaps
     return out
+
+
+def _gaps_after(before: Volume, after: Volume) -> list[int] | None:
+    """The gap-filler slices (``io.base.gap_indices``) in the reoriented array, when z stayed the slice axis."""
+    from ..io.base import gap_indices
+
+    gaps = gap_indices(before)
+    if not gaps:
+        return None
+    z_before = np.asarray(before.direction).reshape(3, 3)[:, 2]
+    z_after = np.asarray(after.direction).reshape(3, 3)[:, 2]
+    n = after.n_slices
+    if np.allclose(z_after, z_before, atol=1e-6) and n == before.n_slices:
+        return sorted(gaps)
+    if np.allclose(z_after, -z_before, atol=1e-6) and n == before.n_slices:
+        return sorted(n - 1 - k for k in gaps)
+    return None  # the slices became another axis: nothing is a whole empty slice any more
