@@ -3,6 +3,11 @@
 The app never dies on a bad file: reading runs in a worker and every failure becomes a message (and a
 log line), while the layers already loaded stay. Uncaught exceptions in callbacks are shown by napari's
 notification manager (``napari.run(gui_exceptions=True)``) instead of ending the process.
+
+``viewer.log`` (``setup_logging``, in the user's log folder) is redacted: every path the viewer opens or
+writes is registered with ``engine.logredact`` before it can appear in a line. Hidden options for tests:
+``--quit-after SECONDS`` (start, describe the window, close) and ``--score-and-quit MODEL`` (open PATH,
+score it with MODEL through the Detector dock, close: ``score_and_quit``).
 """
 
 from __future__ import annotations
@@ -153,8 +158,10 @@ class FileActions(QObject):
         """
         from ..engine.errors import MultipleSeriesError
         from ..engine.io import read_scan
+        from ..engine.logredact import remember
         from .reader import image_layer_data
 
+        remember(path)  # as given, relative too: the job's name, its errors and log lines show a token
         p = Path(path).expanduser()
 
         def work(progress: Any, cancel: Any) -> Any:
@@ -404,24 +411,101 @@ def close_after(viewer: napari.Viewer, seconds: float) -> None:
     QTimer.singleShot(int(seconds * 1000), close)
 
 
-def _setup_logging() -> None:
-    """Log to a rotating file in the user's log folder (and warnings to stderr)."""
+def score_and_quit(viewer: napari.Viewer, model: str | Path, timeout_s: float = 300.0) -> dict[str, Any]:
+    """Hidden test hook (``--score-and-quit MODEL``): a whole scoring session, then the window is closed.
+
+    Once the scan given on the command line has opened, the Detector dock loads ``MODEL`` and scores the
+    whole volume, as a user would with its buttons; then one line is printed and the main window closed,
+    as a user ends a session. It exists so a test can check that quitting after real work (workers,
+    layers, the score curve, the Poincaré disk) exits 0 without a native crash at teardown. The returned
+    dict is filled in as the steps run: ``ok`` is True once the volume was scored (``main`` exits 1 if not).
+    """
+    import time
+
+    from .state import get_state
+
+    outcome: dict[str, Any] = {"ok": False, "step": "open"}
+    deadline = time.monotonic() + timeout_s
+    files = viewer.window.anomalens_files
+    detector = viewer.window.anomalens_docks.get("Detector")
+    state = get_state(viewer)
+    timer = QTimer(viewer.window._qt_window)
+
+    def finish(line: str) -> None:
+        timer.stop()
+        print(f"scripted session: {line}", flush=True)
+        viewer.close()
+
+    def tick() -> None:
+        if time.monotonic() > deadline:
+            finish(f"timed out while at step {outcome['step']}")
+            return
+        if detector is None:
+            finish("the Detector dock did not start")
+            return
+        if files.jobs.running or detector.jobs.running:
+            return
+        step = outcome["step"]
+        if step == "open":
+            if not len(viewer.layers):
+                finish("no scan was opened")
+            elif detector.set_bundle(Path(model)):
+                outcome["step"] = "model"
+            else:
+                finish("the model could not be loaded")
+        elif step == "model":
+            if state.detector is None:
+                finish("the model could not be loaded")
+            elif detector.score_volume():
+                outcome["step"] = "score"
+            else:
+                finish("scoring did not start")
+        elif step == "score":
+            res = state.results
+            if res is None or not res.scored.all():
+                finish("scoring failed")
+                return
+            outcome["ok"] = True
+            finish(f"scored {len(res.slice_scores)} slices with {res.label}; closing")
+
+    timer.timeout.connect(tick)
+    timer.start(100)
+    return outcome
+
+
+#: The viewer's log file, in ``log_folder()``; rotated at 1 MB, three old files kept.
+LOG_NAME = "viewer.log"
+
+
+def log_folder() -> Path:
+    """Where ``viewer.log`` goes: the user's log folder (``$XDG_STATE_HOME/anomalens/log`` on Linux)."""
     import platformdirs
 
+    return Path(platformdirs.user_log_dir("anomalens", appauthor=False))
+
+
+def setup_logging(folder: str | Path | None = None) -> logging.Handler:
+    """Log to a rotating ``viewer.log`` in ``folder`` (default ``log_folder()``); returns the handler.
+
+    Every line goes through ``RedactingFormatter``: paths the viewer registered (scans, models, exports) and
+    their file and folder names become ``<path:…>`` tokens, since the log may be sent to support and sites
+    name folders after patients. Without a writable folder the log goes to stderr, redacted the same way.
+    """
     from ..engine.logredact import RedactingFormatter
 
     root = logging.getLogger("anomalens")
     root.setLevel(logging.INFO)
     try:
-        folder = Path(platformdirs.user_log_dir("anomalens", appauthor=False))
-        folder.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.handlers.RotatingFileHandler(folder / "viewer.log", maxBytes=1_000_000,
+        where = Path(folder) if folder is not None else log_folder()
+        where.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.handlers.RotatingFileHandler(where / LOG_NAME, maxBytes=1_000_000,
                                                                          backupCount=3, encoding="utf-8")
     except OSError:
         handler = logging.StreamHandler()
     # Messages on screen name the user's files; the log file, which may be sent to support, does not.
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root.addHandler(handler)
+    return handler
 
 
 def _configure_threads() -> None:
@@ -450,12 +534,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --demo: save a screenshot of the window there, then close")
     parser.add_argument("--quit-after", type=float, default=None, help=argparse.SUPPRESS)  # smoke tests
     parser.add_argument("--list-plugins", action="store_true", help=argparse.SUPPRESS)  # installer smoke test
+    parser.add_argument("--score-and-quit", type=Path, default=None, metavar="MODEL",
+                        help=argparse.SUPPRESS)  # tests: score PATH with MODEL, then close (``score_and_quit``)
     args = parser.parse_args(argv)
+    if args.score_and_quit is not None and (args.path is None or args.demo):
+        parser.error("--score-and-quit needs a scan PATH (and no --demo)")
     if args.list_plugins:
         names = discovered_plugins()
         print("\n".join(names))
         return 0 if PLUGIN_NAME in names else 1
-    _setup_logging()
+    setup_logging()
     _configure_threads()
     get_qapp(app_name=TITLE, app_version=__version__, icon=str(resource_path(APP_ICON_SVG)), org_name=TITLE,
              org_domain="anomalens.invalid", app_id=f"anomalens.viewer.{__version__}")
@@ -465,5 +553,10 @@ def main(argv: list[str] | None = None) -> int:
     seconds = args.quit_after if args.quit_after is not None else float(os.environ.get("ANOMALENS_QUIT_AFTER", 0) or 0)
     if seconds > 0:
         close_after(viewer, seconds)
+    scripted = score_and_quit(viewer, args.score_and_quit) if args.score_and_quit is not None else None
     run(gui_exceptions=True)
-    return 0
+    return 0 if scripted is None or scripted["ok"] else 1
+
+
+if __name__ == "__main__":  # ``python -m anomalens.app.desktop``: the same as ``anomalens-viewer``
+    raise SystemExit(main())

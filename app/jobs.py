@@ -150,7 +150,7 @@ class JobRunner(QObject):
                 self.status.setText(f"{name}: cancelled")
                 log.info("%s cancelled", name)
             else:
-                self.status.setText(f"{name} failed: {notify_error(exc, name)}")
+                self.status.setText(notify_error(exc, f"{name} failed"))
             if on_fail is not None:
                 try:
                     on_fail(exc)
@@ -163,7 +163,7 @@ class JobRunner(QObject):
             if on_done is not None:
                 on_done(box.get("value"))
         except Exception as exc:  # showing a result must not crash the viewer
-            self.status.setText(f"{name} failed: {notify_error(exc, name)}")
+            self.status.setText(notify_error(exc, f"{name} failed"))
             self.done.emit(name, exc)
             return
         self.done.emit(name, box.get("value"))

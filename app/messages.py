@@ -18,7 +18,9 @@ def describe_error(exc: BaseException) -> str:
     """The text a user sees for ``exc``: the message of our errors, a short note for bugs."""
     if isinstance(exc, AnomaLensError):
         return str(exc) or type(exc).__name__
-    return f"Unexpected error ({type(exc).__name__}: {exc}). Details are in the log."
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")[:300]
+    # One line: native libraries (ITK, libpng) put whole reports in their messages; the log keeps them.
+    return f"Unexpected error ({type(exc).__name__}: {first}). Details are in the log."
 
 
 def notify_error(exc: BaseException, context: str = "") -> str:

@@ -38,8 +38,10 @@ def describe_bundle(path: str | Path) -> BundleEntry:
     """Read a bundle's manifest; a broken or newer-schema bundle gives an entry with ``error`` set."""
     from ..engine.detectors import read_manifest
     from ..engine.detectors.bundle import manifest_calibration
+    from ..engine.logredact import remember
 
     p = Path(path)
+    remember(p)  # its error text is shown and logged: a token there, never the folder's name
     try:
         manifest = read_manifest(p)
         calibrated = manifest_calibration(manifest) is not None
@@ -54,8 +56,12 @@ def list_bundles(folder: str | Path | None = None) -> list[BundleEntry]:
     Unreadable bundles (damaged, or from a newer AnomaLens) stay in the list so choosing one shows why it
     cannot be used, instead of the model silently missing.
     """
+    from ..engine.logredact import remember
+
     store = ModelStore(folder)
     entries = {b.path: BundleEntry(b.path, b.name, b.detector, b.calibrated) for b in store.bundles()}
+    for p in entries:
+        remember(p)  # profiles trained before names were hashed may be named after a scan's file
     if store.root.is_dir():
         for p in sorted(store.root.iterdir()):
             if p not in entries and p.is_dir() and not p.name.startswith(".") and (p / "bundle.json").is_file():

@@ -1,6 +1,7 @@
 """The napari reader: DICOM folders and files, NIfTI, NRRD and MetaImage as image layers.
 
-Reading goes through ``anomalens.engine.io.read_scan``; this module only turns a ``Volume`` into napari
+Reading goes through ``anomalens.engine.io.read_scan`` (the path registered with ``engine.logredact`` first,
+so no log line shows it or the names in it); this module only turns a ``Volume`` into napari
 layer data: the voxel spacing becomes the layer's ``scale`` (so millimetres are millimetres on screen) and
 the display window its contrast limits (the file's own window, else a preset for the modality). The
 ``Volume`` rides along in the layer's metadata so the docks score exactly what was read, geometry included.
@@ -59,8 +60,10 @@ def _layer_name(volume: Volume) -> str:
 def read_layers(path: str | Path | list[str | Path]) -> list[LayerData]:
     """Read one scan (or the first of several paths) into a list with one image-layer tuple."""
     from ..engine.io import read_scan
+    from ..engine.logredact import remember
 
     p = path[0] if isinstance(path, list) else path
+    remember(p)  # before reading: an error or a log line naming it shows a token (folders carry patients' names)
     return [image_layer_data(read_scan(Path(p)))]
 
 
@@ -82,6 +85,10 @@ def volume_for_layer(layer: Any) -> Volume:
     Raises:
         InvalidVolumeError: the layer is RGB or has more than three dimensions.
     """
+    from ..engine.logredact import remember
+
+    # Any reader's file (napari's own included): the docks' log lines name the layer, named after that file.
+    remember(getattr(getattr(layer, "source", None), "path", None))
     meta = getattr(layer, "metadata", None)
     meta = meta if isinstance(meta, dict) else {}
     vol = meta.get(VOLUME_KEY)

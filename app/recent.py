@@ -1,7 +1,9 @@
 """The desktop app's recent-files list, kept as versioned JSON in the settings folder.
 
 Written atomically (``engine.fileio``) so a crash while saving never loses the list; an unreadable or
-newer-version file is treated as empty rather than stopping the app.
+newer-version file is treated as empty rather than stopping the app. The list holds full paths (reopening
+them is its purpose; it stays in the user's settings folder); each is registered with ``engine.logredact``
+so a log line about one shows a token, never the names in it.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 from pathlib import Path
 
 from ..engine.fileio import atomic_write_text
+from ..engine.logredact import remember
 from .paths import config_dir
 
 FILENAME = "recent.json"
@@ -24,6 +27,7 @@ class RecentFiles:
 
     def __init__(self, path: str | Path | None = None, max_entries: int = MAX_ENTRIES) -> None:
         self.path = Path(path) if path is not None else config_dir() / FILENAME
+        remember(self.path)
         self.max_entries = max_entries
 
     def load(self) -> list[Path]:
@@ -38,10 +42,14 @@ class RecentFiles:
         if not isinstance(data, dict) or data.get("version") != VERSION or not isinstance(data.get("recent"), list):
             log.warning("ignoring recent-files list %s of an unknown version", self.path)
             return []
-        return [Path(p) for p in data["recent"] if isinstance(p, str)][: self.max_entries]
+        entries = [Path(p) for p in data["recent"] if isinstance(p, str)][: self.max_entries]
+        for p in entries:
+            remember(p)  # shown in File → Open recent; a log line about one shows a token
+        return entries
 
     def add(self, path: str | Path) -> list[Path]:
         """Put ``path`` first (once), trim the list, save it, and return it."""
+        remember(path)
         p = Path(path).expanduser().resolve()
         entries = [p, *[e for e in self.load() if e != p]][: self.max_entries]
         self._save(entries)

@@ -11,15 +11,16 @@ functions run on the UI thread.
 
 from __future__ import annotations
 
-import re
 import weakref
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .embeddings import EmbeddingStore
 from .messages import notify_info, notify_warning
+from .naming import export_stem, study_name
 from .reader import ROLE_KEY
 
 if TYPE_CHECKING:
@@ -209,10 +210,18 @@ class ScanResults:
     def mask_name(self) -> str:
         return f"{self.title} mask{STALE_SUFFIX if self.stale else ''}"
 
+    @cached_property
+    def study_name(self) -> str:
+        """The study in suggested names: its series description, else a short hash (hashed once per result).
+
+        Never the layer name: napari names a layer after its file, and sites name files after patients.
+        """
+        return study_name(self.volume)
+
     @property
     def file_stem(self) -> str:
-        """A file-name stem for exports: ``brain1_patchcore_v2``."""
-        return re.sub(r"[^A-Za-z0-9.-]+", "_", f"{self.layer_name}_{self.label}").strip("_.") or "anomalens"
+        """A file-name stem for exports: ``AX_CT_patchcore_v2`` (series description) or ``f-1a2b3c4d_patchcore_v2``."""
+        return export_stem(self.volume, self.label, self.study_name)
 
     @property
     def unit_text(self) -> str:

@@ -29,9 +29,12 @@ def load_sample(name: str) -> list[LayerData]:
         SampleError: unknown sample or a failed download (napari shows the message).
     """
     from ..engine.io import read_scan
+    from ..engine.logredact import remember
     from ..engine.samples import fetch_sample
 
     paths = fetch_sample(name)
+    for p in (paths.image, paths.mask, paths.roi_mask):
+        remember(p)
     volume = read_scan(paths.image)
     layers = [image_layer_data(volume, name=name)]
     if paths.mask is not None:

@@ -57,12 +57,18 @@ class AnomaLensState:
     selection_changed = Signal(object)
 
     def set_volume(self, volume: Volume, prepared: PreparedScan | None = None) -> None:
+        from ..engine.logredact import remember
+
+        remember(volume.source)  # the docks' messages name its layer (its file's name): logged as a token
         self.volume, self.prepared = volume, prepared
         self.volume_changed.emit(volume)
         self.follow()
 
     def set_model(self, detector: Detector | None, path: Path | None = None) -> None:
         """Load a model: SCR goes back to its calibrated point and the docks follow its results."""
+        from ..engine.logredact import remember
+
+        remember(path)
         self.detector, self.model_path = detector, path
         self.scr = None
         self.model_changed.emit(detector)

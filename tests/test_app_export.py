@@ -7,7 +7,14 @@ the edited mask on the source images, a non-blank PNG and one CSV row per scored
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,3 +218,96 @@ def test_detector_dock_follows_a_model_set_elsewhere(make_napari_viewer: Any, en
     assert "Model patchcore v1 (phantom-patchcore)" in w.model_label.text()
     assert "normal-quantile units" in w.model_label.text()
     assert not w.jobs.running  # mirroring the state loaded nothing again
+
+
+@contextlib.contextmanager
+def _refusing_folder(base: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Callable[[], str]]]:
+    """A folder whose disk will refuse writes once ``refuse()`` is called; yields (folder, refuse).
+
+    Real faults where the machine allows them: a small tmpfs filled to the brim (root with the capability to
+    mount), else a folder made read-only (chmod is ignored by root). Only where neither works does
+    ``engine.fileio``'s rename fail with ENOSPC instead (acceptable for this GUI test; the CLI's tests in
+    test_full_disk.py use real faults only). ``refuse()`` returns which fault it set.
+    """
+    folder = base / f"fs-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    mounted = os.geteuid() == 0 and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(folder)], capture_output=True).returncode == 0
+
+    def refuse() -> str:
+        if mounted:
+            with contextlib.suppress(OSError), (folder / "filler").open("wb") as fh:
+                fh.write(b"\0" * (shutil.disk_usage(folder).free + 4096))
+            return "full tmpfs"
+        if os.geteuid() != 0:
+            folder.chmod(0o500)
+            return "read-only folder"
+        from anomalens.engine import fileio
+
+        real = os.replace
+
+        def no_space(src: Any, dst: Any) -> None:
+            if Path(dst).parent == folder:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            real(src, dst)
+
+        monkeypatch.setattr(fileio.os, "replace", no_space)
+        return "rename refused"
+
+    try:
+        yield folder, refuse
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(folder)], capture_output=True)
+        else:
+            folder.chmod(0o700)
+
+
+def test_an_export_over_a_file_on_a_refusing_disk_replaces_nothing_and_says_so(
+        make_napari_viewer: Any, qtbot: Any, env: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    from anomalens.app.reader import image_layer_data
+    from anomalens.app.state import get_state
+    from anomalens.engine.volume import Volume
+
+    viewer = make_napari_viewer(show=True)
+    vol = Volume(phantom_slices(3, 64, seed=4, lesion=True)[0], spacing=(0.9, 0.9, 3.0), modality="CT",
+                 metadata={"format": "NIfTI"})
+    data, kwargs, _ = image_layer_data(vol, name="scan")
+    viewer.add_image(data, **kwargs)
+    det_w, exp_w = _docks(viewer)
+    assert det_w.set_bundle(env)
+    _wait(qtbot, det_w)
+    assert det_w.score_volume()
+    _wait(qtbot, det_w)
+    assert get_state(viewer).results is not None
+
+    with _refusing_folder(tmp_path, monkeypatch) as (folder, refuse):
+        exports = {"heat.nii.gz": exp_w.export_heatmap, "mask.nii.gz": exp_w.export_mask,
+                   "scores.csv": exp_w.export_scores}
+        for name, export in exports.items():  # the earlier results, written while the disk had room
+            assert export(folder / name)
+            _wait(qtbot, exp_w)
+            assert exp_w.last_written == (folder / name).resolve(), exp_w.status.text()
+        before = {p.name: p.read_bytes() for p in folder.iterdir()}
+        assert set(before) == set(exports) and all(before.values())
+        get_state(viewer).results.maps[...] += 0.5  # the new export would differ from the file on disk
+        fault = refuse()
+
+        for name, export in exports.items():
+            exp_w.last_written = None
+            shown = len(notification_manager.records)
+            assert export(folder / name)  # started: the write fails in the worker
+            _wait(qtbot, exp_w)
+            errors = [str(n.message) for n in notification_manager.records[shown:]
+                      if n.severity == NotificationSeverity.ERROR]
+            assert len(errors) == 1 and "\n" not in errors[0], (fault, errors)
+            assert errors[0].startswith("Export") and " failed: " in errors[0], (fault, errors)
+            assert exp_w.status.text() == errors[0] and exp_w.last_written is None
+            if fault != "read-only folder":
+                assert f"disk full while writing {name}: nothing was replaced" in errors[0], (fault, errors)
+            else:
+                assert "no permission" in errors[0], errors
+            assert {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "filler"} == before, fault
+    assert exp_w.isVisible() and not exp_w.jobs.running

@@ -289,6 +289,28 @@ def test_desktop_app_starts_and_closes(tmp_path: Path) -> None:
     assert not log.exists() or "Traceback" not in log.read_text()
 
 
+def test_closing_the_desktop_app_after_a_scoring_session_exits_0(calibrated_bundle: Path, tmp_path: Path) -> None:
+    """The installed launcher opens a scan, scores it with a model through the Detector dock and is closed.
+
+    ``--score-and-quit`` (hidden, for tests) drives the dock's buttons, then closes the main window as a user
+    would: the teardown of workers, layers, the score curve and the Poincaré disk must end in exit status 0.
+    """
+    env = {**os.environ, "ANOMALENS_DATA_DIR": str(calibrated_bundle.parent.parent), "ANOMALENS_THREADS": "1",
+           "ANOMALENS_CONFIG_DIR": str(tmp_path / "cfg"), "XDG_STATE_HOME": str(tmp_path / "state"),
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "PYTHONFAULTHANDLER": "1"}
+    slices, _ = phantom_slices(3, 64, seed=5, lesion=True)
+    scan = write_sitk(tmp_path / "scan.nii.gz", (slices * 1000.0).astype(np.float32))
+    launcher = Path(sys.executable).with_name("anomalens-viewer")
+    command = [str(launcher)] if launcher.is_file() else [sys.executable, "-m", "anomalens.app.desktop"]
+    out = subprocess.run([*command, str(scan), "--score-and-quit", str(calibrated_bundle)], env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    assert "scripted session: scored 3 slices with patchcore v1; closing" in out.stdout, out.stdout[-2000:]
+    assert "Fatal Python error" not in out.stderr and "Traceback" not in out.stderr, out.stderr[-3000:]
+    log = tmp_path / "state" / "anomalens" / "log" / "viewer.log"
+    assert not log.exists() or "Traceback" not in log.read_text()
+
+
 def test_detector_dock_lists_detector_variants(make_napari_viewer: Any, app_env: Path) -> None:
     from anomalens.app.widgets.detector import DetectorWidget
 

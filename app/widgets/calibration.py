@@ -103,7 +103,7 @@ def mark_normal(state: AnomaLensState, z: list[int], source: str,
     if vol is None:
         raise AnomaLensError("open a scan first")
     lib = case_library(state)
-    key = lib.register(vol)
+    key = lib.register(vol, remember_path=False)  # the path may name the patient; the key is a hash
     pts = [(original_slices(vol, [p[0]])[0], p[1], p[2]) for p in (patches or [])]
     new = lib.mark_normal(key, original_slices(vol, z), source=source, patches=pts)
     sync_marks(state)
@@ -139,6 +139,19 @@ def ensure_volume(viewer: napari.viewer.Viewer, state: AnomaLensState) -> Volume
             except AnomaLensError as exc:
                 notify_error(exc)
     return state.volume
+
+
+def study_label(volume: Volume, key: str | None) -> str:
+    """How the dock names the shown study: its series description, else a short hash of it (never a file name).
+
+    A description says what the scan is (``Series AX CT``); the hash is only for scans without one.
+    """
+    from ..naming import HASH_CHARS, series_text
+
+    description = series_text(volume)
+    if description:
+        return f"Series {description}"
+    return f"Study {key[:HASH_CHARS]}…" if key else "Study ?"
 
 
 def format_slices(z: list[int]) -> str:
@@ -327,7 +340,7 @@ class CalibrationWidget(QWidget):
             except AnomaLensError as exc:
                 self.status.setText(notify_error(exc))
                 key = None
-            self.study_label.setText(f"Study {key[:10] if key else '?'}… ({n} slices, {vol.modality})")
+            self.study_label.setText(f"{study_label(vol, key)} ({n} slices, {vol.modality})")
         self._update_buttons()
 
     def marked_slices(self) -> list[int]:

@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 from ...engine.errors import AnomaLensError, ModelError
 from ..jobs import JobRunner
 from ..messages import notify_error, notify_info
+from ..naming import study_name
 from ..paths import describe_bundle, list_bundles, models_dir
 from ..reader import ROLE_KEY, volume_for_layer
 from ..results import (
@@ -395,9 +396,11 @@ class DetectorWidget(QWidget):
         name, variant_config = self.detector_choice()
         device = self.device_combo.currentText() or "cpu"
         config = {**variant_config, **(self.train_config or {})} or None
-        profile = re.sub(r"[^A-Za-z0-9._-]", "-", f"{name}-{layer.name}").strip(".-")[:80] or name
 
         def work(progress: Any, cancel: Any) -> tuple[Detector, Path]:
+            # Named after the series description or a hash of the study (hashing may read every voxel: here,
+            # in the worker), never after the layer: napari names it after the file, often a patient's name.
+            profile = re.sub(r"[^A-Za-z0-9._-]", "-", f"{name}-{study_name(volume)}").strip(".-")[:80] or name
             return train_on_slices(name, volume, marked, profile, config, device, progress, cancel)
 
         def done(value: tuple[Detector, Path]) -> None:

@@ -7,6 +7,12 @@ copied on the UI thread and written by ``anomalens.engine`` in a worker (the app
 slow disk never freezes the viewer and a failure becomes a message. Targets inside the source DICOM
 folder (or the source file itself) are refused: a stray file there would turn up as a new series in the
 next import.
+
+Every file goes through the engine's writers (``engine.fileio``: temporary, fsync, read back, rename), so
+a full disk or a refused folder replaces nothing: the old file stays byte for byte and the user gets one
+line ("Export heatmap failed: disk full while writing …: nothing was replaced"). Suggested names come
+from the series description or a hash of the study (``app.naming``), never from the file or folder the
+scan was read from: sites name those after patients.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ...engine.errors import AnomaLensError, ConfigError
+from ...engine.logredact import remember
 from ..jobs import JobRunner
 from ..messages import notify_error, notify_info
 from ..results import find_layer
@@ -256,20 +263,26 @@ class ExportWidget(QWidget):
         return False
 
     def _target(self, kind: str, path: str | Path | None, suggested: str) -> Path | None:
-        """Ask for a target (unless given) and check it is not inside the user's source scan."""
+        """Ask for a target (unless given) and check it is not inside the user's source scan.
+
+        ``suggested`` never comes from a file or folder name (``ScanResults.file_stem``); the chosen path is
+        registered with the log redactor as given (relative too), so any log line about it shows a token.
+        """
         title, filters, suffix = TARGETS[kind]
+        res = self.results()
         if path is None:
             start = self.last_dir or Path.home()
-            res = self.results()
             folder, _ = protected_paths(res.volume if res is not None else None)
             if folder is not None and start.resolve().is_relative_to(folder):
                 start = Path.home()
             path = self.choose_path(kind, title, filters, str(start / f"{suggested}{suffix}"))
             if path is None:
                 return None
-        res = self.results()
+        remember(path)
+        target = with_suffix(Path(path), kind)
+        remember(target)
         try:
-            return check_target(with_suffix(Path(path), kind), res.volume if res is not None else None)
+            return check_target(target, res.volume if res is not None else None)
         except AnomaLensError as exc:
             self.status.setText(notify_error(exc, "export"))
             return None
