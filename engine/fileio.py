@@ -130,6 +130,27 @@ def _reason(exc: BaseException) -> str:
     return text[:160]
 
 
+class _Stage:
+    """Where a write is: what fails while verifying is a bad read-back, not the caller's own error."""
+
+    name = "write"
+
+
+@contextlib.contextmanager
+def _reported(target: Path, stage: _Stage) -> Iterator[None]:
+    """Failures of writing, verifying or replacing ``target`` as one ``OutputError`` line; others pass through."""
+    try:
+        yield
+    except (OutputError, FileExistsError):
+        raise
+    except OSError as exc:
+        raise _failed(target, exc, verified=False) from exc
+    except (ValueError, EOFError, RuntimeError) as exc:
+        if stage.name != "verify":
+            raise
+        raise _failed(target, exc, verified=True) from exc
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | Path, suffix: str = "", verify: Verify | None = None) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; it replaces ``target`` only once written, synced and verified.
@@ -142,27 +163,20 @@ def atomic_path(target: str | Path, suffix: str = "", verify: Verify | None = No
     ensure_folder(target.parent)
     sweep_stale(target)
     tmp = _temp(target, suffix)
-    stage = "write"
+    stage = _Stage()
     try:
-        tmp.touch(exist_ok=False)
-        yield tmp
-        _fsync(tmp)
-        stage = "verify"
-        if tmp.stat().st_size == 0:
-            raise OSError(errno.ENOSPC, "the file is empty")
-        if verify is not None:
-            verify(tmp)
-        stage = "replace"
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except OutputError:
-        raise
-    except OSError as exc:
-        raise _failed(target, exc, verified=False) from exc
-    except (ValueError, EOFError, RuntimeError) as exc:
-        if stage != "verify":
-            raise
-        raise _failed(target, exc, verified=True) from exc
+        with _reported(target, stage):
+            tmp.touch(exist_ok=False)
+            yield tmp
+            _fsync(tmp)
+            stage.name = "verify"
+            if tmp.stat().st_size == 0:
+                raise OSError(errno.ENOSPC, "the file is empty")
+            if verify is not None:
+                verify(tmp)
+            stage.name = "replace"
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -199,35 +213,28 @@ def atomic_dir(target: str | Path, overwrite: bool = False, verify: Verify | Non
         raise FileExistsError(f"{target} already exists")
     sweep_stale(target)
     tmp = _temp(target)
-    stage = "write"
+    stage = _Stage()
     try:
-        tmp.mkdir()
-        yield tmp
-        for f in sorted(tmp.rglob("*")):
-            if f.is_file():
-                _fsync(f)
-                if f.stat().st_size == 0:
-                    raise OSError(errno.ENOSPC, f"{f.name} is empty")
-        stage = "verify"
-        if verify is not None:
-            verify(tmp)
-        stage = "replace"
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except (OutputError, FileExistsError):
-        raise
-    except OSError as exc:
-        raise _failed(target, exc, verified=False) from exc
-    except (ValueError, EOFError, RuntimeError) as exc:
-        if stage != "verify":
-            raise
-        raise _failed(target, exc, verified=True) from exc
+        with _reported(target, stage):
+            tmp.mkdir()
+            yield tmp
+            for f in sorted(tmp.rglob("*")):
+                if f.is_file():
+                    _fsync(f)
+                    if f.stat().st_size == 0:
+                        raise OSError(errno.ENOSPC, f"{f.name} is empty")
+            stage.name = "verify"
+            if verify is not None:
+                verify(tmp)
+            stage.name = "replace"
+            old = None
+            if target.exists():
+                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                os.replace(target, old)
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
