@@ -7,19 +7,22 @@ leaves the old file byte for byte as it was, and raises ``OutputError`` with one
 full while writing heatmap.nii.gz: nothing was replaced"). Native writers (ITK) may report a full disk only
 on stderr and return normally: the read-back is what catches them.
 
-Temporaries are named ``.<target>.<pid>.<random>.tmp`` (a native writer's staging file adds the real suffix
-after it), so the next write of the same target removes the ones whose process is gone (a ``kill -9``
-mid-write) and never those of a writer that is still running.
+Temporaries are named ``.<target>.<host>-<pid>.<random>.tmp`` (a native writer's staging file adds the real
+suffix after it), so every write removes, from its folder, the temporaries this machine's processes left
+when they died (a ``kill -9`` mid-write), and never those of a writer that still runs or of another machine
+sharing the folder (a batch's workers on a cluster file system).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
 import shutil
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,10 +32,12 @@ from .logredact import remember
 
 Verify = Callable[[Path], None]
 
-#: Temporaries of the old naming (no pid) count as dead once this old.
+#: Temporaries of the old naming (no host and pid) count as dead once this old.
 LEGACY_STALE_SECONDS = 3600.0
-_PID = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[0-9a-f]{8}(?:\.[^/]*)?\.tmp(?:\.[^/]+)?$")
-_OLD = re.compile(r"^\.(?P<name>.+)\.old-(?P<pid>\d+)$")
+#: This machine, in temporaries' names (a short hash: host names may hold dots and dashes).
+HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
+_PID = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)\.[0-9a-f]{8}(?:\.[^/]*)?\.tmp(?:\.[^/]+)?$")
+_OLD = re.compile(r"^\.(?P<name>.+)\.old-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)$")
 
 
 def describe_os_error(exc: BaseException) -> str:
@@ -57,22 +62,24 @@ def _alive(pid: int) -> bool:
 
 
 def sweep_stale(target: str | Path) -> int:
-    """Remove temporaries of ``target`` left by processes that are gone; returns how many were removed."""
+    """Remove the temporaries that dead processes of this machine left beside ``target``; returns how many.
+
+    Every output's in that folder, so a killed ``train --out M`` leaves nothing behind once anything is
+    written there again; temporaries of the old naming (before they carried host and pid) only for
+    ``target`` itself, and only when over an hour old.
+    """
     target = Path(target)
     folder = target.parent
-    if not folder.is_dir():
-        return 0
-    removed = 0
-    prefix = f".{target.name}."
     try:
-        entries = [p for p in folder.iterdir() if p.name.startswith(prefix)]
+        entries = [p for p in folder.iterdir() if p.name.startswith(".")]
     except OSError:
         return 0
+    removed = 0
     for p in entries:
         m = _PID.match(p.name) or _OLD.match(p.name)
-        if m is not None and m.group("name") == target.name:
-            stale = not _alive(int(m.group("pid")))
-        elif ".tmp" in p.name:  # written before temporaries carried their pid
+        if m is not None:
+            stale = m.group("host") == HOST and not _alive(int(m.group("pid")))
+        elif p.name.startswith(f".{target.name}.") and ".tmp" in p.name:
             try:
                 stale = time.time() - p.lstat().st_mtime > LEGACY_STALE_SECONDS
             except OSError:
@@ -87,7 +94,7 @@ def sweep_stale(target: str | Path) -> int:
 
 
 def _temp(target: Path, suffix: str = "") -> Path:
-    return target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}{suffix}.tmp"
+    return target.parent / f".{target.name}.{HOST}-{os.getpid()}.{secrets.token_hex(4)}{suffix}.tmp"
 
 
 def ensure_folder(folder: str | Path, what: str = "output") -> Path:
@@ -229,7 +236,7 @@ def atomic_dir(target: str | Path, overwrite: bool = False, verify: Verify | Non
             stage.name = "replace"
             old = None
             if target.exists():
-                old = target.with_name(f".{target.name}.old-{os.getpid()}")
+                old = target.with_name(f".{target.name}.old-{HOST}-{os.getpid()}")
                 os.replace(target, old)
             os.replace(tmp, target)
             _fsync_dir(target.parent)

@@ -94,7 +94,7 @@ class Recalibration:
         what = (f"fine-tuned on {self.n_fine_tune} normal slice{'s' * (self.n_fine_tune != 1)} and calibrated on "
                 f"{self.n_calibration} others" if self.n_fine_tune
                 else f"calibrated on {self.n_calibration} normal slice{'s' * (self.n_calibration != 1)}")
-        lines = [f"{what}; target: at most {target:.2%} of normal tissue flagged"]
+        lines = [f"{what}; target: at most {100 * target:.3g} % of normal tissue flagged"]
         after = self.after
         lines.append(f"false-positive area on these normal slices is now {_vs_target(after.plain, target)}"
                      + ("" if self.before is None else
@@ -110,6 +110,7 @@ class Recalibration:
 
 
 def _word(v: float, target: float) -> str:
+    """Where an area sits against the target, in a word (within a tenth of it counts as at it)."""
     if abs(v - target) <= 0.1 * target:
         return "at"
     return "under" if v < target else "over"
@@ -117,8 +118,9 @@ def _word(v: float, target: float) -> str:
 
 def _vs_target(v: float, target: float) -> str:
     word = _word(v, target)
-    return f"{v:.2%}, {'at' if word == 'at' else word} the {target:.0%} target" if word != "at" \
-        else f"at the {target:.0%} target ({v:.2%})"
+    if word == "at":
+        return f"at the {100 * target:.3g} % target ({v:.2%})"
+    return f"{v:.2%}, {word} the {100 * target:.3g} % target"
 
 
 def recalibrate(detector: Detector, normals: np.ndarray, *, fine_tune: bool = False, target_fpr: float | None = None,

@@ -125,21 +125,23 @@ def test_train_and_calibrate_on_a_refusing_disk_leave_no_bundle(world) -> None:
 
 
 def test_the_next_write_sweeps_temporaries_of_dead_writers_only(world, tmp_path: Path) -> None:
-    from anomalens.engine.fileio import atomic_write_text, sweep_stale
+    from anomalens.engine.fileio import HOST, atomic_write_text
 
     target = tmp_path / "scores.csv"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    stale = tmp_path / f".scores.csv.{dead_pid}.0123abcd.tmp"
-    staged = tmp_path / f".scores.csv.{dead_pid}.0123abcd.tmp.nii.gz"
-    live = tmp_path / f".scores.csv.{os.getppid()}.89abcdef.tmp"  # a writer that still runs (our parent)
-    other = tmp_path / f".other.csv.{dead_pid}.0123abcd.tmp"
-    for p in (stale, staged, live, other):
+    stale = tmp_path / f".scores.csv.{HOST}-{dead_pid}.0123abcd.tmp"
+    staged = tmp_path / f".scores.csv.{HOST}-{dead_pid}.0123abcd.tmp.nii.gz"
+    other = tmp_path / f".model.{HOST}-{dead_pid}.0123abcd.tmp"  # a killed `train --out model`
+    other.mkdir()
+    (other / "weights.safetensors").write_bytes(b"half")
+    live = tmp_path / f".scores.csv.{HOST}-{os.getppid()}.89abcdef.tmp"  # a writer that still runs (our parent)
+    elsewhere = tmp_path / f".scores.csv.{'0' * 6 if HOST != '0' * 6 else '1' * 6}-{dead_pid}.0123abcd.tmp"
+    for p in (stale, staged, live, elsewhere):
         p.write_text("half")
     atomic_write_text(target, "slice,score\n")
-    assert not stale.exists() and not staged.exists()
-    assert live.exists() and other.exists()  # another output's temporaries and a running writer's stay
-    assert sweep_stale(tmp_path / "other.csv") == 1 and not other.exists()
+    assert not stale.exists() and not staged.exists() and not other.exists()
+    assert live.exists() and elsewhere.exists()  # a running writer's and another machine's stay
 
 
 def test_a_refused_case_library_write_keeps_the_marks(tmp_path: Path) -> None:
