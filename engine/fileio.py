@@ -138,24 +138,26 @@ def _reason(exc: BaseException) -> str:
 
 
 class _Stage:
-    """Where a write is: what fails while verifying is a bad read-back, not the caller's own error."""
+    """Where a write is (which file, and whether it is being verified: a failure then is a bad read-back)."""
 
-    name = "write"
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.name = "write"
 
 
 @contextlib.contextmanager
-def _reported(target: Path, stage: _Stage) -> Iterator[None]:
-    """Failures of writing, verifying or replacing ``target`` as one ``OutputError`` line; others pass through."""
+def _reported(stage: _Stage) -> Iterator[None]:
+    """Failures of writing, verifying or replacing as one ``OutputError`` line naming the file; others pass."""
     try:
         yield
     except (OutputError, FileExistsError):
         raise
     except OSError as exc:
-        raise _failed(target, exc, verified=False) from exc
+        raise _failed(stage.target, exc, verified=False) from exc
     except (ValueError, EOFError, RuntimeError) as exc:
         if stage.name != "verify":
             raise
-        raise _failed(target, exc, verified=True) from exc
+        raise _failed(stage.target, exc, verified=True) from exc
 
 
 @contextlib.contextmanager
@@ -170,9 +172,9 @@ def atomic_path(target: str | Path, suffix: str = "", verify: Verify | None = No
     ensure_folder(target.parent)
     sweep_stale(target)
     tmp = _temp(target, suffix)
-    stage = _Stage()
+    stage = _Stage(target)
     try:
-        with _reported(target, stage):
+        with _reported(stage):
             tmp.touch(exist_ok=False)
             yield tmp
             _fsync(tmp)
@@ -220,9 +222,10 @@ def atomic_dir(target: str | Path, overwrite: bool = False, verify: Verify | Non
         raise FileExistsError(f"{target} already exists")
     sweep_stale(target)
     tmp = _temp(target)
-    stage = _Stage()
+    stage = _Stage(target)
+    old: Path | None = None
     try:
-        with _reported(target, stage):
+        with _reported(stage):
             tmp.mkdir()
             yield tmp
             for f in sorted(tmp.rglob("*")):
@@ -234,7 +237,6 @@ def atomic_dir(target: str | Path, overwrite: bool = False, verify: Verify | Non
             if verify is not None:
                 verify(tmp)
             stage.name = "replace"
-            old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old-{HOST}-{os.getpid()}")
                 os.replace(target, old)
@@ -242,6 +244,74 @@ def atomic_dir(target: str | Path, overwrite: bool = False, verify: Verify | Non
             _fsync_dir(target.parent)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
+                old = None
+    except BaseException:
+        if old is not None and old.exists() and not target.exists():  # the new one never arrived: put the old back
+            with contextlib.suppress(OSError):
+                os.replace(old, target)
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class StagedFiles:
+    """The temporaries of several outputs written as one result (``atomic_files``), by role."""
+
+    def __init__(self, targets: dict[str, Path], stage: _Stage) -> None:
+        self.targets = targets
+        self.paths = {role: _temp(t) for role, t in targets.items()}
+        self.checks: dict[str, Verify] = {}
+        self._stage = stage
+
+    @contextlib.contextmanager
+    def writing(self, role: str, verify: Verify | None = None) -> Iterator[Path]:
+        """The temporary to write ``role`` to; a failure while writing it names its target in the error line."""
+        self._stage.target = self.targets[role]
+        if verify is not None:
+            self.checks[role] = verify
+        yield self.paths[role]
+
+
+@contextlib.contextmanager
+def atomic_files(targets: dict[str, Path], remove: tuple[Path, ...] = ()) -> Iterator[StagedFiles]:
+    """Several files written as one result: all are written and verified before any replaces its target.
+
+    A disk that fills up while the third file is written leaves every old file as it was, never a new map
+    beside an old mask. ``remove`` names files of an earlier result that this one does not have (a mask
+    of a model that is no longer calibrated); they go once the new files are in place. Every role must be
+    written (an empty file is refused).
+    """
+    targets = {role: Path(t) for role, t in targets.items()}
+    for t in targets.values():
+        remember(t)
+        ensure_folder(t.parent)
+        sweep_stale(t)
+    stage = _Stage(next(iter(targets.values())))
+    staged = StagedFiles(targets, stage)
+    try:
+        with _reported(stage):
+            for tmp in staged.paths.values():
+                tmp.touch(exist_ok=False)
+            yield staged
+            stage.name = "verify"
+            for role, tmp in staged.paths.items():
+                stage.target = targets[role]
+                _fsync(tmp)
+                if tmp.stat().st_size == 0:
+                    raise OSError(errno.ENOSPC, "the file is empty")
+                if role in staged.checks:
+                    staged.checks[role](tmp)
+            stage.name = "replace"
+            for role, tmp in staged.paths.items():
+                stage.target = targets[role]
+                os.replace(tmp, targets[role])
+            for folder in {t.parent for t in targets.values()}:
+                _fsync_dir(folder)
+            for stale in remove:
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()
+    finally:
+        for tmp in staged.paths.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .fileio import atomic_path, ensure_folder
+from .fileio import atomic_files, atomic_path, ensure_folder
 from .scoring import ScanResult
 
 #: Output files by role; a role missing from a result (an uncalibrated model has no masks) is not written.
@@ -39,27 +39,42 @@ def header_lines(result: ScanResult) -> list[str]:
 
 
 def write_scan_result(result: ScanResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write the result's files into ``out_dir`` (created); returns them by role."""
-    from .io import write_like
+    """Write the result's files into ``out_dir`` (created), all or none; returns them by role.
+
+    Every file is written and read back before any replaces an earlier one (``fileio.atomic_files``): a full
+    disk never leaves a new map beside an old mask. Files an earlier result left that this one does not have
+    (masks, after scoring with an uncalibrated model) are removed, so the folder always holds one result.
+    """
+    from .io.write import image_writer
 
     out = ensure_folder(out_dir)
     vol = result.volume
-    files = {"heatmap": Path(write_like(vol, result.map, out / OUTPUT_FILES["heatmap"],
-                                        description=f"AnomaLens heatmap: {result.unit.short}"))}
-    if result.mask is not None:
-        files["mask"] = Path(write_like(vol, result.mask, out / OUTPUT_FILES["mask"],
-                                        description="AnomaLens mask at the calibrated threshold"))
-    if result.mask_scr is not None:
-        files["mask_scr"] = Path(write_like(vol, result.mask_scr, out / OUTPUT_FILES["mask_scr"],
-                                            description="AnomaLens SCR mask at the calibrated lambda"))
-    files["scores"] = write_scores_csv(result, out / OUTPUT_FILES["scores"])
-    return files
+    images = {"heatmap": (result.map, f"AnomaLens heatmap: {result.unit.short}"),
+              "mask": (result.mask, "AnomaLens mask at the calibrated threshold"),
+              "mask_scr": (result.mask_scr, "AnomaLens SCR mask at the calibrated lambda")}
+    images = {role: v for role, v in images.items() if v[0] is not None}
+    targets = {role: out / OUTPUT_FILES[role] for role in (*images, "scores")}
+    stale = tuple(out / name for role, name in OUTPUT_FILES.items() if role not in targets)
+    with atomic_files(targets, remove=stale) as staged:
+        for role, (array, description) in images.items():
+            write, verify = image_writer(vol, array, targets[role], description=description)
+            with staged.writing(role, verify) as tmp:
+                write(tmp)
+        with staged.writing("scores") as tmp:
+            _write_scores(result, tmp)
+    return targets
 
 
 def write_scores_csv(result: ScanResult, path: str | Path) -> Path:
-    """``scores.csv``: the header comments, then one row per scored slice (empty cells: no mask)."""
+    """``scores.csv`` alone: the header comments, then one row per scored slice (empty cells: no mask)."""
     path = Path(path)
-    with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp:
+        _write_scores(result, tmp)
+    return path
+
+
+def _write_scores(result: ScanResult, path: Path) -> None:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         for line in header_lines(result):
             fh.write(f"# {line}\n")
         w = csv.writer(fh)
@@ -68,7 +83,6 @@ def write_scores_csv(result: ScanResult, path: str | Path) -> Path:
             w.writerow([s.index, f"{s.score:.6g}", "" if s.flagged is None else int(s.flagged),
                         "" if s.mask_voxels is None else s.mask_voxels,
                         "" if s.volume_ml is None else f"{s.volume_ml:.6g}"])
-    return path
 
 
 def read_scores_csv(path: str | Path) -> list[dict[str, str]]:

@@ -172,3 +172,56 @@ print("marks", lib.marks(key)[:2])
     assert proc.returncode == 0, proc.stderr
     assert "refused: the case library could not save this change" in proc.stdout and "free on its disk" in proc.stdout
     assert "marks [1, 2]" in proc.stdout
+
+
+def test_a_result_is_written_whole_or_not_at_all(world, tmp_path: Path, monkeypatch) -> None:
+    """A failure on the last file of a result (the table) leaves every earlier file of the old result as it
+    was: never a new map beside an old mask and table. A later result without masks removes the old ones."""
+    import errno
+
+    from anomalens.engine import outputs
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.errors import OutputError
+    from anomalens.engine.pipeline import load_volume
+    from anomalens.engine.scoring import score_scan
+
+    calibrated, plain = load_bundle(world["calibrated"]), load_bundle(world["model"])
+    volume = load_volume(str(world["case"]))
+    out = tmp_path / "scored"
+    outputs.write_scan_result(score_scan(calibrated, volume), out)
+    before = _snapshot(out)
+
+    def refuse(result, path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(outputs, "_write_scores", refuse)
+        with pytest.raises(OutputError, match="disk full while writing scores.csv: nothing was replaced"):
+            outputs.write_scan_result(score_scan(plain, volume), out)
+    assert _snapshot(out) == before
+    files = outputs.write_scan_result(score_scan(plain, volume), out)
+    assert set(files) == {"heatmap", "scores"} and sorted(_snapshot(out)) == ["heatmap.nii.gz", "scores.csv"]
+
+
+def test_a_folder_replace_that_fails_puts_the_old_folder_back(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from anomalens.engine import fileio
+    from anomalens.engine.errors import OutputError
+
+    target = tmp_path / "model"
+    with fileio.atomic_dir(target) as tmp:
+        (tmp / "weights").write_text("old")
+    real = os.replace
+
+    def second_fails(src, dst):  # the new folder cannot be renamed into place; moving the old one back can
+        if Path(dst) == target and ".old-" not in Path(src).name:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", second_fails)
+    with pytest.raises(OutputError, match="nothing was replaced"), fileio.atomic_dir(target, overwrite=True) as tmp:
+        (tmp / "weights").write_text("new")
+    monkeypatch.setattr(fileio.os, "replace", real)
+    assert (target / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]

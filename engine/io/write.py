@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,20 @@ def write_like(volume: Volume, array: np.ndarray, path: str | Path, description:
     SimpleITK. The file appears only when complete and read back whole (``engine.fileio.atomic_path``).
     """
     target = Path(path)
-    suffix = _suffix(target)
+    write, verify = image_writer(volume, array, target, description)
+    with atomic_path(target, verify=verify) as tmp:
+        write(tmp)
+    return target
+
+
+def image_writer(volume: Volume, array: np.ndarray, target: str | Path,
+                 description: str | None = None) -> tuple[Callable[[Path], None], Callable[[Path], None]]:
+    """``write_like`` in two parts, for a result of several files (``engine.fileio.atomic_files``).
+
+    Returns ``write(tmp)``, which writes the image for ``target`` to a temporary path, and ``verify(tmp)``,
+    which reads it back.
+    """
+    suffix = _suffix(Path(target))
     arr = np.asarray(array)
     if arr.shape != volume.shape:
         raise InvalidVolumeError(f"array shape {arr.shape} does not match the volume grid {volume.shape}")
@@ -44,12 +58,14 @@ def write_like(volume: Volume, array: np.ndarray, path: str | Path, description:
         arr = np.ascontiguousarray(arr).view(np.uint8)
     elif arr.dtype == np.float64 or arr.dtype == np.float16:
         arr = arr.astype(np.float32)
-    with atomic_path(target, verify=lambda p: verify_image(p, suffix, arr.shape)) as tmp:
+
+    def write(tmp: Path) -> None:
         if suffix in (".nii", ".nii.gz"):
             _write_nifti(volume, arr, tmp, compress=suffix == ".nii.gz", description=description)
         else:
             _write_itk(volume, arr, tmp, suffix, description)
-    return target
+
+    return write, lambda tmp: verify_image(tmp, suffix, arr.shape)
 
 
 def nifti_affine(volume: Volume) -> np.ndarray:
