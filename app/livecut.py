@@ -13,8 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..engine.postprocess.scr import DEFAULT_TEMPERATURE, PairwiseWeights, pairwise_weights, scr_refine
+from ..engine.calibration import ScrSettings
+from ..engine.postprocess.scr import DEFAULT_TEMPERATURE, PairwiseWeights, pairwise_weights
 from ..engine.progress import CancelToken, ProgressCallback, check, report
+from ..engine.scoring import cut_scr
 
 if TYPE_CHECKING:
     from .results import ScanResults
@@ -37,7 +39,7 @@ def _descriptors(results: ScanResults, zs: np.ndarray) -> tuple[np.ndarray | Non
     feats = [results.features.get(int(z)) for z in zs]
     if all(f is not None for f in feats):
         return np.stack(feats), None  # type: ignore[arg-type]
-    return None, results.prepared.slices[zs]
+    return None, results.prepared.batch(zs)  # these slices only: never the whole normalised scan
 
 
 class LiveCut:
@@ -85,8 +87,8 @@ class LiveCut:
             scores, fg, grid_mode = results.maps[z], results.prepared.foreground[z], "2d"
         else:
             scores, fg, grid_mode = results.maps[zs], results.prepared.foreground[zs], "3d"
-        mask = scr_refine(scores, threshold, lam, tau, mode=grid_mode, temperature=temperature,
-                          weights=weights, foreground=fg)
+        point = ScrSettings(threshold=threshold, lam=lam, tau=tau, temperature=temperature, mode=grid_mode)
+        mask = cut_scr(scores, fg, point, weights=weights)
         return mask if len(zs) == 1 else mask[pos]
 
 
@@ -111,9 +113,9 @@ def refine_scored(results: ScanResults, threshold: float, lam: float, tau: float
         check(cancel)
         zs = idx[run]
         feats, ints = _descriptors(results, zs)
-        masks[run] = scr_refine(results.maps[zs], threshold, lam, tau, features=feats, intensities=ints,
-                                mode=mode if len(zs) > 1 else "2d", temperature=temperature,
-                                foreground=results.prepared.foreground[zs])
+        point = ScrSettings(threshold=threshold, lam=lam, tau=tau, temperature=temperature, mode=mode)
+        masks[run] = cut_scr(results.maps[zs], results.prepared.foreground[zs], point, features=feats,
+                             intensities=ints)
         done += len(zs)
         report(progress, done / len(idx), f"cut {done}/{len(idx)} slices")
     return idx, masks

@@ -195,7 +195,7 @@ class ScanResults:
     def descriptors(self, z: int) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(features, intensities) for SCR's pairwise weights of slice z: features when the detector gave them."""
         f = self.features.get(int(z))
-        return (f, None) if f is not None else (None, self.prepared.slices[z])
+        return (f, None) if f is not None else (None, self.prepared.batch([z])[0])
 
     @property
     def title(self) -> str:

@@ -226,7 +226,7 @@ def bundle_loads() -> int:
 # -- the task ----------------------------------------------------------------------------------------------
 
 def score_study(study: Study, model: str, out_root: str, device: str = "cpu",
-                threads: int | None = None) -> dict[str, Any]:
+                threads: int | None = None, gaps: str = "fill") -> dict[str, Any]:
     """Score one study on a worker and write its folder atomically; errors become a ``failed`` record.
 
     User-caused failures (corrupt file, not a scan) and unexpected exceptions are both returned rather than
@@ -243,7 +243,7 @@ def score_study(study: Study, model: str, out_root: str, device: str = "cpu",
     try:
         configure_threads(threads)
         det = cached_bundle(model, device)
-        result = score_scan(det, load_volume(study.spec), detail=False)
+        result = score_scan(det, load_volume(study.spec, gaps=gaps), detail=False)
         target = Path(out_root) / study.id
         with atomic_dir(target, overwrite=True) as tmp:
             files = write_scan_result(result, tmp)
@@ -299,7 +299,7 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
               device: str = "cpu", processes: bool = True, show_progress: bool | None = None,
               on_result: Callable[[str, dict[str, Any]], None] | None = None,
               threads: int | None = None, keep_paths: bool = False,
-              name_pattern: str = DEFAULT_NAME_PATTERN) -> BatchSummary:
+              name_pattern: str = DEFAULT_NAME_PATTERN, gaps: str = "fill") -> BatchSummary:
     """Score many studies on dask.distributed, resumable, writing ``out/<id>/`` and ``out/manifest.json``.
 
     Args:
@@ -319,6 +319,7 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             raised. By default the manifest names studies by their id and hash only and error texts have their
             paths replaced by ``<path:…>`` tokens: folder and file names often name patients.
         name_pattern: output-folder names (``study_id``); the default holds a hash only.
+        gaps: DICOM series with missing slices (``engine.io.read_scan``): "fill" (default), "refuse", "stack".
     """
     from distributed import Client, LocalCluster, as_completed
 
@@ -369,7 +370,7 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             client = Client(cluster)
     try:
         summary.workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        futures = {client.submit(score_study, s, model_path, str(out), device, threads, pure=False,
+        futures = {client.submit(score_study, s, model_path, str(out), device, threads, gaps, pure=False,
                                  key=f"anomalens-score-{s.id}-{fingerprint}-{time.time_ns()}"): s for s in todo}
         for fut in _progress(as_completed(futures), len(futures), show_progress):
             s = futures[fut]

@@ -174,19 +174,19 @@ class CaseLibrary:
                 if exc_type is None:
                     try:
                         self.lib.db.execute("COMMIT")
-                    except sqlite3.DatabaseError as err:
+                    except sqlite3.OperationalError as err:
                         with contextlib.suppress(sqlite3.DatabaseError):
                             self.lib.db.execute("ROLLBACK")
                         raise self.lib._write_failed(err) from err
                 else:
                     with contextlib.suppress(sqlite3.DatabaseError):
                         self.lib.db.execute("ROLLBACK")
-                    if isinstance(exc, sqlite3.DatabaseError):
+                    if isinstance(exc, sqlite3.OperationalError):  # full, read-only, I/O: the disk, not a bug
                         raise self.lib._write_failed(exc) from exc
             finally:
                 self.lib._lock.release()
 
-    def _write_failed(self, exc: sqlite3.DatabaseError) -> OutputError:
+    def _write_failed(self, exc: sqlite3.OperationalError) -> OutputError:
         """A write the database refused (a full disk, a read-only folder): the marks stay as they were."""
         try:
             free = format_bytes(shutil.disk_usage(self.path.parent).free)

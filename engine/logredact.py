@@ -30,7 +30,14 @@ _QUOTED = re.compile(r"""(['"])((?:(?!\1).)*[\\/](?:(?!\1).)*)\1""")
 _BARE = re.compile(r"""(?:[A-Za-z]:|\b[\w.~-]+:/)?(?:[\w.~$%+^-]*[\\/])+[\w.~$%+^-]*""")
 #: Names too common to be anyone's: never redacted on their own (a path holding them still is, whole).
 _GENERIC = frozenset({"", ".", "..", "data", "home", "tmp", "scans", "scan", "dicom", "images", "out", "output",
-                      "results", "models", "model", "users", "user", "mnt", "media", "var", "private"})
+                      "results", "models", "model", "users", "user", "mnt", "media", "var", "private",
+                      # the product's own file names: naming no one, and words its log lines use
+                      "heatmap.nii.gz", "mask.nii.gz", "mask_scr.nii.gz", "mask_scr", "scores.csv", "manifest.json",
+                      "bundle.json", "weights.safetensors", "metrics.json", "metrics.csv", "metrics.md",
+                      "viewer.log", "cases.sqlite", "active.json", "recent.json"})
+#: Folder levels above a file whose names are redacted on their own (a patient folder sits a few levels up:
+#: ``DOE^JOHN 12345/study/series/IM0001.dcm``).
+ANCESTORS = 6
 
 _lock = threading.Lock()
 _paths: set[str] = set()
@@ -56,7 +63,7 @@ def remember(path: str | os.PathLike[str] | None) -> None:
         items.add(str(p.resolve()))
     except (OSError, RuntimeError):
         pass
-    parts = [p.name, p.parent.name, p.parent.parent.name, p.name.split(".")[0]]
+    parts = [p.name, p.name.split(".")[0], *(a.name for a in list(p.parents)[:ANCESTORS])]
     names = {x for x in parts if _distinctive(x)}
     global _pattern
     with _lock:

@@ -37,11 +37,11 @@ class PreparedScan:
     BATCH = 32
 
     def __init__(self, volume: Volume, lo: float = 0.0, hi: float = 1.0, threshold: float | None = None,
-                 indices: np.ndarray | None = None, slices: np.ndarray | None = None,
-                 foreground: np.ndarray | None = None) -> None:
+                 slices: np.ndarray | None = None, foreground: np.ndarray | None = None,
+                 intensity: IntensityConfig | None = None) -> None:
         self.volume = volume
         self.lo, self.hi, self.threshold = float(lo), float(hi), threshold
-        self.indices = np.arange(volume.n_slices) if indices is None else np.asarray(indices, dtype=int)
+        self.intensity = intensity or IntensityConfig()  # how it was normalised (a result reuses it only alike)
         self._slices = None if slices is None else np.asarray(slices, dtype=np.float32)
         self._foreground = None if foreground is None else np.asarray(foreground, dtype=bool)
 
@@ -107,8 +107,7 @@ def prepare(volume: Volume, intensity: IntensityConfig | dict | None = None) -> 
     ref = volume.intensity_reference if volume.intensity_reference is not None else intensity_reference(volume.array)
     lo, hi = intensity_range(ref, volume.modality, cfg)
     threshold = tissue_threshold(scale_to_unit(ref, lo, hi))
-    indices = np.asarray(volume.metadata.get("selected_slices", range(volume.n_slices)), dtype=int)
-    return PreparedScan(volume=volume, lo=lo, hi=hi, threshold=threshold, indices=indices)
+    return PreparedScan(volume=volume, lo=lo, hi=hi, threshold=threshold, intensity=cfg)
 
 
 def model_grid(detector: Detector) -> WorkingGrid | None:

@@ -22,22 +22,26 @@ from .progress import CancelToken, ProgressCallback, check, report, stage
 
 if TYPE_CHECKING:
     from .detectors.base import Detector
+    from .detectors.result import AnomalyResult
 
 
 def calibrate_detector(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None,
                        target_fpr: float = 0.01, mode: str = "2d", progress: ProgressCallback | None = None,
-                       cancel: CancelToken | None = None, threshold_fpr: float | None = None) -> Calibration:
+                       cancel: CancelToken | None = None, threshold_fpr: float | None = None,
+                       result: AnomalyResult | None = None) -> Calibration:
     """Score normal slices (on the model's working grid), fit the calibration and set ``detector.calibration``.
 
     Use normals the detector was not fitted on where possible: a model's own training slices score lower
     than new normals, which makes thresholds too permissive. ``threshold_fpr`` fixes SCR's unary rate
-    instead of the default ladder (``postprocess.calibrate``).
+    instead of the default ladder (``postprocess.calibrate``). ``result``: the detector's output on these
+    very normals when the caller has it already (it is not scored again).
     """
     from .detectors.base import fingerprint
     from .postprocess.calibrate import calibrate
 
     fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
-    result = detector.score(normals, progress=stage(progress, 0.0, 0.5), cancel=cancel)
+    if result is None:
+        result = detector.score(normals, progress=stage(progress, 0.0, 0.5), cancel=cancel)
     cal = calibrate(result.heatmaps, fg, features=result.features, intensities=normals, target_fpr=target_fpr,
                     threshold_fpr=threshold_fpr, mode=mode, seed=detector.seed, progress=stage(progress, 0.5, 1.0),
                     cancel=cancel)
@@ -57,16 +61,20 @@ class FalsePositives:
 
 
 def false_positives(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None,
-                    progress: ProgressCallback | None = None,
-                    cancel: CancelToken | None = None) -> FalsePositives | None:
-    """A calibrated model's false-positive area on normal slices, as its calibration stands (None: uncalibrated)."""
+                    progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                    result: AnomalyResult | None = None) -> FalsePositives | None:
+    """A calibrated model's false-positive area on normal slices, as its calibration stands (None: uncalibrated).
+
+    ``result``: the detector's output on these normals when the caller has it already.
+    """
     from .scoring import apply_calibration
 
     cal = detector.calibration
     if cal is None:
         return None
     fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
-    result = detector.score(normals, progress=progress, cancel=cancel)
+    if result is None:
+        result = detector.score(normals, progress=progress, cancel=cancel)
     c = apply_calibration(cal, result, normals, fg, scr=True)
     n = max(int(np.count_nonzero(fg)), 1)
     return FalsePositives(plain=float(np.count_nonzero(c.mask & fg)) / n,
@@ -147,18 +155,21 @@ def recalibrate(detector: Detector, normals: np.ndarray, *, fine_tune: bool = Fa
             raise ConfigError("fine-tuning needs at least two normal slices: half adapt the model, half calibrate it")
         tune, calib = normals[0::2], normals[1::2]
     fg = foreground_mask(calib)
-    report(progress, 0.0, "measuring false positives before")
-    before = false_positives(detector, calib, fg, stage(progress, 0.0, 0.15), cancel)
+    scored = None  # the model's raw scores of the calibration slices: for "before" and, unchanged, the calibration
+    if old is not None or tune is None:
+        report(progress, 0.0, "scoring the normal slices")
+        scored = detector.score(calib, progress=stage(progress, 0.0, 0.15), cancel=cancel)
+    before = false_positives(detector, calib, fg, result=scored)
     if tune is not None:
         check(cancel)
         report(progress, 0.15, "fine-tuning")
         detector.fine_tune(tune, progress=stage(progress, 0.15, 0.55), cancel=cancel)
+        scored = None  # the model changed: its scores on the calibration slices are taken again
     check(cancel)
-    cal = calibrate_detector(detector, calib, fg, target_fpr=target, mode=mode, progress=stage(progress, 0.55, 0.9),
-                             cancel=cancel)
-    report(progress, 0.9, "measuring false positives after")
-    after = false_positives(detector, calib, fg, stage(progress, 0.9, 1.0), cancel)
-    assert after is not None  # calibrated just above
+    cal = calibrate_detector(detector, calib, fg, target_fpr=target, mode=mode, progress=stage(progress, 0.55, 1.0),
+                             cancel=cancel, result=scored)
+    # Measured by the calibration itself on these slices (plain exactly; SCR on its own pixel sample).
+    after = FalsePositives(plain=float(cal.fp_area if cal.fp_area is not None else 0.0), scr=cal.fp_area_scr)
     report(progress, 1.0, "calibrated")
     return Recalibration(detector=detector, calibration=cal, before=before, after=after,
                          n_fine_tune=0 if tune is None else len(tune), n_calibration=len(calib))

@@ -29,6 +29,7 @@ from .io.base import gap_indices
 from .pipeline import PreparedScan, merge_results, model_grid, prepare, scan_placement
 from .preprocess.foreground import foreground_mask
 from .preprocess.fov import Placement, from_working, shrink_warning, to_working
+from .preprocess.intensity import IntensityConfig
 from .progress import CancelToken, ProgressCallback, check, report
 
 if TYPE_CHECKING:
@@ -84,8 +85,7 @@ class ModelIdentity:
     def label(self) -> str:
         """``lorentz v3`` (a saved bundle) or ``lorentz (unsaved)``; the viewer's layer names carry it."""
         version = f"v{self.bundle_version}" if self.bundle_version else "(unsaved)"
-        name = self.name if self.name != self.detector else self.detector
-        return f"{name} {version}"
+        return f"{self.name} {version}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"detector": self.detector, "detector_version": self.detector_version, "name": self.name,
@@ -214,32 +214,46 @@ def apply_calibration(calibration: Calibration, result: AnomalyResult, slices: n
     per-pixel features). ``settings`` overrides SCR's point (the viewer's sliders); default: the calibrated one.
     In 3-D mode the stack is cut as one graph, so give it consecutive slices of one scan.
     """
-    from .postprocess.scr import scr_refine
-
     maps = calibration.normalise(result.heatmaps)
     fg = foreground_mask(slices) if foreground is None else np.asarray(foreground, bool)
     plain = (maps > calibration.threshold) & fg
     point = settings or calibration.scr
     scr_mask = None
     if scr and point.usable:
-        scr_mask = scr_refine(maps, point.threshold, float(point.lam or 0.0), point.tau,
-                              features=result.features, intensities=None if result.features is not None else slices,
-                              mode=point.mode if maps.shape[0] > 1 else "2d", temperature=point.temperature,
-                              foreground=fg)
+        scr_mask = cut_scr(maps, fg, point, features=result.features,
+                           intensities=None if result.features is not None else slices)
     return CalibratedMaps(maps=maps, mask=plain, scr_mask=scr_mask, threshold=calibration.threshold, scr=point)
+
+
+def cut_scr(maps: np.ndarray, foreground: np.ndarray, point: ScrSettings, features: np.ndarray | None = None,
+            intensities: np.ndarray | None = None, weights: Any = None) -> np.ndarray:
+    """The SCR mask of normal-quantile maps at an operating point: the one place any SCR mask is cut.
+
+    ``apply_calibration`` cuts the result's masks with it, and the viewer's live slider preview and "Apply
+    to volume" cut with it too, so a mask tuned on screen is the mask ``score_scan(settings=…)`` writes.
+    ``weights``: SCR's pairwise weights for this grid when the caller keeps them (they depend only on the
+    descriptors, τ and the mode, not on λ or the threshold). One slice, or consecutive slices.
+    """
+    from .postprocess.scr import scr_refine
+
+    maps = np.asarray(maps, dtype=np.float32)
+    mode = point.mode if maps.ndim == 3 and maps.shape[0] > 1 else "2d"
+    return scr_refine(maps, point.threshold, float(point.lam or 0.0), point.tau, features=features,
+                      intensities=intensities, mode=mode, temperature=point.temperature, weights=weights,
+                      foreground=np.asarray(foreground, bool))
 
 
 # -- the entry function -------------------------------------------------------------------------------
 
 def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.ndarray | None = None, *,
                scr: bool = True, settings: ScrSettings | None = None, detail: bool = True,
-               extra_warnings: Sequence[str] = (), progress: ProgressCallback | None = None,
-               cancel: CancelToken | None = None) -> ScanResult:
+               prepared: PreparedScan | None = None, model: ModelIdentity | None = None,
+               progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> ScanResult:
     """Score a scan (or some of its slices, as array indices) with a fitted model: the product's one result.
 
     Slices are normalised, scored, calibrated and cut batch by batch (``SCORE_BATCH``), so memory holds the
-    scan, its map and masks and one batch, whatever the scan's length; 3-D SCR, which links slices, cuts each
-    run of consecutive slices once they are all scored.
+    scan, its map and masks and one batch, whatever the scan's length. 3-D SCR, which links slices, cuts each
+    run of consecutive slices once they are all scored, so it keeps every batch's raw output until then.
 
     Args:
         detector: a fitted detector, calibrated or not.
@@ -249,7 +263,10 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
         settings: SCR's operating point instead of the calibrated one (the viewer's sliders).
         detail: keep the detector's own output in ``raw`` (embeddings for the Poincaré disk, per-pixel
             features for live SCR): the viewer wants it; files, batches and metrics do not.
-        extra_warnings: warnings the caller found on the way (e.g. a geometry note of a PACS pull).
+        prepared: this volume's ``PreparedScan`` from an earlier call (``ScanResult.prepared``), so scoring
+            one more slice does not normalise and mask the whole scan again; used only when it is this volume's,
+            prepared as this model prepares scans.
+        model: the detector's ``ModelIdentity`` when the caller has it (computing it hashes every weight).
         progress: progress callback; scoring is 0–90 %, 3-D SCR the rest.
         cancel: cancel token, checked between batches.
 
@@ -268,8 +285,10 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
     idx = np.setdiff1d(idx, gaps)
     if idx.size == 0:
         raise ConfigError("no slices selected: only empty slices inserted where the series has none")
-    prepared = prepare(volume, (detector.preprocessing or {}).get("intensity"))
-    warnings = _scan_warnings(detector, prepared) + [w for w in extra_warnings if w]
+    intensity = (detector.preprocessing or {}).get("intensity")
+    if prepared is None or prepared.volume is not volume or prepared.intensity != IntensityConfig.from_dict(intensity):
+        prepared = prepare(volume, intensity)
+    warnings = _scan_warnings(detector, prepared)
     grid = model_grid(detector)
     placement = None if grid is None else scan_placement(prepared, grid)
     if placement is not None and grid is not None:
@@ -318,8 +337,9 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
             report(progress, 0.9 + 0.1 * float(run[-1] - idx[0] + 1) / float(idx[-1] - idx[0] + 1), "cutting in 3-D")
     result = ScanResult(volume=volume, prepared=prepared, indices=idx, map=full_map,
                         unit=MapUnit.RAW if cal is None else MapUnit.QUANTILE, mask=mask, mask_scr=mask_scr,
-                        calibration=cal, scr=point if cut else None, slices=(), model=ModelIdentity.of(detector),
-                        raw=raw if detail else None, warnings=tuple(dict.fromkeys(warnings)), seconds_per_slice=seconds)
+                        calibration=cal, scr=point if cut else None, slices=(),
+                        model=model or ModelIdentity.of(detector), raw=raw if detail else None,
+                        warnings=tuple(dict.fromkeys(warnings)), seconds_per_slice=seconds)
     result.slices = slice_scores(result)
     report(progress, 1.0, "scored")
     return result

@@ -286,3 +286,103 @@ def test_native_capture_is_thread_safe_and_restores_the_descriptors(tmp_path: Pa
     assert all("data not read completely" in e and e.startswith("cut") for e in errors)
     os.write(2, b"after\n")  # file descriptor 2 is the terminal again
     assert capfd.readouterr().err == "after\n"
+
+
+# ------------------------------------------------------------------------------------------- other threads
+
+
+def _other_thread_writes(tag: str, n: int = 3) -> None:
+    """Another thread writes ``n`` lines to file descriptor 2 and ends, while this thread waits for it."""
+    writer = threading.Thread(target=lambda: [os.write(2, f"{tag} line {i}\n".encode()) for i in range(n)])
+    writer.start()
+    writer.join(10)
+
+
+def _capture_is_free() -> bool:
+    """Whether another thread can open (and close) a native capture now, i.e. no read holds the capture lock."""
+    done = threading.Event()
+
+    def capture() -> None:
+        with safety.native_output():
+            pass
+        done.set()
+
+    threading.Thread(target=capture, daemon=True).start()
+    return done.wait(2.0)
+
+
+def test_other_threads_output_survives_the_voxel_reading_of_a_scan(tmp_path: Path, capfd: pytest.CaptureFixture,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """NIfTI voxels come through nibabel (Python): nothing is captured meanwhile, nothing is serialised."""
+    import nibabel
+
+    path = write_sitk(tmp_path / "scan.nii.gz", phantom((8, 32, 32)))
+    real_load = nibabel.load
+    free: list[bool] = []
+
+    def load(*args, **kwargs):
+        _other_thread_writes("nifti")
+        free.append(_capture_is_free())
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(nibabel, "load", load)
+    capfd.readouterr()
+    volume = read_scan(path)
+    err = capfd.readouterr().err
+    assert volume.shape == (8, 32, 32)
+    assert err.count("nifti line") == 3, err
+    assert free == [True], "a read held the native-capture lock outside its native calls"
+
+
+def test_other_threads_output_survives_a_dicom_series_read(tmp_path: Path, capfd: pytest.CaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Header parsing and pixel reading of every file of a series (pydicom, Python) run uncaptured."""
+    from anomalens.engine.io import dicom
+
+    folder = tmp_path / "ct"
+    write_ct_series(folder, phantom((6, 16, 16)))
+    real = dicom.dcmread
+    calls = []
+
+    def dcmread(path, **kwargs):
+        calls.append(path)
+        _other_thread_writes(f"dicom{len(calls)}", 1)
+        return real(path, **kwargs)
+
+    monkeypatch.setattr(dicom, "dcmread", dcmread)
+    capfd.readouterr()
+    volume = read_scan(folder)
+    err = capfd.readouterr().err
+    assert volume.shape == (6, 16, 16)
+    assert len(calls) >= 12  # each file's header, then each file's pixels
+    assert all(f"dicom{k} line 0" in err for k in range(1, len(calls) + 1)), err
+
+
+def test_a_thread_printing_throughout_a_large_read_loses_almost_nothing(tmp_path: Path,
+                                                                        capfd: pytest.CaptureFixture) -> None:
+    """A progress thread printing while a ~16 MB NIfTI is read: only the header call's instant is captured."""
+    rng = np.random.default_rng(0)
+    path = tmp_path / "big.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(rng.normal(size=(64, 256, 256)).astype(np.float32)), str(path),
+                    useCompression=True)
+    stop = threading.Event()
+    written: list[int] = []
+
+    def progress() -> None:
+        while not stop.is_set():
+            os.write(2, f"tick {len(written)}\n".encode())
+            written.append(1)
+            time.sleep(0.001)
+
+    capfd.readouterr()
+    ticker = threading.Thread(target=progress)
+    ticker.start()
+    try:
+        for _ in range(2):
+            assert read_scan(path).shape == (64, 256, 256)
+    finally:
+        stop.set()
+        ticker.join(10)
+    arrived = capfd.readouterr().err.count("tick ")
+    assert len(written) >= 20
+    assert arrived >= 0.9 * len(written) - 2, f"{len(written) - arrived} of {len(written)} lines were lost"

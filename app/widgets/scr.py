@@ -4,7 +4,7 @@ The mask scoring gives is the engine's (``score_scan`` cuts it at the calibrated
 SCR's tunable display. The sliders mirror ``state.scr_point()`` (the model's calibrated point until moved;
 the model emits, the widget follows while blocking its own signals) and their ranges follow that point
 (the threshold, in the result's normal-quantile units, spans the calibrated one). A move re-solves only
-the shown slice with the engine's ``scr_refine`` on the result's map (α cached per slice and τ, see
+the shown slice with the engine's ``scoring.cut_scr`` on the result's map (α cached per slice and τ, see
 ``anomalens.app.livecut``), which takes well under 50 ms on a 256² slice; "Apply to volume" cuts every
 scored slice in a worker. Masks are written into the labels layer in place, so napari's undo history of
 hand edits survives (SCR updates themselves are not undo steps: a slider move is undone by moving the

@@ -190,7 +190,7 @@ def run_score_batch(args: argparse.Namespace, inputs: list[str]) -> int:
 
     summary = run_batch(args.model, inputs, args.out, workers=args.workers, scheduler=args.scheduler,
                         device=args.device, threads=getattr(args, "threads", None), keep_paths=args.keep_paths,
-                        name_pattern=args.name_pattern or DEFAULT_NAME_PATTERN)
+                        name_pattern=args.name_pattern or DEFAULT_NAME_PATTERN, gaps=args.gaps)
     data = summary.to_dict()
     emit(args, data, f"{data['ok']} scored, {data['skipped']} already done, {len(summary.failed)} failed "
                      f"in {data['seconds']:.1f} s on {data['workers']} workers; manifest: {data['manifest']}")

@@ -194,6 +194,8 @@ class Detector(ABC):
 
         h = hashlib.sha256()
         cal = None if self.calibration is None else self.calibration.to_dict()
+        if cal is not None:
+            del cal["created"]  # when it was made is not what it does: the same calibration twice is one model
         head = {"detector": self.name, "version": self.version, "config": self.config_dict(),
                 "preprocessing": self.preprocessing, "calibration": cal,
                 "backbone": None if self.backbone_weights is None else self.backbone_weights.digest}

@@ -5,7 +5,9 @@ of the wrong type, a non-finite number, or a size far beyond what a scan can nee
 would allocate hundreds of gigabytes, ``smoothing_sigma: 1e9`` a kernel larger than memory) is refused with
 one line naming the option, before a tensor is allocated. Types come from the config dataclass's
 annotations; ranges from ``COMMON_LIMITS`` for options every detector shares (same name, same meaning:
-the shared patch-feature plumbing) and from a config class's own ``LIMITS``.
+the shared patch-feature plumbing) and from a config class's own ``LIMITS`` (a tuple option's limit bounds
+each of its elements). Where options multiply into one network (widths × sizes × members), no per-option
+range can bound the product; such a config checks its parameter count with ``check_parameters``.
 """
 
 from __future__ import annotations
@@ -45,6 +47,21 @@ COMMON_CHOICES: dict[str, Any] = {"levels": _levels}
 #: Any integer option beyond this, or any number beyond this in magnitude, is a forged or mistyped value.
 INT_CAP = 1 << 30
 FLOAT_CAP = 1e9
+#: The most parameters a network described by a configuration may hold: 2**28 float32 values are 1 GiB, about
+#: 4 GiB while training (gradients and Adam's two moments), which a workstation holds beside a scan's 4 GiB
+#: budget (``engine.io.base``). The largest default network, D2UE's ensemble, holds 13.5 million: ~20× room.
+MAX_PARAMETERS = 1 << 28
+
+
+def check_parameters(count: int, options: str, what: str = "network") -> None:
+    """Refuse a configuration whose network would hold more than ``MAX_PARAMETERS`` parameters.
+
+    Called from a config's ``__post_init__`` with the count computed from the options alone, so a forged
+    bundle is refused before the network is built; ``options`` names the options that size it.
+    """
+    if count > MAX_PARAMETERS:
+        raise ConfigError(f"options {options} describe a {what} of {count / 1e6:,.0f} million parameters "
+                          f"({count * 4 / 2**30:,.1f} GiB); at most {MAX_PARAMETERS / 1e6:,.0f} million are allowed")
 
 
 def _check_value(name: str, value: Any, hint: Any) -> Any:
@@ -98,10 +115,12 @@ def check_config(config_class: type, values: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for key, value in values.items():
         value = _check_value(key, value, hints.get(key, Any))
-        if key in limits and isinstance(value, int | float) and not isinstance(value, bool):
+        if key in limits:
             lo, hi = limits[key]
-            if not lo <= value <= hi:
-                raise ConfigError(f"option {key} must be between {lo:g} and {hi:g}, got {value:g}")
+            for v in value if isinstance(value, tuple) else (value,):
+                if isinstance(v, int | float) and not isinstance(v, bool) and not lo <= v <= hi:
+                    raise ConfigError(f"option {key} must {'hold values' if isinstance(value, tuple) else 'be'} "
+                                      f"between {lo:g} and {hi:g}, got {v:g}")
         if key in COMMON_CHOICES:
             allowed = COMMON_CHOICES[key]()
             items = value if isinstance(value, tuple) else (value,)

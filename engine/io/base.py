@@ -27,7 +27,7 @@ from ..errors import (
     TooLargeError,
 )
 from ..volume import Volume
-from .safety import native_output, native_reason
+from .safety import collect_native, native_reason
 
 #: Default memory budget for one scan as float32: large enough for a whole-body CT, small enough that a
 #: corrupt header claiming billions of voxels fails fast instead of exhausting memory.
@@ -161,10 +161,11 @@ def library_errors(path: Path, fmt: str) -> Iterator[None]:
     Parsers of binary formats fail in many ways (``RuntimeError`` from ITK, ``ValueError``/``struct.error``/
     ``KeyError`` from pydicom...). To a user they all mean the same thing, and to the caller anything that
     is not an ``AnomaLensError`` is a bug, so the reader boundary translates them here. What native code
-    prints meanwhile (MetaIO, libpng, libjpeg write to the process's stdout/stderr) is captured: folded
+    prints (MetaIO, libpng, libjpeg write to the process's stdout/stderr) is captured by ``native_output``
+    around each native call inside the block, not around the block: the text of those captures is folded
     into the error line when the read fails, dropped when it succeeds.
     """
-    with native_output() as native:
+    with collect_native() as native:
         try:
             yield
         except AnomaLensError:

@@ -41,7 +41,7 @@ from .base import (
     to_grey,
 )
 from .metadata import dicom_metadata
-from .safety import FolderListing, walk_regular_files
+from .safety import FolderListing, native_output, walk_regular_files
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 #: Two frames closer than this along the slice normal (mm) are taken to be at the same position.
@@ -718,7 +718,8 @@ def read_pixels(header: FileHeader, rows: int, cols: int) -> tuple[np.ndarray, b
         if not any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
             raise CorruptFileError(f"{path.name} has no pixel data")
         try:
-            arr = ds.pixel_array
+            with native_output():  # decoders of compressed syntaxes may be native and print
+                arr = ds.pixel_array
         except Exception as exc:
             syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             if syntax is None or not getattr(syntax, "is_compressed", False):
@@ -747,7 +748,8 @@ def _decode_with_sitk(path: Path, first_error: Exception, rows: int, cols: int) 
     sitk = sitk_module()
 
     try:
-        img = sitk.ReadImage(str(path), imageIO="GDCMImageIO")
+        with native_output():  # GDCM prints its complaints; the error line below says what failed
+            img = sitk.ReadImage(str(path), imageIO="GDCMImageIO")
         arr = sitk.GetArrayFromImage(img)
     except Exception:
         raise CorruptFileError(f"{path.name}: its compressed pixel data could not be decoded "

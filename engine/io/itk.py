@@ -1,7 +1,9 @@
 """Formats SimpleITK reads: NIfTI, NRRD, MetaImage and 2-D pictures (PNG, JPEG, TIFF).
 
 The header is read first (``ReadImageInformation``) so the memory budget is checked before any voxel is
-loaded, and a 4-D file is cut down to its first 3-D volume while reading rather than after.
+loaded, and a 4-D file is cut down to its first 3-D volume while reading rather than after. Only the ITK
+calls themselves run with stdout/stderr captured (``safety.native_output``); the Python header checks and
+nibabel's voxel reading of NIfTI do not print natively, so other threads' output is never lost to them.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .base import (
     to_grey,
 )
 from .headers import check_metaimage, check_nifti, check_nrrd
+from .safety import native_output
 
 #: Header fields copied from SimpleITK's metadata dictionary: coordinate-system codes only. Free-text fields
 #: (NIfTI ``descrip``/``aux_file``, NRRD comments, PNG text chunks) can hold names and are never copied.
@@ -76,7 +79,8 @@ def read_with_sitk(path: Path, image_io: str, fmt: str, max_bytes: int,
     reader.SetFileName(str(path))
     reader.SetImageIO(image_io)
     with library_errors(path, fmt):
-        reader.ReadImageInformation()
+        with native_output():
+            reader.ReadImageInformation()
         size = [int(s) for s in reader.GetSize()]
         dim = int(reader.GetDimension())
         components = int(reader.GetNumberOfComponents())
@@ -101,7 +105,10 @@ def read_with_sitk(path: Path, image_io: str, fmt: str, max_bytes: int,
             reader.SetExtractIndex([0] * dim)
             reader.SetExtractSize(size[:3] + [0] * (dim - 3))
         with library_errors(path, fmt):
-            array = sitk.GetArrayFromImage(reader.Execute())
+            with native_output():
+                image = reader.Execute()
+            array = sitk.GetArrayFromImage(image)
+            del image  # ITK's copy of the voxels: not held beside the array for the rest of the read
     if np.iscomplexobj(array):
         array = np.abs(array)
         warnings.append("the file holds complex values; using their magnitude")

@@ -6,7 +6,10 @@ descriptors, where Python cannot catch them (``--json`` output would be corrupte
 lines before our one error line). So readers only ever open regular files, system folders are refused
 before a walk starts, folder walks stop at a file-count limit, and every native call runs with file
 descriptors 1 and 2 redirected into a temporary file whose text is folded into the error if the call
-fails and dropped if it succeeds.
+fails and dropped if it succeeds. The redirection is process-wide, so it spans the native call alone
+(``native_output``), never a whole read: another thread's output (progress lines, log records) written
+meanwhile would be lost with it, and parallel reads would wait on each other. ``collect_native`` keeps
+what the captures inside a reader's error boundary saw, for its one error line.
 """
 
 from __future__ import annotations
@@ -167,13 +170,44 @@ def _flush_python_streams() -> None:
             pass
 
 
+class NativeLog:
+    """What the native captures inside one ``collect_native`` block printed, oldest first (16 KiB each)."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+@contextmanager
+def collect_native() -> Iterator[NativeLog]:
+    """Keep the text of every ``native_output`` capture this thread closes inside the block.
+
+    Redirects nothing itself: a reader's error boundary spans the whole read, the captures only its native
+    calls, and the boundary still needs their text for its error line. Nested blocks share the outer log.
+    """
+    log = getattr(_LOCAL, "log", None)
+    if log is not None:
+        yield log
+        return
+    log = _LOCAL.log = NativeLog()
+    try:
+        yield log
+    finally:
+        _LOCAL.log = None
+
+
 @contextmanager
 def native_output() -> Iterator[NativeOutput]:
     """Redirect file descriptors 1 and 2 into a temporary file while native code runs.
 
-    Process-wide (file descriptors are shared by all threads), so a lock serialises captures and callers
-    keep the window to the native call itself. Nested captures in one thread share the outer one. Where
-    the descriptors cannot be duplicated (a GUI process without a console) nothing is redirected.
+    Process-wide (file descriptors are shared by all threads): whatever any thread writes meanwhile lands
+    in the file, and a lock serialises captures, so callers keep the window to the native call itself.
+    Nested captures in one thread share the outer one. Where the descriptors cannot be duplicated (a GUI
+    process without a console) nothing is redirected. The text goes to the thread's ``collect_native``
+    log, if one is open, when the capture closes.
     """
     current = getattr(_LOCAL, "current", None)
     if current is not None:
@@ -206,6 +240,11 @@ def native_output() -> Iterator[NativeOutput]:
                         os.dup2(copy, fd)
                     finally:
                         os.close(copy)
+                log = getattr(_LOCAL, "log", None)
+                if log is not None:
+                    text = out.text
+                    if text:
+                        log.parts.append(text)
         finally:
             if sink is not None:
                 try:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...engine.backbones import parse_spec
 from ...engine.batching import batches
 from ...engine.detectors.base import Detector, DetectorConfig
 from ...engine.detectors.result import AnomalyResult, Embeddings
@@ -63,8 +64,23 @@ class CurvedHeadsConfig(DetectorConfig):
     fine_tune_epochs: int = 3
     fine_tune_lr: float = 3e-4
 
+    #: Ranges beyond ``COMMON_LIMITS`` (tighter where memory needs it), 16× the defaults. The largest head,
+    #: ΣC = 1,536 (wrn50) → hidden 2,048 → dim 1,024 plus the dim × dim Möbius layer, holds 6.3 M parameters
+    #: (25 MiB); a training batch is 65,536 × ΣC floats (0.4 GiB).
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "kappa_s": (C_MIN, C_MAX),
+        "kappa_h": (-C_MAX, -C_MIN),
+        "xi": (0.0, 1.0),  # (0, 1): __post_init__ refuses both ends
+        "hidden": (2, 2048),
+        "dim": (2, 1024),
+        "batch_patches": (16, 1 << 16),
+        "min_tissue": (0.0, 1.0),  # [0, 1): __post_init__ refuses 1
+        "score_rotations": (1, N_ROTATIONS),  # 1 or 4: __post_init__
+    }
+
     def __post_init__(self) -> None:
         self.levels = tuple(self.levels)
+        parse_spec(self.backbone)  # an unknown backbone is one line now, not at the first feature extraction
         try:
             self.variant = canonical_variant(self.variant)
         except ValueError as exc:

@@ -27,6 +27,7 @@ import torch
 from ...engine.batching import batches
 from ...engine.detectors.base import Detector, DetectorConfig
 from ...engine.detectors.result import AnomalyResult
+from ...engine.detectors.schema import check_parameters
 from ...engine.errors import ConfigError
 from ...engine.patchmaps import to_heatmap
 from ...engine.preprocess.resize import resize_tensor, to_tensor
@@ -75,6 +76,20 @@ class D2UEConfig(DetectorConfig):
     fine_tune_epochs: int = 10
     fine_tune_lr: float = 1e-4
 
+    #: Ranges beyond ``COMMON_LIMITS``: 4–32× the paper's settings (3 learners, 64² or 128², w 16, mid 2,048,
+    #: latent 16). Alone they cannot bound the ensemble: its bottleneck holds 2·N·mid·w·s²/64 weights, which at
+    #: every maximum would be 275 G parameters. ``__post_init__`` therefore also counts the parameters
+    #: (``ensemble_parameters``) and refuses more than ``schema.MAX_PARAMETERS`` (2**28, 1 GiB of float32; the
+    #: default is 13.5 M, 128² 51 M), before ``load_state_dict`` or ``fit`` builds the network.
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "n_learners": (2, 16),
+        "input_size": (32, 512),
+        "width": (1, 128),
+        "mid": (1, 16384),
+        "latent": (1, 512),
+        "lam": (0.0, 100.0),
+    }
+
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
@@ -94,6 +109,22 @@ class D2UEConfig(DetectorConfig):
             raise ConfigError("lam, smoothing_sigma and fine_tune_epochs must not be negative")
         if (self.lr is not None and self.lr <= 0) or self.fine_tune_lr <= 0:
             raise ConfigError("learning rates must be positive")
+        check_parameters(ensemble_parameters(self), "n_learners, input_size, width, mid and latent",
+                         "learner ensemble")
+
+
+def ensemble_parameters(c: D2UEConfig) -> int:
+    """Parameters of the ``EnsembleAE`` a config describes, counted without building it (see ``.model``).
+
+    Per learner: four 4×4 encoder convolutions (1→w→2w→4w→4w) and the mirrored decoder with its output head,
+    each with batch norm (weight and bias); the bottleneck flat → mid → latent → mid → flat with biases and
+    two batch norms, flat = 4w·(s/16)².
+    """
+    w, out = c.width, 2 if c.backbone == "aeu" else 1
+    flat = 4 * w * (c.input_size // 16) ** 2
+    convs = 16 * (w + 52 * w * w + w * out) + 2 * (11 * w + 7 * w)
+    bottleneck = 2 * flat * c.mid + 2 * c.mid * c.latent + flat + c.latent + 6 * c.mid
+    return c.n_learners * (convs + bottleneck)
 
 
 def _batches(n: int, batch_size: int) -> EpochBatches:

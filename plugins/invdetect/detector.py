@@ -59,6 +59,26 @@ class InvDetectConfig(DetectorConfig):
     amp: bool = True
     image_score: str = "max"
 
+    #: Ranges beyond ``COMMON_LIMITS`` (``patch_size`` replaces the feature detectors' 1–31), 4–16× the defaults
+    #: and the paper (b = 32, T = 1000, channels up to 256). ``patch_size`` ≤ 128 allows at most 8 U-Net stages,
+    #: so the largest U-Net, 8 stages of 256 channels with 4 layers each, holds 145 M parameters (0.6 GiB; the
+    #: default 0.7 M). Latents have b² values: ``keep_latents`` stores up to 32,768 × b² float16 (64 MiB at
+    #: b = 32, 1 GiB at b = 128); Nyström's kernel is ``nystroem_components``² float64 (128 MiB at 4,096) and
+    #: its features n × components; ``feature_dims`` values per voxel come back for SCR (4 bytes each, ≤ 32).
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "patch_size": (8, 128),
+        "channels": (1, 256),  # each stage's
+        "layers_per_block": (1, 4),
+        "norm_groups": (1, 256),
+        "num_train_timesteps": (1, 10_000),
+        "inversion_steps": (1, 10_000),
+        "nu": (0.0, 1.0),  # (0, 1]: __post_init__ refuses 0
+        "exact_svm_max": (1, 100_000),
+        "nystroem_components": (1, 4096),
+        "feature_dims": (1, 32),
+        "keep_latents": (0, 1 << 15),
+    }
+
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
         b = self.patch_size

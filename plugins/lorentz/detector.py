@@ -16,10 +16,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...engine.backbones import parse_spec
 from ...engine.batching import batches
 from ...engine.detectors.base import Detector, DetectorConfig
 from ...engine.detectors.result import AnomalyResult, Embeddings
 from ...engine.errors import ConfigError
+from ...engine.geometry.manifolds import C_MAX, C_MIN
 from ...engine.patchfeatures import PatchFeatureExtractor, extractor_for
 from ...engine.patchmaps import patch_centers, patch_slice_index, to_heatmap
 from ...engine.postprocess.surprise import Surprise
@@ -88,9 +90,36 @@ class LorentzConfig(DetectorConfig):
     fine_tune_epochs: int = 10
     fine_tune_lr: float = 3e-4
 
+    #: Ranges beyond ``COMMON_LIMITS`` (tighter where memory needs it), ~10–16× the defaults and sweeps. Worst
+    #: cases at ΣC = 1,536 channels (wrn50; lite0 has 152): a head is ΣC × (dim + 1) ≈ 1.6 M parameters at
+    #: dim 1,024, 32 heads 50 M (0.2 GiB); the residual bank (``bank_size``) 131,072 rows, 0.75 GiB, the fusion
+    #: bank (``memory_max``) 32,768 rows, 0.19 GiB; a training batch 65,536 × ΣC floats (0.4 GiB); the
+    #: cached negatives ``max_negatives`` × ΣC float16 values, 12 GiB on wrn50 / 1.2 GiB on lite0 at
+    #: 4 M, but only as many as the normal slices hold (each already featurised once).
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "bank_size": (1, 1 << 17),
+        "memory_max": (2, 1 << 15),
+        "dim": (2, 1024),
+        "batch_patches": (16, 1 << 16),
+        "curvature": (C_MIN, C_MAX),  # the manifold's own range
+        "n_variants": (1, 128),
+        "max_negatives": (1, 1 << 22),
+        "n_heads": (1, 32),
+        "p_anomaly": (0.0, 1.0),  # (0, 1]: __post_init__ refuses 0
+        "p_cross_slice": (0.0, 1.0),
+        "anomaly_margin": (0.0, 0.5),  # [0, 0.5): __post_init__ refuses 0.5
+        "memory_ratio": (0.0, 1.0),  # (0, 1]: __post_init__ refuses 0
+    }
+
     def __post_init__(self) -> None:
+        from ...engine.synthesis.batch import ANOMALY_KINDS
+
         self.levels = tuple(self.levels)
         self.anomaly_kinds = tuple(self.anomaly_kinds)
+        parse_spec(self.backbone)  # an unknown backbone is one line now, not at the first feature extraction
+        if not self.anomaly_kinds or any(k not in ANOMALY_KINDS for k in self.anomaly_kinds):
+            raise ConfigError(f"anomaly_kinds must be one or more of {', '.join(ANOMALY_KINDS)}, "
+                              f"got {self.anomaly_kinds!r}")
         if self.inputs not in INPUTS:
             raise ConfigError(f"inputs must be one of {', '.join(INPUTS)}, got {self.inputs!r}")
         if self.geometry not in GEOMETRIES:

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ...engine.backbones import parse_spec
 from ...engine.batching import batches
 from ...engine.coreset import greedy_coreset, nearest_distance
 from ...engine.detectors.base import Detector, DetectorConfig
@@ -43,8 +44,19 @@ class PatchCoreConfig(DetectorConfig):
     batch_size: int = 16
     chunk: int = 512
 
+    #: Ranges beyond ``COMMON_LIMITS`` (and tighter ones where this detector's memory needs them). The bank
+    #: holds at most ``max_bank`` rows of ΣC ≤ 1,536 channels (wrn50; lite0 152): 131,072 rows are 0.75 GiB
+    #: (76 MiB on lite0), 8× the default. Scoring forms a ``chunk`` × bank-rows distance block: 4,096 × 131,072
+    #: floats are 2 GiB at the very worst, 256 MiB on the default bank (8× the default chunk).
+    LIMITS: ClassVar[dict[str, tuple[float, float]]] = {
+        "coreset_ratio": (0.0, 1.0),  # (0, 1]: __post_init__ refuses 0
+        "max_bank": (1, 1 << 17),
+        "chunk": (1, 4096),
+    }
+
     def __post_init__(self) -> None:
         self.levels = tuple(self.levels)
+        parse_spec(self.backbone)  # an unknown backbone is one line now, not at the first feature extraction
         if not 0 < self.coreset_ratio <= 1:
             raise ConfigError(f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
         if self.input_size < 32 or self.patch_size < 1 or self.max_bank < 1 or self.batch_size < 1:
