@@ -196,7 +196,7 @@ def test_a_result_is_written_whole_or_not_at_all(world, tmp_path: Path, monkeypa
 
     with monkeypatch.context() as m:
         m.setattr(outputs, "_write_scores", refuse)
-        with pytest.raises(OutputError, match="disk full while writing scores.csv: nothing was replaced"):
+        with pytest.raises(OutputError, match=r"disk full while writing scores\.csv: nothing was replaced"):
             outputs.write_scan_result(score_scan(plain, volume), out)
     assert _snapshot(out) == before
     files = outputs.write_scan_result(score_scan(plain, volume), out)
