@@ -256,6 +256,16 @@ def _volume_data(volume: Volume, mask_path: str | Path, selection: str | None, s
 
     mask_vol = read_scan(mask_path)
     notes: list[str] = []
+    gaps = [int(k) for k in volume.metadata.get("gap_slices") or ()]
+    if gaps and mask_vol.shape == (volume.n_slices - len(gaps), *volume.shape[1:]):
+        # The mask was drawn on the series as stored (missing slices and all): its slices are the real ones,
+        # in order; the empty fillers the reader put at the missing positions get empty mask slices.
+        real = [k for k in range(volume.n_slices) if k not in set(gaps)]
+        full = np.zeros(volume.shape, dtype=mask_vol.array.dtype)
+        full[real] = mask_vol.array
+        mask_vol = volume.with_array(full)
+        notes.append(f"the scan misses {len(gaps)} slice(s), filled with empty slices at their true positions; "
+                     "the mask's slices were taken as the scan's real ones, in order")
     if mask_vol.shape != volume.shape:
         raise ConfigError(
             f"the mask grid {tuple(mask_vol.shape)} (z, y, x) does not match the image {tuple(volume.shape)}; "

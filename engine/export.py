@@ -9,8 +9,6 @@ so the source headers are read again from ``Volume.source`` at export time.
 
 from __future__ import annotations
 
-import csv
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +40,6 @@ def export_mask(volume: Volume, mask: np.ndarray, path: str | Path) -> Path:
     from .io import write_like
 
     return write_like(volume, np.asarray(mask).astype(bool), path)
-
-
-def export_scores_csv(slice_scores: Mapping[int, float] | Sequence[float], path: str | Path,
-                      extra: Mapping[str, Mapping[int, Any]] | None = None) -> Path:
-    """``slice,score[,extra columns...]`` sorted by slice; ``extra`` maps a column name to values per slice."""
-    scores = dict(slice_scores) if isinstance(slice_scores, Mapping) else dict(enumerate(slice_scores))
-    cols = list(extra or {})
-    target = Path(path)
-    with atomic_path(target) as tmp, tmp.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["slice", "score", *cols])
-        for k in sorted(scores):
-            w.writerow([int(k), f"{float(scores[k]):.6g}", *[(extra or {})[c].get(k, "") for c in cols]])
-    return target
 
 
 def save_png(rgb: np.ndarray, path: str | Path) -> Path:

@@ -10,10 +10,15 @@ names a patient or a path: the comments carry only the model and technical value
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .fileio import atomic_files, atomic_path, ensure_folder
-from .scoring import ScanResult
+from .scoring import MapUnit, ModelIdentity, ScanResult, SliceScore
+
+if TYPE_CHECKING:
+    from .calibration import Calibration
 
 #: Output files by role; a role missing from a result (an uncalibrated model has no masks) is not written.
 OUTPUT_FILES = {"heatmap": "heatmap.nii.gz", "mask": "mask.nii.gz", "mask_scr": "mask_scr.nii.gz",
@@ -23,19 +28,33 @@ SCORE_COLUMNS = ("slice", "score", "flagged", "mask_voxels", "volume_ml")
 
 def header_lines(result: ScanResult) -> list[str]:
     """The ``#`` lines above the CSV table: model, unit, operating point, warnings."""
-    m = result.model
-    lines = [f"AnomaLens scores: model {m.label} ({m.detector} detector, {m.fingerprint})",
-             f"unit: {result.unit.description}"]
+    mask = None
     if result.calibrated:
         cal = result.calibration
         assert cal is not None
         mask = (f"SCR mask (threshold {result.scr.threshold:.4g}, lambda {result.scr.lam:.4g}, {result.scr.mode})"
                 if result.scr is not None and result.mask_scr is not None
                 else f"plain mask (threshold {cal.threshold:.4g})")
-        lines.append(f"flagged, mask_voxels and volume_ml: {mask}; calibrated for {cal.target_fpr:.2%} "
+    return table_header(result.model, result.unit, result.calibration, mask, result.warnings)
+
+
+def table_header(model: ModelIdentity, unit: MapUnit, calibration: Calibration | None, mask: str | None,
+                 warnings: Sequence[str]) -> list[str]:
+    """The ``#`` lines of a scores table, from its parts (the viewer's table counts the mask as shown)."""
+    lines = [f"AnomaLens scores: model {model.label} ({model.detector} detector, {model.fingerprint})",
+             f"unit: {unit.description}"]
+    if calibration is not None and mask is not None:
+        lines.append(f"flagged, mask_voxels and volume_ml: {mask}; calibrated for {calibration.target_fpr:.2%} "
                      "false-positive area on normal tissue")
-    lines += [f"warning: {w}" for w in result.warnings]
-    return lines
+    return lines + [f"warning: {w}" for w in warnings]
+
+
+def write_scores_table(path: str | Path, slices: Sequence[SliceScore], header: Sequence[str]) -> Path:
+    """A scores table (``SCORE_COLUMNS`` under ``#`` header lines), written atomically: the viewer's export."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        _write_table(tmp, slices, header)
+    return path
 
 
 def write_scan_result(result: ScanResult, out_dir: str | Path) -> dict[str, Path]:
@@ -67,19 +86,20 @@ def write_scan_result(result: ScanResult, out_dir: str | Path) -> dict[str, Path
 
 def write_scores_csv(result: ScanResult, path: str | Path) -> Path:
     """``scores.csv`` alone: the header comments, then one row per scored slice (empty cells: no mask)."""
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        _write_scores(result, tmp)
-    return path
+    return write_scores_table(path, result.slices, header_lines(result))
 
 
 def _write_scores(result: ScanResult, path: Path) -> None:
+    _write_table(path, result.slices, header_lines(result))
+
+
+def _write_table(path: Path, slices: Sequence[SliceScore], header: Sequence[str]) -> None:
     with path.open("w", newline="", encoding="utf-8") as fh:
-        for line in header_lines(result):
+        for line in header:
             fh.write(f"# {line}\n")
         w = csv.writer(fh)
         w.writerow(SCORE_COLUMNS)
-        for s in result.slices:
+        for s in slices:
             w.writerow([s.index, f"{s.score:.6g}", "" if s.flagged is None else int(s.flagged),
                         "" if s.mask_voxels is None else s.mask_voxels,
                         "" if s.volume_ml is None else f"{s.volume_ml:.6g}"])

@@ -140,6 +140,19 @@ def working_slices(prepared: PreparedScan, indices: Sequence[int] | np.ndarray,
     return to_working(sl, p), p
 
 
+def marked_slices(volume: Volume, indices: Sequence[int]) -> list[int]:
+    """Slices a user marked normal that are data: the empty fillers a reader put in for missing slices go.
+
+    Raises:
+        ConfigError: none is left.
+    """
+    gaps = set(gap_indices(volume))
+    kept = sorted({int(z) for z in indices} - gaps)
+    if not kept:
+        raise ConfigError("the marked slices are all empty fillers of slices missing from the series; mark others")
+    return kept
+
+
 def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | None = None,
                    size: int | None = None, progress: ProgressCallback | None = None,
                    cancel: CancelToken | None = None, info: dict | None = None,

@@ -14,6 +14,7 @@ lesion volume) is the SCR mask when SCR is calibrated, else the plain one.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -107,6 +108,11 @@ class SliceScore:
     flagged: bool | None
     mask_voxels: int | None
     volume_ml: float | None
+
+    def with_mask(self, mask: np.ndarray, voxel_ml: float) -> SliceScore:
+        """This slice's row counted from another mask of it (the viewer's, hand edits included)."""
+        voxels = int(np.count_nonzero(mask))
+        return dataclasses.replace(self, flagged=voxels > 0, mask_voxels=voxels, volume_ml=voxels * voxel_ml)
 
 
 @dataclass

@@ -8,7 +8,6 @@ the edited mask on the source images, a non-blank PNG and one CSV row per scored
 from __future__ import annotations
 
 import contextlib
-import csv
 import errno
 import os
 import shutil
@@ -142,12 +141,18 @@ def test_exports_of_a_scored_dicom_series_read_back(make_napari_viewer: Any, qtb
     assert png.ndim == 3 and png.shape[0] > 50 and png[..., :3].std() > 5
     assert exp_w.export_scores(out / "scores.csv")
     _wait(qtbot, exp_w)
-    rows = list(csv.DictReader((out / "scores.csv").open()))
+    from anomalens.engine.outputs import SCORE_COLUMNS, read_scores_csv
+
+    rows = read_scores_csv(out / "scores.csv")  # the CLI's table: same columns, same header lines
+    assert tuple(rows[0]) == SCORE_COLUMNS
     assert [int(r["slice"]) for r in rows] == sorted(state.results.slice_scores) == list(range(vol.n_slices))
     assert [float(r["score"]) for r in rows] == pytest.approx([state.results.slice_scores[z] for z in range(4)],
                                                               rel=1e-5)
     assert [int(r["mask_voxels"]) for r in rows] == [int(shown[z].sum()) for z in range(4)]
-    assert {r["unit"] for r in rows} == {"normal-quantile"} and {r["model"] for r in rows} == {"patchcore v1"}
+    assert [r["flagged"] for r in rows] == [str(int(shown[z].any())) for z in range(4)]
+    header = [ln for ln in (out / "scores.csv").read_text().splitlines() if ln.startswith("#")]
+    assert any("normal-quantile" in ln for ln in header) and any("patchcore v1" in ln for ln in header)
+    assert any("as shown in the viewer" in ln for ln in header)
 
     # the source DICOM folder is never written into; a failing write is a message, not a crash
     before = sorted(p.name for p in src.iterdir())
@@ -196,7 +201,9 @@ def test_file_export_menu_and_seg_needs_dicom(make_napari_viewer: Any, qtbot: An
                                                                  or tmp_path / "menu_scores.csv")
     files.export_actions["csv"].trigger()  # the menu calls the dock's own function
     _wait(qtbot, exp_w)
-    assert chosen == ["csv"] and len(list(csv.reader((tmp_path / "menu_scores.csv").open()))) == 2
+    from anomalens.engine.outputs import read_scores_csv
+
+    assert chosen == ["csv"] and len(read_scores_csv(tmp_path / "menu_scores.csv")) == 1  # the one slice scored
 
 
 def test_detector_dock_follows_a_model_set_elsewhere(make_napari_viewer: Any, env: Path) -> None:

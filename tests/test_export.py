@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-
 import numpy as np
 import pytest
 
@@ -12,7 +10,6 @@ from anomalens.engine.export import (
     SEGMENT_LABEL,
     export_heatmap,
     export_mask,
-    export_scores_csv,
     export_seg,
     save_png,
 )
@@ -165,6 +162,3 @@ def test_png_and_csv(tmp_path):
     with pytest.raises(InvalidVolumeError):
         save_png(np.zeros((4, 6, 2)), tmp_path / "bad.png")
 
-    path = export_scores_csv({3: 0.5, 1: 0.25}, tmp_path / "s.csv", extra={"marked": {1: "yes"}})
-    rows = list(csv.reader(path.open()))
-    assert rows == [["slice", "score", "marked"], ["1", "0.25", "yes"], ["3", "0.5", ""]]

@@ -195,3 +195,20 @@ def test_a_seg_of_a_gap_filled_series_references_only_real_images(gappy, tmp_pat
                   for f in ds.PerFrameFunctionalGroupsSequence]
     positions = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in ds.PerFrameFunctionalGroupsSequence]
     assert [sources[uid] for uid in referenced] == positions
+
+
+def test_eval_of_a_gap_filled_series_takes_a_mask_drawn_on_the_stored_slices(gappy, tmp_path: Path) -> None:
+    """A mask made on the series as stored (9 slices) lines up with the 12-slice filled scan, with a note."""
+    from anomalens.engine.datasets import load_eval_data
+
+    folder, _ = gappy
+    vol = read_scan(folder)
+    real = [k for k in range(12) if k not in MISSING]
+    stored = np.zeros((9, 16, 16), np.uint8)
+    stored[2, 5:9, 5:9] = 1  # the third stored slice = scan slice real[2]
+    mask = write_sitk(tmp_path / "mask.nii.gz", stored, spacing=vol.spacing)
+    data = load_eval_data(f"{folder}:{mask}")
+    (scan,) = data.scans
+    assert scan.truth.shape == (12, 16, 16) and scan.truth[real[2]].sum() == 16 and scan.truth.sum() == 16
+    assert not scan.truth[list(MISSING)].any()
+    assert any("filled with empty slices" in n for n in data.notes)

@@ -204,8 +204,9 @@ def fine_tune_work(detector: Detector, model_path: Path | None, volume: Volume, 
 
     from ...engine.detectors import load_bundle
     from ...engine.modelstore import fine_tune_site
-    from ...engine.pipeline import model_grid, prepare, working_slices
+    from ...engine.pipeline import marked_slices, model_grid, prepare, working_slices
 
+    z = marked_slices(volume, z)
     progress(0.0, "copying the model")
     work = load_bundle(model_path, device=str(detector.device)) if model_path is not None \
         else copy.deepcopy(detector)

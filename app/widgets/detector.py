@@ -445,16 +445,17 @@ def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: s
     recalibrate on other normals.
     """
     from ...engine.detectors import load_bundle
+    from ...engine.domain import describe_scans
     from ...engine.modelstore import ModelStore
-    from ...engine.pipeline import prepare, scans_grid, train, working_slices
+    from ...engine.pipeline import marked_slices, prepare, scans_grid, train, working_slices
     from ...engine.recalibration import calibrate_detector
 
+    slices = marked_slices(volume, slices)
     prepared = prepare(volume)
     grid = scans_grid([prepared])
     normals, _ = working_slices(prepared, slices, grid)
-    det = train(detector, normals, config=config, device=device,
-                progress=lambda f, m: progress(0.7 * f, m), cancel=cancel, grid=grid)
-    det.training["modality"] = volume.modality
+    det = train(detector, normals, config=config, device=device, progress=lambda f, m: progress(0.7 * f, m),
+                cancel=cancel, grid=grid, domain=describe_scans([volume], [prepared.foreground]))
     calibrate_detector(det, normals, progress=lambda f, m: progress(0.7 + 0.25 * f, m), cancel=cancel)
     progress(0.97, "saving the model")
     info = ModelStore().save_version(det, profile, note=f"trained in the viewer on {len(slices)} slices marked "

@@ -242,18 +242,20 @@ class ExportWidget(QWidget):
 
         ``mask_voxels`` counts the mask as shown (hand edits and SCR re-cuts included).
         """
-        from ...engine.export import export_scores_csv
+        from ...engine.outputs import table_header, write_scores_table
 
         res, mask = self.results(), self.current_mask()
-        if res is None or not res.slice_scores:
+        if res is None or not res.slices:
             return self._nothing("slice scores")
-        scores = dict(res.slice_scores)
-        extra: dict[str, dict[int, Any]] = {"unit": dict.fromkeys(scores, res.unit.value),
-                                            "model": dict.fromkeys(scores, res.label)}
-        if mask is not None:
-            extra["mask_voxels"] = {z: int(mask[z].sum()) for z in scores}
+        rows = [res.slices[z] for z in sorted(res.slices)]
+        kind = None
+        if mask is not None and res.calibrated:
+            voxel_ml = float(np.prod(res.volume.spacing)) / 1000.0
+            rows = [s.with_mask(mask[s.z], voxel_ml) for s in rows]
+            kind = "the mask as shown in the viewer (its hand edits and SCR re-cuts included)"
+        header = table_header(res.model, res.unit, res.calibration, kind, res.warnings)
         return self._write("csv", path, f"{res.file_stem}_slice_scores",
-                           lambda target, progress, cancel: export_scores_csv(scores, target, extra=extra))
+                           lambda target, progress, cancel: write_scores_table(target, rows, header))
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _nothing(self, what: str) -> bool:

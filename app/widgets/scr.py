@@ -243,7 +243,7 @@ class ScrWidget(QWidget):
                 and res.detector is self.state.detector)
 
     def _own_key(self, res: Any, z: int) -> tuple | None:
-        """The key of the cut a slice shows when it has none recorded: the calibrated plain mask's point."""
+        """The key of the cut a slice shows when it has none recorded: the calibrated SCR point (score_scan's)."""
         cal = self.state.calibrated_scr()
         return None if cal is None or z not in res.slices else cal.key()
 
