@@ -8,7 +8,6 @@ label, the Export dock lists it and writes exactly its arrays, and the SCR dock 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +92,9 @@ def test_demo_result_is_exported_and_recut_by_the_docks(make_napari_viewer: Any,
     assert img.GetOrigin() == pytest.approx(out.volume.origin)
     assert exp_w.export_scores(tmp_path / "scores.csv")
     _wait(qtbot, exp_w)
-    rows = list(csv.DictReader((tmp_path / "scores.csv").open()))
+    from anomalens.engine.outputs import read_scores_csv
+
+    rows = read_scores_csv(tmp_path / "scores.csv")
     assert [int(r["slice"]) for r in rows] == list(EVALUATED)
     assert [int(r["mask_voxels"]) for r in rows] == [s.mask_voxels for s in result.slices]
 

@@ -193,9 +193,8 @@ class Detector(ABC):
         from safetensors.torch import save as to_bytes
 
         h = hashlib.sha256()
-        cal = None if self.calibration is None else self.calibration.to_dict()
-        if cal is not None:
-            del cal["created"]  # when it was made is not what it does: the same calibration twice is one model
+        # When a calibration was made is not what it does: the same calibration twice is one model.
+        cal = None if self.calibration is None else dataclasses.replace(self.calibration, created="").to_dict()
         head = {"detector": self.name, "version": self.version, "config": self.config_dict(),
                 "preprocessing": self.preprocessing, "calibration": cal,
                 "backbone": None if self.backbone_weights is None else self.backbone_weights.digest}
