@@ -22,7 +22,17 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QObject, QTimer
 from qtpy.QtGui import QAction
-from qtpy.QtWidgets import QFileDialog, QHBoxLayout, QLabel, QMenu, QProgressBar, QPushButton, QWidget
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QMenu,
+    QProgressBar,
+    QPushButton,
+    QToolBar,
+    QToolButton,
+    QWidget,
+)
 
 from .jobs import JobRunner
 from .messages import log, notify_error
@@ -200,7 +210,15 @@ class FileActions(QObject):
 #: keeps room for its score curve: the three docks' natural heights add up to about 1,150 pixels.
 SMALL_SCREEN = 1300
 #: Narrowest the right-hand docks get (the model list and the sliders stay readable; wider content scrolls).
-DOCK_MIN_WIDTH = 350
+DOCK_MIN_WIDTH = 300
+#: The right-hand column's width on opening: this share of the screen's width, within the bounds below.
+RIGHT_SHARE, RIGHT_MIN, RIGHT_MAX = 0.25, 330, 440
+#: Share of the window's width the image canvas must keep: napari's layer list and controls (left) are shown
+#: on opening only where they leave it that much with the right column at least ``RIGHT_MIN`` wide (1,920 px
+#: screens, not 1,366 px ones); the toolbar's "Layers" button shows them anyway.
+CANVAS_SHARE = 0.62
+#: Width napari's layer controls take once a layer is selected (320 px in napari 0.9 for every layer type).
+NAPARI_DOCK_WIDTH = 320
 #: Share of the right-hand column's height each stacked dock gets (the tab group takes the rest).
 _DOCK_SHARE = {"Detector": 0.4, "SCR": 0.22}
 _DOCK_SHARE_SMALL = {"Detector": 0.52}
@@ -254,6 +272,12 @@ def balance_docks(viewer: napari.Viewer) -> None:
     except RuntimeError:  # the window was closed before the timer fired
         return
     stacked = column  # a tab group's hidden tabs are not visible: the group counts once
+    width = getattr(viewer.window, "anomalens_right_width", None)
+    if width and stacked:
+        qt.resizeDocks(stacked[:1], [int(width)], Qt.Orientation.Horizontal)  # the column's width, once
+    left = [d for d in napari_docks(viewer) if d.isVisible()]
+    if width and left:  # napari's layer docks as narrow as their content allows: the canvas gets the rest
+        qt.resizeDocks(left[:1], [max(d.minimumSizeHint().width() for d in left)], Qt.Orientation.Horizontal)
     if len(stacked) < 2:
         return
     total = max(qt.height() - 100, 300)
@@ -300,8 +324,265 @@ def _optional(module: str, cls: str) -> Any:
         return None
 
 
+# -- the reading room: fitting the screen, the toolbar, keys ----------------------------------------
+
+def napari_docks(viewer: napari.Viewer) -> list[Any]:
+    """The docks napari puts beside the canvas (layer controls, layer list)."""
+    qv = viewer.window._qt_viewer
+    return [d for d in (getattr(qv, "dockLayerControls", None), getattr(qv, "dockLayerList", None)) if d is not None]
+
+
+def fit_to_screen(viewer: napari.Viewer) -> dict[str, Any]:
+    """Fill the screen's available area and share its width out so the image canvas gets most of it.
+
+    The window takes the screen's available area (and asks the window manager to maximise it). The
+    AnomaLens column on the right gets ``RIGHT_SHARE`` of the width within ``RIGHT_MIN``..``RIGHT_MAX``;
+    napari's layer controls and layer list (left) are shown only where the canvas still keeps
+    ``CANVAS_SHARE`` of the width with them (a 1,920 px screen; on 1,366 px they start hidden, one click on
+    the toolbar's "Layers" away). Returns the plan, for the log and tests.
+    """
+    from qtpy.QtWidgets import QStyle
+
+    qt = viewer.window._qt_window
+    avail = qt.screen().availableGeometry()
+    width = avail.width()
+    sep = qt.style().pixelMetric(QStyle.PixelMetric.PM_DockWidgetSeparatorExtent) + 4  # separator and margins
+    left = max([NAPARI_DOCK_WIDTH, *(d.minimumSizeHint().width() for d in napari_docks(viewer))])
+    docks_room = (1.0 - CANVAS_SHARE) * width - 2 * sep  # what the canvas leaves to the columns
+    show_left = docks_room - left >= RIGHT_MIN
+    right = int(max(RIGHT_MIN, min(RIGHT_SHARE * width, RIGHT_MAX, docks_room - (left if show_left else 0))))
+    set_layer_docks_visible(viewer, show_left)
+    viewer.window.anomalens_right_width = right
+    qt.setGeometry(avail)
+    qt.showMaximized()  # a window manager also accounts for the frame; without one (Xvfb) the geometry stands
+    QTimer.singleShot(50, lambda: balance_docks(viewer))
+    return {"screen": (width, avail.height()), "right_width": right, "napari_docks": show_left}
+
+
+def set_layer_docks_visible(viewer: napari.Viewer, visible: bool) -> None:
+    """Show or hide napari's layer controls and layer list (they cost the canvas about 280 px)."""
+    for dock in napari_docks(viewer):
+        dock.setVisible(bool(visible))
+    _sync_toolbar(viewer)
+
+
+def layer_docks_visible(viewer: napari.Viewer) -> bool:
+    return any(not d.isHidden() for d in napari_docks(viewer))
+
+
+def docks_visible(viewer: napari.Viewer) -> bool:
+    """Whether any AnomaLens dock is open (a tab behind another counts as open; ``isHidden``: closed by hand)."""
+    return any(not f.isHidden() for f in getattr(viewer.window, "anomalens_frames", {}).values())
+
+
+def set_docks_visible(viewer: napari.Viewer, visible: bool) -> bool:
+    """Hide every AnomaLens dock, or show again those that were open before they were hidden; returns ``visible``.
+
+    The canvas takes the freed room (``CanvasFitter`` refits the image unless the user zoomed).
+    """
+    frames = getattr(viewer.window, "anomalens_frames", {})
+    if not visible:
+        if docks_visible(viewer):
+            viewer.window.anomalens_hidden_docks = [n for n, f in frames.items() if not f.isHidden()]
+        for f in frames.values():
+            f.setVisible(False)
+    else:
+        names = getattr(viewer.window, "anomalens_hidden_docks", None) or list(frames)
+        for n in names:
+            if n in frames:
+                frames[n].setVisible(True)
+        viewer.window.anomalens_hidden_docks = None
+        QTimer.singleShot(0, lambda: balance_docks(viewer))
+    _sync_toolbar(viewer)
+    return visible
+
+
+def toggle_docks(viewer: napari.Viewer) -> bool:
+    """Hide the AnomaLens docks when any is open, else show them; returns whether they are shown now."""
+    return set_docks_visible(viewer, not docks_visible(viewer))
+
+
+class CanvasFitter(QObject):
+    """Keeps the image fitted to the canvas: after a scan is added and whenever the canvas changes size.
+
+    A resize refits only while the view is still the one this fitter made: once the user zoomed or
+    panned, their view is kept (as a PACS viewer keeps a zoomed image when a panel opens).
+    """
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        super().__init__(viewer.window._qt_window)
+        self.viewer = viewer
+        self.fits = 0
+        self._fitted: tuple[float, tuple[float, ...]] | None = None
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(30)  # a window resize comes as a burst of size events: fit once after it
+        self._timer.timeout.connect(self.fit)
+        viewer.canvas.events.size.connect(self._on_resize)
+        viewer.layers.events.inserted.connect(self._on_inserted)
+
+    def _camera(self) -> Any:
+        scene = getattr(self.viewer, "scene", None)
+        return scene.camera if scene is not None else self.viewer.camera
+
+    def _state(self) -> tuple[float, tuple[float, ...]]:
+        cam = self._camera()
+        return (float(cam.zoom), tuple(float(c) for c in cam.center))
+
+    def untouched(self) -> bool:
+        """True while the camera is where the last fit put it (or nothing was fitted yet)."""
+        import numpy as np
+
+        if self._fitted is None:
+            return True
+        zoom, center = self._state()
+        return (np.isclose(zoom, self._fitted[0], rtol=1e-6) and len(center) == len(self._fitted[1])
+                and np.allclose(center, self._fitted[1], rtol=1e-6, atol=1e-6))
+
+    def fit(self) -> None:
+        """Fit the layers to the canvas now (napari's ``reset_view``)."""
+        try:
+            if not len(self.viewer.layers):
+                return
+            self.viewer.reset_view()
+        except RuntimeError:  # the window is being closed
+            return
+        self.fits += 1
+        self._fitted = self._state()
+
+    def _on_resize(self, event: Any = None) -> None:
+        if self.untouched():
+            self._timer.start()
+
+    def _on_inserted(self, event: Any = None) -> None:
+        from .windowlevel import is_scan_image
+
+        layer = getattr(event, "value", None)
+        if layer is not None and is_scan_image(layer):  # not a heatmap, mask or marker: those keep the view
+            self._timer.start()
+
+
+class ReadingBar(QWidget):
+    """The reading room's controls: window/level chooser, AnomaLens docks, napari's layer docks, three planes, keys.
+
+    It sits in the menu bar's right-hand corner (no screen height spent on it: a 768-pixel screen needs
+    every row for the image), or in a toolbar where the menu bar is the system's (macOS).
+    """
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        from .shortcuts import key_for, show_shortcuts, toggle_three_plane
+        from .windowlevel import WindowLevelBar
+
+        super().__init__()
+        self.viewer = viewer
+        self.setObjectName("anomalens_reading_bar")
+        # napari's theme draws checked tool buttons like unchecked ones: show the docks' state.
+        self.setStyleSheet("QToolButton:checked { background-color: rgba(90, 130, 220, 0.45); border-radius: 3px; }")
+        self._row = QHBoxLayout(self)
+        self._row.setContentsMargins(0, 0, 4, 0)
+        self._row.setSpacing(2)
+        self.window_level = WindowLevelBar(viewer)
+        self._row.addWidget(self.window_level)
+        tip = f"Show/hide the AnomaLens docks ({key_for('toggle_docks')})"
+        self.docks_button = self._button("AnomaLens docks", tip, checkable=True)
+        self.docks_button.clicked.connect(lambda checked: set_docks_visible(viewer, checked))
+        self.layers_button = self._button("Layers", "Show/hide napari's layer list and layer controls", checkable=True)
+        self.layers_button.clicked.connect(lambda checked: set_layer_docks_visible(viewer, checked))
+        self.three_button = self._button("Three planes", f"Linked axial, coronal and sagittal views "
+                                                         f"({key_for('three_plane')})")
+        self.three_button.clicked.connect(lambda: toggle_three_plane(viewer))
+        self.keys_button = self._button("Shortcuts", "Keyboard shortcuts (also in the Help menu)")
+        self.keys_button.clicked.connect(lambda: show_shortcuts(viewer))
+        for dock in [*napari_docks(viewer), *getattr(viewer.window, "anomalens_frames", {}).values()]:
+            dock.visibilityChanged.connect(self.sync)
+        self.sync()
+
+    def place(self) -> None:
+        """Put the bar in the menu bar's corner, else (a native menu bar) in a toolbar above the canvas."""
+        from qtpy.QtCore import Qt
+
+        qt = self.viewer.window._qt_window
+        menubar = qt.menuBar()
+        if not menubar.isNativeMenuBar():
+            menubar.setCornerWidget(self, Qt.Corner.TopRightCorner)
+            self.show()  # a corner widget set after the menu bar was shown starts hidden
+            menubar.adjustSize()
+            return
+        toolbar = QToolBar("Reading", qt)
+        toolbar.setObjectName("anomalens_reading_toolbar")
+        toolbar.setMovable(False)
+        toolbar.addWidget(self)
+        qt.addToolBar(Qt.ToolBarArea.TopToolBarArea, toolbar)
+
+    def _button(self, text: str, tip: str, checkable: bool = False) -> QToolButton:
+        button = QToolButton()
+        button.setText(text)
+        button.setToolTip(tip)
+        button.setCheckable(checkable)
+        button.setAutoRaise(True)
+        self._row.addWidget(button)
+        return button
+
+    def sync(self, *_: Any) -> None:
+        """Mirror what is shown in the buttons' checked states."""
+        try:
+            self.docks_button.setChecked(docks_visible(self.viewer))
+            self.layers_button.setChecked(layer_docks_visible(self.viewer))
+        except RuntimeError:  # the window is being closed
+            pass
+
+
+def _sync_toolbar(viewer: napari.Viewer) -> None:
+    bar = getattr(viewer.window, "anomalens_toolbar", None)
+    if bar is not None:
+        bar.sync()
+
+
+class MenuEntries(QObject):
+    """Help → AnomaLens keyboard shortcuts, and Window → Show/hide AnomaLens docks (put back if napari rebuilds)."""
+
+    def __init__(self, viewer: napari.Viewer) -> None:
+        from .shortcuts import key_for, show_shortcuts
+
+        super().__init__(viewer.window._qt_window)
+        self.viewer = viewer
+        self.help_action = QAction("AnomaLens keyboard shortcuts…", self)
+        self.help_action.triggered.connect(lambda: show_shortcuts(viewer))
+        self.docks_action = QAction(f"Show/hide AnomaLens docks\t{key_for('toggle_docks')}", self)
+        self.docks_action.triggered.connect(lambda: toggle_docks(viewer))
+        self.menus = [(viewer.window.help_menu, self.help_action), (viewer.window.window_menu, self.docks_action)]
+        for menu, _act in self.menus:
+            menu.aboutToShow.connect(self.install)
+        self.install()
+
+    def install(self) -> None:
+        for menu, act in self.menus:
+            actions = menu.actions()
+            if act in actions:
+                continue
+            first = actions[0] if actions else None
+            menu.insertAction(first, act)
+            if first is not None:
+                menu.insertSeparator(first)
+
+
+def setup_reading_room(viewer: napari.Viewer) -> ReadingBar:
+    """Window/level chooser and right-drag, keyboard shortcuts, Help entry, the image fitted to the canvas."""
+    from .shortcuts import register_shortcuts
+    from .windowlevel import install_right_drag
+
+    register_shortcuts(viewer)
+    install_right_drag(viewer)
+    bar = ReadingBar(viewer)
+    bar.place()
+    viewer.window.anomalens_toolbar = bar
+    viewer.window.anomalens_menus = MenuEntries(viewer)
+    viewer.window.anomalens_fitter = CanvasFitter(viewer)
+    return bar
+
+
 def setup_viewer(viewer: napari.Viewer, recent: RecentFiles | None = None) -> FileActions:
-    """Turn a napari viewer into the AnomaLens main window: title, icon, docks and File entries."""
+    """Turn a napari viewer into the AnomaLens main window: title, icon, docks, File entries, the reading room."""
     from qtpy.QtGui import QIcon
 
     ensure_plugin_registered()
@@ -309,6 +590,10 @@ def setup_viewer(viewer: napari.Viewer, recent: RecentFiles | None = None) -> Fi
     viewer.window._qt_window.setWindowIcon(QIcon(str(resource_path(ICON))))
     viewer.window.anomalens_docks = add_docks(viewer)
     viewer.window.anomalens_files = FileActions(viewer, recent)
+    setup_reading_room(viewer)
+    from .threeplane import setup_radiological_view  # letters, reader precedence, View → Three-plane view
+
+    setup_radiological_view(viewer)
     return viewer.window.anomalens_files
 
 
@@ -319,6 +604,8 @@ def create_viewer(path: str | Path | None = None, show: bool = True,
 
     viewer = napari.Viewer(title=TITLE, show=show)
     files = setup_viewer(viewer, recent)
+    if show:
+        fit_to_screen(viewer)
     if path is not None:
         files.open_path(path)
     return viewer
@@ -345,8 +632,12 @@ def show_demo(viewer: napari.Viewer, screenshot: Path | None = None) -> None:
         def grab() -> None:
             from ..engine.export import save_png
 
+            fitter = getattr(viewer.window, "anomalens_fitter", None)
+            if fitter is not None and fitter.untouched():  # a refit still waiting on a busy machine: run it now
+                fitter.fit()
             save_png(viewer.screenshot(canvas_only=False, flash=False), screenshot)
             print(f"viewer screenshot: {screenshot}")
+            print(layout_line(viewer), flush=True)
             viewer.close()
 
         QTimer.singleShot(1500, grab)
@@ -359,11 +650,15 @@ def show_demo_output(viewer: napari.Viewer, out: DemoOutput, detector: Detector 
     lesion-mask layers named with the model's label, the score curve in its unit, its warnings notified.
     Its trained model (``detector``, else the bundle at ``out.model``) becomes the state's model, so the
     Export dock exports the result and the SCR dock re-cuts its mask; the Poincaré disk shows its
-    embeddings.
+    embeddings. The sample's expert lesion mask (what the demo's metrics are measured against) is shown
+    too, in its reference colour under the model's outline, and the viewer opens on the most anomalous
+    slice.
     """
     from ..engine.detectors import load_bundle
-    from .reader import image_layer_data
+    from ..engine.errors import AnomaLensError
+    from .reader import ROLE_KEY, image_layer_data
     from .results import model_identity, publish
+    from .samples import load_sample
     from .state import get_state
 
     if detector is None:
@@ -372,13 +667,20 @@ def show_demo_output(viewer: napari.Viewer, out: DemoOutput, detector: Detector 
     result = out.result
     data, kwargs, _ = image_layer_data(result.volume, name=DEMO_LAYER)
     layer = viewer.add_image(data, **kwargs)
+    sample = (result.volume.metadata or {}).get("sample")
+    try:
+        references = [(d, kw) for d, kw, kind in (load_sample(str(sample)) if sample else [])
+                      if kind == "labels" and kw.get("metadata", {}).get(ROLE_KEY) == "lesion"
+                      and tuple(d.shape) == tuple(result.volume.shape)]
+    except AnomaLensError as exc:  # the sample's mask is a bonus: without it the demo still shows its result
+        log.warning("the demo's reference mask is not shown: %s", exc)
+        references = []
+    for d, kw in references:
+        viewer.add_labels(d, **kw)
     state = get_state(viewer)
     state.set_model(detector, out.model)
     state.set_volume(result.volume, result.prepared)
-    res = publish(viewer, state, layer.name, result, detector)
-    z = result.most_anomalous()
-    viewer.dims.set_current_step(0, int(z if z is not None else result.indices[len(result.indices) // 2]))
-    return res
+    return publish(viewer, state, layer.name, result, detector, jump=True)
 
 
 def discovered_plugins() -> list[str]:
@@ -402,10 +704,63 @@ def describe_window(viewer: napari.Viewer) -> str:
             f"visible={qt.isVisible()}; docks: {docks}; layers: {len(viewer.layers)}")
 
 
+def describe_layout(viewer: napari.Viewer) -> dict[str, Any]:
+    """Where things are on screen: screen, window, canvas share, how the image fits, the slice slider's stops.
+
+    ``fit`` is the displayed image's larger side over the canvas's (napari's ``reset_view`` leaves a 5 %
+    margin: about 0.95 when fitted); ``slider_last``/``last_index`` say whether the last slice is reachable.
+    """
+    import numpy as np
+
+    from .windowlevel import target_layer
+
+    qt = viewer.window._qt_window
+    avail, frame = qt.screen().availableGeometry(), qt.frameGeometry()
+    canvas = viewer.window._qt_viewer.canvas.native
+    out: dict[str, Any] = {
+        "screen": [avail.x(), avail.y(), avail.width(), avail.height()],
+        "window": [frame.x(), frame.y(), frame.width(), frame.height()],
+        "minimum": [qt.minimumSizeHint().width(), qt.minimumSizeHint().height()],
+        "canvas": [canvas.width(), canvas.height()],
+        "canvas_share": round(canvas.width() / max(qt.width(), 1), 4),
+        "docks_visible": docks_visible(viewer), "napari_docks_visible": layer_docks_visible(viewer),
+    }
+    layer = target_layer(viewer)
+    if layer is not None and layer.ndim >= 2:
+        scene = getattr(viewer, "scene", None)
+        zoom = float((scene.camera if scene is not None else viewer.camera).zoom)
+        world = np.asarray(layer.extent.world, float)[:, -2:]
+        size = np.abs(world[1] - world[0]) + np.abs(np.asarray(layer.scale[-2:], float))
+        out["fit"] = round(float(max(size[0] * zoom / max(canvas.height(), 1),
+                                     size[1] * zoom / max(canvas.width(), 1))), 4)
+        if layer.ndim >= 3:
+            out["last_index"] = int(layer.data.shape[-3]) - 1
+            out["slider_last"] = int(viewer.dims.nsteps[viewer.dims.ndim - 3]) - 1
+            out["slice"] = int(viewer.dims.current_step[viewer.dims.ndim - 3])
+    from .results import most_anomalous
+    from .state import get_state
+
+    results = get_state(viewer).results
+    if results is not None:
+        out["most_anomalous"] = most_anomalous(results)
+        heat = [lyr for lyr in viewer.layers if lyr.name == results.heatmap_name]
+        out["colorbar"] = bool(heat and heat[0].visible and heat[0].colorbar.visible)
+        out["unit"] = results.unit.value
+    return out
+
+
+def layout_line(viewer: napari.Viewer) -> str:
+    """``describe_layout`` as one line of JSON on stdout (tests of the window on several screens read it)."""
+    import json
+
+    return "AnomaLens layout: " + json.dumps(describe_layout(viewer))
+
+
 def close_after(viewer: napari.Viewer, seconds: float) -> None:
     """Describe the window on stdout and close it after ``seconds`` (smoke tests of installs and bundles)."""
     def close() -> None:
         print(describe_window(viewer), flush=True)
+        print(layout_line(viewer), flush=True)
         viewer.close()
 
     QTimer.singleShot(int(seconds * 1000), close)

@@ -36,6 +36,26 @@ def values_at_centers(maps: np.ndarray, z: int, centers: np.ndarray) -> np.ndarr
     return np.asarray(maps[int(z)][yy, xx], dtype=np.float32)
 
 
+def values_at_patches(volume: np.ndarray, slice_index: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """A (z, y, x) array's value at every patch centre (nearest voxel): e.g. a mask's, to outline or count patches.
+
+    ``slice_index`` is each patch's volume z (as ``EmbeddingStore.combined`` gives it); patches on slices
+    outside the array get 0.
+    """
+    arr = np.asarray(volume)
+    z = np.asarray(slice_index, dtype=int).reshape(-1)
+    out = np.zeros(len(z), dtype=np.float32)
+    if arr.ndim != 3 or len(z) == 0:
+        return out
+    h, w = arr.shape[-2:]
+    c = np.asarray(centers, dtype=np.float64).reshape(-1, 2)
+    yy = np.clip(np.rint(c[:, 0]), 0, h - 1).astype(int)
+    xx = np.clip(np.rint(c[:, 1]), 0, w - 1).astype(int)
+    inside = (z >= 0) & (z < arr.shape[0])
+    out[inside] = arr[z[inside], yy[inside], xx[inside]]
+    return out
+
+
 class EmbeddingStore:
     """Embeddings of the slices scored so far for one image and one model, keyed by z (newest wins)."""
 

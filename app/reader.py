@@ -2,13 +2,23 @@
 
 Reading goes through ``anomalens.engine.io.read_scan`` (the path registered with ``engine.logredact`` first,
 so no log line shows it or the names in it); this module only turns a ``Volume`` into napari
-layer data: the voxel spacing becomes the layer's ``scale`` (so millimetres are millimetres on screen) and
-the display window its contrast limits (the file's own window, else a preset for the modality). The
-``Volume`` rides along in the layer's metadata so the docks score exactly what was read, geometry included.
+layer data: the voxel grid is placed radiologically (``orientation.layer_geometry``: millimetre scale, the
+patient's anterior up and left on the screen's right, whatever the file's voxel order) and the display window
+becomes its contrast limits (the file's own window, else a preset for the modality). The ``Volume`` rides
+along in the layer's metadata so the docks score exactly what was read, geometry included.
+
+napari's own reader also claims NIfTI, NRRD, MetaImage, DICOM files and every folder, and opens them at
+scale (1, 1, 1) or fails. :func:`prefer_anomalens_reader` (run when the plugin is activated, when the
+AnomaLens window starts and whenever this reader reads) records AnomaLens as napari's preferred reader for
+those patterns in napari's ``extension2reader`` setting, never over a preference the user set; a folder
+that is not a scan (a Zarr store, a folder of PNGs) is handed to the one other reader napari would have
+used (:func:`get_reader`).
 """
 
 from __future__ import annotations
 
+import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,6 +27,7 @@ import numpy as np
 
 from ..engine.errors import AnomaLensError, InvalidVolumeError
 from ..engine.volume import Volume
+from .orientation import install_orientation_overlay, layer_geometry
 
 #: Key of the source ``Volume`` in an image layer's metadata.
 VOLUME_KEY = "anomalens_volume"
@@ -28,6 +39,12 @@ _DATA_ID = "anomalens_volume_data_id"
 
 LayerData = tuple[Any, dict[str, Any], str]
 _SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm", ".dicom", ".ima")
+#: The npe2 plugin name (``napari.yaml``).
+PLUGIN_NAME = "anomalens"
+#: napari ``extension2reader`` patterns AnomaLens's reader takes: our suffixes (either case: napari matches the
+#: real path, case-sensitively on Linux) and folders (napari matches a folder as its path with a trailing
+#: separator).
+PREFERRED_PATTERNS = (*(f"*{s}" for s in _SUFFIXES), *(f"*{s.upper()}" for s in _SUFFIXES), f"*{os.sep}")
 
 
 def image_layer_data(volume: Volume, name: str | None = None, preset: str | None = None) -> LayerData:
@@ -38,11 +55,10 @@ def image_layer_data(volume: Volume, name: str | None = None, preset: str | None
     meta = {VOLUME_KEY: volume, ROLE_KEY: "scan", "window_source": origin, "modality": volume.modality}
     kwargs = {
         "name": name or _layer_name(volume),
-        "scale": volume.spacing_zyx,
+        **layer_geometry(volume),  # scale, translate, units: radiological orientation, in millimetres
         "contrast_limits": limits,
         "colormap": "gray",
         "metadata": meta,
-        "units": ("mm", "mm", "mm"),
     }
     return (volume.array, kwargs, "image")
 
@@ -64,19 +80,90 @@ def read_layers(path: str | Path | list[str | Path]) -> list[LayerData]:
 
     p = path[0] if isinstance(path, list) else path
     remember(p)  # before reading: an error or a log line naming it shows a token (folders carry patients' names)
-    return [image_layer_data(read_scan(Path(p)))]
+    layers = [image_layer_data(read_scan(Path(p)))]
+    on_first_use()
+    return layers
+
+
+def on_first_use() -> None:
+    """Reader preference and canvas letters for napari users (no AnomaLens window set them up).
+
+    Only on the UI thread: napari's ``viewer.open`` reads there; the AnomaLens window reads in a worker and
+    sets both up itself.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+    prefer_anomalens_reader()
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+    except (ImportError, RuntimeError):
+        viewer = None
+    if viewer is not None:
+        install_orientation_overlay(viewer)
 
 
 def get_reader(path: str | list[str]) -> Callable[[Any], list[LayerData]] | None:
-    """npe2 reader hook: our reader if the engine knows the path, else None (napari tries others)."""
+    """npe2 reader hook: our reader if the engine knows the path.
+
+    Otherwise, for a folder, the reader napari would have used had AnomaLens not claimed it (our folder
+    preference matches every folder), when there is exactly one; else None (napari then says no reader could open it
+    and, in its window, offers the others).
+    """
     from ..engine.io import reader_for
 
     p = path[0] if isinstance(path, list) else path
     try:
         reader_for(Path(p))
     except (AnomaLensError, OSError):
-        return None
+        # Only a folder (our preference claims every folder) goes on to another reader; a file we do not read
+        # was never routed to us by the preference, or is one of ours that is broken or missing.
+        return _other_reader(str(p)) if Path(p).is_dir() else None
     return read_layers
+
+
+def _other_reader(path: str) -> Callable[[Any], list[LayerData]] | None:
+    try:
+        from npe2 import PluginManager
+    except ImportError:  # pragma: no cover - napari always brings npe2
+        return None
+    others = {r.plugin_name for r in PluginManager.instance().iter_compatible_readers([path])
+              if r.plugin_name != PLUGIN_NAME}
+    if len(others) != 1:
+        return None
+    plugin = others.pop()
+
+    def read_with_other(p: str | list[str]) -> list[LayerData]:
+        from npe2 import read
+
+        return read([p] if isinstance(p, str | os.PathLike) else list(p), stack=False, plugin_name=plugin)
+
+    return read_with_other
+
+
+def prefer_anomalens_reader() -> list[str]:
+    """Make AnomaLens napari's preferred reader for the scans it reads; returns the patterns added.
+
+    napari offers every compatible reader and, with several and no preference, asks (in its window) or
+    raises (``viewer.open``); its own reader claims our formats and opens them without their geometry. A
+    pattern the user already gave a reader keeps it.
+    """
+    try:
+        from napari.settings import get_settings
+    except ImportError:  # pragma: no cover - napari is a dependency of the app
+        return []
+    plugins = get_settings().plugins
+    current = dict(plugins.extension2reader)
+    added = [p for p in PREFERRED_PATTERNS if p not in current]
+    if added:
+        plugins.extension2reader = {**current, **dict.fromkeys(added, PLUGIN_NAME)}
+    return added
+
+
+def on_activate(_context: Any = None) -> None:
+    """npe2 ``on_activate`` hook (``napari.yaml``): the first use of any AnomaLens command in napari."""
+    prefer_anomalens_reader()
 
 
 def volume_for_layer(layer: Any) -> Volume:
@@ -101,7 +188,7 @@ def volume_for_layer(layer: Any) -> Volume:
                                     or (np.ndim(data) == 2 and vol.shape[0] == 1)):
         vol = vol.with_array(np.asarray(data, dtype=np.float32).reshape(vol.shape))
     else:
-        scale = [float(s) for s in layer.scale]
+        scale = [abs(float(s)) for s in layer.scale]  # a flipped axis (negative scale) keeps its spacing
         scale = [1.0] * (3 - len(scale)) + scale
         vol = Volume(np.asarray(data, dtype=np.float32), spacing=(scale[2], scale[1], scale[0]),
                      modality=str(meta.get("modality", "OT")))

@@ -21,6 +21,7 @@ import numpy as np
 from .embeddings import EmbeddingStore
 from .messages import notify_info, notify_warning
 from .naming import export_stem, study_name
+from .orientation import result_geometry, same_geometry
 from .reader import ROLE_KEY
 
 if TYPE_CHECKING:
@@ -36,7 +37,17 @@ if TYPE_CHECKING:
 
 HEATMAP_COLORMAP = "inferno"
 HEATMAP_OPACITY = 0.6
-MASK_OPACITY = 0.5
+#: The model's mask is drawn as an outline: opaque, so a 2-pixel line stays visible over the heatmap.
+MASK_OPACITY = 0.9
+#: The model's mask (prediction): a cyan outline, a colour the inferno heatmap never takes.
+PREDICTION_COLOR = "#00e5ff"
+#: Outline width of the model's mask, in screen pixels (napari's labels ``contour``); 0 fills it.
+PREDICTION_CONTOUR = 2
+#: A reference (expert) lesion mask: filled, in yellow, half transparent, under the model's outline.
+REFERENCE_COLOR = "#ffd21f"
+REFERENCE_OPACITY = 0.45
+#: Layer metadata key set once a layer got AnomaLens's colours (a user's later change is then left alone).
+STYLED_KEY = "anomalens_styled"
 #: Added to a result's layer names when the loaded model changed and the result was not made again.
 STALE_SUFFIX = " (stale: model changed)"
 #: The points layer that rings a patch chosen on the Poincaré disk.
@@ -270,9 +281,8 @@ def show_results(viewer: napari.Viewer, results: ScanResults) -> tuple[Any, Any]
     Existing layers are updated in place (``layer.data[z] = …``; ``refresh()``), which keeps a labels
     layer's undo history of hand edits: napari resets that history only when ``layer.data`` is replaced.
     """
-    scale = results.volume.spacing_zyx
     source = find_layer(viewer, results.layer_name)
-    extra = {"units": source.units} if source is not None and getattr(source, "units", None) else {}
+    scale, extra = result_geometry(source, results.volume)  # exactly the scan layer's grid (radiological)
     limits = heatmap_contrast(results.maps[results.scored], results.calibration, results.unit)
     meta = {ROLE_KEY: "heatmap", UNIT_KEY: results.unit.value, "unit_description": results.unit.description,
             MODEL_KEY: results.label, "model_fingerprint": results.model.fingerprint}
@@ -299,12 +309,113 @@ def show_results(viewer: napari.Viewer, results: ScanResults) -> tuple[Any, Any]
                 viewer.layers.remove(mask)
             mask = viewer.add_labels(results.mask, name=results.mask_name, scale=scale, opacity=MASK_OPACITY,
                                      metadata=mask_meta, **extra)
+            style_prediction(mask)
         elif mask.data is not results.mask:
             write_mask(mask, results.mask)  # adopt the layer's array: hand edits and SCR share one mask
             results.mask = mask.data
         else:
             mask.refresh()
+    style_references(viewer)
     return heat, mask
+
+
+# -- mask colours: the model's outline and the expert's fill -----------------------------------------
+
+def labels_colormap(color: str) -> Any:
+    """A labels colormap drawing every non-zero label in ``color`` (background transparent).
+
+    One colour per mask whatever label a hand edit paints with, so "which mask is this" has one answer.
+    """
+    from napari.utils.colormaps import DirectLabelColormap
+
+    return DirectLabelColormap(color_dict={None: color, 0: (0.0, 0.0, 0.0, 0.0)})
+
+
+def style_prediction(layer: Any) -> None:
+    """Draw a model's mask as a cyan outline (``PREDICTION_CONTOUR`` pixels): the anatomy under it stays visible."""
+    layer.colormap = labels_colormap(PREDICTION_COLOR)
+    layer.contour = PREDICTION_CONTOUR
+    layer.opacity = MASK_OPACITY
+    layer.metadata[STYLED_KEY] = True
+
+
+def style_reference(layer: Any) -> None:
+    """Draw a reference (expert) lesion mask filled in translucent yellow, under the model's cyan outline."""
+    layer.colormap = labels_colormap(REFERENCE_COLOR)
+    layer.contour = 0
+    layer.opacity = REFERENCE_OPACITY
+    layer.metadata[STYLED_KEY] = True
+
+
+def reference_layers(viewer: napari.Viewer) -> list[Any]:
+    """The reference lesion masks in the viewer (labels layers with the ``lesion`` role, e.g. "brain1 lesion")."""
+    from napari.layers import Labels
+
+    return [lyr for lyr in viewer.layers if isinstance(lyr, Labels) and lyr.metadata.get(ROLE_KEY) == "lesion"]
+
+
+def style_references(viewer: napari.Viewer) -> list[Any]:
+    """Give reference masks not yet styled their colour (a user's later change is kept); returns those styled."""
+    todo = [lyr for lyr in reference_layers(viewer) if not lyr.metadata.get(STYLED_KEY)]
+    for lyr in todo:
+        style_reference(lyr)
+    return todo
+
+
+def mask_legend(viewer: napari.Viewer, results: ScanResults | None) -> str:
+    """Rich text saying which colour is which mask (the Detector dock shows it under the score curve)."""
+    if results is None or not results.calibrated:
+        return ""
+    parts = [f'<span style="color:{PREDICTION_COLOR}">&#9634;</span> outline: {results.label} mask (model)']
+    parts += [f'<span style="color:{REFERENCE_COLOR}">&#9632;</span> filled: {lyr.name} (reference)'
+              for lyr in reference_layers(viewer) if lyr.visible]
+    return "<br>".join(parts)
+
+
+#: Canvas text overlays (napari ``canvas.overlays`` keys) naming the two masks, each in its mask's colour.
+KEY_OVERLAYS = {"prediction": "anomalens_key_prediction", "reference": "anomalens_key_reference"}
+
+
+def show_mask_key(viewer: napari.Viewer, results: ScanResults | None) -> dict[str, str]:
+    """Name the masks on the canvas, bottom right, each line in its mask's colour; returns the texts shown.
+
+    The dock's legend may be scrolled away on a small screen; the canvas is where the colours are read.
+    """
+    from napari.components.overlays import TextOverlay
+
+    mask = find_layer(viewer, results.mask_name) if results is not None and results.calibrated else None
+    refs = [lyr for lyr in reference_layers(viewer) if lyr.visible]
+    texts = {"prediction": f"■ outline: {results.label} mask (model)" if mask is not None and mask.visible else "",
+             "reference": ("■ filled: " + ", ".join(lyr.name for lyr in refs) + " (reference)") if refs else ""}
+    overlays = viewer.canvas.overlays
+    for role, key in KEY_OVERLAYS.items():
+        if key not in overlays:
+            if not texts[role]:
+                continue
+            overlays[key] = TextOverlay(position="bottom_right", font_size=10, visible=False,
+                                        color=PREDICTION_COLOR if role == "prediction" else REFERENCE_COLOR)
+        overlays[key].text = texts[role]
+        overlays[key].visible = bool(texts[role])
+    return {role: text for role, text in texts.items() if text}
+
+
+def most_anomalous(results: ScanResults) -> int | None:
+    """The z of the highest-scoring slice scored so far (the engine's ``ScanResult.most_anomalous`` rule)."""
+    if not results.slices:
+        return None
+    return max(results.slices.values(), key=lambda s: s.score).z
+
+
+def goto_most_anomalous(viewer: napari.Viewer, results: ScanResults, result: ScanResult | None = None) -> int | None:
+    """Show the most anomalous slice of ``result`` (else of everything ``results`` holds); returns its z.
+
+    Where a radiologist starts reading a scored volume: the slice the model is surest about.
+    """
+    z = result.most_anomalous() if result is not None else most_anomalous(results)
+    layer = find_layer(viewer, results.layer_name) or find_layer(viewer, results.heatmap_name)
+    if z is not None and layer is not None:
+        goto_index(viewer, layer, z)
+    return z
 
 
 def result_layers(viewer: napari.Viewer, results: ScanResults) -> list[Any]:
@@ -349,11 +460,14 @@ def show_legend(viewer: napari.Viewer, current: ScanResults | None) -> None:
 
 
 def publish(viewer: napari.Viewer, state: AnomaLensState, layer_name: str, result: ScanResult,
-            detector: Any) -> ScanResults:
+            detector: Any, jump: bool | None = None) -> ScanResults:
     """Add a scoring's result to the viewer: merged into its (image, model) results, shown, made current.
 
     The result's warnings (a CT scored with an MR model, a shrunk field of view) reach the user once per
     image and model, as a notification; the docks show them in their status lines (``results.warnings``).
+    ``jump``: show the result's most anomalous slice afterwards; by default when more than one slice was
+    scored (a volume, the demo's held-out slices, a re-scoring after fine-tuning), while scoring one slice
+    stays on it.
     """
     res = state.results_of(layer_name, result.model.fingerprint)
     if res is not None and res.accepts(result):
@@ -368,6 +482,8 @@ def publish(viewer: napari.Viewer, state: AnomaLensState, layer_name: str, resul
     state.select_results(res)
     show_legend(viewer, res)
     state.mask_changed.emit(res.mask)
+    if jump if jump is not None else len(result.indices) > 1:
+        goto_most_anomalous(viewer, res, result)
     return res
 
 
@@ -425,7 +541,7 @@ def highlight_patch(viewer: napari.Viewer, layer: Any, z: float, y: float, x: fl
     """Ring the patch at (z, y, x) (data coordinates of ``layer``) in a points layer on the same grid."""
     pts = find_layer(viewer, HIGHLIGHT_LAYER)
     if pts is None:
-        extra = {"units": tuple(layer.units)[-3:]} if getattr(layer, "units", None) else {}
+        extra = {k: v for k, v in same_geometry(layer).items() if k != "scale"}  # translation etc. of the scan
         viewer.add_points([[z, y, x]], name=HIGHLIGHT_LAYER, scale=tuple(layer.scale)[-3:], size=12, symbol="ring",
                           face_color="transparent", border_color="cyan", metadata={ROLE_KEY: "highlight"}, **extra)
     else:

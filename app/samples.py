@@ -12,14 +12,22 @@ from collections.abc import Callable
 import numpy as np
 
 from ..engine.volume import Volume
-from .reader import ROLE_KEY, LayerData, image_layer_data
+from .orientation import layer_geometry
+from .reader import ROLE_KEY, LayerData, image_layer_data, on_first_use
 
 
-def _labels(volume: Volume, name: str, role: str, visible: bool = True) -> LayerData:
+def _labels(volume: Volume, name: str, role: str, visible: bool = True, scan: Volume | None = None) -> LayerData:
+    """A labels layer, on exactly the scan's geometry when it is on the scan's grid (files round it differently)."""
     arr = np.rint(np.nan_to_num(volume.array)).astype(np.int32)
     arr = arr.astype(np.uint8) if arr.min() >= 0 and arr.max() < 256 else arr
-    return (arr, {"name": name, "scale": volume.spacing_zyx, "opacity": 0.5, "visible": visible,
-                  "metadata": {ROLE_KEY: role}, "units": ("mm", "mm", "mm")}, "labels")
+    grid = scan if scan is not None and _same_grid(scan, volume) else volume
+    return (arr, {"name": name, **layer_geometry(grid), "opacity": 0.5, "visible": visible,
+                  "metadata": {ROLE_KEY: role}}, "labels")
+
+
+def _same_grid(a: Volume, b: Volume) -> bool:
+    return a.shape == b.shape and all(np.allclose(getattr(a, k), getattr(b, k), atol=1e-4)
+                                      for k in ("spacing", "origin", "direction"))
 
 
 def load_sample(name: str) -> list[LayerData]:
@@ -30,17 +38,19 @@ def load_sample(name: str) -> list[LayerData]:
     """
     from ..engine.io import read_scan
     from ..engine.logredact import remember
-    from ..engine.samples import fetch_sample
+    from ..engine.samples import fetch_sample, sample_info
 
     paths = fetch_sample(name)
     for p in (paths.image, paths.mask, paths.roi_mask):
         remember(p)
-    volume = read_scan(paths.image)
+    # NIfTI and NRRD carry no modality: the catalogue knows it (as ``sample:NAME`` in the CLI), else "OT"
+    volume = read_scan(paths.image, modality=sample_info(name).modality)
     layers = [image_layer_data(volume, name=name)]
     if paths.mask is not None:
-        layers.append(_labels(read_scan(paths.mask), f"{name} lesion", "lesion"))
+        layers.append(_labels(read_scan(paths.mask), f"{name} lesion", "lesion", scan=volume))
     if paths.roi_mask is not None:
-        layers.append(_labels(read_scan(paths.roi_mask), f"{name} region", "region", visible=False))
+        layers.append(_labels(read_scan(paths.roi_mask), f"{name} region", "region", visible=False, scan=volume))
+    on_first_use()
     return layers
 
 

@@ -48,6 +48,7 @@ BENCHES = (
     Bench("d2ue-ablation", ("bench_d2ue.py", "ablation"), accuracy=True),
     Bench("invdetect-onsite", ("bench_invdetect.py", "onsite"), accuracy=True),
     Bench("scr-calibration", ("bench_scr_calibration.py",), accuracy=True),
+    Bench("poincare-brain1", ("check_poincare_brain1.py",), accuracy=True),
 )
 
 

@@ -19,3 +19,4 @@ def pytest_configure(config) -> None:
     os.environ["ANOMALENS_CACHE_DIR"] = str(ROOT / "build" / "test-cache")
     os.environ["ANOMALENS_DATA_DIR"] = str(scratch / "data")
     os.environ["ANOMALENS_CONFIG_DIR"] = str(scratch / "config")
+    os.environ["NAPARI_CONFIG"] = str(scratch / "napari" / "settings.yaml")  # the reader preference is napari's

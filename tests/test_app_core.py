@@ -95,7 +95,7 @@ def test_reader_gives_spacing_as_scale(tmp_path: Path, suffix: str) -> None:
     assert reader is not None
     [(data, kwargs, kind)] = reader(str(path))
     assert kind == "image" and data.shape == (5, 16, 20)
-    assert kwargs["scale"] == pytest.approx((2.5, 0.9, 0.8))
+    assert np.abs(kwargs["scale"]) == pytest.approx((2.5, 0.9, 0.8))  # mm; signs: radiological (test_app_orientation)
     lo, hi = kwargs["contrast_limits"]
     assert lo < hi
     assert kwargs["name"] == "scan"
@@ -107,7 +107,7 @@ def test_reader_opens_a_dicom_folder_with_its_own_window(tmp_path: Path) -> None
     assert reader is not None
     [(data, kwargs, _)] = reader(str(tmp_path / "series"))
     assert data.shape == (4, 12, 10)
-    assert kwargs["scale"] == pytest.approx((2.5, 0.75, 0.5))
+    assert np.abs(kwargs["scale"]) == pytest.approx((2.5, 0.75, 0.5))
     assert kwargs["contrast_limits"] == pytest.approx((-160.0, 240.0))  # the file's window 40/400
     assert kwargs["metadata"]["modality"] == "CT"
 
@@ -157,7 +157,7 @@ def test_sample_data_gives_the_scan_and_its_lesion_as_labels(tmp_path: Path, mon
     (img, ikw, ikind), (lab, lkw, lkind) = brain1()
     assert asked == ["brain1"] and (ikind, lkind) == ("image", "labels")
     assert ikw["name"] == "brain1" and lkw["name"] == "brain1 lesion"
-    assert ikw["scale"] == lkw["scale"] == pytest.approx((6.5, 0.78, 0.78))
+    assert ikw["scale"] == lkw["scale"] and np.abs(ikw["scale"]) == pytest.approx((6.5, 0.78, 0.78))
     assert lab.dtype == np.uint8 and lab.sum() == 16 and lab.shape == img.shape
 
 

@@ -165,3 +165,120 @@ def test_features_without_geometry_are_drawn_with_a_note_and_big_sets_in_a_worke
     assert gx is None or len(gx) == 0  # PatchCore-like features have no hyperplane
     state.set_model(None)  # a new model: the old embeddings are dropped
     assert w.patch_projection is None and len(w.scatter.points()) == 0
+
+
+LESION = (slice(2, 4), slice(9, 16), slice(17, 24))  # a bright square holding the patch centre (12, 20)
+
+
+def _lesion_case(make_napari_viewer: Any):
+    """A dim scan with a bright square, a calibrated fake model whose embeddings are a blob far out, scored."""
+    from anomalens.app.reader import ROLE_KEY
+    from anomalens.app.results import publish
+    from anomalens.engine.recalibration import calibrate_detector
+    from anomalens.engine.scoring import score_scan
+    from tests.fakes import lesion_embedding_detector
+
+    rng = np.random.default_rng(0)
+    arr = (rng.random((N_SLICES, SIZE, SIZE)) * 0.5).astype(np.float32)
+    arr[LESION] = 1.0
+    vol = Volume(arr, spacing=(0.5, 0.5, 2.0), modality="MR")
+    viewer, layer, state, w, _ = _viewer_with_scan(make_napari_viewer)
+    layer.data = vol.array
+    state.set_volume(vol)
+    det = lesion_embedding_detector()
+    calibrate_detector(det, (rng.random((6, SIZE, SIZE)) * 0.5).astype(np.float32))
+    state.set_model(det)
+    result = score_scan(det, vol)
+    publish(viewer, state, "scan", result, det)
+    truth = np.zeros(arr.shape, np.uint8)
+    truth[LESION] = 1
+    viewer.add_labels(truth, name="scan lesion", scale=vol.spacing_zyx, metadata={ROLE_KEY: "lesion"})
+    return viewer, layer, state, w, vol, result
+
+
+def _lesion_points(w: Any) -> np.ndarray:
+    """Indices (in the patch projection) of the patches centred in the bright square."""
+    p = w.patch_projection
+    return np.flatnonzero(np.isin(p.slice_index, [2, 3]) & (p.centers[:, 0] == 12) & (p.centers[:, 1] == 20))
+
+
+def test_the_disk_is_centred_on_normal_tissue_with_outlines_and_a_hyperplane_report(make_napari_viewer: Any,
+                                                                                    qtbot: Any) -> None:
+    from anomalens.app.results import goto_index
+    from anomalens.engine.projection import NORMAL_RADIUS, project_embeddings
+
+    viewer, layer, state, w, _, result = _lesion_case(make_napari_viewer)
+    assert result.calibrated and result.lesion_mask is not None
+    p = w.patch_projection
+    assert p is not None and len(p) == N_SLICES * N_PATCH
+    lesion = _lesion_points(w)
+    assert len(lesion) == 2
+    # uncentred, the model's points are one blob near the rim; the dock centres them on normal tissue
+    raw = np.hypot(*project_embeddings(w.store.combined()).xy.T)
+    assert raw.min() > 0.7
+    r = np.hypot(*p.xy.T)
+    normal = np.setdiff1d(np.arange(len(p)), lesion)
+    assert np.quantile(r[normal], 0.95) == pytest.approx(NORMAL_RADIUS, abs=0.05)
+    assert np.median(r[normal]) < 0.45 and r[lesion].min() > np.quantile(r[normal], 0.95)
+    assert "below the calibrated threshold" in w.note.text() and "not an isometry" in w.note.text()
+    assert np.all(p.side[lesion] > 0) and np.all(p.drawn_side[lesion] > 0)
+    assert np.all(p.xy[lesion, 0] > np.quantile(p.xy[normal, 0], 0.95))  # right: towards the anomalous side
+    gx, _ = w.geodesic.getData()
+    assert gx is not None and len(gx) > 10
+
+    # outlines: the reference lesion's patch on its slice, the marked normals on theirs
+    goto_index(viewer, layer, 2)
+    assert len(w.reference_rings.points()) == 1
+    np.testing.assert_allclose(w.reference_rings.points()[0].pos(), p.xy[lesion[0]], atol=1e-6)
+    assert "magenta, in the reference lesion (scan lesion)" in w.legend.text()
+    flagged = w.outlines(p)[1]
+    assert flagged[lesion].all()
+    text = w.report.text()
+    assert f"{int((flagged & (p.side > 0)).sum())} of {int(flagged.sum())} flagged patches" in text
+    assert "2 of 2 patches in the reference lesion" in text
+
+    # marking slices normal re-centres on them (and says so) and rings them
+    state.set_marked_slices([0, 1])
+    assert "the 32 patches of the 2 slice(s) marked normal" in w.note.text()
+    goto_index(viewer, layer, 0)
+    assert len(w.marked_rings.points()) == N_PATCH and len(w.reference_rings.points()) == 0
+    assert "2 of 2 patches in the reference lesion" in w.report.text()  # sides do not depend on the centre
+
+
+def test_hover_rings_the_patch_and_a_lasso_on_the_scan_selects_points(make_napari_viewer: Any, qtbot: Any) -> None:
+    from anomalens.app.results import current_index, goto_index
+    from anomalens.app.widgets.poincare import HIGHLIGHT_LAYER, LASSO_LAYER
+
+    viewer, layer, state, w, _, _ = _lesion_case(make_napari_viewer)
+    goto_index(viewer, layer, 2)
+    lesion = _lesion_points(w)[0]
+    # hovering the lesion's point rings its patch on the canvas, stays on the slice, keeps the active layer
+    active = viewer.layers.selection.active
+    shown = next(pt for pt in w.scatter.points() if pt.data() == lesion)
+    w.on_points_hovered(w.scatter, [shown], None)
+    np.testing.assert_allclose(viewer.layers[HIGHLIGHT_LAYER].data[0], [2, 12, 20])
+    assert viewer.layers.selection.active is active and current_index(viewer, layer) == 2
+    assert len(w.hover_ring.points()) == 1 and "slice 2, patch at (y 12, x 20)" in w.status.text()
+    # a click on another slice's mean jumps there and rings its top patch
+    w.set_per_slice(True)
+    target = next(pt for pt in w.scatter.points() if w.slice_projection.slice_index[pt.data()] == 4)
+    w.on_points_clicked(w.scatter, [target], None)
+    assert current_index(viewer, layer) == 4
+    np.testing.assert_allclose(viewer.layers[HIGHLIGHT_LAYER].data[0], [4, *w.slice_projection.centers[target.data()]])
+    w.set_per_slice(False)
+
+    # a lasso drawn on the scan (slice 2, around the bright square) selects that patch's point on the disk
+    goto_index(viewer, layer, 2)
+    shapes = w.start_canvas_lasso()
+    assert shapes.name == LASSO_LAYER and str(shapes.mode) in ("add_polygon_lasso", "Mode.ADD_POLYGON_LASSO")
+    np.testing.assert_allclose(shapes.scale, layer.scale)
+    shapes.add_polygons([np.array([[2, 8, 16], [2, 8, 24], [2, 16, 24], [2, 16, 16]], dtype=float)])
+    assert w.selection.tolist() == [lesion]
+    assert len(w.selected_rings.points()) == 1 and state.extras["disk_selection"] == [(2, 12.0, 20.0)]
+    assert w.mark_button.isEnabled()
+    # a second polygon on slice 3 adds that slice's lesion patch; in slice mode both slices are selected
+    shapes.add_polygons([np.array([[3, 8, 16], [3, 8, 24], [3, 16, 24], [3, 16, 16]], dtype=float)])
+    assert sorted(w.selection.tolist()) == sorted(_lesion_points(w).tolist())
+    w.set_per_slice(True)
+    w._on_canvas_shapes()
+    assert sorted(w.slice_projection.slice_index[w.selection].tolist()) == [2, 3]

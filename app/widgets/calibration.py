@@ -8,6 +8,10 @@ model, so the loaded model stays usable until the new version is saved and loade
 slice adapts the model and the rest recalibrate it (``engine.recalibration``), and the dock shows what
 changed in plain words (``Recalibration.describe()``). Whatever the previous model showed is then scored
 again with the new one (``anomalens.app.rescore``), as after a rollback.
+
+Marks are drawn where the user looks: while the shown slice is marked normal, the canvas says so in green
+(an "N · marked normal" label top left and a thin green frame round the scan, ``show_marked_on_canvas``),
+and the Detector dock's score curve shades every marked slice green.
 """
 
 from __future__ import annotations
@@ -51,6 +55,12 @@ LIBRARY_KEY = "case_library"
 STUDY_KEY = "study_key"
 #: Fine-tuning adapts on every other marked slice and calibrates on the rest: it needs two at least.
 MIN_MARKED = 2
+#: The canvas text overlay that says the shown slice is marked normal (napari ``canvas.overlays`` key).
+MARK_OVERLAY = "anomalens_marked_normal"
+#: Green of the marked-normal marks (the score curve's bands use the same one).
+MARKED_COLOR = "#2ecc40"
+#: Scan-layer metadata key: the layer's bounding box is our green frame (so it is ours to hide again).
+FRAME_KEY = "anomalens_marked_frame"
 
 
 # --------------------------------------------------------------------------------------------- shared helpers
@@ -139,6 +149,45 @@ def ensure_volume(viewer: napari.viewer.Viewer, state: AnomaLensState) -> Volume
             except AnomaLensError as exc:
                 notify_error(exc)
     return state.volume
+
+
+def marked_overlay(viewer: napari.viewer.Viewer) -> Any:
+    """The canvas text overlay saying "marked normal" (added to napari's canvas overlays on first use)."""
+    from napari.components.overlays import TextOverlay
+
+    overlays = viewer.canvas.overlays
+    if MARK_OVERLAY not in overlays:
+        overlays[MARK_OVERLAY] = TextOverlay(text="", position="top_left", color=MARKED_COLOR, font_size=12,
+                                             visible=False)
+    return overlays[MARK_OVERLAY]
+
+
+def show_marked_on_canvas(viewer: napari.viewer.Viewer, state: AnomaLensState) -> bool:
+    """Mark the canvas green while the shown slice is marked normal; returns whether it is.
+
+    A label top left ("N · marked normal, slice 3") and the scan layer's bounding box as a thin green frame:
+    the user sees which slices calibrate the model without reading the dock's list.
+    """
+    layer = scan_layer(viewer, state) if state.volume is not None else None
+    marked = state.extras.get("marked_slices") or []
+    z = current_index(viewer, layer) if layer is not None else None
+    here = z is not None and z in marked
+    overlay = marked_overlay(viewer)
+    overlay.text = f"N · marked normal (slice {z})" if here else ""
+    overlay.visible = here
+    for lyr in viewer.layers:
+        if lyr.metadata.get(FRAME_KEY) and lyr is not layer:
+            lyr.bounding_box.visible = False  # another scan's frame, from before
+            lyr.metadata[FRAME_KEY] = False
+    if layer is not None and (here or layer.metadata.get(FRAME_KEY)):
+        box = layer.bounding_box
+        if here:
+            box.line_color = MARKED_COLOR
+            box.line_thickness = 2
+            box.points = False
+        box.visible = here
+        layer.metadata[FRAME_KEY] = here
+    return here
 
 
 def study_label(volume: Volume, key: str | None) -> str:
@@ -314,6 +363,9 @@ class CalibrationWidget(QWidget):
         self.state.selection_changed.connect(self._update_buttons)
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.dims.events.current_step.connect(self._update_buttons)
+        self.viewer.dims.events.current_step.connect(self._show_on_canvas)
+        self.state.marks_changed.connect(self._show_on_canvas)
+        self.state.volume_changed.connect(self._show_on_canvas)
 
         ensure_volume(self.viewer, self.state)
         self._on_volume_changed(self.state.volume)
@@ -353,6 +405,9 @@ class CalibrationWidget(QWidget):
         self.marks_label.setText(f"Marked normal: {format_slices(marked)} ({len(marked)} slices)" if marked
                                  else "No slice marked normal yet")
         self._update_buttons()
+
+    def _show_on_canvas(self, *_: Any) -> None:
+        show_marked_on_canvas(self.viewer, self.state)
 
     def _current_z(self) -> int:
         return current_index(self.viewer, scan_layer(self.viewer, self.state))

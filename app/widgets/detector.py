@@ -3,9 +3,12 @@
 Scoring runs in a thread worker through ``anomalens.engine.scoring.score_scan`` (progress bar, Cancel
 within a second), the same call as ``anomalens score``. Its result becomes a heatmap image layer and a
 lesion-mask labels layer named with the model's label (a second model adds its own layers), and a
-per-slice score curve in the result's unit whose clicks move the viewer. The result's warnings (a scan
-unlike the model's training data) are notified once and shown in the status line. Without a model the
-dock offers to train one from the slices marked normal instead of failing.
+per-slice score curve in the result's unit whose clicks move the viewer, with a per-slice table beside it
+(a tab: the dock stays usable on a 768-pixel screen). Scoring more than one slice shows the most
+anomalous one afterwards; "Score slice" stays on its slice. The curve marks flagged slices and the slices
+marked normal; a legend under it says which colour is the model's mask and which a reference lesion. The
+result's warnings (a scan unlike the model's training data) are notified once and shown in the status
+line. Without a model the dock offers to train one from the slices marked normal instead of failing.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -42,17 +46,22 @@ from ..results import (
     format_score,
     goto_index,
     highlight_patch,
+    mask_legend,
     model_identity,
     publish,
     score_work,
+    show_mask_key,
+    style_references,
 )
 from ..state import get_state
 from .score_plot import ScorePlot
+from .slice_table import SliceTable, rows_of
 
 if TYPE_CHECKING:
     import napari
 
     from ...engine.detectors import Detector
+    from ...engine.scoring import SliceScore
     from ...engine.volume import Volume
 
 #: What "Train from marked normals" fits unless another detector is chosen: the reference baseline.
@@ -99,6 +108,16 @@ class DetectorWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         self.plot = ScorePlot()
+        self.table = SliceTable()
+        self.views = QTabWidget()
+        self.views.setDocumentMode(True)
+        self.views.addTab(self.plot, "Slice curve")
+        self.views.addTab(self.table, "Slice table")
+        self.views.setTabToolTip(1, "every scored slice: score, flagged, lesion volume; click a row to show it")
+        self.mask_legend = QLabel("")
+        self.mask_legend.setTextFormat(Qt.TextFormat.RichText)
+        self.mask_legend.setWordWrap(True)
+        self.mask_legend.setVisible(False)
         self.jobs = JobRunner(self.progress, self.cancel_button, self.status, self)
 
         form = QFormLayout()
@@ -123,7 +142,8 @@ class DetectorWidget(QWidget):
         layout.addWidget(self.train_button)
         layout.addLayout(running)
         layout.addWidget(self.status)
-        layout.addWidget(self.plot, 1)
+        layout.addWidget(self.views, 1)
+        layout.addWidget(self.mask_legend)
 
         self.browse_button.clicked.connect(self._browse)
         self.bundle_combo.activated.connect(self._on_bundle_chosen)
@@ -133,6 +153,11 @@ class DetectorWidget(QWidget):
         self.score_volume_button.clicked.connect(self.score_volume)
         self.train_button.clicked.connect(self.train_from_marked)
         self.plot.slice_clicked.connect(self.goto_slice)
+        self.table.slice_clicked.connect(self.goto_slice)
+        self.state.mask_changed.connect(self._on_mask_changed)
+        self.state.marks_changed.connect(self.plot.set_marked)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.jobs.started.connect(self._update_buttons)
         self.jobs.done.connect(self._update_buttons)
         self.state.model_changed.connect(self._on_model_changed)
@@ -152,6 +177,7 @@ class DetectorWidget(QWidget):
         self._refresh_layers()
         self._on_model_changed(self.state.detector)
         self._on_results(self.state.results)
+        self.plot.set_marked(self.marked_slices())
 
     # -- images ----------------------------------------------------------------------------------
     def image_layer(self) -> Any:
@@ -355,11 +381,17 @@ class DetectorWidget(QWidget):
     def _on_results(self, res: ScanResults | None) -> None:
         """Mirror the followed result: its curve (in its unit, with its threshold) and its warnings."""
         self._show_model_label()
+        self._show_mask_legend()
         if res is None:
             self.plot.clear()
+            self.table.clear()
             return
-        self.plot.set_scores(res.slice_scores, threshold=res.threshold, unit=res.unit.short, model=res.label)
-        self.plot.set_current(current_index(self.viewer, self.image_layer()))
+        rows = self.slice_rows(res)
+        self.plot.set_scores(res.slice_scores, threshold=res.threshold, unit=res.unit.short, model=res.label,
+                             flagged=[s.z for s in rows if s.flagged])
+        z = current_index(self.viewer, self.image_layer())
+        self.plot.set_current(z)
+        self.table.set_rows(rows, res.unit, current=z)
         n = len(res.slices)
         top = max(res.slices.values(), key=lambda s: s.score) if res.slices else None
         lines = [f"{res.title}: {n} slice{'s' * (n != 1)} scored"
@@ -369,6 +401,31 @@ class DetectorWidget(QWidget):
         if res.stale:
             lines.append("these layers were made by a model that is no longer loaded (stale: model changed)")
         self.status.setText("\n".join(lines))
+
+    def slice_rows(self, res: ScanResults) -> list[SliceScore]:
+        """The result's per-slice rows, flagged and volume counted from its mask layer as shown."""
+        layer = find_layer(self.viewer, res.mask_name)
+        return rows_of(res, layer.data if layer is not None else res.mask)
+
+    def _on_mask_changed(self, *_: Any) -> None:
+        """A SCR re-cut or "Apply to volume": the flagged dots and the table's counts follow the mask."""
+        res = self.state.results
+        if res is None:
+            return
+        rows = self.slice_rows(res)
+        self.plot.set_flagged([s.z for s in rows if s.flagged])
+        self.table.set_rows(rows, res.unit, current=current_index(self.viewer, self.image_layer()))
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        """A reference lesion mask was opened (a sample's "… lesion"): give it its colour and name it below."""
+        style_references(self.viewer)
+        self._show_mask_legend()
+
+    def _show_mask_legend(self) -> None:
+        text = mask_legend(self.viewer, self.state.results)
+        self.mask_legend.setText(text)
+        self.mask_legend.setVisible(bool(text))
+        show_mask_key(self.viewer, self.state.results)
 
     @staticmethod
     def _volume_of(layer: Any) -> Volume | None:
@@ -425,7 +482,9 @@ class DetectorWidget(QWidget):
         goto_index(self.viewer, self.image_layer(), int(z))
 
     def _on_step(self, event: Any = None) -> None:
-        self.plot.set_current(current_index(self.viewer, self.image_layer()))
+        z = current_index(self.viewer, self.image_layer())
+        self.plot.set_current(z)
+        self.table.set_current(z)
 
     def _highlight(self, zyx: Any) -> None:
         layer = self.image_layer()

@@ -2,15 +2,22 @@
 
 Every scoring adds its embeddings to its result (per slice, like the heatmap; ``anomalens.app.embeddings``)
 and the disk shows those of the result the docks follow (the loaded model's, for the shown scan),
-projected by ``anomalens.engine.projection`` (log map, two main directions, exp map: see there). Each
-point is coloured by the result's map at its patch centre, in the result's unit, on the heatmap layer's
-colour scale, and a click or hover says that value and its unit, so the disk and the heatmap agree. Two
-views: the patches of the current slice, or one point per scored slice (its mean embedding, valued by its
-highest patch). Points of slices marked normal are ringed green; the classifier hyperplane, when the
-detector has one, is drawn as a geodesic. A click jumps to the point's slice and rings its patch in the
-viewer; a lasso drag selects points, which can be marked normal in the case library. Detectors without
-hyperbolic embeddings (PatchCore) are drawn through the same tangent map, and the note under the disk
-says so.
+projected by ``anomalens.engine.projection.disk_views``: first **centred on the normal tissue** by an
+isometry (the centroid of the normal patches goes to the centre, the classifier hyperplane moves with it;
+"normal" = the patches of the slices marked normal, else those below the calibrated threshold, else all,
+and the note says which), then log map, the classifier's normal and the main other direction, exp map,
+scaled for display when the points would be a blob (the note says so: that scaling is not an isometry).
+Each point is coloured by the result's map at its patch centre, in the result's unit, on the heatmap
+layer's colour scale, and a click or hover says that value and its unit, so the disk and the heatmap agree.
+Two views: the patches of the current slice, or one point per scored slice (its mean embedding, valued by
+its highest patch). Rings: green, slices marked normal; magenta, patches whose centre lies in a reference
+lesion mask (a labels layer with the "lesion" role, e.g. a sample's expert mask); cyan, the selection.
+Hovering a point rings its patch on the canvas; a click also jumps to its slice. A lasso on the disk, or
+one drawn on the scan ("Lasso on scan": a shapes layer on the scan's grid), selects points, which can be
+marked normal in the case library. Under the disk, a report counts the flagged patches (centre in the
+result's mask) and the reference-lesion patches on the anomalous side of the hyperplane, exactly (in the
+model's own dimensions, where the isometry changes no side). Detectors without hyperbolic embeddings
+(PatchCore) are drawn through the same tangent map, and the note under the disk says so.
 """
 
 from __future__ import annotations
@@ -23,8 +30,9 @@ from qtpy.QtCore import QSize, Signal
 from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
 
 from ...engine.errors import AnomaLensError
-from ..embeddings import EmbeddingStore
+from ..embeddings import EmbeddingStore, values_at_patches
 from ..messages import notify_error, notify_info
+from ..reader import ROLE_KEY
 from ..results import (
     HEATMAP_COLORMAP,
     HIGHLIGHT_LAYER,
@@ -45,19 +53,39 @@ if TYPE_CHECKING:
     from ...engine.projection import DiskProjection
     from ..results import ScanResults
 
-__all__ = ["HIGHLIGHT_LAYER", "EmbeddingStore", "PoincareWidget", "project_both"]
+__all__ = ["HIGHLIGHT_LAYER", "LASSO_LAYER", "EmbeddingStore", "PoincareWidget", "project_both", "reference_layer"]
 
 MODES = ("Patches of the current slice", "One point per slice")
 MARKED_COLOR = "#2ecc71"
 SELECTED_COLOR = "#00d8ff"
+REFERENCE_COLOR = "#ff4fd8"
+HOVER_COLOR = "#ffffff"
+#: The shapes layer a lasso is drawn in on the scan ("Lasso on scan").
+LASSO_LAYER = "AnomaLens lasso"
 _EMPTY_NOTE = "Score a slice or the volume in the Detector dock to see its embeddings here."
 
 
-def project_both(emb: Embeddings) -> tuple[DiskProjection, DiskProjection]:
-    """Per-patch and per-slice projections of the same embeddings (worker thread)."""
-    from ...engine.projection import project_embeddings
+def project_both(emb: Embeddings, reference: np.ndarray | None = None,
+                 reference_note: str = "") -> tuple[DiskProjection, DiskProjection]:
+    """Per-patch and per-slice pictures of the same embeddings, centred on ``reference`` (worker thread).
 
-    return project_embeddings(emb, per_slice=False), project_embeddings(emb, per_slice=True)
+    ``reference`` is the mask of normal patches (``engine.projection.reference_selection``); None: all.
+    """
+    from ...engine.projection import disk_views, reference_selection
+
+    if reference is None:
+        reference, reference_note = reference_selection(None, slice_index=np.asarray(emb.slice_index))
+    return disk_views(emb, reference, reference_note or "the reference patches")
+
+
+def reference_layer(viewer: napari.viewer.Viewer, shape: tuple[int, ...]) -> Any:
+    """The reference lesion mask: a labels layer with the "lesion" role on the scan's grid (``shape``), or None."""
+    from napari.layers import Labels
+
+    for lyr in viewer.layers:
+        if isinstance(lyr, Labels) and lyr.metadata.get(ROLE_KEY) == "lesion" and tuple(lyr.data.shape) == shape:
+            return lyr
+    return None
 
 
 @functools.cache
@@ -112,8 +140,9 @@ class _Box(QWidget):
 class PoincareWidget(QWidget):
     """Dock widget: the current scan's embeddings on the Poincaré disk."""
 
-    #: Sets with more points than this are projected in a thread worker (smaller ones right away).
-    sync_limit = 20_000
+    #: Sets with more points than this are projected in a thread worker (smaller ones right away): centred
+    #: and drawn both ways, 14,400 brain1 patches take ~60 ms on one core, so 8,000 stay well under 100 ms.
+    sync_limit = 8_000
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         import pyqtgraph as pg
@@ -124,13 +153,16 @@ class PoincareWidget(QWidget):
         self.state = get_state(napari_viewer)
         self.results: ScanResults | None = None  # whose embeddings the disk shows
         self._empty = EmbeddingStore()
-        self._projected: tuple[int, int] | None = None
+        self._projected: tuple | None = None
         self.patch_projection: DiskProjection | None = None
         self.slice_projection: DiskProjection | None = None
         self.shown = np.zeros(0, int)  # indices into the shown projection
         self.selection = np.zeros(0, int)
         self._worker: Any = None
-        self._pending: tuple[int, int] | None = None
+        self._pending: tuple | None = None
+        self._hovered: int | None = None
+        self._outline_cache: tuple[Any, np.ndarray, np.ndarray] | None = None
+        self._lasso_layer: Any = None
 
         self.mode_combo = QComboBox()
         self.mode_combo.addItems(MODES)
@@ -141,12 +173,17 @@ class PoincareWidget(QWidget):
         self.mark_button.setToolTip("Marks the slices of the selected points normal in the case library "
                                     "(the patches are kept too)")
         self.clear_button = QPushButton("Clear selection")
+        self.canvas_lasso_button = QPushButton("Lasso on scan")
+        self.canvas_lasso_button.setToolTip("Draw around patches on the scan (a shapes layer in lasso mode): their "
+                                            "points are selected on the disk")
         self.note = QLabel(_EMPTY_NOTE)
         self.note.setWordWrap(True)
         self.legend = QLabel("")
         self.legend.setWordWrap(True)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.report = QLabel("")
+        self.report.setWordWrap(True)
 
         self.view = _lasso_viewbox_class()()
         self.plot = pg.PlotWidget(viewBox=self.view, background=None)
@@ -161,15 +198,19 @@ class PoincareWidget(QWidget):
         self.view.addItem(disk)
         self.geodesic = pg.PlotCurveItem(pen=pg.mkPen("#e67e22", width=2, style=pg.QtCore.Qt.PenStyle.DashLine))
         self.marked_rings = pg.ScatterPlotItem(size=13, brush=None, pen=pg.mkPen(MARKED_COLOR, width=2))
+        self.reference_rings = pg.ScatterPlotItem(size=12, brush=None, pen=pg.mkPen(REFERENCE_COLOR, width=2))
         self.selected_rings = pg.ScatterPlotItem(size=11, brush=None, pen=pg.mkPen(SELECTED_COLOR, width=2))
+        self.hover_ring = pg.ScatterPlotItem(size=16, brush=None, pen=pg.mkPen(HOVER_COLOR, width=2))
         self.scatter = pg.ScatterPlotItem(size=7, pen=None, hoverable=True)
-        for item in (self.geodesic, self.marked_rings, self.selected_rings, self.scatter):
+        for item in (self.geodesic, self.marked_rings, self.reference_rings, self.selected_rings, self.scatter,
+                     self.hover_ring):
             self.view.addItem(item)
         self.colormap = pg.colormap.get(HEATMAP_COLORMAP)  # the heatmap layer's: one colour, one value
 
         top = QHBoxLayout()
         top.addWidget(self.mode_combo, 1)
         top.addWidget(self.lasso_button)
+        top.addWidget(self.canvas_lasso_button)
         sel = QHBoxLayout()
         sel.addWidget(self.mark_button)
         sel.addWidget(self.clear_button)
@@ -177,6 +218,7 @@ class PoincareWidget(QWidget):
         layout.addLayout(top)
         layout.addWidget(_Box(self.plot, 280, 280), 1)
         layout.addWidget(self.legend)
+        layout.addWidget(self.report)
         layout.addWidget(self.note)
         layout.addLayout(sel)
         layout.addWidget(self.status)
@@ -187,9 +229,13 @@ class PoincareWidget(QWidget):
         self.lasso_button.toggled.connect(self._set_lasso)
         self.mark_button.clicked.connect(self.mark_selection)
         self.clear_button.clicked.connect(self.clear_selection)
+        self.canvas_lasso_button.clicked.connect(self.start_canvas_lasso)
+        self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
         self.state.score_changed.connect(self._on_score)
         self.state.marks_changed.connect(self._on_marks_changed)
+        self.state.mask_changed.connect(self._on_mask_changed)
         self.viewer.dims.events.current_step.connect(self._on_step)
         self._update_buttons()
         self._on_score(self.state.results)
@@ -208,7 +254,20 @@ class PoincareWidget(QWidget):
         return self.slice_projection if self.per_slice else self.patch_projection
 
     def _on_marks_changed(self, marked: Any = None) -> None:
-        self.redraw()
+        """Marks ring points and may change the normal reference the disk is centred on: project again then."""
+        if self.results is not None and len(self.store) and self._projected is not None \
+                and self._projected != self._key():
+            self.reproject()
+        else:
+            self.redraw()
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        layer = getattr(event, "value", None)
+        if layer is not None and layer is self._lasso_layer and layer not in self.viewer.layers:
+            self._lasso_layer = None
+        if layer is None or getattr(layer, "metadata", {}).get(ROLE_KEY) == "lesion":
+            self._outline_cache = None
+            self.redraw()
 
     @property
     def store(self) -> EmbeddingStore:
@@ -230,8 +289,22 @@ class PoincareWidget(QWidget):
         if self._projected != self._key():
             self.reproject()
 
-    def _key(self) -> tuple[int, int]:
-        return (id(self.store), self.store.generation)
+    def _marked_scored(self) -> tuple[int, ...]:
+        marked = set(self.state.extras.get("marked_slices") or [])
+        return tuple(sorted(z for z in self.store.slices if z in marked))
+
+    def _key(self) -> tuple:
+        """What the projection depends on: the embeddings and the normal reference (scored marked slices)."""
+        return (id(self.store), self.store.generation, self._marked_scored())
+
+    def normal_reference(self, emb: Embeddings) -> tuple[np.ndarray, str]:
+        """The patches the disk is centred on, and which they are (``engine.projection.reference_selection``)."""
+        from ...engine.projection import reference_selection
+
+        res = self.results
+        return reference_selection(None if emb.scores is None else np.asarray(emb.scores),
+                                   threshold=None if res is None else res.threshold,
+                                   slice_index=np.asarray(emb.slice_index), marked=list(self._marked_scored()))
 
     def reproject(self) -> None:
         """Project the shown result's embeddings again (in a thread worker for big sets)."""
@@ -240,9 +313,10 @@ class PoincareWidget(QWidget):
             self._set_projections(None)
             return
         key = self._key()
+        reference, how = self.normal_reference(emb)
         if len(emb.points) <= self.sync_limit:
             try:
-                self._set_projections(project_both(emb), key)
+                self._set_projections(project_both(emb, reference, how), key)
             except AnomaLensError as exc:
                 self.status.setText(notify_error(exc, "Poincaré disk"))
             return
@@ -250,7 +324,7 @@ class PoincareWidget(QWidget):
 
         self._pending = key
         self.status.setText(f"projecting {len(emb.points)} embeddings…")
-        worker = create_worker(project_both, emb, _ignore_errors=True)
+        worker = create_worker(project_both, emb, reference, how, _ignore_errors=True)
         worker.returned.connect(lambda res, k=key: self._set_projections(res, k))
         worker.errored.connect(lambda exc: self.status.setText(notify_error(exc, "Poincaré disk")))
         self._worker = worker
@@ -269,16 +343,19 @@ class PoincareWidget(QWidget):
         return self._pending is None
 
     def _set_projections(self, both: tuple[DiskProjection, DiskProjection] | None,
-                         key: tuple[int, int] | None = None) -> None:
+                         key: tuple | None = None) -> None:
         if key is not None and key != self._key():
             return  # a newer scoring (or another result) has arrived meanwhile; its projection will follow
         self._pending = None
         self._projected = key
+        self._outline_cache = None
+        self._hovered = None
         self.patch_projection, self.slice_projection = both if both is not None else (None, None)
         if both is None:
             self.note.setText(_EMPTY_NOTE)
             self.status.setText("")
             self.legend.setText("")
+            self.report.setText("")
         else:
             self.note.setText(self.projection.note if self.projection is not None else "")
         self.redraw(keep_selection=False)
@@ -299,11 +376,14 @@ class PoincareWidget(QWidget):
         proj = self.projection
         if not keep_selection:
             self.selection = np.zeros(0, int)
+        self.hover_ring.setData([], [])
+        self._hovered = None
         if proj is None or len(proj) == 0:
             self.shown = np.zeros(0, int)
-            for item in (self.scatter, self.marked_rings, self.selected_rings):
+            for item in (self.scatter, self.marked_rings, self.reference_rings, self.selected_rings):
                 item.setData([], [])
             self.geodesic.setData([], [])
+            self.report.setText("")
             self._update_buttons()
             return
         self.note.setText(proj.note)
@@ -321,6 +401,10 @@ class PoincareWidget(QWidget):
         marked = set(self.state.extras.get("marked_slices") or [])
         ring = self.shown[np.isin(proj.slice_index[self.shown], list(marked))] if marked else np.zeros(0, int)
         self.marked_rings.setData(x=proj.xy[ring, 0], y=proj.xy[ring, 1])
+        inside, _ = self.outlines(proj)
+        ref = self.shown[inside[self.shown]] if inside is not None else np.zeros(0, int)
+        self.reference_rings.setData(x=proj.xy[ref, 0], y=proj.xy[ref, 1])
+        self.report.setText(self.hyperplane_report())
         sel = self.selection
         self.selected_rings.setData(x=proj.xy[sel, 0], y=proj.xy[sel, 1])
         g = proj.geodesic
@@ -329,6 +413,66 @@ class PoincareWidget(QWidget):
         else:
             self.geodesic.setData(g[:, 0], g[:, 1])
         self._update_buttons()
+
+    def _on_mask_changed(self, *_: Any) -> None:
+        self._outline_cache = None
+        self.redraw()
+
+    def outlines(self, proj: DiskProjection | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Per point of ``proj``: inside the reference lesion mask (None: no reference layer), and flagged.
+
+        A patch is inside / flagged when its centre voxel is in the reference mask / the result's mask; a
+        slice-mean point when any of its slice's patches is. Cached per projection, layer and result update.
+        """
+        proj = self.projection if proj is None else proj
+        res = self.results
+        if proj is None or res is None:
+            return None, None
+        layer = reference_layer(self.viewer, tuple(res.maps.shape))
+        key = (id(proj), id(layer), res.generation)
+        if self._outline_cache is not None and self._outline_cache[0] == key:
+            return self._outline_cache[1], self._outline_cache[2]
+        patches = self.patch_projection
+        if patches is None:
+            return None, None
+        inside = None if layer is None else values_at_patches(np.asarray(layer.data), patches.slice_index,
+                                                               patches.centers) > 0
+        flagged = values_at_patches(res.mask, patches.slice_index, patches.centers) > 0
+        if proj is not patches:  # slice means: any of the slice's patches
+            inside = None if inside is None else np.isin(proj.slice_index, patches.slice_index[inside])
+            flagged = np.isin(proj.slice_index, patches.slice_index[flagged])
+        self._outline_cache = (key, inside, flagged)
+        return inside, flagged
+
+    def hyperplane_report(self) -> str:
+        """How many flagged and reference-lesion patches lie on the anomalous side of the hyperplane (exact)."""
+        proj, res = self.patch_projection, self.results
+        if proj is None or res is None:
+            return ""
+        if proj.side is None:
+            return f"The {res.model.detector} detector has no classifier hyperplane: no sides to count."
+        inside, flagged = self.outlines(proj)
+        assert flagged is not None
+        across = proj.side > 0
+        parts = []
+        if not res.calibrated:
+            parts.append("no flagged patches (the model is not calibrated: no mask)")
+        elif not flagged.any():
+            parts.append("no flagged patches (no patch centre lies in the result's mask)")
+        else:
+            parts.append(f"{int((flagged & across).sum())} of {int(flagged.sum())} flagged patches (centre in the "
+                         "result's mask)")
+        if inside is not None:
+            parts.append(f"{int((inside & across).sum())} of {int(inside.sum())} patches in the reference lesion")
+        rest = ~(inside if inside is not None else flagged)
+        share = 100 * float(across[rest].mean()) if rest.any() else 0.0
+        parts.append(f"{share:.1f} % of the {int(rest.sum())} others")
+        text = (f"Anomalous side of the hyperplane (exact, {proj.basis.shape[0]}-D, all {len(across)} scored "
+                "patches): " + "; ".join(parts) + ".")
+        if proj.drawn_side is not None:
+            moved = int(((proj.drawn_side > 0) != across).sum())
+            text += f" {moved} point(s) are drawn on the other side (projection)."
+        return text
 
     def colour_limits(self) -> tuple[float, float] | None:
         """The colour scale of the points: the heatmap layer's contrast limits (the result's unit)."""
@@ -359,8 +503,12 @@ class PoincareWidget(QWidget):
             return
         what = "the highest heatmap value of its slice's patches" if self.per_slice else \
             "the heatmap value at its patch centre"
+        rings = "Rings: green, marked normal; cyan, selected"
+        layer = reference_layer(self.viewer, tuple(res.maps.shape))
+        if layer is not None:
+            rings += f"; magenta, in the reference lesion ({layer.name})"
         self.legend.setText(f"Colour: {what}, in {res.unit.short} units ({res.label}); dark ≤ {lo:.3g}, "
-                            f"bright ≥ {hi:.3g}, as on the heatmap layer")
+                            f"bright ≥ {hi:.3g}, as on the heatmap layer. {rings}.")
 
     def unit_short(self) -> str:
         return self.results.unit.short if self.results is not None else "score"
@@ -397,12 +545,38 @@ class PoincareWidget(QWidget):
         self.state.highlight_requested.emit((z, y, x))
         self._show_in_viewer(z, y, x)
         self.status.setText(self.describe_point(index))
+        if proj is self.projection and 0 <= index < len(proj):
+            self._hovered = index
+            self.hover_ring.setData(x=proj.xy[[index], 0], y=proj.xy[[index], 1])
 
     def on_points_hovered(self, item: Any, points: Any, event: Any = None) -> None:
-        """The scatter's hover handler: say the hovered point's slice, patch and value (in its unit)."""
+        """The scatter's hover handler: say the hovered point's slice, patch and value, and ring its patch."""
         if points is None or len(points) == 0:
             return
-        self.status.setText(self.describe_point(int(points[0].data())))
+        self.hover_point(int(points[0].data()))
+
+    def hover_point(self, index: int) -> None:
+        """Ring point ``index`` on the disk and its patch on the canvas (no slice jump: that is a click)."""
+        proj = self.projection
+        if proj is None:
+            return
+        self.status.setText(self.describe_point(index))  # always: the status may have said something else since
+        if index == self._hovered:
+            return
+        self._hovered = index
+        self.hover_ring.setData(x=proj.xy[[index], 0], y=proj.xy[[index], 1])
+        z = int(proj.slice_index[index])
+        y, x = (float(v) for v in proj.centers[index])
+        layer = scan_layer(self.viewer, self.state)
+        if layer is not None:
+            self._keep_active(lambda: highlight_patch(self.viewer, layer, z, y, x))
+
+    def _keep_active(self, action: Any) -> None:
+        """Run ``action`` (which may add a layer) without taking the user's active layer away."""
+        active = self.viewer.layers.selection.active
+        action()
+        if active is not None and active in self.viewer.layers and self.viewer.layers.selection.active is not active:
+            self.viewer.layers.selection.active = active
 
     def _show_in_viewer(self, z: int, y: float, x: float) -> None:
         layer = scan_layer(self.viewer, self.state)
@@ -429,6 +603,73 @@ class PoincareWidget(QWidget):
             self.selection = self.shown[inside]
         self.state.set_disk_selection(self.selected_patches())
         self.status.setText(f"{self.selection.size} point(s) selected")
+        self.redraw()
+        return self.selection
+
+    def start_canvas_lasso(self) -> Any:
+        """Add (or reuse) the shapes layer on the scan's grid and put it in lasso mode; returns the layer.
+
+        Each polygon drawn in it selects the patches of its slice whose centres it encloses (``select_on_canvas``).
+        """
+        scan = scan_layer(self.viewer, self.state)
+        if scan is None:
+            notify_info("open a scan first")
+            return None
+        layer = self._lasso_layer
+        if layer is None or layer not in self.viewer.layers:
+            nd = scan.ndim
+            layer = self.viewer.add_shapes(
+                ndim=nd, name=LASSO_LAYER, scale=tuple(scan.scale), translate=tuple(scan.translate),
+                rotate=scan.rotate, shear=scan.shear, affine=scan.affine.affine_matrix, edge_color=SELECTED_COLOR,
+                face_color="transparent", edge_width=1.5, metadata={ROLE_KEY: "lasso"})
+            layer.events.data.connect(self._on_canvas_shapes)
+            self._lasso_layer = layer
+        self.viewer.layers.selection.active = layer
+        try:
+            layer.mode = "add_polygon_lasso"
+        except ValueError:  # an older napari without the lasso mode
+            layer.mode = "add_polygon"
+        self.status.setText("draw around patches on the scan: their points are selected on the disk")
+        return layer
+
+    def _on_canvas_shapes(self, event: Any = None) -> None:
+        if getattr(event, "action", "added") not in ("added", "removed", "changed"):
+            return  # "adding", "changing": the shape is not finished
+        layer = self._lasso_layer
+        if layer is None:
+            return
+        polys = [np.asarray(s) for s, kind in zip(layer.data, layer.shape_type, strict=True)
+                 if kind in ("polygon", "rectangle", "ellipse") and len(s) >= 3]
+        self.select_on_canvas(polys)
+
+    def select_on_canvas(self, polygons: list[np.ndarray]) -> np.ndarray:
+        """Select the points of the patches whose centres lie inside polygons drawn on the scan.
+
+        ``polygons`` are ``(k, 3)`` (z, y, x) data coordinates of the scan, each on one slice (a lasso on the
+        canvas). Patch view: those patches; slice view: the slices holding any of them. Returns the indices.
+        """
+        from skimage.measure import points_in_poly
+
+        patches, proj = self.patch_projection, self.projection
+        if patches is None or proj is None:
+            self.selection = np.zeros(0, int)
+            self.redraw()
+            return self.selection
+        hit = np.zeros(len(patches), bool)
+        for poly in polygons:
+            poly = np.asarray(poly, dtype=float)
+            if poly.ndim != 2 or poly.shape[1] < 3 or len(poly) < 3:
+                continue
+            z = round(float(np.median(poly[:, -3])))
+            on = np.flatnonzero(patches.slice_index == z)
+            if on.size:
+                hit[on[points_in_poly(patches.centers[on].astype(float), poly[:, -2:])]] = True
+        if proj is patches:
+            self.selection = np.flatnonzero(hit)
+        else:
+            self.selection = np.flatnonzero(np.isin(proj.slice_index, patches.slice_index[hit]))
+        self.state.set_disk_selection(self.selected_patches())
+        self.status.setText(f"{self.selection.size} point(s) selected from the lasso on the scan")
         self.redraw()
         return self.selection
 

@@ -8,7 +8,8 @@ the shown slice with the engine's ``scoring.cut_scr`` on the result's map (α ca
 ``anomalens.app.livecut``), which takes well under 50 ms on a 256² slice; "Apply to volume" cuts every
 scored slice in a worker. Masks are written into the labels layer in place, so napari's undo history of
 hand edits survives (SCR updates themselves are not undo steps: a slider move is undone by moving the
-slider back or by "Reset").
+slider back or by "Reset"). The status line speaks of the slice on screen: it is counted again from the
+mask layer whenever the shown slice, the result or the mask changes (one slice's voxels: microseconds).
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ class ScrWidget(QWidget):
         self.state.scr_changed.connect(self._mirror)
         self.state.model_changed.connect(self._on_model_changed)
         self.state.score_changed.connect(self._update_enabled)
+        self.state.score_changed.connect(self.show_slice_status)
+        self.state.mask_changed.connect(self.show_slice_status)
         self.jobs.done.connect(self._update_enabled)
         self.viewer.dims.events.current_step.connect(self._on_step)
         self._on_model_changed(self.state.detector)
@@ -197,6 +200,33 @@ class ScrWidget(QWidget):
         p = self.state.scr_point()
         if z is not None and p is not None and res.cut_params.get(z) not in (None, p.key()):
             self.update_current_slice()
+        self.show_slice_status()
+
+    def slice_status(self) -> str:
+        """What the mask holds on the shown slice: ``slice 16: 702 pixels flagged (2.78 mL)``, or why nothing."""
+        res = self.state.results
+        if res is None:
+            return ""
+        z = self._current_z()
+        layer = find_layer(self.viewer, res.mask_name)
+        if z is None:
+            return ""
+        if not res.scored[z]:
+            return f"slice {z}: not scored"
+        if not res.calibrated:
+            return f"slice {z}: no mask (the model is not calibrated)"
+        if layer is None:
+            return f"slice {z}: the mask layer was removed"
+        flagged = int(np.count_nonzero(layer.data[z]))
+        ml = flagged * float(np.prod(res.volume.spacing)) / 1000.0
+        ms = f"; last re-cut {self.last_solve_ms:.0f} ms" if self.last_solve_ms is not None else ""
+        return f"slice {z}: {flagged} pixels flagged ({ml:.2f} mL){ms}"
+
+    def show_slice_status(self, *_: Any) -> None:
+        """Put ``slice_status()`` in the status line (left alone while a job reports its progress there)."""
+        if self.jobs.running:
+            return
+        self.status.setText(self.slice_status())
 
     def _current_z(self) -> int | None:
         res = self.state.results
@@ -231,11 +261,7 @@ class ScrWidget(QWidget):
         if layer is None:
             return
         layer.refresh()
-        z = self._current_z()
-        flagged = int(np.count_nonzero(layer.data[z])) if z is not None else 0
-        ms = f" ({self.last_solve_ms:.0f} ms)" if self.last_solve_ms is not None else ""
-        self.status.setText(f"slice {z}: {flagged} pixels flagged{ms}")
-        self.state.mask_changed.emit(res.mask)
+        self.state.mask_changed.emit(res.mask)  # → show_slice_status, the curve's dots, the table
 
     def _live(self, res: Any) -> bool:
         """Whether the followed result can be re-cut: calibrated, made by the loaded model, not stale."""
@@ -265,8 +291,10 @@ class ScrWidget(QWidget):
             write_mask(layer, masks.astype(layer.data.dtype), idx)
             for z in idx:
                 res.cut_params[int(z)] = p.key()
-            self.status.setText(f"{len(idx)} slices cut: {int(masks.sum())} pixels flagged")
             self.state.mask_changed.emit(res.mask)
+            here = self.slice_status()
+            self.status.setText(f"{len(idx)} slices cut: {int(masks.sum())} pixels flagged" + (f"\n{here}" if here
+                                                                                                else ""))
 
         started = self.jobs.start("Applying SCR to the volume", work, done)
         self._update_enabled()

@@ -1,0 +1,532 @@
+"""Linked three-plane view: the main canvas and two more planes of the same scan, one crosshair, synced slices.
+
+napari's multi-canvas pattern (its "multiple viewer widget" example): two extra ``ViewerModel``s with their
+own ``QtViewer`` canvases in a dock, the main viewer's image and labels layers mirrored into them (the same
+arrays: nothing is copied or resampled) with their display properties and data refreshes linked. All three
+share napari's world (the display frame of :mod:`.orientation`), so the crosshair *is* ``dims.point``: a slice
+moved in one canvas moves that plane's line in the other two, and a click in one canvas (Shift+drag anywhere,
+a plain click where no layer tool is active) moves the other two planes to the clicked point. Each extra
+canvas picks its plane with ``dims.order`` and its camera's ``orientation2d`` (:func:`.orientation.plane_view`)
+and carries its own edge letters.
+
+The crosshair lines are vispy lines in each canvas' scene (world coordinates), not napari layers: the docks
+that look for the scan, heatmap and mask layers never see them and they cannot change the dims' step.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..engine.volume import Volume
+from .orientation import PLANE_OF_AXIS, camera_of, geometry, install_orientation_overlay, plane_view, reference_layer
+
+#: Name of the dock holding the two extra canvases.
+DOCK_NAME = "Three-plane view"
+#: Text of the View-menu entry.
+MENU_TEXT = "Three-plane view (axial, coronal, sagittal)"
+#: Colour of each plane's crosshair line (3D Slicer's: red axial, green coronal, yellow sagittal).
+PLANE_COLORS = {"axial": "#f34a33", "coronal": "#6eb04b", "sagittal": "#edd54c"}
+#: Layer properties kept equal between a main-viewer layer and its mirrors.
+SYNCED_PROPERTIES = ("name", "visible", "opacity", "blending", "contrast_limits", "gamma", "colormap",
+                     "interpolation2d", "contour", "show_selected_label", "selected_label", "scale", "translate",
+                     "rotate", "shear", "affine", "iso_gradient_mode", "rendering")
+
+_views: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def _qt_viewer(viewer: Any) -> Any:
+    window = getattr(viewer, "window", None)
+    return getattr(window, "_qt_viewer", None)
+
+
+def _mirrorable(layer: Any) -> bool:
+    from napari.layers import Image, Labels
+
+    return isinstance(layer, Image | Labels) and layer.ndim >= 3
+
+
+class _Crosshair:
+    """Two vispy line segments in a canvas' scene, drawn over every layer."""
+
+    def __init__(self, qt_viewer: Any) -> None:
+        from vispy.scene.visuals import Line
+
+        self.line = Line(pos=np.zeros((4, 2), np.float32), color=np.ones((4, 4), np.float32), width=1.5,
+                         connect="segments", method="gl", parent=qt_viewer.canvas.view.scene)
+        self.line.order = 10_000_000
+        self.line.set_gl_state("translucent", depth_test=False)
+        self.line.visible = False
+
+    def show(self, segments: np.ndarray, colors: np.ndarray) -> None:
+        self.line.set_data(pos=segments.astype(np.float32), color=colors.astype(np.float32))
+        self.line.visible = True
+
+    def hide(self) -> None:
+        self.line.visible = False
+
+    def remove(self) -> None:
+        self.line.parent = None
+
+
+class ThreePlaneView:
+    """The two extra canvases of ``viewer`` and the links that keep them in step with it (see the module doc).
+
+    ``planes`` maps a plane name (``axial``, ``coronal``, ``sagittal``) to its extra ``ViewerModel``; the
+    main viewer shows the remaining plane. ``widget`` is the dock's content.
+    """
+
+    def __init__(self, viewer: Any) -> None:
+        from napari.components import ViewerModel
+        from napari.qt import QtViewer
+        from qtpy.QtCore import Qt
+        from qtpy.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
+
+        self.viewer = viewer
+        self.dock: Any = None  # the napari dock holding ``widget`` (set by toggle_three_plane)
+        self.watcher: Any = None
+        self.watched: Any = None
+        self._links: list[tuple[Any, Callable]] = []
+        self._mirrors: dict[int, list[Any]] = {}
+        self._pending: set[int] = set()
+        self._seen: dict[int, tuple] = {}
+        self._geometry = geometry(Volume(np.zeros((2, 2, 2), np.float32)))
+        self._syncing = False
+        self.point: list[float] = [float(v) for v in viewer.dims.point]
+        self.main_plane = self._main_plane()
+        self.plane_names = [p for p in ("axial", "coronal", "sagittal") if p != self.main_plane]
+        self.planes: dict[str, Any] = {}
+        self.qt_viewers: dict[str, Any] = {}
+        self.titles: dict[str, Any] = {}
+        self.widget = QSplitter(Qt.Orientation.Vertical)
+        self.widget.setObjectName("anomalens_three_plane")
+        for name in self.plane_names:
+            model = ViewerModel(title=f"AnomaLens {name}")
+            qtv = QtViewer(model)
+            box = QWidget()
+            lay = QVBoxLayout(box)
+            lay.setContentsMargins(0, 0, 0, 0)
+            lay.setSpacing(2)
+            title = QLabel(name.capitalize())
+            title.setStyleSheet(f"color: {PLANE_COLORS[name]}; font-weight: bold; padding-left: 4px;")
+            lay.addWidget(title)
+            lay.addWidget(qtv, 1)
+            self.widget.addWidget(box)
+            self.planes[name], self.qt_viewers[name], self.titles[name] = model, qtv, title
+            install_orientation_overlay(model, follow_scan=False)
+            model.mouse_drag_callbacks.append(self._drag_callback(model, plain_click=True))
+        self.main_qt = _qt_viewer(viewer)
+        self._drag_main = self._drag_callback(viewer, plain_click=False)
+        viewer.mouse_drag_callbacks.append(self._drag_main)
+        self.crosshairs: dict[int, _Crosshair] = {}
+        for model, qtv in [(viewer, self.main_qt), *[(self.planes[n], self.qt_viewers[n]) for n in self.planes]]:
+            if qtv is not None:
+                self.crosshairs[id(model)] = _Crosshair(qtv)
+        for layer in viewer.layers:
+            self._add_mirror(layer)
+        self._link(viewer.layers.events.inserted, self._on_inserted)
+        self._link(viewer.layers.events.removed, self._on_removed)
+        self._link(viewer.layers.events.moved, self._on_moved)
+        self._link(viewer.dims.events.point, lambda _e=None: self._sync_from(viewer))
+        self._link(viewer.dims.events.order, lambda _e=None: self.draw_crosshairs())
+        for model in self.planes.values():
+            model.dims.events.point.connect(lambda _e=None, m=model: self._sync_from(m))
+        self._set_up_planes()
+
+    # -- which plane each canvas shows ------------------------------------------------------------------
+    def _reference_volume(self) -> Volume:
+        layer = reference_layer(self.viewer)
+        vol = layer.metadata.get("anomalens_volume") if layer is not None else None
+        return vol if isinstance(vol, Volume) else Volume(np.zeros((2, 2, 2), np.float32))
+
+    def _main_plane(self) -> str:
+        dims = self.viewer.dims
+        axis = dims.order[-3] - (dims.ndim - 3) if dims.ndim >= 3 else 0
+        return PLANE_OF_AXIS[geometry(self._reference_volume()).axes[axis]] if 0 <= axis < 3 else "axial"
+
+    def _set_up_planes(self) -> None:
+        vol = self._reference_volume()
+        self._geometry = geometry(vol)
+        for name, model in self.planes.items():
+            if model.dims.ndim < 3:
+                continue
+            order, orient = plane_view(vol, name)
+            extra = model.dims.ndim - 3
+            model.dims.order = tuple(range(extra)) + tuple(a + extra for a in order)
+            camera_of(model).orientation2d = orient
+            model.reset_view()
+        self.point = [float(v) for v in self.viewer.dims.point]
+        self._push()
+
+    # -- mirrored layers --------------------------------------------------------------------------------
+    def _link(self, emitter: Any, callback: Callable) -> None:
+        emitter.connect(callback)
+        self._links.append((emitter, callback))
+
+    def _add_mirror(self, layer: Any, index: int | None = None) -> None:
+        from napari.layers import Layer
+
+        if not _mirrorable(layer) or id(layer) in self._mirrors:
+            return
+        mirrors = []
+        self._syncing = True  # the extra canvases' dims move while their first layer arrives: not the user
+        try:
+            for model in self.planes.values():
+                data, state, kind = layer.as_layer_data_tuple()
+                mirror = Layer.create(data, state, kind)
+                model.layers.insert(len(model.layers) if index is None else min(index, len(model.layers)), mirror)
+                mirrors.append(mirror)
+        finally:
+            self._syncing = False
+        self._mirrors[id(layer)] = mirrors
+        self._seen[id(layer)] = self._slice_key()
+        for prop in SYNCED_PROPERTIES:
+            emitter = getattr(layer.events, prop, None)
+            if emitter is not None:
+                self._link(emitter, self._property_sync(layer, prop))
+        for ev in ("set_data", "paint"):
+            emitter = getattr(layer.events, ev, None)
+            if emitter is not None:
+                self._link(emitter, self._refresh_later(layer))
+        self._link(layer.events.data, self._data_sync(layer))
+
+    def _property_sync(self, layer: Any, prop: str) -> Callable:
+        ref = weakref.ref(layer)
+
+        def sync(_event: Any = None) -> None:
+            src = ref()
+            if src is None:
+                return
+            value = getattr(src, prop)
+            for mirror in self._mirrors.get(id(src), []):
+                try:
+                    setattr(mirror, prop, value)
+                except (AttributeError, TypeError, ValueError):  # a property this layer type does not take
+                    continue
+
+        return sync
+
+    def _data_sync(self, layer: Any) -> Callable:
+        ref = weakref.ref(layer)
+
+        def sync(_event: Any = None) -> None:
+            src = ref()
+            for mirror in self._mirrors.get(id(src), []) if src is not None else []:
+                if mirror.data is not src.data:
+                    mirror.data = src.data
+
+        return sync
+
+    def _slice_key(self) -> tuple:
+        """What the main canvas shows: its displayed axes and the point on the others."""
+        dims = self.viewer.dims
+        return (dims.ndisplay, tuple(dims.order), tuple(dims.point[a] for a in dims.not_displayed))
+
+    def _refresh_later(self, layer: Any) -> Callable:
+        """Refresh the mirrors after an in-place data change, once per event-loop turn.
+
+        napari sends ``set_data`` both when a layer is re-sliced (the main canvas moved to another slice: the
+        mirrors, on other planes, have nothing new) and when ``refresh()`` follows an in-place edit (a scored
+        slice, an SCR re-cut, a slider drag many times a second): only the second refreshes the mirrors.
+        """
+        from qtpy.QtCore import QTimer
+
+        ref = weakref.ref(layer)
+
+        def schedule(event: Any = None) -> None:
+            src = ref()
+            if src is None or self.viewer is None:  # the layer is gone, or the view was closed
+                return
+            key = self._slice_key()
+            if getattr(event, "type", "") == "set_data" and self._seen.get(id(src)) != key:
+                self._seen[id(src)] = key  # a new slice of the same data
+                return
+            if id(src) in self._pending:
+                return
+            self._pending.add(id(src))
+
+            def run() -> None:
+                self._pending.discard(id(src))
+                for mirror in self._mirrors.get(id(src), []):
+                    if mirror.data is not src.data:
+                        mirror.data = src.data
+                    else:
+                        mirror.refresh(thumbnail=False, highlight=False, extent=False)
+
+            QTimer.singleShot(0, run)
+
+        return schedule
+
+    def _on_inserted(self, event: Any) -> None:
+        self._add_mirror(event.value, event.index)
+        if reference_layer(self.viewer) is event.value:  # a (new) scan: its planes may lie elsewhere
+            self._set_up_planes()
+        self._push()
+
+    def _on_removed(self, event: Any) -> None:
+        layer = event.value
+        for model, mirror in zip(self.planes.values(), self._mirrors.pop(id(layer), []), strict=False):
+            if mirror in model.layers:
+                model.layers.remove(mirror)
+        keep = []
+        for emitter, cb in self._links:
+            owner = getattr(getattr(emitter, "source", None), "events", None)
+            if getattr(emitter, "source", None) is layer and owner is not None:
+                emitter.disconnect(cb)
+            else:
+                keep.append((emitter, cb))
+        self._links = keep
+
+    def _on_moved(self, _event: Any = None) -> None:
+        order = [id(lyr) for lyr in self.viewer.layers if id(lyr) in self._mirrors]
+        for i, model in enumerate(self.planes.values()):
+            wanted = [self._mirrors[k][i] for k in order]
+            for dst, mirror in enumerate(wanted):
+                src = model.layers.index(mirror)
+                if src != dst:
+                    model.layers.move(src, dst)
+
+    # -- the shared point -----------------------------------------------------------------------------
+    def models(self) -> list[Any]:
+        """The main viewer and the extra canvases' models."""
+        return [self.viewer, *self.planes.values()]
+
+    def _sync_from(self, source: Any) -> None:
+        """Take the slice positions ``source`` shows into the shared point and give each canvas its own.
+
+        Only non-displayed axes are written to a canvas' dims (a displayed axis' point would make napari
+        re-slice the same plane): moving the axial slice re-slices the main canvas alone, and the other
+        two only redraw their crosshair.
+        """
+        if self._syncing:
+            return
+        dims = source.dims
+        if dims.ndim == len(self.point):
+            for axis in dims.not_displayed:
+                self.point[axis] = float(dims.point[axis])
+        self._push(exclude=source)
+
+    def _push(self, exclude: Any = None) -> None:
+        self._syncing = True
+        try:
+            for model in self.models():
+                dims = model.dims
+                if model is exclude or dims.ndim != len(self.point):
+                    continue
+                axes = [a for a in dims.not_displayed if dims.point[a] != self.point[a]]
+                if axes:
+                    dims.set_point(axes, [self.point[a] for a in axes])
+        finally:
+            self._syncing = False
+        self.draw_crosshairs()
+
+    def set_crosshair(self, world: Any, source: Any = None) -> None:
+        """Move the crosshair, and every canvas' slice, to the world point ``world`` (one value per dims axis)."""
+        values = [float(v) for v in world]
+        if len(values) != len(self.point):
+            self.point = list(self.viewer.dims.point)
+        ranges = self.viewer.dims.range
+        self.point = [float(np.clip(v, r.start, r.stop)) for v, r in zip(values, ranges, strict=False)]
+        self._push()
+
+    def crosshair(self) -> tuple[float, ...]:
+        """The shared point in world coordinates (the slice positions of all three planes)."""
+        return tuple(self.point)
+
+    def _drag_callback(self, model: Any, plain_click: bool) -> Callable:
+        def move(event: Any) -> None:
+            displayed = list(model.dims.displayed)
+            point = list(model.dims.point)
+            for axis in displayed:
+                point[axis] = float(event.position[axis])
+            self.set_crosshair(point, source=model)
+
+        def on_drag(_model: Any, event: Any):  # napari calls it on press, then on each move and the release
+            if event.button != 1:
+                return
+            shift = "Shift" in {str(getattr(m, "name", m)) for m in event.modifiers}
+            active = model.layers.selection.active
+            plain = plain_click or active is None or getattr(active, "mode", "pan_zoom") == "pan_zoom"
+            if shift:
+                move(event)
+            yield
+            moved = False
+            while event.type == "mouse_move":
+                moved = True
+                if shift:
+                    move(event)
+                yield
+            if not moved and not shift and plain:
+                move(event)
+
+        return on_drag
+
+    def draw_crosshairs(self) -> None:
+        """Draw each canvas' two lines: the other planes through the shared point, in their colours."""
+        if len(self.point) != self.viewer.dims.ndim:
+            self.point = [float(v) for v in self.viewer.dims.point]
+        point = np.asarray(self.point, dtype=float)
+        g = self._geometry
+        ndim = len(point)
+        for model in self.models():
+            cross = self.crosshairs.get(id(model))
+            if cross is None:
+                continue
+            if model.dims.ndisplay != 2 or ndim < 3 or model.dims.ndim != ndim or len(model.layers) == 0:
+                cross.hide()
+                continue
+            v, h = model.dims.displayed
+            lo, hi = np.asarray(model.dims.range)[:, 0], np.asarray(model.dims.range)[:, 1]
+            pad_v, pad_h = 0.02 * (hi[v] - lo[v]) + 1.0, 0.02 * (hi[h] - lo[h]) + 1.0
+            segments = np.array([[lo[h] - pad_h, point[v]], [hi[h] + pad_h, point[v]],
+                                 [point[h], lo[v] - pad_v], [point[h], hi[v] + pad_v]])
+            colour_v = _rgba(PLANE_COLORS[PLANE_OF_AXIS[g.axes[v - (ndim - 3)]]])  # the plane where world v is fixed
+            colour_h = _rgba(PLANE_COLORS[PLANE_OF_AXIS[g.axes[h - (ndim - 3)]]])
+            cross.show(segments, np.array([colour_v, colour_v, colour_h, colour_h]))
+
+    # -- teardown -------------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Disconnect everything from the main viewer and drop the extra canvases' layers."""
+        for emitter, cb in self._links:
+            try:
+                emitter.disconnect(cb)
+            except (RuntimeError, ValueError, TypeError):
+                continue
+        self._links.clear()
+        if self._drag_main in self.viewer.mouse_drag_callbacks:
+            self.viewer.mouse_drag_callbacks.remove(self._drag_main)
+        main_cross = self.crosshairs.pop(id(self.viewer), None)
+        if main_cross is not None:
+            main_cross.remove()
+        for model in self.planes.values():
+            model.layers.clear()
+        for qtv in self.qt_viewers.values():
+            qtv.close()  # stops its dims and deletes its vispy canvas (what napari does for its own)
+        self._mirrors.clear()
+        self.crosshairs.clear()
+        self.qt_viewers.clear()
+        self.planes.clear()
+        # Closures Qt still holds until its deferred deletes run (the dock's watcher) reach this object: let go
+        # of the main window so it is freed when it closes.
+        self.main_qt = None
+        self.viewer = None
+
+
+def _rgba(colour: str) -> np.ndarray:
+    from vispy.color import Color
+
+    return np.asarray(Color(colour).rgba, dtype=np.float32)
+
+
+def three_plane_view(viewer: Any) -> ThreePlaneView | None:
+    """The open three-plane view of ``viewer`` (None when it is closed)."""
+    return _views.get(id(viewer))
+
+
+def toggle_three_plane(viewer: Any) -> bool:
+    """Open the three-plane view of ``viewer`` as a dock, or close it; returns whether it is open now."""
+    if three_plane_view(viewer) is not None:
+        close_three_plane(viewer)
+        return False
+    from qtpy.QtCore import QEvent, QObject
+
+    view = ThreePlaneView(viewer)
+    _views[id(viewer)] = view
+    view.dock = viewer.window.add_dock_widget(view.widget, name=DOCK_NAME, area="right", tabify=False)
+    _size_dock(viewer, view.dock)
+
+    class Watcher(QObject):
+        """Closes the view when its dock's own close button takes it out, or when the main window closes."""
+
+        def eventFilter(self, obj: Any, event: Any) -> bool:
+            kind = event.type()
+            if (kind == QEvent.Type.Close and obj is not view.widget) or (
+                    kind == QEvent.Type.ParentChange and obj is view.widget and view.widget.parent() is None):
+                if three_plane_view(viewer) is view:
+                    close_three_plane(viewer)
+            return False
+
+    view.watcher = Watcher(view.widget)
+    view.widget.installEventFilter(view.watcher)
+    qwin = viewer.window._qt_window
+    qwin.installEventFilter(view.watcher)
+    view.watched = qwin
+    return True
+
+
+def close_three_plane(viewer: Any) -> None:
+    """Close the three-plane view of ``viewer`` (nothing when none is open)."""
+    view = _views.pop(id(viewer), None)
+    if view is None:
+        return
+    watched = getattr(view, "watched", None)
+    if watched is not None:
+        try:
+            watched.removeEventFilter(view.watcher)
+        except RuntimeError:  # the main window is already gone
+            pass
+    view.close()
+    dock = getattr(view, "dock", None)
+    if dock is not None and view.widget.parent() is not None:
+        try:
+            viewer.window.remove_dock_widget(dock)
+        except (LookupError, RuntimeError, AttributeError):
+            pass
+    view.widget.deleteLater()
+    view.watched = view.watcher = view.dock = None  # nothing of the closed view keeps the main window alive
+
+
+def _size_dock(viewer: Any, dock: Any) -> None:
+    """Give the dock about a third of the window's width: each extra plane needs room to be read."""
+    from qtpy.QtCore import Qt
+
+    qwin = viewer.window._qt_window
+    try:
+        qwin.resizeDocks([dock], [max(320, qwin.width() // 3)], Qt.Orientation.Horizontal)
+    except (AttributeError, RuntimeError, TypeError):
+        pass
+
+
+def add_three_plane_menu_item(viewer: Any) -> Any:
+    """Add "Three-plane view" to the View menu of ``viewer`` (checkable, follows the dock); returns the action.
+
+    napari rebuilds its menus when plugins change them, so the entry is put back whenever the menu opens.
+    Also puts the orientation letters on the main canvas.
+    """
+    from qtpy.QtGui import QAction
+
+    install_orientation_overlay(viewer)
+    menu = viewer.window.view_menu
+    action = QAction(MENU_TEXT, menu)
+    action.setCheckable(True)
+    action.setObjectName("anomalens_three_plane_action")
+
+    def triggered(_checked: bool = False) -> None:
+        action.setChecked(toggle_three_plane(viewer))
+
+    def install() -> None:
+        action.setChecked(three_plane_view(viewer) is not None)
+        if action not in menu.actions():
+            menu.addSeparator()
+            menu.addAction(action)
+
+    action.triggered.connect(triggered)
+    menu.aboutToShow.connect(install)
+    install()
+    viewer.window.anomalens_three_plane_action = action
+    return action
+
+
+def setup_radiological_view(viewer: Any) -> Any:
+    """The AnomaLens window's radiological habits, in one call (``desktop.setup_viewer`` makes it).
+
+    Edge letters on the canvas (and the acquired plane shown radiologically), AnomaLens as napari's preferred
+    reader for scans, and the View-menu entry of the three-plane view; returns that menu action.
+    """
+    from .reader import prefer_anomalens_reader
+
+    prefer_anomalens_reader()
+    return add_three_plane_menu_item(viewer)

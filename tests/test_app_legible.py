@@ -1,0 +1,307 @@
+"""A legible result (issue #19): distinct mask colours, the most anomalous slice first, marked curve and table.
+
+Real Qt and OpenGL under Xvfb (``xvfb-run -a -s '-screen 0 1366x768x24'``; never QT_QPA_PLATFORM=offscreen):
+the colours are read back from the rendered canvas, not only from the layers' settings. The scan is six
+phantom slices, normal except two with a bright lesion, scored with a tiny calibrated PatchCore, so the
+most anomalous slice is one of the lesion slices and far from where the viewer starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from anomalens.engine.volume import Volume
+from tests.fakes import calibrated_patchcore
+from tests.phantoms import phantom_slices
+
+pytestmark = pytest.mark.gui
+
+LESION_SLICES = (4, 5)
+N = 6
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return calibrated_patchcore(6, modality="MR").save(tmp_path_factory.mktemp("data") / "models" / "legible")
+
+
+@pytest.fixture
+def env(bundle: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The bundle, with a fresh data folder per test: marks (the case library) do not leak between tests."""
+    monkeypatch.setenv("ANOMALENS_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("ANOMALENS_CONFIG_DIR", str(tmp_path / "config"))
+    return bundle
+
+
+def scan() -> tuple[Volume, np.ndarray]:
+    """Six slices, a lesion on ``LESION_SLICES`` only; the reference mask holds the lesions."""
+    normal, _ = phantom_slices(N, 64, seed=7)
+    sick, masks = phantom_slices(N, 64, seed=5, lesion=True)
+    data, ref = normal.copy(), np.zeros((N, 64, 64), np.uint8)
+    for z in LESION_SLICES:
+        data[z], ref[z] = sick[z], masks[z]
+    return Volume(data, spacing=(0.9, 0.9, 3.0), modality="MR"), ref
+
+
+def _wait(qtbot: Any, widget: Any) -> None:
+    qtbot.waitUntil(lambda: not widget.jobs.running, timeout=30_000)
+
+
+def _viewer(make_napari_viewer: Any, with_reference: bool = True) -> tuple[Any, Any, Any]:
+    from anomalens.app.reader import ROLE_KEY, image_layer_data
+
+    viewer = make_napari_viewer(show=True)
+    vol, ref = scan()
+    data, kwargs, _ = image_layer_data(vol, name="phantom")
+    image = viewer.add_image(data, **kwargs)
+    reference = viewer.add_labels(ref, name="phantom lesion", scale=image.scale, opacity=0.5,
+                                  metadata={ROLE_KEY: "lesion"}) if with_reference else None
+    return viewer, image, reference
+
+
+def _scored(make_napari_viewer: Any, qtbot: Any, bundle: Path, with_reference: bool = True,
+            docks: tuple[str, ...] = ()) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """A viewer with the phantom, its reference mask, the Detector dock (and ``docks``), the volume scored."""
+    from anomalens.app.results import current_index, goto_index
+    from anomalens.app.widgets.calibration import CalibrationWidget
+    from anomalens.app.widgets.detector import DetectorWidget
+    from anomalens.app.widgets.scr import ScrWidget
+
+    viewer, image, reference = _viewer(make_napari_viewer, with_reference)
+    made = {"Detector": DetectorWidget(viewer)}
+    for name in docks:
+        made[name] = {"SCR": ScrWidget, "Calibration": CalibrationWidget}[name](viewer)
+    for name, w in made.items():
+        viewer.window.add_dock_widget(w, name=name)
+    det_w = made["Detector"]
+    assert det_w.set_bundle(bundle)
+    _wait(qtbot, det_w)
+    goto_index(viewer, image, 0)
+    assert current_index(viewer, image) == 0
+    assert det_w.score_volume()
+    _wait(qtbot, det_w)
+    return viewer, image, reference, made
+
+
+def _render(viewer: Any, only: Any) -> np.ndarray:
+    """The canvas as drawn with only the layer ``only`` visible, canvas texts hidden (RGB)."""
+    shown = {lyr.name: lyr.visible for lyr in viewer.layers}
+    texts = {k: o.visible for k, o in viewer.canvas.overlays.items()}
+    for lyr in viewer.layers:
+        lyr.visible = lyr is only
+    for o in viewer.canvas.overlays.values():
+        o.visible = False
+    try:
+        return np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(float)
+    finally:
+        for lyr in viewer.layers:
+            lyr.visible = shown[lyr.name]
+        for k, o in viewer.canvas.overlays.items():
+            o.visible = texts[k]
+
+
+def _drawn(rgb: np.ndarray) -> np.ndarray:
+    return rgb[rgb.sum(-1) > 60]
+
+
+def test_prediction_and_reference_masks_are_drawn_in_distinct_colours(make_napari_viewer: Any, qtbot: Any,
+                                                                      env: Path) -> None:
+    from anomalens.app.results import current_index
+    from anomalens.app.state import get_state
+
+    viewer, image, reference, docks = _scored(make_napari_viewer, qtbot, env)
+    res = get_state(viewer).results
+    mask = viewer.layers[res.mask_name]
+    z = current_index(viewer, image)
+    assert mask.data[z].any() and reference.data[z].any()  # both masks hold voxels on the shown slice
+
+    assert mask.contour == 2 and reference.contour == 0  # the prediction is an outline, the reference filled
+    pred_rgba, ref_rgba = mask.get_color(1), reference.get_color(1)
+    assert np.abs(np.asarray(pred_rgba)[:3] - np.asarray(ref_rgba)[:3]).max() > 0.5
+    assert np.allclose(mask.get_color(7), pred_rgba)  # a hand edit with another label keeps the mask's colour
+
+    # what is rendered: the model's mask in cyan (blue > red), the reference in yellow (red > blue)
+    pred_px, ref_px = _drawn(_render(viewer, mask)), _drawn(_render(viewer, reference))
+    assert len(pred_px) and len(ref_px)
+    pred_mean, ref_mean = pred_px.mean(0), ref_px.mean(0)
+    assert pred_mean[2] > pred_mean[0] + 80 and ref_mean[0] > ref_mean[2] + 40, (pred_mean, ref_mean)
+    # an outline covers fewer pixels than the same mask filled
+    mask.contour = 0
+    filled = len(_drawn(_render(viewer, mask)))
+    mask.contour = 2
+    assert len(pred_px) < 0.8 * filled
+
+    legend = docks["Detector"].mask_legend
+    assert "phantom lesion (reference)" in legend.text() and "mask (model)" in legend.text()
+    # the canvas names the masks too, each line in its mask's colour
+    from anomalens.app.results import KEY_OVERLAYS
+
+    pred_key, ref_key = (viewer.canvas.overlays[KEY_OVERLAYS[k]] for k in ("prediction", "reference"))
+    assert pred_key.visible and "mask (model)" in pred_key.text
+    assert ref_key.visible and "phantom lesion (reference)" in ref_key.text
+    assert np.allclose(np.asarray(pred_key.color)[:3], np.asarray(pred_rgba)[:3], atol=0.01)
+    assert np.allclose(np.asarray(ref_key.color)[:3], np.asarray(ref_rgba)[:3], atol=0.01)
+
+
+def test_scoring_the_volume_shows_the_most_anomalous_slice_and_score_slice_stays(make_napari_viewer: Any,
+                                                                                  qtbot: Any, env: Path) -> None:
+    from anomalens.app.results import current_index, goto_index
+    from anomalens.app.state import get_state
+
+    viewer, image, _, docks = _scored(make_napari_viewer, qtbot, env, with_reference=False)
+    res = get_state(viewer).results
+    top = max(res.slices.values(), key=lambda s: s.score).z
+    assert top in LESION_SLICES  # not where scoring started (slice 0)
+    assert current_index(viewer, image) == top
+
+    goto_index(viewer, image, 1)
+    assert docks["Detector"].score_slice()
+    _wait(qtbot, docks["Detector"])
+    assert current_index(viewer, image) == 1
+
+
+def test_the_curve_marks_exactly_the_flagged_and_the_marked_normal_slices(make_napari_viewer: Any, qtbot: Any,
+                                                                          env: Path) -> None:
+    from anomalens.app.results import current_index, goto_index
+    from anomalens.app.state import get_state
+
+    viewer, image, _, docks = _scored(make_napari_viewer, qtbot, env, docks=("Calibration", "SCR"))
+    res = get_state(viewer).results
+    plot = docks["Detector"].plot
+    flagged = sorted(s.z for s in res.slices.values() if s.flagged)
+    assert set(LESION_SLICES) <= set(flagged) and len(flagged) < N
+    assert sorted(plot.flagged_slices()) == flagged
+    assert plot.marked_slices() == []
+
+    assert docks["Calibration"].mark_range(0, 2) == [0, 1, 2]
+    assert plot.marked_slices() == [0, 1, 2]
+    assert "marked normal (3)" in plot.legend_text() and f"flagged ({len(flagged)})" in plot.legend_text()
+    assert plot.threshold.isVisible() and plot.unit_label == "normal quantile"
+
+    # a SCR re-cut that empties a flagged slice removes its dot
+    z = flagged[0]
+    goto_index(viewer, image, z)
+    scr = docks["SCR"]
+    scr.threshold_slider.setValue(scr.threshold_slider.maximum())
+    qtbot.waitUntil(lambda: not viewer.layers[res.mask_name].data[z].any() and z not in plot.flagged_slices(),
+                    timeout=5_000)
+    assert current_index(viewer, image) == z
+
+
+def test_the_table_lists_every_scored_slice_and_a_click_shows_it(make_napari_viewer: Any, qtbot: Any,
+                                                                 env: Path) -> None:
+    from qtpy.QtCore import Qt
+
+    from anomalens.app.results import current_index
+    from anomalens.app.state import get_state
+    from anomalens.app.widgets.slice_table import format_ml
+
+    viewer, image, _, docks = _scored(make_napari_viewer, qtbot, env, with_reference=False)
+    res = get_state(viewer).results
+    det_w = docks["Detector"]
+    table = det_w.table
+    det_w.views.setCurrentWidget(table)
+    want = [(str(s.index), f"{s.score:.3f}", "yes" if s.flagged else "no", format_ml(s.volume_ml))
+            for s in sorted(res.slices.values(), key=lambda s: s.z)]
+    assert table.rows() == want and len(want) == N
+    assert [table.table.horizontalHeaderItem(c).text() for c in range(4)] == ["slice", "score", "flagged", "vol. mL"]
+    assert "normal quantile" in table.caption.text()
+    assert table.table.currentRow() == table.row_of(current_index(viewer, image))  # the shown slice is selected
+
+    table.sort_by_score()
+    scores = [float(r[1]) for r in table.rows()]
+    assert scores == sorted(scores, reverse=True)
+    # a real click on the last row (the least anomalous slice) shows it
+    row = table.table.rowCount() - 1
+    z = table.z_at(row)
+    assert z != current_index(viewer, image)
+    rect = table.table.visualItemRect(table.table.item(row, 0))
+    qtbot.mouseClick(table.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
+    assert current_index(viewer, image) == z
+
+
+def test_the_scr_status_line_follows_the_shown_slice(make_napari_viewer: Any, qtbot: Any, env: Path) -> None:
+    from anomalens.app.results import goto_index
+    from anomalens.app.state import get_state
+
+    viewer, image, _, docks = _scored(make_napari_viewer, qtbot, env, with_reference=False, docks=("SCR",))
+    res = get_state(viewer).results
+    mask = viewer.layers[res.mask_name].data
+    counts = {z: int(np.count_nonzero(mask[z])) for z in range(N)}
+    a = max(counts, key=counts.get)
+    b = min(counts, key=counts.get)
+    assert counts[a] != counts[b]
+    status = docks["SCR"].status
+    for z in (a, b, a):
+        goto_index(viewer, image, z)
+        assert status.text().startswith(f"slice {z}: {counts[z]} pixels flagged"), status.text()
+
+
+def test_the_canvas_marks_a_slice_marked_normal(make_napari_viewer: Any, qtbot: Any, env: Path) -> None:
+    from anomalens.app.results import goto_index
+    from anomalens.app.widgets.calibration import MARK_OVERLAY, CalibrationWidget
+
+    viewer, image, _ = _viewer(make_napari_viewer, with_reference=False)
+    cal = CalibrationWidget(viewer)
+    viewer.window.add_dock_widget(cal, name="Calibration")
+    assert f"{N} slices, MR" in cal.study_label.text()
+    overlay = viewer.canvas.overlays[MARK_OVERLAY]
+
+    def green() -> int:
+        rgb = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(int)
+        return int(((rgb[..., 1] > 150) & (rgb[..., 0] < 110) & (rgb[..., 2] < 120)).sum())
+
+    goto_index(viewer, image, 2)
+    assert not overlay.visible and not image.bounding_box.visible
+    unmarked = green()
+    assert cal.mark_current_slice() == [2]
+    assert overlay.visible and "marked normal" in overlay.text
+    assert image.bounding_box.visible and image.bounding_box.points is False
+    assert green() > unmarked + 50  # the frame and the label are drawn
+    goto_index(viewer, image, 3)
+    assert not overlay.visible and not image.bounding_box.visible
+    goto_index(viewer, image, 2)
+    assert overlay.visible
+    cal.unmark_current_slice()
+    assert not overlay.visible and not image.bounding_box.visible
+
+
+def test_the_demo_opens_on_the_most_anomalous_slice_with_its_reference(make_napari_viewer: Any, qtbot: Any,
+                                                                       env: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomalens.app.desktop import setup_viewer, show_demo
+    from anomalens.app.reader import ROLE_KEY
+    from anomalens.app.recent import RecentFiles
+    from anomalens.app.results import current_index
+    from anomalens.app.state import get_state
+    from anomalens.engine.demo import DemoOutput
+    from anomalens.engine.detectors import load_bundle
+    from anomalens.engine.scoring import score_scan
+
+    vol, ref = scan()
+    vol.metadata["sample"] = "phantom"
+    result = score_scan(load_bundle(env), vol, np.arange(1, N))
+    out = DemoOutput(result=result, metrics={}, model=env)
+    monkeypatch.setattr("anomalens.engine.demo.run_demo", lambda **_: out)
+    monkeypatch.setattr("anomalens.app.samples.load_sample", lambda name: [
+        (vol.array, {"name": name}, "image"),
+        (ref, {"name": f"{name} lesion", "scale": vol.spacing_zyx, "metadata": {ROLE_KEY: "lesion"}}, "labels")])
+
+    viewer = make_napari_viewer(show=True)
+    setup_viewer(viewer, RecentFiles(tmp_path / "recent.json"))
+    show_demo(viewer)
+    res = get_state(viewer).results
+    top = result.most_anomalous()
+    assert top in LESION_SLICES
+    assert current_index(viewer, viewer.layers["brain1"]) == top
+    lesion = viewer.layers["phantom lesion"]
+    assert np.array_equal(lesion.data, ref) and lesion.contour == 0
+    names = [lyr.name for lyr in viewer.layers]
+    assert names.index("phantom lesion") < names.index(res.mask_name)  # the model's outline on top
+    assert viewer.layers[res.mask_name].contour == 2
+    table = viewer.window.anomalens_docks["Detector"].table
+    assert [int(r[0]) for r in table.rows()] == list(range(1, N))
