@@ -141,8 +141,9 @@ class PoincareWidget(QWidget):
     """Dock widget: the current scan's embeddings on the Poincaré disk."""
 
     #: Sets with more points than this are projected in a thread worker (smaller ones right away): centred
-    #: and drawn both ways, 14,400 brain1 patches take ~60 ms on one core, so 8,000 stay well under 100 ms.
-    sync_limit = 8_000
+    #: and drawn both ways, 14,400 brain1 patches take ~60 ms on an idle core but over 100 ms on a shared one
+    #: (bench/bench_reading_room.py), so only small sets are projected on the UI thread.
+    sync_limit = 2_000
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
         import pyqtgraph as pg
