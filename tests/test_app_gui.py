@@ -110,7 +110,7 @@ def test_scoring_a_slice_adds_heatmap_mask_and_curve_and_sliders_recut(make_napa
     mask.paint((0, 5, 5), 3, refresh=True)
     history = _labels_history(mask)
     assert mask.data[0, 5, 5] == 3
-    scr_w.threshold_slider.setValue(0.55)  # low threshold: speckle for λ to remove
+    scr_w.threshold_slider.setValue(scr_w.threshold_slider.minimum())  # the lowest it offers: speckle for λ
     scr_w.lam_slider.setValue(0.0)
     plain = mask.data[2].copy()
     assert plain.any()

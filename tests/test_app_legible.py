@@ -152,11 +152,16 @@ def test_scoring_the_volume_shows_the_most_anomalous_slice_and_score_slice_stays
     from anomalens.app.results import current_index, goto_index
     from anomalens.app.state import get_state
 
-    viewer, image, _, docks = _scored(make_napari_viewer, qtbot, env, with_reference=False)
+    viewer, image, _, docks = _scored(make_napari_viewer, qtbot, env, with_reference=False, docks=("SCR",))
     res = get_state(viewer).results
     top = max(res.slices.values(), key=lambda s: s.score).z
     assert top in LESION_SLICES  # not where scoring started (slice 0)
     assert current_index(viewer, image) == top
+    # the threshold slider spans the calibrated point closely and reaches the scan's highest score
+    slider, t = docks["SCR"].threshold_slider, get_state(viewer).calibrated_scr().threshold
+    highest = max(res.slice_scores.values())
+    assert slider.minimum() == pytest.approx(t - 0.1, abs=1e-3) and slider.maximum() >= highest
+    assert slider.maximum() <= max(t + 0.1, highest * 1.01) + 1e-3
 
     goto_index(viewer, image, 1)
     assert docks["Detector"].score_slice()

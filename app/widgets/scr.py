@@ -42,8 +42,10 @@ if TYPE_CHECKING:
 
     from ...engine.calibration import ScrSettings
 
-#: The threshold slider spans the calibrated SCR threshold minus / plus these (normal-quantile units).
-THRESHOLD_BELOW, THRESHOLD_ABOVE = 0.5, 1.0
+#: The threshold slider spans the calibrated SCR threshold minus / plus these (normal-quantile units: 1 is the
+#: top of the normal range, and a tenth below it already flags a good share of normal tissue); once a scan is
+#: scored it reaches up to the scan's highest slice score too, so every flagged slice can be tuned away.
+THRESHOLD_BELOW, THRESHOLD_ABOVE = 0.1, 0.1
 #: Pause after the last slider move before the slower bookkeeping (thumbnail, status, listeners) runs.
 SETTLE_MS = 150
 
@@ -119,6 +121,7 @@ class ScrWidget(QWidget):
         self.state.scr_changed.connect(self._mirror)
         self.state.model_changed.connect(self._on_model_changed)
         self.state.score_changed.connect(self._update_enabled)
+        self.state.score_changed.connect(self._follow_scores)
         self.state.score_changed.connect(self.show_slice_status)
         self.state.mask_changed.connect(self.show_slice_status)
         self.jobs.done.connect(self._update_enabled)
@@ -126,6 +129,20 @@ class ScrWidget(QWidget):
         self._on_model_changed(self.state.detector)
 
     # -- model → view ----------------------------------------------------------------------------
+    def _follow_scores(self, *_: Any) -> None:
+        """Stretch the threshold slider up to the shown result's highest slice score (its unit, calibrated)."""
+        cal, res = self.state.calibrated_scr(), self.state.results
+        if cal is None or res is None or not res.calibrated or not res.slice_scores:
+            return
+        lo, hi = slider_ranges(cal, top=max(res.slice_scores.values()))[0]
+        if (lo, hi) == (self.threshold_slider.minimum(), self.threshold_slider.maximum()):
+            return
+        self._mirroring = True
+        try:
+            self.threshold_slider.setRange(lo, hi)
+        finally:
+            self._mirroring = False
+
     def _on_model_changed(self, detector: Any) -> None:
         cal = self.state.calibrated_scr()
         self._mirroring = True
@@ -301,15 +318,18 @@ class ScrWidget(QWidget):
         return started
 
 
-def slider_ranges(point: ScrSettings) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
+def slider_ranges(point: ScrSettings, top: float | None = None,
+                  ) -> tuple[tuple[float, float], tuple[float, float], tuple[float, float]]:
     """(threshold, λ, τ) slider ranges around a calibrated SCR point.
 
-    The threshold spans the calibrated one (normal-quantile units: below about 0.5 half the normal tissue
-    would be flagged); λ reaches four times the calibrated value (a fine-tuned model's λ can be 40); τ a
-    twentieth to four times the calibrated scale.
+    The threshold spans the calibrated one by ``THRESHOLD_BELOW``/``THRESHOLD_ABOVE`` (normal-quantile units;
+    brain1's useful range is about 0.94–1.09), up to ``top`` (the scan's highest score) when that is higher;
+    λ reaches four times the calibrated value (a fine-tuned model's λ can be 40); τ a twentieth to four times
+    the calibrated scale.
     """
     t = float(point.threshold)
     lam = float(point.lam or 0.0)
     tau = float(point.tau or 1.0)
-    return ((max(0.0, t - THRESHOLD_BELOW), t + THRESHOLD_ABOVE), (0.0, max(2.0, 4.0 * lam)),
+    upper = max(t + THRESHOLD_ABOVE, float(top) * 1.01 if top is not None and np.isfinite(top) else 0.0)
+    return ((max(0.0, t - THRESHOLD_BELOW), round(upper, 3)), (0.0, max(2.0, 4.0 * lam)),
             (round(tau / 20.0, 4) or 1e-4, 4.0 * tau))
