@@ -7,7 +7,7 @@ XVFB := $(shell command -v xvfb-run >/dev/null 2>&1 && echo "xvfb-run -a -s '-sc
 PYTEST_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: install test lint demo bench slow clean installer
+.PHONY: install test lint demo bench slow clean installer docs-shots
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -69,3 +69,8 @@ installer: $(ISTAMP)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .ruff_cache demo-output
+
+# Screenshots and the shortcut table of docs/user-guide.md (docs/shots.py; needs xvfb-run; ~2 min)
+docs-shots: install
+	xvfb-run -a -s '-screen 0 1920x1080x24' $(BIN)/python docs/shots.py --out docs/images
+	xvfb-run -a -s '-screen 0 1366x768x24' $(BIN)/python docs/shots.py --out docs/images --main-only

@@ -53,7 +53,7 @@ PLUGIN_NAME = "anomalens"
 #: File → Export entries: (Export dock button prefix, menu text, Export dock method).
 _EXPORT_ENTRIES = (("heatmap", "Heatmap as NIfTI…", "export_heatmap"), ("mask", "Mask as NIfTI…", "export_mask"),
                    ("seg", "Mask as DICOM SEG…", "export_seg"), ("png", "Snapshot as PNG…", "export_snapshot"),
-                   ("csv", "Slice scores as CSV…", "export_scores"))
+                   ("csv", "Slice scores as CSV…", "export_scores"), ("pacs", "Send to PACS…", "send_to_pacs"))
 _SCAN_FILTER = "Scans (*.nii *.nii.gz *.nrrd *.nhdr *.mha *.mhd *.dcm *.dicom *.ima);;All files (*)"
 
 
@@ -86,6 +86,9 @@ class FileActions(QObject):
         self.recent_menu = QMenu("Open recent scan")
         self.open_file_action.triggered.connect(self.choose_file)
         self.open_folder_action.triggered.connect(self.choose_folder)
+        self.open_pacs_action = QAction("Open from PACS…", self)
+        self.open_pacs_action.triggered.connect(self.open_pacs)
+        self.pacs_dialog: Any = None  # made on first use (``widgets.pacs_dialog``)
         self.recent_menu.aboutToShow.connect(self._fill_recent)
         self.export_menu = QMenu("Export")
         self.export_actions: dict[str, QAction] = {}
@@ -116,6 +119,7 @@ class FileActions(QObject):
         first = actions[0] if actions else None
         self.file_menu.insertAction(first, self.open_file_action)
         self.file_menu.insertAction(first, self.open_folder_action)
+        self.file_menu.insertAction(first, self.open_pacs_action)
         self.file_menu.insertMenu(first, self.recent_menu)
         self.file_menu.insertMenu(first, self.export_menu)
         if first is not None:
@@ -160,6 +164,12 @@ class FileActions(QObject):
         path = QFileDialog.getExistingDirectory(self.viewer.window._qt_window, "Open DICOM folder")
         if path:
             self.open_path(path)
+
+    def open_pacs(self) -> Any:
+        """File → Open from PACS…: search a configured PACS and open a series (``widgets.pacs_dialog``)."""
+        from .widgets.pacs_dialog import show_pacs_dialog
+
+        return show_pacs_dialog(self)
 
     def open_path(self, path: str | Path, series_uid: str | None = None) -> bool:
         """Read a scan in the background and add it as a layer; failures become a message, nothing is lost.
@@ -263,7 +273,9 @@ def balance_docks(viewer: napari.Viewer) -> None:
     from qtpy.QtCore import Qt
 
     frames = getattr(viewer.window, "anomalens_frames", {})
-    qt = viewer.window._qt_window
+    qt = getattr(viewer.window, "_qt_window", None)
+    if qt is None:  # the window was closed before the timer fired
+        return
     try:
         first = frames.get(getattr(viewer.window, "anomalens_first_tab", ""))
         if first is not None:
@@ -624,7 +636,7 @@ def show_demo(viewer: napari.Viewer, screenshot: Path | None = None) -> None:
     from ..engine.cli.progressbar import terminal_progress
     from ..engine.demo import run_demo
 
-    with terminal_progress("demo: training/scoring sample:brain1") as progress:
+    with terminal_progress("demo: training and scoring sample:brain1") as progress:
         out = run_demo(progress=progress)
     show_demo_output(viewer, out)
     print("demo outputs: " + ", ".join(str(p) for p in out.files.values()))

@@ -316,13 +316,17 @@ def show_native_plane(viewer: Any, layer: Any) -> bool:
     return changed
 
 
+#: Slider labels: the plane a slider steps through, as PACS viewers abbreviate it (napari's label box is narrow).
+PLANE_LABEL = {"axial": "AX", "coronal": "COR", "sagittal": "SAG"}
+
+
 def axis_labels(volume: Volume) -> tuple[str, str, str]:
-    """The plane each world axis' slider steps through (``axial`` for the slices of an axial scan)."""
-    return tuple(PLANE_OF_AXIS[a] for a in geometry(volume).axes)  # type: ignore[return-value]
+    """The plane each world axis' slider steps through (``AX`` for the slices of an axial scan)."""
+    return tuple(PLANE_LABEL[PLANE_OF_AXIS[a]] for a in geometry(volume).axes)  # type: ignore[return-value]
 
 
 def label_axes(viewer: Any, layer: Any) -> bool:
-    """Name the sliders by plane ("axial" beside the slice slider, not napari's "-3"); True if they changed.
+    """Name the sliders by plane ("AX" beside the slice slider, not napari's "-3"); True if they changed.
 
     Only a viewer showing this one 3-D grid is labelled: napari's labels belong to world axes, which other
     layers may use otherwise.

@@ -234,7 +234,10 @@ class ShortcutsDialog(QDialog):
         layout.addWidget(self.table)
         layout.addWidget(note)
         layout.addWidget(buttons)
-        self.resize(560, 460)
+        # Tall enough for every row without scrolling (where the screen allows): the list is short.
+        rows_h = sum(self.table.rowHeight(i) for i in range(len(rows))) + self.table.horizontalHeader().height()
+        screen = self.screen().availableGeometry().height() if self.screen() is not None else 900
+        self.resize(560, min(rows_h + 150, int(screen * 0.9)))
 
     def rows(self) -> list[tuple[str, str]]:
         """What the dialog shows, read back from its table (tests compare it with ``shortcut_rows``)."""

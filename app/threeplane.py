@@ -161,6 +161,23 @@ class ThreePlaneView:
         self.point = [float(v) for v in self.viewer.dims.point]
         self._push()
 
+    def fit_planes_on_resize(self) -> None:
+        """Refit each extra plane whenever its canvas changes size (the dock gets its size after opening)."""
+        from qtpy.QtCore import QTimer
+
+        for model in self.planes.values():
+            timer = QTimer(self.widget)
+            timer.setSingleShot(True)
+            timer.setInterval(30)  # a resize comes as a burst of size events: fit once after it
+            timer.timeout.connect(model.reset_view)
+            def later(_e: Any = None, t: Any = timer) -> None:
+                try:
+                    t.start()
+                except RuntimeError:  # the view was closed: its timers are gone
+                    pass
+
+            model.canvas.events.size.connect(later)
+
     # -- mirrored layers --------------------------------------------------------------------------------
     def _link(self, emitter: Any, callback: Callable) -> None:
         emitter.connect(callback)
@@ -433,10 +450,17 @@ def toggle_three_plane(viewer: Any) -> bool:
         return False
     from qtpy.QtCore import QEvent, QObject
 
+    from .desktop import docks_visible, set_docks_visible
+
     view = ThreePlaneView(viewer)
     _views[id(viewer)] = view
+    # A layout of its own, as a PACS viewer's MPR: the AnomaLens docks make room (and come back on close).
+    view.restore_docks = docks_visible(viewer)
+    if view.restore_docks:
+        set_docks_visible(viewer, False)
     view.dock = viewer.window.add_dock_widget(view.widget, name=DOCK_NAME, area="right", tabify=False)
     _size_dock(viewer, view.dock)
+    view.fit_planes_on_resize()
 
     class Watcher(QObject):
         """Closes the view when its dock's own close button takes it out, or when the main window closes."""
@@ -477,6 +501,10 @@ def close_three_plane(viewer: Any) -> None:
             pass
     view.widget.deleteLater()
     view.watched = view.watcher = view.dock = None  # nothing of the closed view keeps the main window alive
+    if getattr(view, "restore_docks", False):
+        from .desktop import set_docks_visible
+
+        set_docks_visible(viewer, True)
 
 
 def _size_dock(viewer: Any, dock: Any) -> None:

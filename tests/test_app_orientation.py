@@ -137,7 +137,7 @@ def test_a_screenshot_of_brain1_shows_anterior_at_the_top(make_napari_viewer: An
     assert y < 0.4  # anterior is at the top
     assert viewer_letters(viewer) == {"top": "A", "bottom": "P", "left": "R", "right": "L"}
     assert viewer.canvas.overlays["anomalens_orient_top"].text == "A"
-    assert tuple(viewer.dims.axis_labels) == ("axial", "coronal", "sagittal")  # the slider says what it steps
+    assert tuple(viewer.dims.axis_labels) == ("AX", "COR", "SAG")  # the slider says what it steps
 
     arr = brain.array.copy()
     arr[z][tissue & (lps[..., 0] >= left)] = hi
@@ -212,3 +212,35 @@ def test_napari_opens_our_formats_with_millimetres_without_naming_the_plugin(mak
         assert layer.metadata.get("anomalens_role") == "scan"
         assert np.abs(layer.scale) == pytest.approx(spacing, rel=1e-4)
         assert [str(u) for u in layer.units] in (["mm"] * 3, ["millimeter"] * 3)
+
+
+@pytest.mark.gui
+def test_in_the_desktop_window_three_planes_take_the_column_and_are_fitted(make_napari_viewer: Any, qtbot: Any,
+                                                                          tmp_path: Path) -> None:
+    from anomalens.app.desktop import docks_visible, fit_to_screen, setup_viewer
+    from anomalens.app.reader import image_layer_data
+    from anomalens.app.recent import RecentFiles
+    from anomalens.app.threeplane import three_plane_view, toggle_three_plane
+
+    viewer = make_napari_viewer(show=True)
+    setup_viewer(viewer, RecentFiles(tmp_path / "recent.json"))
+    fit_to_screen(viewer)
+    slices, _ = phantom_slices(25, 64, seed=2)
+    vol = Volume(slices, spacing=(0.8, 0.8, 6.5), direction=DIRECTIONS["las-like-brain1"], modality="MR")
+    data, kwargs, _ = image_layer_data(vol, name="scan")
+    viewer.add_image(data, **kwargs)
+    assert docks_visible(viewer)
+    assert toggle_three_plane(viewer)
+    view = three_plane_view(viewer)
+    assert not docks_visible(viewer)  # the AnomaLens docks make room for the planes
+    qtbot.wait(400)
+    for name, model in view.planes.items():
+        canvas = view.qt_viewers[name].canvas.native
+        assert canvas.height() > 150, name  # each plane gets a readable share of the column
+        # fitted: the whole scan's extent in the displayed axes is on the canvas (napari's reset_view margin)
+        extent = np.abs(np.diff(np.asarray(model.layers[0].extent.world)[:, list(model.dims.displayed)], axis=0))[0]
+        zoom = float(model.scene.camera.zoom)
+        assert extent[0] * zoom <= canvas.height() * 1.01 and extent[1] * zoom <= canvas.width() * 1.01, name
+    assert not toggle_three_plane(viewer)
+    assert docks_visible(viewer)  # and come back
+    qtbot.wait(100)

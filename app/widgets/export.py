@@ -13,6 +13,11 @@ a full disk or a refused folder replaces nothing: the old file stays byte for by
 line ("Export heatmap failed: disk full while writing …: nothing was replaced"). Suggested names come
 from the series description or a hash of the study (``app.naming``), never from the file or folder the
 scan was read from: sites name those after patients.
+
+"Send to PACS" stores the result as the reader sees it (mask as shown, heatmap, flagged slices) in the scan's
+study on the PACS it came from, else on the default PACS: a DICOM SEG, a Parametric Map and an SR report
+(``engine.pacs.worklist.push_result``), in a worker, after the user agreed; pushing the same result again
+adds nothing there.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ...engine.errors import AnomaLensError, ConfigError
 from ...engine.logredact import remember
 from ..jobs import JobRunner
 from ..messages import notify_error, notify_info
+from ..pacs import push_target
 from ..results import find_layer
 from ..state import get_state
 
@@ -49,6 +55,8 @@ _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
 
 #: ``(kind, title, file filter, suggested name) -> chosen path or None`` (a file dialog; tests inject one).
 PathChooser = Callable[[str, str, str, str], "Path | None"]
+#: ``(title, question) -> yes?``: asks before a result leaves for a PACS (tests inject an answer).
+Confirm = Callable[[str, str], bool]
 
 
 def is_dicom(volume: Volume | None) -> bool:
@@ -95,6 +103,16 @@ def _dialog_chooser(parent: QWidget) -> PathChooser:
     return choose
 
 
+def _dialog_confirm(parent: QWidget) -> Confirm:
+    def confirm(title: str, question: str) -> bool:
+        from qtpy.QtWidgets import QMessageBox
+
+        yes, no = QMessageBox.StandardButton.Yes, QMessageBox.StandardButton.No
+        return QMessageBox.question(parent, title, question, yes | no, no) == yes
+
+    return confirm
+
+
 class ExportWidget(QWidget):
     """Dock widget with one button per export; each asks for a target, then writes in the background."""
 
@@ -103,6 +121,7 @@ class ExportWidget(QWidget):
         self.viewer = napari_viewer
         self.state = get_state(napari_viewer)
         self.choose_path: PathChooser = _dialog_chooser(self)
+        self.confirm: Confirm = _dialog_confirm(self)
         self.last_written: Path | None = None
         self.last_dir: Path | None = None
 
@@ -111,6 +130,8 @@ class ExportWidget(QWidget):
         self.seg_button = QPushButton("Mask as DICOM SEG…")
         self.png_button = QPushButton("Snapshot as PNG…")
         self.csv_button = QPushButton("Slice scores as CSV…")
+        self.pacs_button = QPushButton("Send to PACS…")
+        self.last_pushed: Any = None  # the engine's PushReport of the last push
         self.progress = QProgressBar()
         self.cancel_button = QPushButton("Cancel")
         self.status = QLabel("")
@@ -118,7 +139,8 @@ class ExportWidget(QWidget):
         self.jobs = JobRunner(self.progress, self.cancel_button, self.status, self)
 
         layout = QVBoxLayout(self)
-        for b in (self.heatmap_button, self.mask_button, self.seg_button, self.png_button, self.csv_button):
+        for b in (self.heatmap_button, self.mask_button, self.seg_button, self.png_button, self.csv_button,
+                  self.pacs_button):
             layout.addWidget(b)
         running = QHBoxLayout()
         running.addWidget(self.progress, 1)
@@ -132,6 +154,7 @@ class ExportWidget(QWidget):
         self.seg_button.clicked.connect(lambda: self.export_seg())
         self.png_button.clicked.connect(lambda: self.export_snapshot())
         self.csv_button.clicked.connect(lambda: self.export_scores())
+        self.pacs_button.clicked.connect(lambda: self.send_to_pacs())
         for signal in (self.state.score_changed, self.state.volume_changed, self.state.mask_changed,
                        self.state.model_changed):
             signal.connect(self.update_buttons)
@@ -182,6 +205,14 @@ class ExportWidget(QWidget):
                 (self.png_button, True, "")):
             button.setEnabled(ok and not busy)
             button.setToolTip("" if ok else why)
+        target = push_target(res.volume if res is not None else None)
+        why = (no_scores if res is None else "this model is not calibrated: a PACS gets a mask, and there is none"
+               if not has_mask else target.why)
+        ok = has_mask and target.profile is not None
+        self.pacs_button.setEnabled(ok and not busy)
+        self.pacs_button.setToolTip(
+            f"Store the mask (DICOM SEG), the anomaly map and a report in the scan's study on the PACS "
+            f"{target.profile!r} ({'where it came from' if target.came_from else 'the default PACS'})" if ok else why)
 
     # -- exports -----------------------------------------------------------------------------------
     def export_heatmap(self, path: str | Path | None = None) -> bool:
@@ -256,6 +287,44 @@ class ExportWidget(QWidget):
         header = table_header(res.model, res.unit, res.calibration, kind, res.warnings)
         return self._write("csv", path, f"{res.file_stem}_slice_scores",
                            lambda target, progress, cancel: write_scores_table(target, rows, header))
+
+    def send_to_pacs(self, confirm: bool = True) -> bool:
+        """Store the result as shown (mask with its edits, heatmap, flagged slices) on the scan's PACS, in a worker.
+
+        The PACS is the one the scan came from, else the default one (``app.pacs.push_target``); the user is
+        asked first (``confirm``: False skips asking, for scripts). Returns whether the push started.
+        """
+        from ...engine.pacs import worklist
+        from ..pacs import describe_push, result_to_push, with_plain_mask
+
+        res, mask, heat = self.results(), self.current_mask(), self.current_heatmap()
+        if res is None or heat is None:
+            return self._nothing("result")
+        target = push_target(res.volume)
+        if mask is None or not res.calibrated or target.profile is None:
+            text = target.why if target.profile is None else "this model is not calibrated: there is no mask to send"
+            self.status.setText(text)
+            notify_info(text)
+            return False
+        profile = target.profile
+        question = (f"Store this result in the scan's study on the PACS {profile!r}?\n\nIt gets the mask as shown "
+                    f"(DICOM SEG), the anomaly map of {res.label} (Parametric Map) and a report with the lesion "
+                    "volume and flagged slices (SR). Other users of the PACS will see them.")
+        if confirm and not self.confirm("Send to PACS", question):
+            return False
+        result = result_to_push(res, mask, heat)
+
+        def work(progress: Any, cancel: Any) -> Any:
+            progress(0.0, "building the DICOM objects")
+            return worklist.push_result(profile, with_plain_mask(result), progress=progress, cancel=cancel)
+
+        def done(report: Any) -> None:
+            self.last_pushed = report
+            text = describe_push(report)
+            self.status.setText(text)
+            notify_info(text)
+
+        return self.jobs.start(f"Sending to PACS {profile}", work, done)
 
     # -- plumbing ------------------------------------------------------------------------------------
     def _nothing(self, what: str) -> bool:
