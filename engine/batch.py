@@ -87,13 +87,15 @@ def study_id(spec: str, pattern: str = DEFAULT_NAME_PATTERN) -> str:
     ``{stem}`` is the scan's file or folder name without its suffix (plus the selection), which sites may opt
     into (``--name-pattern '{stem}-{hash}'``) where names carry no patient data.
     """
-    from .io.spec import SAMPLE_PREFIX, split_spec
+    from .io.spec import PACS_PREFIX, SAMPLE_PREFIX, split_spec
 
     if "{hash}" not in pattern:
         raise ConfigError("--name-pattern must contain {hash}, so that two studies never share a folder")
     source, selection = split_spec(spec)
     if source.startswith(SAMPLE_PREFIX):
         stem = source[len(SAMPLE_PREFIX):]
+    elif source.startswith(PACS_PREFIX):
+        stem = source.rsplit(":", 1)[-1].rsplit("/", 1)[-1]  # the series (or study) UID: a PACS names no files
     else:
         name = Path(source.rstrip("/\\")).name
         lower = name.lower()
@@ -114,10 +116,10 @@ def study_id(spec: str, pattern: str = DEFAULT_NAME_PATTERN) -> str:
 
 def _absolute_spec(spec: str, base: Path | None = None) -> str:
     """The SPEC with its path made absolute, so ids and workers do not depend on the current folder."""
-    from .io.spec import SAMPLE_PREFIX, split_spec
+    from .io.spec import PACS_PREFIX, SAMPLE_PREFIX, split_spec
 
     spec = spec.strip()
-    if spec.startswith(SAMPLE_PREFIX):
+    if spec.startswith((SAMPLE_PREFIX, PACS_PREFIX)):
         return spec
     if base is not None and not Path(spec).expanduser().is_absolute():
         spec = str(base / spec)
@@ -226,12 +228,15 @@ def bundle_loads() -> int:
 # -- the task ----------------------------------------------------------------------------------------------
 
 def score_study(study: Study, model: str, out_root: str, device: str = "cpu",
-                threads: int | None = None, gaps: str = "fill") -> dict[str, Any]:
+                threads: int | None = None, gaps: str = "fill", push: str | None = None) -> dict[str, Any]:
     """Score one study on a worker and write its folder atomically; errors become a ``failed`` record.
 
     User-caused failures (corrupt file, not a scan) and unexpected exceptions are both returned rather than
     raised, so the scheduler never retries a study that will fail again; only a dying worker is retried.
     ``threads`` sets torch's threads in the worker (None: ``$ANOMALENS_THREADS`` there, else torch's default).
+    ``push`` names a PACS profile: the result's DICOM objects (``engine.pacs.push``) are written into the
+    study's folder under ``dicom/`` with the rest, then stored on that PACS; a refused push leaves the result on
+    disk and records the study as failed, so a rerun scores and pushes it again (without duplicates).
     """
     from .device import configure_threads
     from .outputs import write_scan_result
@@ -240,21 +245,54 @@ def score_study(study: Study, model: str, out_root: str, device: str = "cpu",
 
     t0 = time.perf_counter()
     record: dict[str, Any] = {"spec": study.spec, "worker_pid": os.getpid()}
+    objects = None
     try:
         configure_threads(threads)
         det = cached_bundle(model, device)
-        result = score_scan(det, load_volume(study.spec, gaps=gaps), detail=False)
+        volume = load_volume(study.spec, gaps=gaps)
+        if "pacs" in volume.metadata:
+            record["pacs"] = dict(volume.metadata["pacs"])
+        result = score_scan(det, volume, detail=False)
+        unpushable = None
+        if push is not None:
+            from .pacs.push import build_result_objects
+
+            try:
+                objects = build_result_objects(result)
+            except AnomaLensError as exc:  # the result is still written below; only the push is off
+                unpushable = exc
         target = Path(out_root) / study.id
         with atomic_dir(target, overwrite=True) as tmp:
             files = write_scan_result(result, tmp)
+            if objects is not None:
+                files.update({f"dicom_{role}": p for role, p in objects.write(tmp / "dicom").items()})
         record.update(status="ok", error=None, bundle_loads=bundle_loads(),
-                      outputs={k: str(Path(study.id) / v.name) for k, v in files.items()}, **result.summary())
+                      outputs={k: str(Path(study.id) / v.relative_to(tmp)) for k, v in files.items()},
+                      **result.summary())
+        if unpushable is not None:
+            record.update(status="failed", error=f"scored and written, but not pushed: {unpushable}")
     except AnomaLensError as exc:
         record.update(status="failed", error=str(exc), outputs={})
     except Exception as exc:  # a bug or an unreadable file must not take the batch down
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", outputs={})
+    if objects is not None and record["status"] == "ok":
+        _push(record, objects, str(push))
     record["seconds"] = round(time.perf_counter() - t0, 3)
     return record
+
+
+def _push(record: dict[str, Any], objects: Any, pacs: str) -> None:
+    """Store a written result's DICOM objects on a PACS, noting the outcome in the study's record."""
+    from .pacs.client import PacsClient
+    from .pacs.push import push_result
+
+    try:
+        with PacsClient.open(pacs) as client:
+            record["pushed"] = push_result(client, objects).to_dict()
+    except AnomaLensError as exc:
+        record.update(status="failed", error=f"scored and written, but not pushed: {exc}")
+    except Exception as exc:
+        record.update(status="failed", error=f"scored and written, but not pushed: {type(exc).__name__}: {exc}")
 
 
 # -- manifest ----------------------------------------------------------------------------------------------
@@ -271,9 +309,11 @@ def read_batch_manifest(out: str | Path) -> dict[str, Any]:
     return data
 
 
-def _is_done(entry: dict[str, Any] | None, out: Path, fingerprint: str) -> bool:
+def _is_done(entry: dict[str, Any] | None, out: Path, fingerprint: str, push: str | None = None) -> bool:
     if not entry or entry.get("status") != "ok" or entry.get("model_fingerprint") != fingerprint:
         return False
+    if push is not None and (entry.get("pushed") or {}).get("pacs") != push:
+        return False  # scored before, but not yet stored on this PACS
     return all((out / rel).is_file() for rel in (entry.get("outputs") or {}).values()) and bool(entry.get("outputs"))
 
 
@@ -299,7 +339,7 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
               device: str = "cpu", processes: bool = True, show_progress: bool | None = None,
               on_result: Callable[[str, dict[str, Any]], None] | None = None,
               threads: int | None = None, keep_paths: bool = False,
-              name_pattern: str = DEFAULT_NAME_PATTERN, gaps: str = "fill") -> BatchSummary:
+              name_pattern: str = DEFAULT_NAME_PATTERN, gaps: str = "fill", push: str | None = None) -> BatchSummary:
     """Score many studies on dask.distributed, resumable, writing ``out/<id>/`` and ``out/manifest.json``.
 
     Args:
@@ -320,6 +360,8 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             paths replaced by ``<path:…>`` tokens: folder and file names often name patients.
         name_pattern: output-folder names (``study_id``); the default holds a hash only.
         gaps: DICOM series with missing slices (``engine.io.read_scan``): "fill" (default), "refuse", "stack".
+        push: a PACS profile name: each result's SEG, Parametric Map and SR are stored there as it finishes
+            (``score_study``); a study counts as done only once pushed to it. Needs a calibrated model.
     """
     from distributed import Client, LocalCluster, as_completed
 
@@ -327,6 +369,8 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
     out = Path(out).expanduser().resolve()
     model_path = str(Path(model).expanduser().resolve())
     fingerprint = model_fingerprint(model_path)
+    if push is not None:
+        _check_push(model_path, push)
     if inputs and all(isinstance(i, Study) for i in inputs):
         studies: list[Study] = list(inputs)  # type: ignore[arg-type]
     else:
@@ -340,7 +384,7 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
     summary = BatchSummary(out=out)
     todo: list[Study] = []
     for s in studies:
-        if _is_done(manifest["studies"].get(s.id), out, fingerprint):
+        if _is_done(manifest["studies"].get(s.id), out, fingerprint, push):
             summary.skipped.append(s.id)
         else:
             todo.append(s)
@@ -370,7 +414,7 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             client = Client(cluster)
     try:
         summary.workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
-        futures = {client.submit(score_study, s, model_path, str(out), device, threads, gaps, pure=False,
+        futures = {client.submit(score_study, s, model_path, str(out), device, threads, gaps, push, pure=False,
                                  key=f"anomalens-score-{s.id}-{fingerprint}-{time.time_ns()}"): s for s in todo}
         for fut in _progress(as_completed(futures), len(futures), show_progress):
             s = futures[fut]
@@ -408,6 +452,16 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
     _sweep_leftovers(out, [s for s in todo if s.id in ok])
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _check_push(model: str, pacs: str) -> None:
+    """Refuse a push batch up front (uncalibrated model, unknown profile, no secret), not once per study."""
+    from .pacs.profiles import get_profile, resolve_secret
+
+    if cached_bundle(model).calibration is None:
+        raise ConfigError("pushing to a PACS needs a calibrated model (a mask, a map in normal-quantile units, a "
+                          "lesion volume); calibrate it with 'anomalens calibrate'")
+    resolve_secret(get_profile(pacs))
 
 
 def _save(out: Path, manifest: dict[str, Any]) -> None:

@@ -9,6 +9,8 @@ so the source headers are read again from ``Volume.source`` at export time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,33 +105,56 @@ def _check_geometry(volume: Volume, frames: list[Any], picked: list[int]) -> Non
                           f"{volume.shape[1]}×{volume.shape[2]}; reload the scan and export again")
 
 
-def export_seg(volume: Volume, mask: np.ndarray, path: str | Path, *, series_description: str = "AnomaLens anomaly",
-               series_number: int = 9901, algorithm_version: str | None = None,
-               progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Path:
-    """The mask as a binary DICOM Segmentation on the source series, written atomically.
+@dataclass
+class SourceImages:
+    """The source series' images behind a volume's slices, in the arrangement highdicom expects.
 
-    One segment, "Anomaly (AnomaLens)", algorithm type AUTOMATIC. Each mask slice becomes a frame that
-    references the source image it was computed on (slices without findings are left out, as the standard
-    allows). Needs a scan read from DICOM whose files are still at ``volume.source``.
+    DICOM derived objects (SEG, Parametric Map, SR) reference the very images a result was computed on;
+    ``rows`` are the volume's z indices that have one (a gap filler has none), ``datasets`` the images to
+    hand to highdicom: one single-frame image per row, or one multi-frame image whose frame ``frames[j]``
+    holds row ``rows[j]``.
+    """
+
+    rows: list[int]
+    datasets: list[Any]
+    frames: list[int] | None
+    n_frames: int
+
+    @property
+    def multiframe(self) -> bool:
+        return self.frames is not None
+
+    def arrange(self, array: np.ndarray, dtype: Any) -> np.ndarray:
+        """An array on the volume's grid ((z, y, x) or (z, y, x, channels)) as highdicom's pixel array."""
+        arr = np.asarray(array)
+        if self.frames is None:
+            return arr[self.rows].astype(dtype)
+        out = np.zeros((self.n_frames, *arr.shape[1:]), dtype=dtype)
+        out[self.frames] = arr[self.rows]
+        return out
+
+    def image_of(self, z: int) -> tuple[Any, int | None]:
+        """The source dataset of volume slice ``z`` and its frame number (1-based; None: a single-frame image)."""
+        j = self.rows.index(int(z))
+        if self.frames is None:
+            return self.datasets[j], None
+        return self.datasets[0], self.frames[j] + 1
+
+
+def source_images(volume: Volume, what: str = "DICOM SEG", instead: str = "export the mask as NIfTI instead",
+                  cancel: CancelToken | None = None) -> SourceImages:
+    """The source images of a volume read from DICOM, re-read from ``volume.source`` and checked against it.
+
+    ``what`` names the object being made and ``instead`` the way out, in the errors' messages.
 
     Raises:
         ConfigError: the scan did not come from DICOM, its files are gone or changed, or it was reoriented.
-        InvalidVolumeError: the mask does not match the scan's grid.
     """
-    import highdicom as hd
-    from pydicom.sr.codedict import codes
-
-    from . import __version__
     from .io.dicom import probe
 
-    m = np.asarray(mask).astype(bool)
-    if m.shape != volume.shape:
-        raise InvalidVolumeError(f"mask shape {m.shape} does not match the scan's grid {volume.shape}")
     if str(volume.metadata.get("format", "")).upper() != "DICOM":
         fmt = volume.metadata.get("format") or (Path(volume.source).suffix if volume.source else "memory")
-        raise ConfigError(f"DICOM SEG needs a scan read from DICOM; this one came from {fmt}: export the mask as "
-                          "NIfTI instead")
-    report(progress, 0.0, "reading the source DICOM headers")
+        raise ConfigError(f"{what} needs a scan read from DICOM; this one came from {fmt}: {instead}")
     frames = _source_frames(volume)
     check(cancel)
     sel = volume.metadata.get("selected_slices")
@@ -137,9 +162,8 @@ def export_seg(volume: Volume, mask: np.ndarray, path: str | Path, *, series_des
     if max(picked) >= len(frames) or (not sel and len(frames) != volume.n_slices):
         raise ConfigError(f"the source series now has {len(frames)} images but the scan had "
                           f"{max(picked) + 1 if sel else volume.n_slices}; reload the scan and export again")
-    real = [k for k in picked if frames[k] is not None]  # gap fillers have no source image
-    m = m[[i for i, k in enumerate(picked) if frames[k] is not None]]
-    picked = real
+    rows = [i for i, k in enumerate(picked) if frames[k] is not None]  # gap fillers have no source image
+    picked = [picked[i] for i in rows]
     if not picked:
         raise ConfigError("the selected slices are all empty fillers of missing slices; there is nothing to export")
     _check_geometry(volume, frames, picked)
@@ -159,38 +183,88 @@ def export_seg(volume: Volume, mask: np.ndarray, path: str | Path, *, series_des
     multi = [frames[k].index is not None for k in picked]
     if all(multi) and len(datasets) == 1:
         ds = next(iter(datasets.values()))
-        n = int(ds.get("NumberOfFrames", 1))
-        pixels = np.zeros((n, *volume.shape[1:]), dtype=bool)
-        for j, k in enumerate(picked):
-            pixels[frames[k].index] = m[j]
-        sources = [ds]
-    elif not any(multi):
-        sources = [datasets[frames[k].path] for k in picked]
-        pixels = m
-    else:
-        raise ConfigError("DICOM SEG export supports series of single-frame images or one multi-frame image, "
-                          "not a mix; export the mask as NIfTI instead")
-    report(progress, 0.4, "building the segmentation")
+        return SourceImages(rows=rows, datasets=[ds], frames=[int(frames[k].index) for k in picked],
+                            n_frames=int(ds.get("NumberOfFrames", 1)))
+    if not any(multi):
+        return SourceImages(rows=rows, datasets=[datasets[frames[k].path] for k in picked], frames=None,
+                            n_frames=len(picked))
+    raise ConfigError(f"{what} supports series of single-frame images or one multi-frame image, not a mix; "
+                      f"{instead}")
+
+
+def segmentation(volume: Volume, masks: np.ndarray | Sequence[tuple[str, np.ndarray]], *,
+                 series_description: str = "AnomaLens anomaly", series_number: int = 9901,
+                 algorithm_version: str | None = None, series_instance_uid: str | None = None,
+                 sop_instance_uid: str | None = None, sources: SourceImages | None = None,
+                 instead: str = "export the mask as NIfTI instead", progress: ProgressCallback | None = None,
+                 cancel: CancelToken | None = None) -> Any:
+    """Masks as a binary ``highdicom.seg.Segmentation`` on their source series (``export_seg`` writes one).
+
+    ``masks`` is one mask (the segment "Anomaly (AnomaLens)") or ``(label, mask)`` pairs, one segment each,
+    numbered from 1 in order. UIDs default to new random ones; a PACS push passes stable ones, so pushing the
+    same result again replaces nothing and duplicates nothing.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    from . import __version__
+
+    pairs = [(SEGMENT_LABEL, masks)] if isinstance(masks, np.ndarray) else list(masks)
+    stack = []
+    for _, mask in pairs:
+        m = np.asarray(mask).astype(bool)
+        if m.shape != volume.shape:
+            raise InvalidVolumeError(f"mask shape {m.shape} does not match the scan's grid {volume.shape}")
+        stack.append(m)
+    report(progress, 0.0, "reading the source DICOM headers")
+    src = sources or source_images(volume, "DICOM SEG", instead, cancel)
     check(cancel)
+    pixels = src.arrange(np.stack(stack, axis=-1), np.uint8)
+    if len(pairs) == 1:
+        pixels = pixels[..., 0]
+    any_voxel = bool(any(m[src.rows].any() for m in stack))
+    report(progress, 0.4, "building the segmentation")
     algorithm = hd.AlgorithmIdentificationSequence(name="AnomaLens", family=codes.cid7162.ArtificialIntelligence,
                                                    version=algorithm_version or __version__)
-    segment = hd.seg.SegmentDescription(
-        segment_number=1, segment_label=SEGMENT_LABEL,
+    segments = [hd.seg.SegmentDescription(
+        segment_number=i + 1, segment_label=label[:64],
         segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Lesion,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
+        for i, (label, _) in enumerate(pairs)]
     try:
         seg = hd.seg.Segmentation(
-            source_images=sources, pixel_array=pixels.astype(np.uint8),
-            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=[segment],
-            series_instance_uid=hd.UID(), series_number=series_number, sop_instance_uid=hd.UID(),
-            instance_number=1, manufacturer="AnomaLens", manufacturer_model_name="AnomaLens",
-            software_versions=__version__, device_serial_number="0", content_label="ANOMALY",
-            content_description="Unsupervised anomaly mask", omit_empty_frames=bool(m.any()))
+            source_images=src.datasets, pixel_array=pixels,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
+            series_instance_uid=series_instance_uid or hd.UID(), series_number=series_number,
+            sop_instance_uid=sop_instance_uid or hd.UID(), instance_number=1, manufacturer="AnomaLens",
+            manufacturer_model_name="AnomaLens", software_versions=__version__, device_serial_number="0",
+            content_label="ANOMALY", content_description="Unsupervised anomaly mask", omit_empty_frames=any_voxel)
     except (ValueError, TypeError, AttributeError) as exc:  # highdicom's checks of the source headers
-        raise ConfigError(f"the source DICOM images lack what a DICOM SEG must reference ({exc}); export the "
-                          "mask as NIfTI instead") from exc
+        raise ConfigError(f"the source DICOM images lack what a DICOM SEG must reference ({exc}); {instead}") from exc
     seg.SeriesDescription = series_description[:64]
+    return seg
+
+
+def export_seg(volume: Volume, mask: np.ndarray, path: str | Path, *, series_description: str = "AnomaLens anomaly",
+               series_number: int = 9901, algorithm_version: str | None = None,
+               progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Path:
+    """The mask as a binary DICOM Segmentation on the source series, written atomically.
+
+    One segment, "Anomaly (AnomaLens)", algorithm type AUTOMATIC. Each mask slice becomes a frame that
+    references the source image it was computed on (slices without findings are left out, as the standard
+    allows). Needs a scan read from DICOM whose files are still at ``volume.source``.
+
+    Raises:
+        ConfigError: the scan did not come from DICOM, its files are gone or changed, or it was reoriented.
+        InvalidVolumeError: the mask does not match the scan's grid.
+    """
+    m = np.asarray(mask).astype(bool)
+    if m.shape != volume.shape:
+        raise InvalidVolumeError(f"mask shape {m.shape} does not match the scan's grid {volume.shape}")
+    seg = segmentation(volume, m, series_description=series_description, series_number=series_number,
+                       algorithm_version=algorithm_version, progress=progress, cancel=cancel)
+    check(cancel)
     report(progress, 0.8, "writing the segmentation")
     target = Path(path)
     with atomic_path(target, suffix=".dcm") as tmp:

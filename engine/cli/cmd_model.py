@@ -58,8 +58,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                                    "OUT/<study-id>/ with OUT/manifest.json; a rerun skips finished studies. "
                                    "Exit status 1 when some studies failed (the others' results are kept).")
     s.add_argument("--model", required=True, type=Path, help="model bundle folder")
-    s.add_argument("input", metavar="INPUT", nargs="+",
-                   help="file, DICOM folder, sample:NAME, a folder of studies, or @LIST.txt")
+    s.add_argument("input", metavar="INPUT", nargs="*",
+                   help="file, DICOM folder, sample:NAME, pacs:STUDY_UID[/SERIES_UID], a folder of studies, or "
+                        "@LIST.txt")
     s.add_argument("--slices", default=None, help="slice selection, e.g. 3-10,14 (one INPUT only; in a batch "
                                                   "give SPEC#slices per study)")
     s.add_argument("--out", required=True, type=Path, help="output folder")
@@ -75,6 +76,15 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     s.add_argument("--name-pattern", default=None, metavar="PATTERN",
                    help="batch: output folder names, from {hash} (always required) and {stem} (the scan's file or "
                         "folder name); default 'study-{hash}', which copies no name that could identify a patient")
+    s.add_argument("--pacs", default=None, metavar="NAME",
+                   help="PACS profile for pacs: INPUTs, --query and --push (default: the default profile)")
+    s.add_argument("--query", default=None, metavar="TERMS",
+                   help="batch: score every image series of the PACS's matching studies, e.g. "
+                        "\"modality=MR since=2026-01-01\" (keys: modality, since, until, patient-id, description, "
+                        "limit)")
+    s.add_argument("--push", action="store_true",
+                   help="store each result on the PACS: a DICOM SEG of the mask, a Parametric Map of the heatmap and "
+                        "an SR report (calibrated models; the objects are also kept in OUT/dicom/)")
     s.add_argument("--keep-paths", action="store_true",
                    help="batch: record each study's path in manifest.json and keep paths in error texts "
                         "(default: studies are named by hash only, paths in errors are replaced by <path:…>)")
@@ -135,9 +145,20 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_score(args: argparse.Namespace) -> int:
     from ..batch import is_batch
+    from ..pacs.spec import is_pacs_spec, qualify
 
     inputs = list(args.input)
+    if args.query is not None:
+        if inputs:
+            raise ConfigError("give INPUTs or --query, not both")
+        return run_score_batch(args, query_studies(args.pacs, args.query, args.name_pattern))
+    if not inputs:
+        raise ConfigError("nothing to score: give an INPUT (a file, folder, sample:NAME or pacs:STUDY_UID), or "
+                          "--query with a PACS")
+    inputs = [qualify(i, args.pacs) if is_pacs_spec(i) else i for i in inputs]
     if is_batch(inputs) or args.workers is not None or args.scheduler is not None:
+        if args.pacs and any(i.startswith("@") for i in inputs):
+            return run_score_batch(args, qualified_studies(inputs, args.pacs, args.name_pattern))
         return run_score_batch(args, inputs)
 
     from ..detectors import load_bundle
@@ -147,7 +168,15 @@ def run_score(args: argparse.Namespace) -> int:
     from ..scoring import score_scan
 
     det = load_bundle(args.model, device=args.device)
-    volume = load_volume(inputs[0], gaps=args.gaps)
+    target = push_target(args, inputs) if args.push else None
+    if target is not None and det.calibration is None:
+        raise ConfigError("--push needs a calibrated model: the PACS gets a mask, a map in normal-quantile units and "
+                          "the lesion volume; calibrate it with 'anomalens calibrate'")
+    if is_pacs_spec(inputs[0]):
+        with terminal_progress("pulling from the PACS") as progress:
+            volume = load_volume(inputs[0], gaps=args.gaps, progress=progress)
+    else:
+        volume = load_volume(inputs[0], gaps=args.gaps)
     idx = parse_slices(args.slices, volume.n_slices)
     ensure_folder(args.out)  # before minutes of scoring, not after
     with terminal_progress("scoring") as progress:
@@ -155,8 +184,90 @@ def run_score(args: argparse.Namespace) -> int:
     paths = write_scan_result(result, args.out)
     data = {"files": {k: str(v) for k, v in paths.items()}, **result.summary()}
     warn(result.warnings)
-    emit(args, data, "\n".join(score_lines(result, paths)))
+    lines = score_lines(result, paths)
+    if target is not None:
+        push_scored(args, result, target, data, lines)
+    emit(args, data, "\n".join(lines))
     return 0
+
+
+def qualified_studies(inputs: list[str], pacs: str, name_pattern: str | None) -> list[Any]:
+    """Batch studies with ``--pacs`` written into the pacs: SPECs of list files too (workers see only SPECs)."""
+    from ..batch import DEFAULT_NAME_PATTERN, Study, expand_inputs, study_id
+    from ..pacs.spec import is_pacs_spec, qualify
+
+    pattern = name_pattern or DEFAULT_NAME_PATTERN
+    studies = []
+    for s in expand_inputs(inputs, pattern):
+        spec = qualify(s.spec, pacs) if is_pacs_spec(s.spec) else s.spec
+        studies.append(s if spec == s.spec else Study(study_id(spec, pattern), spec))
+    return studies
+
+
+def push_target(args: argparse.Namespace, inputs: Sequence[str]) -> str:
+    """The PACS to push to: ``--pacs``, else the one the pacs: INPUTs name (all the same), else the default."""
+    from ..pacs.profiles import get_profile
+    from ..pacs.spec import is_pacs_spec, parse_pacs_spec
+
+    if args.pacs:
+        return get_profile(args.pacs).name
+    named = {parse_pacs_spec(i.split("#")[0]).profile for i in inputs if is_pacs_spec(i)}
+    named.discard(None)
+    if len(named) > 1:
+        raise ConfigError(f"the INPUTs come from several PACS ({', '.join(sorted(n for n in named if n))}); give "
+                          "--pacs NAME to say where the results go")
+    return get_profile(named.pop() if named else None).name
+
+
+def push_scored(args: argparse.Namespace, result: Any, target: str, data: dict[str, Any], lines: list[str]) -> None:
+    """Build a result's DICOM objects, keep them in OUT/dicom/, then store them on the PACS.
+
+    A refused or failed push still leaves the result and its objects on disk; the summary goes to stdout and the
+    error (exit status 2) says how to push them later.
+    """
+    from ..errors import AnomaLensError
+    from ..pacs.client import PacsClient
+    from ..pacs.push import build_result_objects, push_result
+
+    with terminal_progress("building DICOM objects") as progress:
+        objects = build_result_objects(result, progress=progress)
+    folder = Path(args.out) / "dicom"
+    written = objects.write(folder)
+    data["dicom"] = {role: str(p) for role, p in written.items()}
+    try:
+        with PacsClient.open(target) as client, terminal_progress("pushing") as progress:
+            pushed = push_result(client, objects, progress=progress)
+    except AnomaLensError as exc:
+        data["pushed"] = None
+        emit(args, data, "\n".join(lines))
+        message = (f"{exc}; the result and its DICOM objects are kept in the output folder: push them later with "
+                   f"'anomalens pacs push {folder} --pacs {target}'")
+        try:
+            again = type(exc)(message)
+        except TypeError:  # an error class that wants more than a message
+            again = AnomaLensError(message)
+        raise again from exc
+    data["pushed"] = pushed.to_dict()
+    lines.append(pushed.line())
+
+
+def query_studies(pacs: str | None, text: str, name_pattern: str | None = None) -> list[Any]:
+    """Batch units for ``--query``: every image series of the matching studies, as ``pacs:NAME:STUDY/SERIES``."""
+    from ..batch import DEFAULT_NAME_PATTERN, Study, study_id
+    from ..errors import EmptyInputError
+    from ..pacs.client import PacsClient
+    from ..pacs.query import find_studies, image_series, parse_query
+    from ..pacs.spec import PacsSpec
+
+    query = parse_query(text)
+    with PacsClient.open(pacs) as client, terminal_progress("searching the PACS") as progress:
+        studies = find_studies(client, query, progress=progress)
+        name = client.profile.name
+        specs = [PacsSpec(name, st.uid, se.uid).text() for st in studies
+                 for se in image_series(client, st.uid, list(st.series))]
+    if not specs:
+        raise EmptyInputError(f"no image series on the PACS {name!r} matches {text!r}")
+    return [Study(study_id(spec, name_pattern or DEFAULT_NAME_PATTERN), spec) for spec in specs]
 
 
 def score_lines(result: Any, paths: dict[str, Path]) -> list[str]:
@@ -178,7 +289,7 @@ def score_lines(result: Any, paths: dict[str, Path]) -> list[str]:
     return lines
 
 
-def run_score_batch(args: argparse.Namespace, inputs: list[str]) -> int:
+def run_score_batch(args: argparse.Namespace, inputs: list[Any]) -> int:
     """Batch mode of ``score``: exit 0 when every study has results, 1 (with a summary) when some failed."""
     from ..batch import run_batch
 
@@ -188,11 +299,13 @@ def run_score_batch(args: argparse.Namespace, inputs: list[str]) -> int:
         raise ConfigError("--workers must be at least 1")
     from ..batch import DEFAULT_NAME_PATTERN
 
+    push = push_target(args, [getattr(i, "spec", i) for i in inputs]) if args.push else None
     summary = run_batch(args.model, inputs, args.out, workers=args.workers, scheduler=args.scheduler,
                         device=args.device, threads=getattr(args, "threads", None), keep_paths=args.keep_paths,
-                        name_pattern=args.name_pattern or DEFAULT_NAME_PATTERN, gaps=args.gaps)
+                        name_pattern=args.name_pattern or DEFAULT_NAME_PATTERN, gaps=args.gaps, push=push)
     data = summary.to_dict()
-    emit(args, data, f"{data['ok']} scored, {data['skipped']} already done, {len(summary.failed)} failed "
+    done = "scored and pushed" if push else "scored"
+    emit(args, data, f"{data['ok']} {done}, {data['skipped']} already done, {len(summary.failed)} failed "
                      f"in {data['seconds']:.1f} s on {data['workers']} workers; manifest: {data['manifest']}")
     if summary.failed:
         for sid, err in summary.failed.items():

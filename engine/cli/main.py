@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     and never overwrite one given before the sub-command with a default.
     """
     from .. import __version__
-    from . import cmd_model, cmd_samples, cmd_scan, cmd_selftest
+    from . import cmd_model, cmd_pacs, cmd_samples, cmd_scan, cmd_selftest
 
     parser = argparse.ArgumentParser(prog="anomalens", description="Unsupervised anomaly detection for medical scans.")
     parser.add_argument("--version", action="version", version=f"anomalens {__version__}")
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_global_options(common, verbose=argparse.SUPPRESS, threads=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for module in (cmd_scan, cmd_samples, cmd_model, cmd_selftest):
+    for module in (cmd_scan, cmd_samples, cmd_model, cmd_pacs, cmd_selftest):
         module.register(sub, common)
     for name in ("cmd_eval", "cmd_demo"):
         try:

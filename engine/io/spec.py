@@ -7,7 +7,8 @@ Splitting rule for ``#`` (file names may contain ``#`` too): if the whole SPEC n
 folder it is taken as a path with no selection; otherwise everything after the LAST ``#`` is the
 selection. So ``scan#2.nii`` (an existing file) reads the whole file and ``scan#2.nii#0-3`` selects slices
 0-3 of it. Nothing else is special: Windows paths (``C:\scans\ct.nii``) work as they are; only the
-exact lowercase prefix ``sample:`` names a sample.
+exact lowercase prefix ``sample:`` names a sample, and ``pacs:`` a study or series on a PACS
+(``pacs:[NAME:]STUDY_UID[/SERIES_UID]``, see ``engine.pacs.spec``), pulled into the cache when read.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from ..errors import ConfigError, SampleError
 from ..volume import Volume
 
 SAMPLE_PREFIX = "sample:"
+PACS_PREFIX = "pacs:"
 _TOKEN = re.compile(r"^\s*(\d+)\s*(?:-\s*(\d+)\s*)?$")
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
     """``(source, selection)``; ``selection`` is None when the SPEC has no ``#`` part (see module docstring)."""
     spec = str(spec)
-    if "#" not in spec or (not spec.startswith(SAMPLE_PREFIX) and Path(spec).expanduser().exists()):
+    if "#" not in spec or (not spec.startswith((SAMPLE_PREFIX, PACS_PREFIX)) and Path(spec).expanduser().exists()):
         return spec, None
     source, _, selection = spec.rpartition("#")
     return source, selection
@@ -59,7 +61,11 @@ def parse_selection(text: str, n: int) -> list[int]:
 
 
 def resolve_source(source: str) -> Path:
-    """The path a SPEC's source part names (downloading/verifying a sample if needed)."""
+    """The path a SPEC's source part names (downloading/verifying a sample, pulling from a PACS if needed)."""
+    if source.startswith(PACS_PREFIX):
+        from ..pacs.spec import fetch_source
+
+        return fetch_source(source)[0]
     if source.startswith(SAMPLE_PREFIX):
         name = source[len(SAMPLE_PREFIX):].strip()
         if not name:
@@ -79,7 +85,18 @@ def load_spec(spec: str, **read_opts: Any) -> Volume:
     source, selection = split_spec(spec)
     if not source.strip():
         raise ConfigError(f"no file, folder or sample before '#' in {spec!r}")
-    path = resolve_source(source)
+    pacs = None
+    if source.startswith(PACS_PREFIX):
+        from ..pacs.spec import fetch_source
+        from ..progress import stage
+
+        # The pull takes most of the time of a first read; a cached series is only checked and completed.
+        path, pacs = fetch_source(source, progress=stage(read_opts.get("progress"), 0.0, 0.8),
+                                  cancel=read_opts.get("cancel"))
+        if read_opts.get("progress") is not None:
+            read_opts["progress"] = stage(read_opts["progress"], 0.8, 1.0)
+    else:
+        path = resolve_source(source)
     if source.startswith(SAMPLE_PREFIX) and read_opts.get("modality") is None:
         # NRRD/NIfTI carry no modality; the sample catalogue knows it (CT must get the HU window).
         from ..samples import sample_info
@@ -91,6 +108,8 @@ def load_spec(spec: str, **read_opts: Any) -> Volume:
     volume = read_scan(path, **read_opts)
     if source.startswith(SAMPLE_PREFIX):
         volume.metadata["sample"] = source[len(SAMPLE_PREFIX):].strip()
+    if pacs is not None:
+        volume.metadata["pacs"] = pacs
     if selection is None:
         return volume
     return volume.select_slices(parse_selection(selection, volume.n_slices))
