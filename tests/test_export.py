@@ -162,3 +162,17 @@ def test_png_and_csv(tmp_path):
     with pytest.raises(InvalidVolumeError):
         save_png(np.zeros((4, 6, 2)), tmp_path / "bad.png")
 
+
+
+def test_the_exported_seg_passes_dciodvfy(ct_folder, tmp_path):
+    """The DICOM standard's own validator (Debian's dicom3tools, installed by CI) finds no error in our SEG."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy is not installed (apt-get install dicom3tools; CI installs it)")
+    out = export_seg(read_scan(ct_folder), _mask(), tmp_path / "seg.dcm")
+    run = subprocess.run(["dciodvfy", str(out)], capture_output=True, text=True, timeout=60)
+    errors = [ln for ln in (run.stdout + run.stderr).splitlines() if ln.startswith("Error")]
+    assert errors == []
+    assert "SEG" in run.stdout + run.stderr or run.returncode == 0  # it did read the object
