@@ -42,6 +42,7 @@ BENCHES = (
     Bench("invdetect-latency", ("bench_invdetect.py", "latency")),
     Bench("viewer", ("bench_viewer.py",), display=True),
     Bench("responsiveness", ("bench_responsiveness.py",), display=True),
+    Bench("reading-room", ("bench_reading_room.py",), display=True),
     Bench("brain1", ("bench_brain1.py", "--protocol", "issue"), accuracy=True),
     Bench("lorentz-fewshot", ("bench_lorentz_fewshot.py",), accuracy=True),
     Bench("curved", ("bench_curved.py",), accuracy=True),
@@ -49,6 +50,7 @@ BENCHES = (
     Bench("invdetect-onsite", ("bench_invdetect.py", "onsite"), accuracy=True),
     Bench("scr-calibration", ("bench_scr_calibration.py",), accuracy=True),
     Bench("poincare-brain1", ("check_poincare_brain1.py",), accuracy=True),
+    Bench("curved-variants", ("curved_variants.py",), accuracy=True),
 )
 
 

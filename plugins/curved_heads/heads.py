@@ -3,8 +3,11 @@
 Curved-geometric-networks §IV, at patch level: every patch's frozen backbone feature goes through a small
 shared extractor to the Euclidean embedding ``e_E``; the geometric transformation maps it onto the sphere
 (eq. 2) or into the Poincaré ball (eq. 4), and a geometric classifier predicts the slice's rotation
-(0/90/180/270°) from it. Which branches exist, how they are trained and how the geometric score ``z`` is
-read off them is the *variant* (paper Tab. I); ``euclidean`` is the RotNet-style baseline.
+(0/90/180/270°) or a pair's relative position (Patch-SVDD base, ``patchsvdd.py``) from it. Which branches
+exist and how they are trained is the *variant* (paper Tab. I); ``euclidean`` is the Hendrycks & Gimpel
+baseline. How the geometric score ``z`` is read off them is the *score rule* (``SCORE_RULES``): from the
+trained classifiers' posteriors (the default of the detector, issue #20), or from the embeddings alone as
+eqs. 9, 10 and 12 print them (what version 1 of the detector did).
 
 Kept apart from the detector (as the Lorentz plugin does) so the head can be trained, fine-tuned and
 inspected on its own, and tested without a backbone.
@@ -27,6 +30,13 @@ VARIANTS = ("euclidean", "SiO", "HiO", "MiO", "SiT", "HiT", "MiT")
 
 #: The pretext task: rotations by k·90°, k = 0..3 (RotNet, paper §V-B).
 N_ROTATIONS = 4
+
+#: How ``z`` is read off a forward pass. ``classifiers``: in-Two compares the Euclidean and the curved
+#: classifiers' posteriors over the pretext classes, in-One takes the curved classifier's posterior of the true
+#: pretext class, so the trained geometric classifiers decide the score. ``embeddings``: the literal eqs. 9,
+#: 10 and 12 on the embeddings (softmax over embedding coordinates), where in-Two and HiO ignore every trained
+#: classifier and follow ``‖e_E‖`` (issue #20); kept to read version-1 models exactly as they scored.
+SCORE_RULES = ("classifiers", "embeddings")
 
 #: Which classifier branches each variant trains (``E`` Euclidean, ``S`` sphere, ``H`` Poincaré ball).
 BRANCHES = {
@@ -101,12 +111,19 @@ class CurvedHeads(nn.Module):
       and the hyperbolic MLR (eq. 8).
 
     Curvatures are fixed (the paper's only hyper-parameter, §V-E), given as the paper writes them:
-    ``kappa_s > 0``, ``kappa_h < 0``.
+    ``kappa_s > 0``, ``kappa_h < 0``. ``score_from`` is the score rule (``SCORE_RULES``); its default here is
+    the literal one so that code and tests using the head alone keep their meaning. The detector always
+    passes its configured rule (default ``classifiers``).
     """
 
     def __init__(self, in_dim: int, hidden: int, dim: int, variant: str, kappa_s: float = 1.0,
-                 kappa_h: float | None = None, xi: float = 4e-3, n_classes: int = N_ROTATIONS) -> None:
+                 kappa_h: float | None = None, xi: float = 4e-3, n_classes: int = N_ROTATIONS,
+                 score_from: str = "embeddings") -> None:
         super().__init__()
+        if score_from not in SCORE_RULES:
+            raise ValueError(f"score_from must be one of {', '.join(SCORE_RULES)}, got {score_from!r}")
+        self.score_from = score_from
+        self.n_classes = int(n_classes)
         self.variant = canonical_variant(variant)
         self.branches = BRANCHES[self.variant]
         self.kappa_s = float(kappa_s)
@@ -153,12 +170,21 @@ class CurvedHeads(nn.Module):
         """Sum of the branches' cross-entropies (GiO: one branch; MiO and GiT: ``ℓ_E + ℓ_G``, §IV-C)."""
         return sum((F.cross_entropy(lg, target) for lg in out.logits.values()), torch.zeros((), device=target.device))
 
-    def component_scores(self, out: HeadOutput) -> dict[str, Tensor]:
+    def component_scores(self, out: HeadOutput, target: Tensor | int | None = None) -> dict[str, Tensor]:
         """The per-geometry scores ``z_i`` that eqs. 11 and 13 combine (float64).
 
-        GiO: ``z_S = max_j ⟨e_S, w_j⟩`` (eq. 9), ``z_H = d(e_H, 0)`` (eq. 10).
-        GiT: ``z_EG = KL(softmax(e_E) ‖ softmax(e_G))`` with ``e_G = Γ(e_E)`` the curved embedding (eq. 12).
+        Rule ``classifiers`` (``target``: the true pretext class of each patch, or one class for all):
+        - GiT: ``z_EG = KL(softmax(c_E) ‖ softmax(c_G))`` with ``c_E``, ``c_G`` the Euclidean and curved
+          classifiers' logits (eq. 12 on the two branches' posteriors);
+        - GiO: ``z_G = softmax(c_G)[target]``, the curved classifier's confidence in the true pretext class
+          (eq. 9 with the known label in place of the max; its maximum posterior when ``target`` is None).
+          A posterior, not a logit, because eq. 11 squares each component and a logit can be negative.
+
+        Rule ``embeddings`` (the literal equations): GiO ``z_S = max_j ⟨e_S, w_j⟩`` (eq. 9),
+        ``z_H = d(e_H, 0)`` (eq. 10); GiT ``z_EG = KL(softmax(e_E) ‖ softmax(e_G))``, ``e_G = Γ(e_E)``.
         """
+        if self.score_from == "classifiers":
+            return self._classifier_scores(out, target)
         z: dict[str, Tensor] = {}
         if self.in_two:
             if out.e_S is not None:
@@ -172,20 +198,38 @@ class CurvedHeads(nn.Module):
             z["H"] = poincare.dist0(out.e_H.double(), self.ball.c)
         return z
 
-    def geometric_score(self, out: HeadOutput) -> Tensor:
+    def _classifier_scores(self, out: HeadOutput, target: Tensor | int | None) -> dict[str, Tensor]:
+        curved = [b for b in ("S", "H") if b in out.logits]
+        if self.in_two:
+            return {b: kl_softmax(out.logits["E"], out.logits[b]) for b in curved}
+        z: dict[str, Tensor] = {}
+        for b in curved:
+            p = F.softmax(out.logits[b].double(), -1)
+            if target is None:
+                z[b] = p.max(-1).values
+            else:
+                t = torch.as_tensor(target, device=p.device, dtype=torch.long).expand(p.shape[:-1])
+                z[b] = p.gather(-1, t.unsqueeze(-1)).squeeze(-1)
+        return z
+
+    def geometric_score(self, out: HeadOutput, target: Tensor | int | None = None) -> Tensor:
         """``z`` of the variant: one component, or the root sum of squares of several (eqs. 11, 13)."""
         if not self.geometric:
             raise ValueError("the Euclidean baseline has no geometric score; use anomaly_score")
-        comps = list(self.component_scores(out).values())
+        comps = list(self.component_scores(out, target).values())
         if len(comps) == 1:
             return comps[0]
         return torch.sqrt(sum(c * c for c in comps))
 
-    def anomaly_score(self, out: HeadOutput) -> Tensor:
-        """Per-patch anomaly score, float64: ``1 − tanh(z)``, or ``1 − max softmax`` for the baseline."""
+    def anomaly_score(self, out: HeadOutput, target: Tensor | int | None = None) -> Tensor:
+        """Per-patch anomaly score, float64: ``1 − tanh(z)``, or ``1 − max softmax`` for the baseline.
+
+        ``target``: the true pretext class (the rotation applied, or the pair's relative position); used by
+        the in-One variants under the ``classifiers`` rule.
+        """
         if not self.geometric:
             return one_minus_max_softmax(out.logits["E"])
-        return one_minus_tanh(self.geometric_score(out))
+        return one_minus_tanh(self.geometric_score(out, target))
 
     def accuracy(self, out: HeadOutput, target: Tensor) -> dict[str, float]:
         """Rotation-prediction accuracy of each branch (how well the pretext task was learnt)."""
