@@ -113,8 +113,8 @@ def result_to_push(res: ScanResults, mask: np.ndarray, heatmap: np.ndarray) -> S
     ``mask`` is the mask layer's data (0/1, hand edits included); it is the result's lesion mask, named SCR's
     when SCR cut any of the scored slices. Per-slice rows are counted again from it, so the report's flagged
     slices are the ones the reader sees flagged. Arrays are copies: the push runs in a worker while the
-    user may go on editing. Cheap (copies only): call it on the UI thread, then ``with_plain_mask`` in the
-    worker.
+    user may go on editing. Cheap (copies only): call it on the UI thread, then
+    ``engine.scoring.with_plain_mask`` in the worker.
     """
     from ..engine.scoring import ScanResult
 
@@ -127,24 +127,6 @@ def result_to_push(res: ScanResults, mask: np.ndarray, heatmap: np.ndarray) -> S
                       map=np.array(heatmap, dtype=np.float32, copy=True), unit=res.unit,
                       mask=None if scr else shown, mask_scr=shown if scr else None, calibration=res.calibration,
                       scr=None, slices=slices, model=res.model, raw=None, warnings=res.warnings)
-
-
-def with_plain_mask(result: ScanResult) -> ScanResult:
-    """An SCR result with its plain-threshold mask beside it, as ``score_scan`` makes it (in a worker).
-
-    The map above the calibrated threshold, on tissue, on the scored slices: the PACS then gets both segments,
-    as from ``anomalens score --push`` (segment 1 the mask as shown, segment 2 the plain threshold).
-    """
-    if result.mask_scr is None or result.mask is not None or result.calibration is None:
-        return result
-    import dataclasses
-
-    idx = np.asarray(result.indices, dtype=int)
-    plain = np.zeros(result.volume.shape, dtype=bool)
-    if len(idx):
-        tissue = result.prepared.batch_foreground(idx)
-        plain[idx] = (result.map[idx] > float(result.calibration.threshold)) & tissue
-    return dataclasses.replace(result, mask=plain)
 
 
 def describe_push(report: PushReport) -> str:

@@ -351,6 +351,22 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
     return result
 
 
+def with_plain_mask(result: ScanResult) -> ScanResult:
+    """An SCR-only result with its plain-threshold mask beside it, as ``score_scan`` makes it.
+
+    The viewer keeps only the mask it shows (SCR's, hand edits included); a PACS push sends both segments,
+    as ``anomalens score --push`` does: the map above the calibrated threshold, on tissue, on the scored slices.
+    """
+    if result.mask_scr is None or result.mask is not None or result.calibration is None:
+        return result
+    idx = np.asarray(result.indices, dtype=int)
+    plain = np.zeros(result.volume.shape, dtype=bool)
+    if len(idx):
+        tissue = result.prepared.batch_foreground(idx)
+        plain[idx] = (result.map[idx] > float(result.calibration.threshold)) & tissue
+    return dataclasses.replace(result, mask=plain)
+
+
 def slice_scores(result: ScanResult) -> tuple[SliceScore, ...]:
     """Per-slice scores of a result: the map's maximum over tissue, and the lesion mask's voxels on it."""
     original = result.volume.metadata.get("selected_slices")

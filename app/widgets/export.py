@@ -295,7 +295,8 @@ class ExportWidget(QWidget):
         asked first (``confirm``: False skips asking, for scripts). Returns whether the push started.
         """
         from ...engine.pacs import worklist
-        from ..pacs import describe_push, result_to_push, with_plain_mask
+        from ...engine.scoring import with_plain_mask
+        from ..pacs import describe_push, result_to_push
 
         res, mask, heat = self.results(), self.current_mask(), self.current_heatmap()
         if res is None or heat is None:

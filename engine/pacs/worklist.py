@@ -6,9 +6,7 @@ and show a raised ``AnomaLensError`` (``PacsError``, ``ConfigError``, ``Cancelle
 carries one sentence for the user. Nothing returned names a patient (no names, no IDs): a study is shown by
 its date, description, modalities and counts, a series by its modality, number and description.
 
-A typical dialog::
-
-    from anomalens.engine.pacs import worklist
+A typical dialog, with this module imported as ``worklist`` (``anomalens.engine.pacs.worklist``)::
 
     rows = worklist.profiles()                          # fill the PACS chooser (default first)
     studies = worklist.search(rows[0].name, modality="MR", since="2026-01-01",
