@@ -27,10 +27,13 @@ def sanitise(text: str, limit: int = 80) -> str:
 
 
 def series_text(volume: Volume | None) -> str:
-    """The scan's series description (DICOM ``SeriesDescription``) for a label: one line, at most 40 characters."""
+    """The scan's series description (DICOM ``SeriesDescription``; a sample: its name), one line of ≤ 40 characters."""
     if volume is None:
         return ""
-    text = " ".join(str((volume.metadata or {}).get("SeriesDescription") or "").split())
+    meta = volume.metadata or {}
+    # A sample case has no series description, but its name is public and says what it is.
+    text = " ".join(str(meta.get("SeriesDescription") or (f"sample {meta['sample']}" if meta.get("sample") else ""))
+                    .split())
     return "".join(c for c in text if c.isprintable())[:MAX_DESCRIPTION].strip()
 
 

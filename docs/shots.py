@@ -257,7 +257,6 @@ def shoot(out_dir: Path, scratch: Path, main_only: bool) -> list[Path]:
 
 def detail_shots(viewer: Any, res: Any, out_dir: Path) -> list[Path]:
     """Slice table, marked normals, Poincaré disk, three-plane view, shortcuts dialog, W/L on a CT."""
-    from anomalens.app.desktop import set_docks_visible
     from anomalens.app.results import current_index, find_layer, goto_index, most_anomalous
     from anomalens.app.shortcuts import shortcut_rows, show_shortcuts
     from anomalens.app.threeplane import three_plane_view, toggle_three_plane
@@ -300,16 +299,12 @@ def detail_shots(viewer: Any, res: Any, out_dir: Path) -> list[Path]:
     check(disk.projection is not None and len(disk.shown) > 0, "the Poincaré disk shows no points")
     shots.append(floating_shot(viewer, "Poincaré disk", out_dir / "poincare.png"))
 
-    # the linked three-plane view, the AnomaLens docks hidden first (Ctrl+Shift+D) so that it has the column's
-    # height: beside them each extra plane gets about 150 px and shows a third of the scan (see the guide)
-    set_docks_visible(viewer, False)
-    settle(500)
+    # the linked three-plane view: it takes the right-hand column (the AnomaLens docks step aside and come back)
     check(toggle_three_plane(viewer), "the three-plane view did not open")
     settle(1500)
     check(three_plane_view(viewer) is not None and current_index(viewer, scan) == top, "three-plane view state")
     shots.append(window_shot(viewer, out_dir / "three-plane.png"))
     toggle_three_plane(viewer)
-    set_docks_visible(viewer, True)
     settle(500)
 
     # Help → AnomaLens keyboard shortcuts

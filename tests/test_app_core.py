@@ -316,3 +316,11 @@ print(sys.getrefcount(True) - before_true, sys.getrefcount(None) - before_none)
     assert proc.returncode == 0, proc.stderr[-500:]
     true_delta, none_delta = (int(v) for v in proc.stdout.split())
     assert true_delta == 0 and abs(none_delta) < 50, proc.stdout
+
+
+def test_a_sample_is_named_by_its_sample_name_not_a_hash() -> None:
+    from anomalens.app.widgets.calibration import study_label
+
+    vol = Volume(np.zeros((2, 8, 8), np.float32), modality="MR", metadata={"sample": "brain1"})
+    assert study_label(vol, "f110f2a27deadbeef") == "Series sample brain1"
+    assert study_label(Volume(np.zeros((2, 8, 8), np.float32)), "f110f2a27deadbeef").startswith("Study f110f2a2")
