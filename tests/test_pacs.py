@@ -460,6 +460,57 @@ def test_an_interrupted_pull_resumes_where_it_stopped(capsys, pacs) -> None:
 
 
 @pytest.mark.pacs
+def test_a_pacs_stopped_mid_pull_is_one_line_and_the_pull_resumes_after_restart(capsys, own_config, monkeypatch,
+                                                                               tmp_path) -> None:
+    """Orthanc killed while a series is being pulled: a clear error, what arrived is kept, nothing half-written."""
+    from anomalens.engine.pacs.cache import cached_instances, pull_series, series_folder
+    from anomalens.engine.pacs.client import PacsClient
+    from anomalens.engine.pacs.errors import PacsError
+    from anomalens.engine.pacs.profiles import make_profile, save_profile
+    from anomalens.engine.progress import CancelToken
+
+    monkeypatch.setenv("ANOMALENS_CACHE_DIR", str(tmp_path / "cache"))  # this test's own pulls
+    study, series = "1.2.826.0.1.3680043.8.498.7100", "1.2.826.0.1.3680043.8.498.7100.1"
+    server = pacs_fixture.start_orthanc(tmp_path / "private")
+    try:
+        vol, _ = phantom_slices(5, 64, seed=9)
+        server.upload(write_mr_series(tmp_path / "mr", vol, study_uid=study, series_uid=series, frame_uid=f"{series}.9",
+                                      patient_id="PID-STOP", description="T2 stop", study_date="20260301"))
+        monkeypatch.setenv("ANOMALENS_PACS_PRIVATE_PASSWORD", server.password)
+        save_profile(make_profile("private", server.dicomweb, user=server.user, timeout=5), default=True)
+
+        token = CancelToken()  # a first pull stops after two images (the rest then come one request each)
+
+        def first(fraction: float, message: str) -> None:
+            if message.startswith("received 2/"):
+                token.cancel()
+
+        def second(fraction: float, message: str) -> None:
+            if message.startswith("received 1/"):  # the first of the three still missing
+                server.stop()  # the PACS goes away in the middle of the series
+
+        with PacsClient.open("private") as client, pytest.raises(Cancelled):
+            pull_series(client, study, series, progress=first, cancel=token)
+        with PacsClient.open("private") as client, pytest.raises(PacsError) as err:
+            pull_series(client, study, series, progress=second)
+        assert "\n" not in str(err.value) and "private" in str(err.value)
+        folder = series_folder(study, series)
+        assert len(cached_instances(folder)) == 3 and not list(folder.glob(".*.tmp"))  # kept, nothing half-written
+        assert one_line_error(capsys, ["pacs", "pull", study, "--series", series, "--pacs", "private"])
+    finally:
+        server.stop()
+    server = pacs_fixture.start_orthanc(tmp_path / "private")  # back, same storage, another port
+    try:
+        save_profile(make_profile("private", server.dicomweb, user=server.user, timeout=5), default=True)
+        monkeypatch.setenv("ANOMALENS_PACS_PRIVATE_PASSWORD", server.password)
+        data, _ = run_cli(capsys, ["pacs", "pull", study, "--series", series, "--pacs", "private", "--json"])
+        row = data["series"][0]
+        assert (row["n_instances"], row["downloaded"], row["reused"]) == (5, 2, 3)
+    finally:
+        server.stop()
+
+
+@pytest.mark.pacs
 def test_a_series_that_changes_while_pulled_is_stopped_then_completed(capsys, pacs) -> None:
     from anomalens.engine.pacs.cache import cached_instances, pull_series, series_folder
     from anomalens.engine.pacs.client import PacsClient
