@@ -51,6 +51,7 @@ BENCHES = (
     Bench("scr-calibration", ("bench_scr_calibration.py",), accuracy=True),
     Bench("poincare-brain1", ("check_poincare_brain1.py",), accuracy=True),
     Bench("curved-variants", ("curved_variants.py",), accuracy=True),
+    Bench("lorentz-fit", ("lorentz_fit_speed.py", "--threads", "1"), accuracy=True),
 )
 
 

@@ -10,9 +10,50 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ...engine.geometry import _numerics as nx
 from ...engine.geometry import lorentz
 from ...engine.geometry.layers import LorentzHyperplaneClassifier, LorentzLinear
 from ...engine.geometry.manifolds import Lorentz
+
+
+def expmap0_linear(v: torch.Tensor, layer: LorentzLinear, c: torch.Tensor) -> torch.Tensor:
+    """Spatial part of ``layer(lorentz.expmap0(v, c))``, without building the (N, C + 1) point.
+
+    The exp map scales ``v`` by one number per row, ``sinh(θ)/θ`` (θ = √c‖v‖, clamped as ``expmap0``
+    clamps it), and adds the time coordinate ``cosh(θ)/√c``; the layer is linear in the point, so
+    ``W·x + b = s·(W_s v) + x₀·W₀ + b``. The same map and gradients (to float rounding), but the elementwise
+    work runs on per-row scalars and the (N, dim) output instead of the (N, C) input (README, "Speed").
+    The time coordinate of the layer's output is ``sqrt(1/c + ‖result‖²)`` (``lorentz.from_spatial``).
+    """
+    sc = torch.sqrt(c)
+    theta = sc * nx.norm(v)
+    limit = nx.max_arg(theta.dtype)
+    clamped = torch.clamp_max(theta, limit)
+    scale = nx.sinhc(clamped) * torch.clamp_max(limit / theta, 1.0)
+    weight, bias = layer.linear.weight, layer.linear.bias
+    spatial = torch.addcmul(torch.cosh(clamped) / sc * weight[:, 0], scale, v @ weight[:, 1:].t())
+    return spatial if bias is None else spatial + bias
+
+
+def weighted_centroid(spatial: list[torch.Tensor], c: torch.Tensor) -> torch.Tensor:
+    """Paper eq. 2 over levels, from each level's spatial part: ``lorentz.centroid`` with Poincaré-norm weights.
+
+    A point with spatial part ``y`` has time ``x₀ = sqrt(1/c + ‖y‖²)`` and Poincaré norm ``‖y‖/(1 + √c x₀)``
+    (``lorentz.to_poincare``), so the weighted sum needs only per-row scalars and one (N, dim) sum per
+    level; the result is ``project(Σ w x / (√c ‖Σ w x‖_L))`` exactly as ``lorentz.centroid`` computes it.
+    """
+    sc = torch.sqrt(c)
+    total_s: torch.Tensor | None = None
+    total_0: torch.Tensor | None = None
+    for y in spatial:
+        sq = (y * y).sum(-1, keepdim=True)
+        x0 = torch.sqrt(1.0 / c + sq)
+        w = torch.sqrt(torch.clamp_min(sq, nx.MIN_NORM**2)) / (1 + sc * x0)
+        total_s = w * y if total_s is None else torch.addcmul(total_s, w, y)
+        total_0 = w * x0 if total_0 is None else torch.addcmul(total_0, w, x0)
+    assert total_s is not None and total_0 is not None
+    lnorm = torch.sqrt(torch.clamp_min(total_0 * total_0 - (total_s * total_s).sum(-1, keepdim=True), nx.MIN_NORM**2))
+    return lorentz.from_spatial(total_s / (sc * lnorm), c)
 
 
 class LorentzHead(nn.Module):
@@ -37,6 +78,11 @@ class LorentzHead(nn.Module):
 
     def embed(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
         """(N, C_l) per level → (N, dim + 1) points on the hyperboloid (time coordinate first)."""
+        c = self.manifold.c
+        return weighted_centroid([expmap0_linear(feats[lv], self.proj[lv], c) for lv in self.levels], c)
+
+    def embed_reference(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``embed`` written with the library's maps step by step (exp map, layer, centroid): the tests' oracle."""
         c = self.manifold.c
         points = [self.proj[lv](lorentz.expmap0(feats[lv], c)) for lv in self.levels]
         stacked = torch.stack(points, dim=-2)
