@@ -52,6 +52,7 @@ BENCHES = (
     Bench("poincare-brain1", ("check_poincare_brain1.py",), accuracy=True),
     Bench("curved-variants", ("curved_variants.py",), accuracy=True),
     Bench("lorentz-fit", ("lorentz_fit_speed.py", "--threads", "1"), accuracy=True),
+    Bench("scr-survival", ("bench_scr_survival.py",), accuracy=True),
 )
 
 

@@ -69,6 +69,76 @@ class ScrSettings:
 
 
 @dataclass(frozen=True)
+class LesionSurvival:
+    """How SCR's operating point treated synthetic lesions put into copies of the calibration normals.
+
+    ``engine.postprocess.survival`` defines the words: a lesion is *seen* when SCR's unary threshold alone
+    (λ = 0, looser than or equal to the plain threshold) finds a fair share of it, and *kept* when the cut at λ
+    still covers at least half of what that threshold found.
+
+    Attributes:
+        inserted: synthetic lesions inserted (in-plane diameters ``diameter_mm``).
+        seen: of those, found by SCR's unary threshold: the lesions that test the cut.
+        kept: of the seen ones, kept by the cut at the calibrated λ.
+        target: the share of seen lesions SCR must keep.
+        checked: whether enough lesions were seen for the rate to mean anything; False: it is reported only
+            (the calibration takes no point looser than the plain one on such evidence,
+            ``engine.postprocess.calibrate``).
+        diameter_mm: the range the lesions' diameters were drawn from.
+    """
+
+    inserted: int
+    seen: int
+    kept: int
+    target: float = 0.9
+    checked: bool = True
+    diameter_mm: tuple[float, float] = (5.0, 10.0)
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.kept <= self.seen <= self.inserted):
+            raise ModelError(f"the calibration's lesion counts must satisfy 0 ≤ kept ≤ seen ≤ inserted, got "
+                             f"{self.kept}, {self.seen}, {self.inserted}")
+        if not 0.0 < self.target <= 1.0:
+            raise ModelError(f"the calibration's lesion survival target must be in (0, 1], got {self.target!r}")
+        lo, hi = self.diameter_mm
+        _finite("lesion diameter", lo)
+        _finite("lesion diameter", hi)
+
+    @property
+    def rate(self) -> float | None:
+        """Share of the seen lesions SCR keeps (None when none was seen)."""
+        return None if self.seen == 0 else self.kept / self.seen
+
+    @property
+    def met(self) -> bool | None:
+        """Whether SCR keeps ``target`` of the seen lesions; None when too few were seen to tell."""
+        rate = self.rate
+        return None if not self.checked or rate is None else rate >= self.target
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inserted": self.inserted, "seen": self.seen, "kept": self.kept, "rate": self.rate,
+                "target": self.target, "checked": self.checked, "met": self.met,
+                "diameter_mm": [float(self.diameter_mm[0]), float(self.diameter_mm[1])]}
+
+    @classmethod
+    def from_dict(cls, data: Any) -> LesionSurvival | None:
+        """Rebuild from ``to_dict()``; None when the calibration did not check lesions (older bundles)."""
+        if data is None:
+            return None
+        if not isinstance(data, dict):
+            raise TypeError("lesion_survival must be an object")
+        dia = data.get("diameter_mm", [5.0, 10.0])
+        if not isinstance(dia, list | tuple) or len(dia) != 2:
+            raise TypeError("lesion_survival.diameter_mm must be two numbers")
+        checked = data.get("checked", True)
+        if not isinstance(checked, bool):
+            raise TypeError("lesion_survival.checked must be true or false")
+        return cls(inserted=_int(data["inserted"]), seen=_int(data["seen"]), kept=_int(data["kept"]),
+                   target=_num(data.get("target", 0.9)), checked=checked,
+                   diameter_mm=(_num(dia[0]), _num(dia[1])))
+
+
+@dataclass(frozen=True)
 class Calibration:
     """How a model's raw scores become normal-quantile units and masks, set on normal slices only.
 
@@ -86,6 +156,10 @@ class Calibration:
         fingerprint: the calibration slices' fingerprint, to notice evaluating on them.
         created: when it was made (ISO 8601, UTC; empty when unknown).
         notes: what the calibration decided and why (the SCR ladder's steps), for the user.
+        lesions: how SCR's point treated synthetic 5–10 mm lesions in copies of the calibration normals
+            (None: not checked, e.g. bundles calibrated before the check existed). Its ``met`` is False when
+            SCR's point meets the false-positive rule but not the survival target (a unary rate given by the
+            caller, or a target threshold that needs λ > 0): the best compromise, and a note says so.
     """
 
     normaliser: ScoreNormaliser = field(repr=False, compare=False)
@@ -101,6 +175,7 @@ class Calibration:
     fingerprint: str | None = None
     created: str = ""
     notes: tuple[str, ...] = ()
+    lesions: LesionSurvival | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.normaliser, ScoreNormaliser) or not self.normaliser.fitted:
@@ -121,9 +196,18 @@ class Calibration:
         return dataclasses.replace(self, notes=(*self.notes, *notes))
 
     # -- persistence --------------------------------------------------------------------------------
+    @property
+    def lesion_survival(self) -> float | None:
+        """Share of seen synthetic lesions SCR keeps at its point (None: not checked)."""
+        return None if self.lesions is None else self.lesions.rate
+
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able data for ``bundle.json`` (``calibration``), with its schema version."""
-        return {
+        """Plain JSON-able data for ``bundle.json`` (``calibration``), with its schema version.
+
+        ``lesion_survival`` is written only when it was measured, so a bundle calibrated before the check
+        existed keeps exactly its dict (and its content fingerprint) after a load.
+        """
+        out = {
             "schema_version": CALIBRATION_SCHEMA,
             "normaliser": self.normaliser.to_dict(),
             "threshold": self.threshold,
@@ -140,6 +224,9 @@ class Calibration:
             "created": self.created,
             "notes": list(self.notes),
         }
+        if self.lesions is not None:
+            out["lesion_survival"] = self.lesions.to_dict()
+        return out
 
     def summary(self) -> dict[str, Any]:
         """The operating point without the normaliser's knots: for ``--json`` output and reports."""
@@ -182,7 +269,8 @@ class Calibration:
                        fp_area=_opt_num(data.get("fp_area")), fp_area_unary=_opt_num(data.get("fp_area_unary")),
                        fp_area_scr=_opt_num(data.get("fp_area_scr")), n_pixels=_int(data.get("n_pixels", 0)),
                        n_slices=_int(data.get("n_slices", 0)), fingerprint=_opt_str(data.get("fingerprint")),
-                       created=str(data.get("created") or ""), notes=tuple(str(n) for n in notes))
+                       created=str(data.get("created") or ""), notes=tuple(str(n) for n in notes),
+                       lesions=LesionSurvival.from_dict(data.get("lesion_survival")))
         except ModelError:
             raise
         except (KeyError, TypeError, ValueError) as exc:

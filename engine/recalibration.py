@@ -23,33 +23,94 @@ from .progress import CancelToken, ProgressCallback, check, report, stage
 if TYPE_CHECKING:
     from .detectors.base import Detector
     from .detectors.result import AnomalyResult
+    from .postprocess.survival import LesionProbe
+
+
+#: Slice copies with synthetic lesions the calibration has the detector score, and lesions on each (kept apart).
+LESION_SLICES = 16
+LESIONS_PER_SLICE = 4
+#: In-plane pixel size assumed for models without a working grid (bundles from before grids existed).
+FALLBACK_PIXEL_MM = 1.0
 
 
 def calibrate_detector(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None,
                        target_fpr: float = 0.01, mode: str = "2d", progress: ProgressCallback | None = None,
                        cancel: CancelToken | None = None, threshold_fpr: float | None = None,
-                       result: AnomalyResult | None = None) -> Calibration:
+                       result: AnomalyResult | None = None, lesion_check: bool = True,
+                       pixel_mm: float | None = None) -> Calibration:
     """Score normal slices (on the model's working grid), fit the calibration and set ``detector.calibration``.
 
     Use normals the detector was not fitted on where possible: a model's own training slices score lower
     than new normals, which makes thresholds too permissive. ``threshold_fpr`` fixes SCR's unary rate
     instead of the default ladder (``postprocess.calibrate``). ``result``: the detector's output on these
     very normals when the caller has it already (it is not scored again).
+
+    With ``lesion_check`` the detector also scores ``LESION_SLICES`` copies of the normals with synthetic
+    5–10 mm lesions (``engine.synthesis.lesion``, seeded by the detector's seed), and SCR's point is one at
+    which the cut keeps at least 90 % of the lesions its threshold finds (``engine.postprocess.survival``);
+    the calibration reports that rate. ``pixel_mm``: the slices' in-plane pixel size, to size the lesions;
+    default the model's working grid, else ``FALLBACK_PIXEL_MM`` (with a note).
     """
     from .detectors.base import fingerprint
     from .postprocess.calibrate import calibrate
 
     fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
-    if result is None:
+    extra: list[str] = []
+    probe = None
+    if lesion_check:
+        if result is None:
+            result = detector.score(normals, progress=stage(progress, 0.0, 0.35), cancel=cancel)
+        check(cancel)
+        probe, note = lesion_probe(detector, normals, fg, pixel_mm, progress=stage(progress, 0.35, 0.5),
+                                   cancel=cancel)
+        extra += [note] if note else []
+    elif result is None:
         result = detector.score(normals, progress=stage(progress, 0.0, 0.5), cancel=cancel)
     cal = calibrate(result.heatmaps, fg, features=result.features, intensities=normals, target_fpr=target_fpr,
                     threshold_fpr=threshold_fpr, mode=mode, seed=detector.seed, progress=stage(progress, 0.5, 1.0),
-                    cancel=cancel)
+                    cancel=cancel, lesions=probe)
     cal = dataclasses.replace(cal, n_slices=len(normals), fingerprint=fingerprint(normals),
-                              created=datetime.now(UTC).isoformat(timespec="seconds"))
+                              created=datetime.now(UTC).isoformat(timespec="seconds"), notes=(*cal.notes, *extra))
     detector.calibration = cal
     detector.bundle_manifest = None  # no longer the saved version it was loaded as
     return cal
+
+
+def lesion_probe(detector: Detector, normals: np.ndarray, foreground: np.ndarray | None = None,
+                 pixel_mm: float | None = None, progress: ProgressCallback | None = None,
+                 cancel: CancelToken | None = None) -> tuple[LesionProbe | None, str | None]:
+    """Synthetic 5–10 mm lesions in copies of normal slices, scored by the detector: SCR's lesion check.
+
+    Deterministic: the lesions are drawn from the detector's seed. Returns the probe (None: the slices are
+    too small to hold the largest lesion twice over, and the check is skipped) and a note for the calibration
+    (the pixel size was assumed, or the check skipped), or None.
+    """
+    from .pipeline import model_grid
+    from .postprocess.survival import LesionProbe
+    from .synthesis.lesion import DIAMETER_MM, lesion_slices
+
+    note = None
+    if pixel_mm is None:
+        grid = model_grid(detector)
+        if grid is not None:
+            pixel_mm = grid.pixel_mm
+        else:
+            pixel_mm = FALLBACK_PIXEL_MM
+            note = (f"the model records no working grid, so the synthetic lesions assume {FALLBACK_PIXEL_MM:g} mm "
+                    "pixels")
+    side_mm = min(np.shape(normals)[1:]) * float(pixel_mm)
+    if side_mm < 2 * DIAMETER_MM[1]:
+        return None, (f"the slices are {side_mm:.0f} mm across, too small for {DIAMETER_MM[1]:g} mm lesions: SCR's "
+                      "lesion check was skipped and its point follows the false-positive rule alone")
+    fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
+    rng = np.random.default_rng([int(detector.seed), 0x5C2])
+    report(progress, 0.0, "inserting synthetic lesions")
+    slices, fgs, labels, diameters = lesion_slices(normals, rng, fg, pixel_mm=float(pixel_mm),
+                                                   per_slice=LESIONS_PER_SLICE, max_slices=LESION_SLICES)
+    check(cancel)
+    res = detector.score(slices, progress=stage(progress, 0.05, 1.0), cancel=cancel)
+    return LesionProbe(maps=res.heatmaps, labels=labels, foreground=fgs, features=res.features, intensities=slices,
+                       diameter_mm=diameters, diameter_range=DIAMETER_MM), note
 
 
 @dataclass(frozen=True)
@@ -96,6 +157,16 @@ class Recalibration:
     def notes(self) -> tuple[str, ...]:
         return self.calibration.notes
 
+    @property
+    def warnings(self) -> list[str]:
+        """What a user must not miss: SCR's point could not keep the synthetic lesions (a compromise)."""
+        les = self.calibration.lesions
+        if les is None or les.met is not False or les.rate is None:
+            return []
+        return [f"SCR keeps only {les.rate:.0%} of the synthetic lesions its threshold finds (target "
+                f"{les.target:.0%}) at any point that meets the false-positive target: its mask may erase small "
+                "lesions; compare it with the plain mask"]
+
     def describe(self) -> list[str]:
         """Plain words for a person: what changed, against the target, on which slices."""
         target = self.calibration.target_fpr
@@ -110,6 +181,17 @@ class Recalibration:
         if after.scr is not None:
             was = "" if self.before is None or self.before.scr is None else f"; it was {self.before.scr:.2%}"
             lines.append(f"with SCR (λ {self.calibration.scr.lam:.3g}): {after.scr:.2%}{was}")
+        les = self.calibration.lesions
+        if les is not None:
+            lo, hi = les.diameter_mm
+            found = f"SCR's threshold finds {les.seen} of {les.inserted} synthetic {lo:g}–{hi:g} mm lesions"
+            if les.rate is None:
+                lines.append(f"{found}: SCR's lesion survival could not be measured")
+            elif not self.calibration.scr.lam:
+                lines.append(f"{found}; at λ 0 there is no cut to lose any: lesion survival {les.rate:.0%}")
+            else:
+                lines.append(f"{found}; its cut keeps {les.kept} of them: lesion survival {les.rate:.0%} "
+                             f"(target {les.target:.0%}{'' if les.checked else '; too few lesions to decide'})")
         if self.before is None:
             lines.append("the model had no calibration before: its maps were raw scores and it had no mask")
         lines.append("measured on the calibration slices themselves, so the new value sits at the target by "

@@ -110,15 +110,15 @@ def run_calibrate(args: argparse.Namespace) -> int:
         f", fine-tuned on {rec.n_fine_tune}" if rec.n_fine_tune else "")
     path = save_bundle(det, args.out, parent=manifest | {"path": str(args.model)}, note=what)
     before, after = rec.before, rec.after
-    warn(info.get("warnings", []))
+    warn([*info.get("warnings", []), *rec.warnings])
     data = {
         "model": str(path), "parent": str(args.model), "bundle_version": int(manifest.get("bundle_version", 1)) + 1,
         "n_normal_slices": len(normals), "n_calibration_slices": rec.n_calibration,
         "fine_tuned": bool(rec.n_fine_tune), "n_fine_tune_slices": rec.n_fine_tune or None,
         "calibration": cal.summary(),
         "before": None if before is None else {"fp_area": before.plain, "fp_area_scr": before.scr},
-        "after": {"fp_area": after.plain, "fp_area_scr": after.scr}, "notes": notes,
-        "warnings": info.get("warnings", []),
+        "after": {"fp_area": after.plain, "fp_area_scr": after.scr, "lesion_survival": cal.lesion_survival},
+        "notes": notes, "warnings": [*info.get("warnings", []), *rec.warnings],
     }
     lines = [
         f"saved calibrated model (bundle version {data['bundle_version']}) to {path}; {args.model} is unchanged",
