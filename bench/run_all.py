@@ -53,6 +53,8 @@ BENCHES = (
     Bench("curved-variants", ("curved_variants.py",), accuracy=True),
     Bench("lorentz-fit", ("lorentz_fit_speed.py", "--threads", "1"), accuracy=True),
     Bench("scr-survival", ("bench_scr_survival.py",), accuracy=True),
+    Bench("invdetect-paper", ("invdetect_paper.py", "phantom"), accuracy=True),
+    Bench("d2ue-rar-sweep", ("d2ue_rar_sweep.py",), accuracy=True),
 )
 
 

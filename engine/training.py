@@ -149,3 +149,31 @@ def _as_values(result: StepResult) -> dict[str, torch.Tensor | float]:
     if not isinstance(values.get("loss"), torch.Tensor):
         raise TypeError("a training step must return the loss tensor, or a mapping with a 'loss' tensor")
     return values
+
+
+def step_batches(n: int, batch_size: int, steps: int, round_steps: int = 100, even: bool = False,
+                 min_size: int = 1) -> tuple[EpochBatches, int]:
+    """Batches for exactly ``steps`` optimiser steps over ``n`` items, as (epoch function, number of rounds).
+
+    A network needs a number of optimiser steps, not a number of passes over however many slices or patches a
+    site happens to have (20 passes over brain1's patches were 740 steps of a diffusion model; 250 passes over
+    its 48 slices, 250 steps of an autoencoder). Pass the epoch function and the round count to ``train_loop``
+    as ``batches`` and ``epochs``: round k gets ``min(round_steps, steps left)`` batches, from consecutive seeded
+    permutations (``shuffled_batches(n, batch_size, even, min_size)`` with the loop's generator), so the
+    per-epoch log holds one mean loss per round and the last round's mean is the final loss.
+    """
+    if steps < 1 or round_steps < 1:
+        raise ValueError(f"steps and round_steps must be ≥ 1, got {steps} and {round_steps}")
+    passes = shuffled_batches(n, batch_size, even=even, min_size=min_size)
+    left = [steps]
+    queue: list[torch.Tensor] = []
+
+    def epoch(gen: torch.Generator) -> Sequence[torch.Tensor]:
+        take = min(round_steps, left[0])
+        while len(queue) < take:
+            queue.extend(passes(gen))
+        out, queue[:] = queue[:take], queue[take:]
+        left[0] -= take
+        return out
+
+    return epoch, math.ceil(steps / round_steps)

@@ -8,6 +8,10 @@ products across learners (Dual-Space Uncertainty, eq. 6). Unlike the official co
 CUDA and MPS, batches the learners into one grouped network, and returns pixel maps on the scan's grid.
 The choices the paper leaves open are listed in README.md beside this file.
 
+Training is counted in optimiser steps per learner (``train_steps``), not in passes over the data: the paper's
+250 epochs of batch 64 over its Brain Tumor MRI set's 1,000 normals (drop_last, as the official loader) are
+3,750 Adam steps per learner, while 250 passes over brain1's 48 slices would be 250.
+
 Note on gradients at inference: ``Detector.score`` runs ``_score`` under ``torch.inference_mode()``.
 DSU needs ∂L/∂X, so ``_score`` re-enables autograd (``torch.inference_mode(False)`` and
 ``torch.enable_grad()``) and builds its input tensors inside that block; tensors made under inference
@@ -32,7 +36,7 @@ from ...engine.errors import ConfigError
 from ...engine.patchmaps import to_heatmap
 from ...engine.preprocess.resize import resize_tensor, to_tensor
 from ...engine.progress import CancelToken, ProgressCallback, check, report
-from ...engine.training import EpochBatches, shuffled_batches, train_loop
+from ...engine.training import EpochBatches, shuffled_batches, step_batches, train_loop
 from .cka import mean_cka
 from .model import (
     BACKBONES,
@@ -47,14 +51,22 @@ from .model import (
 IMAGE_SCORES = ("mean", "max")
 #: Paper learning rates (Adam): 5e-4 for AE, 1e-3 for AEU.
 DEFAULT_LR = {"ae": 5e-4, "aeu": 1e-3}
+#: The paper's schedule in optimiser steps per learner: 250 epochs × ⌊1,000 / 64⌋ batches (Brain Tumor MRI's
+#: 1,000 training normals, batch 64, the official loader's drop_last). Its other sets give 5,750 (LAG, 1,500
+#: normals) to 15,500 (VinDr-CXR, 4,000).
+PAPER_STEPS = 250 * (1000 // 64)
+#: Optimiser steps between two entries of the training log (the final loss is the last entry).
+LOG_STEPS = 50
 
 
 @dataclasses.dataclass
 class D2UEConfig(DetectorConfig):
-    """Paper settings where it gives them (3 learners, 64², λ = 1, batch 64, Adam, 250 epochs).
+    """Paper settings where it gives them (3 learners, 64², λ = 1, batch 64, Adam, 250 epochs as 3,750 steps).
 
     ``repulsion=False`` and ``uncertainty="output"`` are the paper's ablations (no RAR; output-space
-    uncertainty only); ``uncertainty="reconstruction"`` is its "Ens" baseline.
+    uncertainty only); ``uncertainty="reconstruction"`` is its "Ens" baseline. ``train_steps`` is the number
+    of Adam steps per learner whatever the number of slices; ``epochs`` > 0 instead trains that many passes
+    (version 1's schedule, kept for saved benches and bundles; the log records the steps taken).
     """
 
     backbone: str = "aeu"
@@ -63,7 +75,8 @@ class D2UEConfig(DetectorConfig):
     width: int = 16
     mid: int = 2048
     latent: int = 16
-    epochs: int = 250
+    train_steps: int = PAPER_STEPS
+    epochs: int = 0
     batch_size: int = 64
     lr: float | None = None
     repulsion: bool = True
@@ -88,6 +101,8 @@ class D2UEConfig(DetectorConfig):
         "mid": (1, 16384),
         "latent": (1, 512),
         "lam": (0.0, 100.0),
+        "train_steps": (1, 10_000_000),
+        "epochs": (0, 100_000),
     }
 
     def __post_init__(self) -> None:
@@ -103,14 +118,22 @@ class D2UEConfig(DetectorConfig):
             raise ConfigError("D2UE needs at least 2 learners: its maps are the spread across learners")
         if self.input_size < 32 or self.input_size % 16:
             raise ConfigError(f"input_size must be a multiple of 16 and at least 32 (64 or 128), got {self.input_size}")
-        if min(self.width, self.mid, self.latent) < 1 or self.epochs < 1 or self.batch_size < 2 or self.score_batch < 1:
-            raise ConfigError("width, mid, latent, epochs ≥ 1, batch_size ≥ 2 and score_batch ≥ 1 are required")
+        if (min(self.width, self.mid, self.latent, self.train_steps) < 1 or self.epochs < 0 or self.batch_size < 2
+                or self.score_batch < 1):
+            raise ConfigError("width, mid, latent, train_steps ≥ 1, epochs ≥ 0, batch_size ≥ 2 and score_batch ≥ 1 "
+                              "are required")
         if self.lam < 0 or self.smoothing_sigma < 0 or self.fine_tune_epochs < 0:
             raise ConfigError("lam, smoothing_sigma and fine_tune_epochs must not be negative")
         if (self.lr is not None and self.lr <= 0) or self.fine_tune_lr <= 0:
             raise ConfigError("learning rates must be positive")
         check_parameters(ensemble_parameters(self), "n_learners, input_size, width, mid and latent",
                          "learner ensemble")
+
+    def optimiser_steps(self, n_slices: int) -> int:
+        """Adam steps each learner takes on ``n_slices`` slices (``train_steps`` unless ``epochs`` > 0)."""
+        if self.epochs > 0:
+            return self.epochs * len(_batches(max(n_slices, 2), self.batch_size)(torch.Generator()))
+        return self.train_steps
 
 
 def ensemble_parameters(c: D2UEConfig) -> int:
@@ -140,7 +163,8 @@ def _adam(params: Any, lr: float, device: torch.device) -> torch.optim.Adam:
 
 class D2UEDetector(Detector):
     name: ClassVar[str] = "d2ue"
-    version: ClassVar[str] = "1"
+    #: 2: training counted in optimiser steps per learner, each learner's batch order seeded by its index.
+    version: ClassVar[str] = "2"
     description: ClassVar[str] = "D2UE: CKA-repulsive autoencoder ensemble, dual-space uncertainty maps"
     config_class = D2UEConfig
 
@@ -152,7 +176,7 @@ class D2UEDetector(Detector):
 
     @classmethod
     def test_config(cls) -> dict[str, Any]:
-        return {"input_size": 32, "width": 4, "mid": 32, "latent": 8, "epochs": 2, "batch_size": 4,
+        return {"input_size": 32, "width": 4, "mid": 32, "latent": 8, "train_steps": 4, "batch_size": 4,
                 "fine_tune_epochs": 1}
 
     @property
@@ -200,30 +224,64 @@ class D2UEDetector(Detector):
     def _fit(self, normals: np.ndarray, progress: ProgressCallback | None, cancel: CancelToken | None) -> None:
         c = self.cfg
         report(progress, 0.0, f"learner 1/{c.n_learners}")
-        x = self._inputs(normals)
-        if len(x) == 1:
-            x = torch.cat([x, x])  # batch norm needs two samples; one slice is a degenerate but legal input
-        gen = torch.Generator().manual_seed(self.seed)
-        lr = c.lr if c.lr is not None else DEFAULT_LR[c.backbone]
+        x = self.training_inputs(normals)
         learners: list[EnsembleAE] = []
-        log: list[dict[str, float | None]] = []
+        log: list[dict[str, Any]] = []
         with torch.inference_mode(False):  # the learners' tensors must be usable by autograd when scoring
             for k in range(c.n_learners):
-                check(cancel)
-                repel = c.repulsion and c.lam > 0 and k > 0
-                # trained learners are frozen and see no augmentation: their features are fixed
-                seniors = [self._features(lr_, x) for lr_ in learners] if repel else None
-                learner = self._new_learner(k)
-                message = (f"learner {k + 1}/{c.n_learners} epoch {{epoch}}/{{epochs}} loss {{rec:.4f}}"
-                           + (" CKA {cka:.3f}" if repel else ""))
-                trained = train_loop(learner, self._learner_step(learner, x, seniors), _batches(len(x), c.batch_size),
-                                     c.epochs, optimizer=_adam(learner.parameters(), lr, self.device), generator=gen,
-                                     progress=progress, cancel=cancel, start=k / c.n_learners,
-                                     stop=(k + 1) / c.n_learners, message=message)
+                learner, entry = self.train_learner(k, x, learners, progress=progress, cancel=cancel)
                 learners.append(learner)
-                log.append({"final_loss": trained.final["rec"], "final_cka": trained.final["cka"] if repel else None})
+                log.append(entry)
             self.model = self._freeze(stack_members(learners))
-        self.training_log = {"learners": log, "lr": lr}
+        self.training_log = {"learners": log, "lr": self._lr()}
+
+    def _lr(self) -> float:
+        c = self.cfg
+        return c.lr if c.lr is not None else DEFAULT_LR[c.backbone]
+
+    def training_inputs(self, normals: np.ndarray) -> torch.Tensor:
+        """The normal slices as the learners train on them (one slice is doubled: batch norm needs two)."""
+        x = self._inputs(normals)
+        return torch.cat([x, x]) if len(x) == 1 else x
+
+    def train_learner(self, k: int, x: torch.Tensor, seniors: list[EnsembleAE],
+                      progress: ProgressCallback | None = None,
+                      cancel: CancelToken | None = None) -> tuple[EnsembleAE, dict[str, Any]]:
+        """Learner ``k`` trained for ``cfg.optimiser_steps`` Adam steps, repelled from ``seniors`` (RAR, eq. 4).
+
+        Depends only on the seed, ``k``, the data and the seniors (its initial weights and its batch order are
+        seeded by ``seed·1009 + k``), so a bench can train learner 1 once and reuse it for several λ.
+        Returns the learner and its log entry (final reconstruction loss and CKA, optimiser steps).
+        """
+        c = self.cfg
+        check(cancel)
+        with torch.inference_mode(False):
+            repel = c.repulsion and c.lam > 0 and k > 0
+            # trained learners are frozen and see no augmentation: their features are fixed
+            senior_feats = [self._features(lr_, x) for lr_ in seniors] if repel else None
+            learner = self._new_learner(k)
+            total = c.optimiser_steps(len(x))
+            done = [0]
+            inner = self._learner_step(learner, x, senior_feats)
+
+            def step(idx: torch.Tensor) -> dict[str, torch.Tensor]:
+                done[0] += 1
+                return inner(idx)
+
+            def tell(f: float, m: str) -> None:
+                report(progress, f, f"learner {k + 1}/{c.n_learners} step {done[0]}/{total}, {m}")
+
+            batches, rounds = step_batches(len(x), c.batch_size, total, LOG_STEPS, even=True, min_size=2)
+            gen = torch.Generator().manual_seed(self.seed * 1009 + k)
+            trained = train_loop(learner, step, batches, rounds,
+                                 optimizer=_adam(learner.parameters(), self._lr(), self.device), generator=gen,
+                                 progress=tell, cancel=cancel, start=k / c.n_learners,
+                                 stop=(k + 1) / c.n_learners,
+                                 message="loss {rec:.4f}" + (" CKA {cka:.3f}" if repel else ""),
+                                 report_every="step")
+        entry = {"final_loss": trained.final["rec"], "final_cka": trained.final["cka"] if repel else None,
+                 "optimiser_steps": done[0]}
+        return learner, entry
 
     def _freeze(self, model: EnsembleAE) -> EnsembleAE:
         model.eval()

@@ -1,5 +1,5 @@
 """InvDetect: one-class SVM in the noise-latent space of DDIM inversion (see README.md beside this file)."""
 
-from .detector import InvDetectConfig, InvDetectDetector
+from .detector import SCR_MODES, InvDetectConfig, InvDetectDetector, Segmentation
 
-__all__ = ["InvDetectConfig", "InvDetectDetector"]
+__all__ = ["SCR_MODES", "InvDetectConfig", "InvDetectDetector", "Segmentation"]
