@@ -537,12 +537,21 @@ def goto_index(viewer: napari.Viewer, layer: Any, z: int) -> None:
     viewer.dims.set_point(axis, float(point[-3]))
 
 
-def highlight_patch(viewer: napari.Viewer, layer: Any, z: float, y: float, x: float) -> None:
-    """Ring the patch at (z, y, x) (data coordinates of ``layer``) in a points layer on the same grid."""
+def highlight_layer(viewer: napari.Viewer, layer: Any) -> Any:
+    """The points layer that rings a patch on ``layer``'s grid, added (empty) when missing.
+
+    The Poincaré dock asks for it as soon as it has points to hover: adding a layer holds the UI thread for
+    ~100 ms, a stall on the first hover but not within the scoring that made the points.
+    """
     pts = find_layer(viewer, HIGHLIGHT_LAYER)
     if pts is None:
         extra = {k: v for k, v in same_geometry(layer).items() if k != "scale"}  # translation etc. of the scan
-        viewer.add_points([[z, y, x]], name=HIGHLIGHT_LAYER, scale=tuple(layer.scale)[-3:], size=12, symbol="ring",
-                          face_color="transparent", border_color="cyan", metadata={ROLE_KEY: "highlight"}, **extra)
-    else:
-        pts.data = np.array([[z, y, x]])
+        pts = viewer.add_points(np.zeros((0, 3)), ndim=3, name=HIGHLIGHT_LAYER, scale=tuple(layer.scale)[-3:],
+                                size=12, symbol="ring", face_color="transparent", border_color="cyan",
+                                metadata={ROLE_KEY: "highlight"}, **extra)
+    return pts
+
+
+def highlight_patch(viewer: napari.Viewer, layer: Any, z: float, y: float, x: float) -> None:
+    """Ring the patch at (z, y, x) (data coordinates of ``layer``) in a points layer on the same grid."""
+    highlight_layer(viewer, layer).data = np.array([[z, y, x]])

@@ -16,7 +16,9 @@ that look for the scan, heatmap and mask layers never see them and they cannot c
 from __future__ import annotations
 
 import weakref
+from collections import deque
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -79,9 +81,14 @@ class ThreePlaneView:
     main viewer shows the remaining plane. ``widget`` is the dock's content.
     """
 
-    def __init__(self, viewer: Any) -> None:
-        from napari.components import ViewerModel
-        from napari.qt import QtViewer
+    def __init__(self, viewer: Any, staged: bool = False) -> None:
+        """Lay out the dock's column; ``staged``: build the canvases over several event-loop turns.
+
+        Building everything at once held the UI thread for about a second (two vispy canvases, a shader
+        program per mirrored layer and canvas, napari re-binding every shortcut per canvas). Staged, each turn
+        does one step (a canvas, or one layer mirrored into one canvas), so the window keeps answering while
+        the planes fill in; ``ready`` says when it is done and ``finish`` does the rest at once.
+        """
         from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
 
@@ -95,46 +102,125 @@ class ThreePlaneView:
         self._seen: dict[int, tuple] = {}
         self._geometry = geometry(Volume(np.zeros((2, 2, 2), np.float32)))
         self._syncing = False
+        self._closed = False
+        self.step_ms: list[float] = []  # UI-thread time of each staged build step
         self.point: list[float] = [float(v) for v in viewer.dims.point]
         self.main_plane = self._main_plane()
         self.plane_names = [p for p in ("axial", "coronal", "sagittal") if p != self.main_plane]
         self.planes: dict[str, Any] = {}
         self.qt_viewers: dict[str, Any] = {}
         self.titles: dict[str, Any] = {}
+        self._boxes: dict[str, Any] = {}
         self.widget = QSplitter(Qt.Orientation.Vertical)
         self.widget.setObjectName("anomalens_three_plane")
         for name in self.plane_names:
-            model = ViewerModel(title=f"AnomaLens {name}")
-            qtv = QtViewer(model)
             box = QWidget()
             lay = QVBoxLayout(box)
             lay.setContentsMargins(0, 0, 0, 0)
             lay.setSpacing(2)
-            title = QLabel(name.capitalize())
+            title = QLabel(f"{name.capitalize()} (preparing…)")
             title.setStyleSheet(f"color: {PLANE_COLORS[name]}; font-weight: bold; padding-left: 4px;")
             lay.addWidget(title)
-            lay.addWidget(qtv, 1)
+            lay.addStretch(1)
             self.widget.addWidget(box)
-            self.planes[name], self.qt_viewers[name], self.titles[name] = model, qtv, title
-            install_orientation_overlay(model, follow_scan=False)
-            model.mouse_drag_callbacks.append(self._drag_callback(model, plain_click=True))
+            self.widget.setStretchFactor(self.widget.count() - 1, 1)
+            self._boxes[name], self.titles[name] = box, title
         self.main_qt = _qt_viewer(viewer)
         self._drag_main = self._drag_callback(viewer, plain_click=False)
-        viewer.mouse_drag_callbacks.append(self._drag_main)
         self.crosshairs: dict[int, _Crosshair] = {}
-        for model, qtv in [(viewer, self.main_qt), *[(self.planes[n], self.qt_viewers[n]) for n in self.planes]]:
-            if qtv is not None:
-                self.crosshairs[id(model)] = _Crosshair(qtv)
-        for layer in viewer.layers:
-            self._add_mirror(layer)
-        self._link(viewer.layers.events.inserted, self._on_inserted)
+        if self.main_qt is not None:
+            self.crosshairs[id(viewer)] = _Crosshair(self.main_qt)
         self._link(viewer.layers.events.removed, self._on_removed)
+        self._steps: deque[Callable[[], None]] = deque(self._plan())
+        if staged:
+            from qtpy.QtCore import QTimer
+
+            QTimer.singleShot(0, self._next_step)  # the dock shows first; the canvases follow, a step per turn
+        else:
+            self.finish()
+
+    # -- building, a step per event-loop turn ----------------------------------------------------------
+    def _plan(self) -> list[Callable[[], None]]:
+        """The build steps: each canvas, then each mirrorable layer into each canvas, then the links."""
+        steps: list[Callable[[], None]] = [partial(self._build_plane, name) for name in self.plane_names]
+        for layer in [lyr for lyr in self.viewer.layers if _mirrorable(lyr)]:
+            steps += [partial(self._mirror_step, weakref.ref(layer), name) for name in self.plane_names]
+        steps.append(self._finish_links)
+        return steps
+
+    @property
+    def ready(self) -> bool:
+        """Whether every canvas is built and linked."""
+        return not self._steps and not self._closed
+
+    def finish(self) -> None:
+        """Run the build steps still to come, now (tests, scripts, and a close during the build)."""
+        while self._steps and not self._closed:
+            self._steps.popleft()()
+
+    def _next_step(self) -> None:
+        import time
+
+        from qtpy.QtCore import QTimer
+
+        if self._closed or not self._steps:
+            return
+        t0 = time.perf_counter()
+        self._steps.popleft()()
+        self.step_ms.append((time.perf_counter() - t0) * 1000.0)  # for bench_reading_room
+        if self._steps:
+            QTimer.singleShot(0, self._next_step)
+
+    def _build_plane(self, name: str) -> None:
+        from napari.components import ViewerModel
+        from napari.qt import QtViewer
+        from napari.utils.action_manager import action_manager
+
+        model = ViewerModel(title=f"AnomaLens {name}")
+        # A new QtViewer unbinds and rebinds every napari shortcut to the same keys; each change event makes
+        # every open canvas' welcome text rebuild its shortcut list (~150 ms for nothing): the keys end up as
+        # they were, so the events are held back.
+        with action_manager.events.shortcut_changed.blocker():
+            qtv = QtViewer(model)
+        lay = self._boxes[name].layout()
+        lay.insertWidget(1, qtv, 1)
+        lay.removeItem(lay.itemAt(2))  # the placeholder stretch
+        self.titles[name].setText(name.capitalize())
+        n = self.widget.count()
+        self.widget.setSizes([max(1, self.widget.height() // n)] * n)  # the planes share the column equally
+        self.planes[name], self.qt_viewers[name] = model, qtv
+        install_orientation_overlay(model, follow_scan=False)
+        model.mouse_drag_callbacks.append(self._drag_callback(model, plain_click=True))
+        self.crosshairs[id(model)] = _Crosshair(qtv)
+        model.dims.events.point.connect(lambda _e=None, m=model: self._sync_from(m))
+
+    def _mirror_step(self, ref: Callable[[], Any], name: str) -> None:
+        """Mirror one main-viewer layer into one canvas (a layer removed meanwhile is skipped)."""
+        layer = ref()
+        if layer is None or layer not in self.viewer.layers:
+            return
+        self._mirror_into(layer, name)
+        if len(self._mirrors.get(id(layer), [])) == len(self.plane_names):
+            self._link_layer(layer)
+
+    def _finish_links(self) -> None:
+        """Mirror what arrived during the build, link the main viewer's events, orient and fit every plane."""
+        viewer = self.viewer
+        for layer in viewer.layers:
+            if _mirrorable(layer) and len(self._mirrors.get(id(layer), [])) < len(self.plane_names):
+                for name in self.plane_names[len(self._mirrors.get(id(layer), [])):]:
+                    self._mirror_into(layer, name)
+                self._link_layer(layer)
+        self._on_moved()
+        self._geometry = geometry(self._reference_volume())  # each plane was oriented with its first layer
+        viewer.mouse_drag_callbacks.append(self._drag_main)
+        self._link(viewer.layers.events.inserted, self._on_inserted)
         self._link(viewer.layers.events.moved, self._on_moved)
         self._link(viewer.dims.events.point, lambda _e=None: self._sync_from(viewer))
         self._link(viewer.dims.events.order, lambda _e=None: self.draw_crosshairs())
-        for model in self.planes.values():
-            model.dims.events.point.connect(lambda _e=None, m=model: self._sync_from(m))
-        self._set_up_planes()
+        self.point = [float(v) for v in viewer.dims.point]
+        self._push()
+        self.fit_planes_on_resize()
 
     # -- which plane each canvas shows ------------------------------------------------------------------
     def _reference_volume(self) -> Volume:
@@ -148,18 +234,23 @@ class ThreePlaneView:
         return PLANE_OF_AXIS[geometry(self._reference_volume()).axes[axis]] if 0 <= axis < 3 else "axial"
 
     def _set_up_planes(self) -> None:
-        vol = self._reference_volume()
-        self._geometry = geometry(vol)
-        for name, model in self.planes.items():
-            if model.dims.ndim < 3:
-                continue
-            order, orient = plane_view(vol, name)
-            extra = model.dims.ndim - 3
-            model.dims.order = tuple(range(extra)) + tuple(a + extra for a in order)
-            camera_of(model).orientation2d = orient
-            model.reset_view()
+        self._geometry = geometry(self._reference_volume())
+        for name in self.planes:
+            self._set_up_plane(name)
         self.point = [float(v) for v in self.viewer.dims.point]
         self._push()
+
+    def _set_up_plane(self, name: str) -> None:
+        """Show plane ``name`` in its canvas: its dims order, radiological camera, and the scan fitted."""
+        model = self.planes[name]
+        if model.dims.ndim < 3:
+            return
+        vol = self._reference_volume()
+        order, orient = plane_view(vol, name)
+        extra = model.dims.ndim - 3
+        model.dims.order = tuple(range(extra)) + tuple(a + extra for a in order)
+        camera_of(model).orientation2d = orient
+        model.reset_view()
 
     def fit_planes_on_resize(self) -> None:
         """Refit each extra plane whenever its canvas changes size (the dock gets its size after opening)."""
@@ -183,22 +274,24 @@ class ThreePlaneView:
         emitter.connect(callback)
         self._links.append((emitter, callback))
 
-    def _add_mirror(self, layer: Any, index: int | None = None) -> None:
+    def _mirror_into(self, layer: Any, name: str, index: int | None = None) -> None:
+        """Put a mirror of ``layer`` (the same array, its state) into the canvas of plane ``name``."""
         from napari.layers import Layer
 
-        if not _mirrorable(layer) or id(layer) in self._mirrors:
-            return
-        mirrors = []
-        self._syncing = True  # the extra canvases' dims move while their first layer arrives: not the user
+        model = self.planes[name]
+        data, state, kind = layer.as_layer_data_tuple()
+        mirror = Layer.create(data, state, kind)
+        self._syncing = True  # the extra canvas' dims move while its first layer arrives: not the user
         try:
-            for model in self.planes.values():
-                data, state, kind = layer.as_layer_data_tuple()
-                mirror = Layer.create(data, state, kind)
-                model.layers.insert(len(model.layers) if index is None else min(index, len(model.layers)), mirror)
-                mirrors.append(mirror)
+            model.layers.insert(len(model.layers) if index is None else min(index, len(model.layers)), mirror)
         finally:
             self._syncing = False
-        self._mirrors[id(layer)] = mirrors
+        self._mirrors.setdefault(id(layer), []).append(mirror)
+        if model.dims.ndim >= 3 and len(model.layers) == 1:
+            self._set_up_plane(name)  # oriented before its first paint
+
+    def _link_layer(self, layer: Any) -> None:
+        """Keep ``layer``'s mirrors in step with it: display properties, in-place refreshes, new data."""
         self._seen[id(layer)] = self._slice_key()
         for prop in SYNCED_PROPERTIES:
             emitter = getattr(layer.events, prop, None)
@@ -209,6 +302,14 @@ class ThreePlaneView:
             if emitter is not None:
                 self._link(emitter, self._refresh_later(layer))
         self._link(layer.events.data, self._data_sync(layer))
+
+    def _add_mirror(self, layer: Any, index: int | None = None) -> None:
+        """Mirror a layer new in the main viewer into every canvas, linked."""
+        if not _mirrorable(layer) or id(layer) in self._mirrors:
+            return
+        for name in self.planes:
+            self._mirror_into(layer, name, index)
+        self._link_layer(layer)
 
     def _property_sync(self, layer: Any, prop: str) -> Callable:
         ref = weakref.ref(layer)
@@ -406,7 +507,13 @@ class ThreePlaneView:
 
     # -- teardown -------------------------------------------------------------------------------------
     def close(self) -> None:
-        """Disconnect everything from the main viewer and drop the extra canvases' layers."""
+        """Disconnect everything from the main viewer and let go of the extra canvases.
+
+        Their layers are not removed one by one: napari runs a full garbage collection after each layer
+        removal (0.3 s each here); the canvases close and the mirrors go with their models.
+        """
+        self._closed = True
+        self._steps.clear()
         for emitter, cb in self._links:
             try:
                 emitter.disconnect(cb)
@@ -418,8 +525,6 @@ class ThreePlaneView:
         main_cross = self.crosshairs.pop(id(self.viewer), None)
         if main_cross is not None:
             main_cross.remove()
-        for model in self.planes.values():
-            model.layers.clear()
         for qtv in self.qt_viewers.values():
             qtv.close()  # stops its dims and deletes its vispy canvas (what napari does for its own)
         self._mirrors.clear()
@@ -452,7 +557,7 @@ def toggle_three_plane(viewer: Any) -> bool:
 
     from .desktop import docks_visible, set_docks_visible
 
-    view = ThreePlaneView(viewer)
+    view = ThreePlaneView(viewer, staged=True)
     _views[id(viewer)] = view
     # A layout of its own, as a PACS viewer's MPR: the AnomaLens docks make room (and come back on close).
     view.restore_docks = docks_visible(viewer)
@@ -460,7 +565,6 @@ def toggle_three_plane(viewer: Any) -> bool:
         set_docks_visible(viewer, False)
     view.dock = viewer.window.add_dock_widget(view.widget, name=DOCK_NAME, area="right", tabify=False)
     _size_dock(viewer, view.dock)
-    view.fit_planes_on_resize()
 
     class Watcher(QObject):
         """Closes the view when its dock's own close button takes it out, or when the main window closes."""
@@ -557,4 +661,15 @@ def setup_radiological_view(viewer: Any) -> Any:
     from .reader import prefer_anomalens_reader
 
     prefer_anomalens_reader()
+    _import_in_background("scipy.spatial.transform")
     return add_three_plane_menu_item(viewer)
+
+
+def _import_in_background(module: str) -> None:
+    """Import ``module`` on a thread now: napari imports it on a new canvas' first layer, 0.4 s on the UI thread."""
+    import importlib
+    import sys
+    import threading
+
+    if module not in sys.modules:
+        threading.Thread(target=importlib.import_module, args=(module,), name=f"import {module}", daemon=True).start()

@@ -301,6 +301,10 @@ def detail_shots(viewer: Any, res: Any, out_dir: Path) -> list[Path]:
 
     # the linked three-plane view: it takes the right-hand column (the AnomaLens docks step aside and come back)
     check(toggle_three_plane(viewer), "the three-plane view did not open")
+    view = three_plane_view(viewer)
+    deadline = time.perf_counter() + 30
+    while view is not None and not view.ready and time.perf_counter() < deadline:
+        settle(50)
     settle(1500)
     check(three_plane_view(viewer) is not None and current_index(viewer, scan) == top, "three-plane view state")
     shots.append(window_shot(viewer, out_dir / "three-plane.png"))

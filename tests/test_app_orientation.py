@@ -163,7 +163,9 @@ def test_the_three_plane_view_is_linked_by_its_crosshair(make_napari_viewer: Any
     viewer.add_image(data, **kwargs)
     assert toggle_three_plane(viewer)
     view = three_plane_view(viewer)
-    assert view is not None and set(view.planes) == {"coronal", "sagittal"}
+    assert view is not None and not view.ready  # the click returns at once; the canvases follow, a step a turn
+    qtbot.waitUntil(lambda: view.ready, timeout=20000)
+    assert set(view.planes) == {"coronal", "sagittal"}
     coronal, sagittal = view.planes["coronal"], view.planes["sagittal"]
     assert [lyr.name for lyr in coronal.layers] == ["scan"]  # the scan mirrored, same data, same grid
     assert coronal.layers[0].data is viewer.layers[0].data
@@ -233,6 +235,7 @@ def test_in_the_desktop_window_three_planes_take_the_column_and_are_fitted(make_
     assert toggle_three_plane(viewer)
     view = three_plane_view(viewer)
     assert not docks_visible(viewer)  # the AnomaLens docks make room for the planes
+    qtbot.waitUntil(lambda: view.ready, timeout=20000)
     qtbot.wait(400)
     for name, model in view.planes.items():
         canvas = view.qt_viewers[name].canvas.native

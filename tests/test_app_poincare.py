@@ -239,6 +239,7 @@ def test_the_disk_is_centred_on_normal_tissue_with_outlines_and_a_hyperplane_rep
 
     # marking slices normal re-centres on them (and says so) and rings them
     state.set_marked_slices([0, 1])
+    assert w.wait(20.0)  # a mark re-centres the disk in a worker, off the UI thread
     assert "the 32 patches of the 2 slice(s) marked normal" in w.note.text()
     goto_index(viewer, layer, 0)
     assert len(w.marked_rings.points()) == N_PATCH and len(w.reference_rings.points()) == 0

@@ -61,6 +61,7 @@ MARK_OVERLAY = "anomalens_marked_normal"
 MARKED_COLOR = "#2ecc40"
 #: Scan-layer metadata key: the layer's bounding box is our green frame (so it is ours to hide again).
 FRAME_KEY = "anomalens_marked_frame"
+FRAME_WARM_KEY = "anomalens_marked_frame_built"  # the scan layer's frame visual exists (see _warm_visual)
 
 
 # --------------------------------------------------------------------------------------------- shared helpers
@@ -157,9 +158,19 @@ def marked_overlay(viewer: napari.viewer.Viewer) -> Any:
 
     overlays = viewer.canvas.overlays
     if MARK_OVERLAY not in overlays:
-        overlays[MARK_OVERLAY] = TextOverlay(text="", position="top_left", color=MARKED_COLOR, font_size=12,
-                                             visible=False)
+        overlay = TextOverlay(text="", position="top_left", color=MARKED_COLOR, font_size=12, visible=False)
+        overlays[MARK_OVERLAY] = overlay
+        _warm_visual(overlay)
     return overlays[MARK_OVERLAY]
+
+
+def _warm_visual(overlay: Any) -> None:
+    """Have napari build the overlay's canvas visual now: it builds one on first show, a 30-60 ms stall then.
+
+    Shown and hidden again at once: nothing is drawn in between, and later shows only flip visibility.
+    """
+    overlay.visible = True
+    overlay.visible = False
 
 
 def show_marked_on_canvas(viewer: napari.viewer.Viewer, state: AnomaLensState) -> bool:
@@ -179,6 +190,10 @@ def show_marked_on_canvas(viewer: napari.viewer.Viewer, state: AnomaLensState) -
         if lyr.metadata.get(FRAME_KEY) and lyr is not layer:
             lyr.bounding_box.visible = False  # another scan's frame, from before
             lyr.metadata[FRAME_KEY] = False
+    if layer is not None and not layer.metadata.get(FRAME_WARM_KEY):
+        layer.metadata[FRAME_WARM_KEY] = True
+        if not layer.bounding_box.visible:
+            _warm_visual(layer.bounding_box)
     if layer is not None and (here or layer.metadata.get(FRAME_KEY)):
         box = layer.bounding_box
         if here:
@@ -369,6 +384,7 @@ class CalibrationWidget(QWidget):
         self.viewer.dims.events.current_step.connect(self._show_on_canvas)
         self.state.marks_changed.connect(self._show_on_canvas)
         self.state.volume_changed.connect(self._show_on_canvas)
+        marked_overlay(self.viewer)  # built now (with its canvas visual), not on the first mark
 
         ensure_volume(self.viewer, self.state)
         self._on_volume_changed(self.state.volume)

@@ -41,6 +41,7 @@ from ..results import (
     format_score,
     goto_index,
     heatmap_contrast,
+    highlight_layer,
     highlight_patch,
 )
 from ..state import get_state
@@ -258,7 +259,8 @@ class PoincareWidget(QWidget):
         """Marks ring points and may change the normal reference the disk is centred on: project again then."""
         if self.results is not None and len(self.store) and self._projected is not None \
                 and self._projected != self._key():
-            self.reproject()
+            self.redraw()  # the rings at once, where the points are now
+            self.reproject(background=True)  # marking is a keystroke: the re-centring comes off the UI thread
         else:
             self.redraw()
 
@@ -307,15 +309,19 @@ class PoincareWidget(QWidget):
                                    threshold=None if res is None else res.threshold,
                                    slice_index=np.asarray(emb.slice_index), marked=list(self._marked_scored()))
 
-    def reproject(self) -> None:
-        """Project the shown result's embeddings again (in a thread worker for big sets)."""
+    def reproject(self, background: bool = False) -> None:
+        """Project the shown result's embeddings again (in a thread worker for big sets, or when ``background``).
+
+        A mark or an undo re-centres the disk; done on the UI thread, the projection's algebra competes with
+        torch's threads for a small machine's cores and stalled the keystroke (bench_reading_room).
+        """
         emb = self.store.combined()
         if emb is None:
             self._set_projections(None)
             return
         key = self._key()
         reference, how = self.normal_reference(emb)
-        if len(emb.points) <= self.sync_limit:
+        if len(emb.points) <= self.sync_limit and not background:
             try:
                 self._set_projections(project_both(emb, reference, how), key)
             except AnomaLensError as exc:
@@ -359,6 +365,9 @@ class PoincareWidget(QWidget):
             self.report.setText("")
         else:
             self.note.setText(self.projection.note if self.projection is not None else "")
+            layer = scan_layer(self.viewer, self.state)
+            if layer is not None and layer.ndim == 3:
+                self._keep_active(lambda: highlight_layer(self.viewer, layer))  # ready before the first hover
         self.redraw(keep_selection=False)
 
     # -- drawing ---------------------------------------------------------------------------------
