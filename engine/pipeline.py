@@ -275,6 +275,8 @@ def merge_results(parts: Sequence[AnomalyResult]) -> AnomalyResult:
             scores=None if any(e.scores is None for e in es) else np.concatenate([e.scores for e in es]),
             hyperplane=e0.hyperplane, hyperplane_offset=e0.hyperplane_offset,
         )
+    own = None if any(p.own_masks is None for p in parts) else np.concatenate([p.own_masks for p in parts])
     return AnomalyResult(heatmaps=np.concatenate([p.heatmaps for p in parts]),
                          scores=np.concatenate([p.scores for p in parts]), embeddings=emb, features=feats,
-                         normalised=parts[0].normalised, info=dict(parts[0].info))
+                         normalised=parts[0].normalised, info=dict(parts[0].info), own_masks=own,
+                         own_masks_method=parts[0].own_masks_method)

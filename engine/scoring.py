@@ -151,6 +151,8 @@ class ScanResult:
     warnings: tuple[str, ...] = ()
     seconds_per_slice: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: How the detector cut ``mask_scr`` itself (its paper's SCR), None when the engine's SCR cut it.
+    scr_source: str | None = None
 
     @property
     def calibrated(self) -> bool:
@@ -200,8 +202,8 @@ class ScanResult:
             "max_score": max((s.score for s in self.slices), default=None),
             "threshold": self.threshold,
             "mask": self.lesion_mask_kind,
-            "scr": None if self.scr is None else {"threshold": self.scr.threshold, "lambda": self.scr.lam,
-                                                  "tau": self.scr.tau, "mode": self.scr.mode},
+            "scr": ({"source": self.scr_source} if self.scr_source else None) if self.scr is None else {
+                "threshold": self.scr.threshold, "lambda": self.scr.lam, "tau": self.scr.tau, "mode": self.scr.mode},
             "flagged_slices": self.flagged_slices if self.calibrated else None,
             "lesion_volume_ml": None if self.lesion_volume_ml is None else round(self.lesion_volume_ml, 4),
             "seconds_per_slice": round(self.seconds_per_slice, 4),
@@ -218,14 +220,17 @@ def apply_calibration(calibration: Calibration, result: AnomalyResult, slices: n
 
     ``slices`` are the intensities the result was scored on (SCR's pairwise fallback when the detector gave no
     per-pixel features). ``settings`` overrides SCR's point (the viewer's sliders); default: the calibrated one.
-    In 3-D mode the stack is cut as one graph, so give it consecutive slices of one scan.
+    In 3-D mode the stack is cut as one graph, so give it consecutive slices of one scan. A result with the
+    detector's own masks (``AnomalyResult.own_masks``) gets those, on tissue, as its SCR mask.
     """
     maps = calibration.normalise(result.heatmaps)
     fg = foreground_mask(slices) if foreground is None else np.asarray(foreground, bool)
     plain = (maps > calibration.threshold) & fg
     point = settings or calibration.scr
     scr_mask = None
-    if scr and point.usable:
+    if scr and result.own_masks is not None:
+        scr_mask = result.own_masks & fg
+    elif scr and point.usable:
         scr_mask = cut_scr(maps, fg, point, features=result.features,
                            intensities=None if result.features is not None else slices)
     return CalibratedMaps(maps=maps, mask=plain, scr_mask=scr_mask, threshold=calibration.threshold, scr=point)
@@ -302,13 +307,15 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
         if shrink:
             warnings.append(shrink)
     cal = detector.calibration
+    own = scr and detector.cuts_own_masks  # the paper's own cut in SCR's slot (InvDetect scr_mode=paper)
     point = None if cal is None else (settings or cal.scr)
-    cut = point is not None and scr and point.usable
+    cut = point is not None and scr and point.usable and not own
     linked = cut and point is not None and point.mode == "3d"
     shape = volume.shape
     full_map = np.zeros(shape, np.float32)
     mask = None if cal is None else np.zeros(shape, bool)
-    mask_scr = np.zeros(shape, bool) if cut else None
+    mask_scr = np.zeros(shape, bool) if cut or own else None
+    own_method = ""
     parts: list[AnomalyResult] = []
     t0 = time.perf_counter()
     for start in range(0, len(idx), SCORE_BATCH):
@@ -318,10 +325,15 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
         part = _score_batch(detector, sl, placement, cancel)
         if not detail:
             part.embeddings = None
+        if own and part.own_masks is not None:
+            own_method = part.own_masks_method
         if cal is None:
             full_map[batch] = part.heatmaps
+            if mask_scr is not None and part.own_masks is not None:
+                mask_scr[batch] = part.own_masks & prepared.batch_foreground(batch, sl)
         elif not linked:
-            c = apply_calibration(cal, part, sl, prepared.batch_foreground(batch, sl), scr=cut, settings=point)
+            c = apply_calibration(cal, part, sl, prepared.batch_foreground(batch, sl), scr=cut or own,
+                                  settings=point)
             full_map[batch], mask[batch] = c.maps, c.mask  # type: ignore[index]
             if mask_scr is not None and c.scr_mask is not None:
                 mask_scr[batch] = c.scr_mask
@@ -345,7 +357,8 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
                         unit=MapUnit.RAW if cal is None else MapUnit.QUANTILE, mask=mask, mask_scr=mask_scr,
                         calibration=cal, scr=point if cut else None, slices=(),
                         model=model or ModelIdentity.of(detector), raw=raw if detail else None,
-                        warnings=tuple(dict.fromkeys(warnings)), seconds_per_slice=seconds)
+                        warnings=tuple(dict.fromkeys(warnings)), seconds_per_slice=seconds,
+                        scr_source=own_method or None)
     result.slices = slice_scores(result)
     report(progress, 1.0, "scored")
     return result
@@ -402,7 +415,8 @@ def _take(res: AnomalyResult, pos: np.ndarray) -> AnomalyResult:
         return res
     return AnomalyResult(heatmaps=res.heatmaps[pos], scores=res.scores[pos], embeddings=None,
                          features=None if res.features is None else res.features[pos], normalised=res.normalised,
-                         info=res.info)
+                         info=res.info, own_masks=None if res.own_masks is None else res.own_masks[pos],
+                         own_masks_method=res.own_masks_method)
 
 
 def _score_batch(detector: Detector, slices: np.ndarray, placement: Placement | None,
@@ -428,7 +442,8 @@ def _score_square(detector: Detector, slices: np.ndarray, cancel: CancelToken | 
         emb.centers = emb.centers - np.asarray([top, left], np.float32)
     return AnomalyResult(heatmaps=res.heatmaps[crop], scores=res.scores, embeddings=emb,
                          features=None if res.features is None else res.features[crop], normalised=res.normalised,
-                         info=res.info)
+                         info=res.info, own_masks=None if res.own_masks is None else res.own_masks[crop],
+                         own_masks_method=res.own_masks_method)
 
 
 def _back_to_scan(res: AnomalyResult, p: Placement) -> AnomalyResult:
@@ -444,5 +459,7 @@ def _back_to_scan(res: AnomalyResult, p: Placement) -> AnomalyResult:
     emb = res.embeddings
     if emb is not None:
         emb.centers = p.to_scan_points(emb.centers)
+    own = None if res.own_masks is None else from_working(res.own_masks.astype(np.float32), p) > 0.5
     return AnomalyResult(heatmaps=from_working(res.heatmaps, p), scores=res.scores, embeddings=emb,
-                         features=feats, normalised=res.normalised, info=dict(res.info))
+                         features=feats, normalised=res.normalised, info=dict(res.info), own_masks=own,
+                         own_masks_method=res.own_masks_method)

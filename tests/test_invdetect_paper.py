@@ -217,3 +217,35 @@ def test_bundles_keep_the_paper_scr_and_version_1_bundles_load_but_refuse_paper_
     v1.config.scr_mode = "paper"
     with pytest.raises(ModelError, match="version 1"):
         v1.segment(tests)
+
+
+@pytest.mark.parametrize("mode", ["paper", "threshold"])
+def test_the_product_path_reports_the_papers_own_masks(fitted, mode: str) -> None:
+    """score_scan (the CLI's, batch's, viewer's and eval's one function) shows what ``segment`` cuts, on tissue."""
+    from anomalens.engine.recalibration import calibrate_detector
+    from anomalens.engine.scoring import score_scan
+    from anomalens.engine.volume import Volume
+
+    tests, _ = phantom_slices(3, 32, seed=9, lesion=True)
+    vol = Volume(tests, spacing=(1.0, 1.0, 3.0), modality="MR")
+    normals, _ = phantom_slices(3, 32, seed=11)
+    fitted.config.scr_mode = mode
+    try:
+        assert fitted.cuts_own_masks
+        for calibrated in (False, True):
+            fitted.calibration = calibrate_detector(fitted, normals, lesion_check=False) if calibrated else None
+            res = score_scan(fitted, vol)
+            sl = res.prepared.batch(res.indices)
+            expected = fitted.segment(sl).masks & res.prepared.batch_foreground(res.indices, sl)
+            assert res.mask_scr is not None and res.scr is None  # the engine's SCR was not cut
+            np.testing.assert_array_equal(res.mask_scr, expected)
+            assert res.lesion_mask is res.mask_scr and res.lesion_mask_kind == "scr"
+            assert "InvDetect" in res.summary()["scr"]["source"]
+            assert (res.mask is not None) == calibrated  # the plain mask is the calibration's, as before
+        fitted.config.scr_mode = "product"
+        assert not fitted.cuts_own_masks
+        res = score_scan(fitted, vol)
+        assert res.scr_source is None and (res.scr is None or res.summary()["scr"].get("mode"))
+    finally:
+        fitted.config.scr_mode = "product"
+        fitted.calibration = None

@@ -181,7 +181,11 @@ class ScrWidget(QWidget):
         for w in (self.lam_slider, self.tau_slider, self.threshold_slider, self.mode_2d, self.mode_3d,
                   self.apply_button, self.reset_button):
             w.setEnabled(ok and not self.jobs.running)
-        if res is not None and not res.calibrated:
+        if res is not None and getattr(res.detector, "cuts_own_masks", False):
+            self.info.setText("This model cuts its lesion mask itself, as its paper does (InvDetect scr_mode "
+                              f"{getattr(res.detector.config, 'scr_mode', '?')}); these sliders tune the "
+                              "product's SCR, which it does not use. Train with scr_mode=product to tune them.")
+        elif res is not None and not res.calibrated:
             self.info.setText("This model is not calibrated, so there is no mask to refine: calibrate it first.")
         elif ok:
             cal = self.state.calibrated_scr()
@@ -283,7 +287,7 @@ class ScrWidget(QWidget):
     def _live(self, res: Any) -> bool:
         """Whether the followed result can be re-cut: calibrated, made by the loaded model, not stale."""
         return (res is not None and res.calibrated and not res.stale and res.detector is not None
-                and res.detector is self.state.detector)
+                and res.detector is self.state.detector and not getattr(res.detector, "cuts_own_masks", False))
 
     def _own_key(self, res: Any, z: int) -> tuple | None:
         """The key of the cut a slice shows when it has none recorded: the calibrated SCR point (score_scan's)."""

@@ -138,6 +138,15 @@ class Detector(ABC):
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 
+    @property
+    def cuts_own_masks(self) -> bool:
+        """Whether ``score`` returns the detector's own lesion masks (``AnomalyResult.own_masks``).
+
+        ``engine.scoring.score_scan`` asks before scoring: such masks are per slice, so it does not link the
+        slices in a 3-D cut, and the engine's SCR is not cut for them.
+        """
+        return False
+
     # -- public API ----------------------------------------------------------------------------
     def fit(self, normals: np.ndarray, progress: ProgressCallback | None = None,
             cancel: CancelToken | None = None) -> Detector:

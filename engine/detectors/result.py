@@ -49,6 +49,11 @@ class AnomalyResult:
     SCR uses for its pairwise weights (noise latents, embeddings); without them SCR falls back to
     intensities. ``normalised`` says whether ``heatmaps`` were mapped through the model's normal-data
     normaliser (so thresholds are comparable across detectors).
+
+    ``own_masks``: lesion masks the detector cut itself the way its paper does (InvDetect's SCR with the
+    paper's t, T and τ), on the heatmaps' grid; ``own_masks_method`` says how, for the user. When present,
+    ``engine.scoring`` reports them in the SCR slot instead of cutting the engine's SCR, so the paper's
+    mechanism is what the CLI, batch, viewer and eval show (``Detector.cuts_own_masks``).
     """
 
     heatmaps: np.ndarray
@@ -57,9 +62,16 @@ class AnomalyResult:
     features: np.ndarray | None = None
     normalised: bool = False
     info: dict[str, Any] = field(default_factory=dict)
+    own_masks: np.ndarray | None = None
+    own_masks_method: str = ""
 
     def __post_init__(self) -> None:
         self.heatmaps = np.asarray(self.heatmaps, dtype=np.float32)
+        if self.own_masks is not None:
+            self.own_masks = np.asarray(self.own_masks, dtype=bool)
+            if self.own_masks.shape != self.heatmaps.shape:
+                raise InvalidVolumeError(
+                    f"own masks {self.own_masks.shape} do not match heatmaps {self.heatmaps.shape}")
         self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
         if self.heatmaps.ndim != 3:
             raise InvalidVolumeError(f"heatmaps must be (slices, H, W), got shape {self.heatmaps.shape}")

@@ -37,6 +37,9 @@ from .scr_paper import DEFAULT_FPR, neighbour_sq_distances, paper_scr, paper_wei
 
 #: What ``segment`` cuts: the product's calibrated SCR, the paper's SCR, or the paper's "w/o SCR" (A > 0).
 SCR_MODES = ("product", "paper", "threshold")
+#: What the result says of the masks ``score`` cuts itself, per ``scr_mode`` (the product's SCR is not cut then).
+OWN_MASK_METHODS = {"paper": "InvDetect's own SCR (paper eqs. 2-4: raw -f(z), t = 0, T = 1, tau from the latents)",
+                    "threshold": "InvDetect's A > 0 (the paper's 'w/o SCR')"}
 #: Optimiser steps between two entries of the training log (and the final loss: the last entry's mean).
 LOG_STEPS = 100
 
@@ -381,11 +384,35 @@ class InvDetectDetector(Detector):
                                      "heatmap_units": "raw −f(z) of the one-class SVM (0 on its boundary)"})
         return result, z, (hh, ww), padded
 
+    @property
+    def cuts_own_masks(self) -> bool:
+        """``scr_mode`` paper (with the τ a version-2 fit records) or threshold: ``score`` cuts the masks itself."""
+        mode = self.cfg.scr_mode
+        return mode == "threshold" or (mode == "paper" and "tau" in (self.training_log.get("paper_scr") or {}))
+
     def _score(self, slices: np.ndarray, progress: ProgressCallback | None,
                cancel: CancelToken | None) -> AnomalyResult:
-        result = self._score_latents(slices, progress, cancel)[0]
+        result, z, grid, padded = self._score_latents(slices, progress, cancel)
+        if self.cuts_own_masks:
+            masks, _, _ = self._own_cut(z, len(slices), grid, padded, slices.shape[1:])
+            result.own_masks = masks
+            result.own_masks_method = OWN_MASK_METHODS[self.cfg.scr_mode]
         report(progress, 1.0, "done")
         return result
+
+    def _own_cut(self, z: np.ndarray, n: int, grid: tuple[int, int], padded: tuple[int, int],
+                 shape: tuple[int, int], lam: float | None = None) -> tuple[np.ndarray, float | None, float | None]:
+        """The paper's masks of ``n`` slices from their latents: (masks on the slices' grid, λ, τ)."""
+        raw = self._raw_map(z, n, grid, padded)
+        if self.cfg.scr_mode == "threshold":
+            cut, lam_used, tau = raw > 0, None, None
+        else:
+            c, scr = self.cfg, self.training_log["paper_scr"]
+            tau = float(scr["tau"])
+            lam_used = float(scr["lam"] if lam is None else lam)
+            down, right = neighbour_sq_distances(z, n, grid, padded, c.patch_size, self.stride, self.omega)
+            cut = paper_scr(raw, paper_weights(down, right, tau), lam_used)
+        return to_slice_grid(cut.astype(np.float32), shape) > 0.5, lam_used, tau
 
     def segment(self, slices: np.ndarray, lam: float | None = None, progress: ProgressCallback | None = None,
                 cancel: CancelToken | None = None) -> Segmentation:
@@ -423,16 +450,7 @@ class InvDetectDetector(Detector):
             cal = apply_calibration(self.calibration, result, slices)
             masks = cal.scr_mask if cal.scr_mask is not None else cal.mask
             return Segmentation(result, np.asarray(masks, bool), mode, cal.scr.lam, cal.scr.tau)
-        raw = self._raw_map(z, n, grid, padded)
-        if mode == "threshold":
-            cut, lam_used, tau = raw > 0, None, None
-        else:
-            c = self.cfg
-            tau = float(scr["tau"])
-            lam_used = float(scr["lam"] if lam is None else lam)
-            down, right = neighbour_sq_distances(z, n, grid, padded, c.patch_size, self.stride, self.omega)
-            cut = paper_scr(raw, paper_weights(down, right, tau), lam_used)
-        masks = to_slice_grid(cut.astype(np.float32), (h, w)) > 0.5
+        masks, lam_used, tau = self._own_cut(z, n, grid, padded, (h, w), lam)
         report(progress, 1.0, "done")
         return Segmentation(result, masks, mode, lam_used, tau)
 
