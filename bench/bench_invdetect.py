@@ -1,10 +1,10 @@
 """InvDetect numbers: seconds per 128² slice, and pixel AUROC on sample:brain1 (on-site protocol).
 
     nice -n 5 .venv/bin/python bench/bench_invdetect.py latency [--threads 1,2] [--steps 10,20]
-    nice -n 5 .venv/bin/python bench/bench_invdetect.py train --epochs 20 --out unet.safetensors
+    nice -n 5 .venv/bin/python bench/bench_invdetect.py train --train-steps 1000 --out unet.safetensors
     nice -n 5 .venv/bin/python bench/bench_invdetect.py onsite --load-unet unet.safetensors --steps 10 \
         [--with lorentz] [--json row.json]
-    nice -n 5 .venv/bin/python bench/bench_invdetect.py onsite [--epochs 3] [--steps 10,20,50] [--size 128]
+    nice -n 5 .venv/bin/python bench/bench_invdetect.py onsite [--train-steps 1000] [--steps 10,20,50] [--size 128]
 
 latency: ``InvDetectDetector.score`` on one 128² slice (49 patches of 32², all inverted in one batch per
 step, SVM, Gaussian aggregation, features), the median of repeated runs, at the default U-Net. Weights and
@@ -88,13 +88,18 @@ def _log(f: float, m: str) -> None:
         print(f"  {f:.2f} {m}", flush=True)
 
 
+def _training(args: argparse.Namespace) -> dict[str, Any]:
+    """The detector options that set how long the U-Net trains."""
+    return {"epochs": args.epochs, "train_steps": args.train_steps}
+
+
 def train(args: argparse.Namespace) -> None:
     """Train the U-Net once on the fit set and save it, so each step count can run as its own process."""
     from anomalens.plugins.invdetect.patches import extract_patches
 
     torch.set_num_threads(args.threads)
     data = _data(args)
-    det = InvDetectDetector({"epochs": args.epochs}, seed=args.seed)
+    det = InvDetectDetector(_training(args), seed=args.seed)
     patches, _ = extract_patches(det._grid(data.normals), det.cfg.patch_size, det.stride)
     t0 = time.perf_counter()
     last = [0.0]
@@ -118,7 +123,8 @@ def save_unet(det: InvDetectDetector, path: str, normals: np.ndarray, meta: dict
 
     from anomalens.engine.fileio import atomic_path
 
-    meta = {**meta, "epochs": str(det.cfg.epochs), "normals": _fingerprint(normals),
+    meta = {**meta, "epochs": str(det.cfg.epochs), "train_steps": str(det.cfg.train_steps),
+            "normals": _fingerprint(normals),
             "channels": json.dumps(list(det.cfg.channels))}
     state = {k: v.detach().cpu().contiguous() for k, v in det.unet.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -138,6 +144,7 @@ def load_unet(det: InvDetectDetector, path: str, normals: np.ndarray) -> dict[st
     if json.loads(meta["channels"]) != list(det.cfg.channels):
         raise SystemExit(f"{path} has channels {meta['channels']}, the config {det.cfg.channels}")
     det.config.epochs = int(meta["epochs"])  # type: ignore[attr-defined]
+    det.config.train_steps = int(meta.get("train_steps", det.cfg.train_steps))  # type: ignore[attr-defined]
     unet = det._new_unet()
     unet.load_state_dict(load_file(path))
     unet.eval().requires_grad_(False)
@@ -181,16 +188,17 @@ def onsite(args: argparse.Namespace) -> None:
         save()
     if not steps:
         return
-    det = InvDetectDetector({"epochs": args.epochs, "inversion_steps": steps[0]}, seed=args.seed)
+    det = InvDetectDetector(_training(args) | {"inversion_steps": steps[0]}, seed=args.seed)
     if args.load_unet:
         meta = load_unet(det, args.load_unet, data.normals)
         print(f"U-Net from {args.load_unet}: {meta}", flush=True)
-        fit_info = {"epochs": int(meta["epochs"]), "train_seconds": float(meta["train_seconds"]),
+        fit_info = {"epochs": int(meta["epochs"]), "train_steps": int(meta.get("train_steps", 0)),
+                    "train_seconds": float(meta["train_seconds"]),
                     "final_loss": float(meta["final_loss"])}
     else:
         t0 = time.perf_counter()
         det.fit(data.normals, progress=_log)
-        fit_info = {"epochs": args.epochs, "fit_seconds": time.perf_counter() - t0, **det.training_log}
+        fit_info = {**_training(args), "fit_seconds": time.perf_counter() - t0, **det.training_log}
         print(f"fit {fit_info}", flush=True)
     for k, s in enumerate(steps):
         det.config.inversion_steps = s  # type: ignore[attr-defined]
@@ -222,7 +230,10 @@ def main() -> None:
     a.add_argument("--reps", type=int, default=3)
     for name in ("train", "onsite"):
         p = sub.add_parser(name)
-        p.add_argument("--epochs", type=int, default=InvDetectDetector.config_class().epochs)
+        p.add_argument("--epochs", type=int, default=InvDetectDetector.config_class().epochs,
+                       help="passes over the patches (version 1's count); 0: count --train-steps")
+        p.add_argument("--train-steps", type=int, default=InvDetectDetector.config_class().train_steps,
+                       help="the U-Net's Adam steps (default: the detector's, ~6,000 s on this 2-core CPU)")
         p.add_argument("--size", type=int, default=128)
         p.add_argument("--threads", type=int, default=1)
         p.add_argument("--seed", type=int, default=0)
