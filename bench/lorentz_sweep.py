@@ -1,7 +1,8 @@
 """Issue #20's Lorentz sweep: feature norm before the exp map × ``dim`` (and training passes), on the demo's data.
 
 Each variant is the detector's own ``fit`` and ``score`` on ``onsite_data("brain1", healthy=["mni152"])``
-(the demo's split: MNI152 + brain1's far lesion-free fit slices; evaluated on slices never fitted on), with
+(the demo's split: MNI152 + brain1's far lesion-free fit slices; evaluated on slices never fitted on; or
+``--sample lung1|breast1``, the case's own far lesion-free slices alone), with
 the backbone passes served from a cache built once per seed: the normals', the evaluation slices' and the
 three synthetic draws' patch features (``n_variants`` 8, ``max_negatives`` 400,000), none of which depends
 on the head's options. Options the cache can serve:
@@ -99,18 +100,19 @@ def _measure(det: LorentzDetector, data, output: str) -> dict[str, float]:
     return {k: round(float(m[k]), 4) for k in ("pixel_auroc", "best_dice", "pixel_ap")}
 
 
-def run(cfg: dict, data, seed: int, cache_dir: Path) -> dict:
+def run(cfg: dict, data, seed: int, cache_dir: Path, sample: str = "brain1") -> dict:
     base = create_detector("lorentz", seed=seed)
     feature_side = {k: v for k, v in dataclasses.asdict(base.config).items() if k not in SERVED}
     key = hashlib.sha256(json.dumps([CACHE_VERSION, feature_side], sort_keys=True, default=str).encode())
-    state = _cache(data, seed, cache_dir / f"brain1-demo-seed{seed}-{key.hexdigest()[:12]}.pt")
+    state = _cache(data, seed, cache_dir / f"{sample}-demo-seed{seed}-{key.hexdigest()[:12]}.pt")
     det = create_detector("lorentz", config=cfg, seed=seed)
     _serve(det, state, data, seed)
     c0 = time.process_time()
     det.fit(data.normals)
     cpu = time.process_time() - c0
     curv = [h.curvature for h in det.heads]
-    return {"cfg": cfg, "seed": seed, "fit_cpu_s": round(cpu, 1), "curvature": [round(c, 3) for c in curv],
+    return {"sample": sample, "cfg": cfg, "seed": seed, "fit_cpu_s": round(cpu, 1),
+            "curvature": [round(c, 3) for c in curv],
             "sqrt_c_r": [round(det.config.feature_norm * c ** 0.5, 2) for c in curv],
             "fused": _measure(det, data, "fused"), "head": _measure(det, data, "head")}
 
@@ -120,6 +122,7 @@ def main() -> None:
     ap.add_argument("--grid", action="append", default=[], help="KEY=JSON list of values, crossed with the others")
     ap.add_argument("--set", action="append", default=[], help="KEY=JSON fixed option")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sample", default="brain1", help="development case: brain1 (with MNI152), lung1, breast1")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "anomalens-lorentz-sweep")
     ap.add_argument("--json", type=Path, help="append one JSON line per variant")
@@ -130,12 +133,14 @@ def main() -> None:
     keys = set(fixed) | {k for k, _ in grid}
     if keys - SERVED:
         raise SystemExit(f"not served by the cache (needs a full fit): {', '.join(sorted(keys - SERVED))}")
-    data = onsite_data("brain1", healthy=["mni152"])
+    # The healthy source of the case's modality and anatomy: MNI152 for brain1, none ships for lung1 or breast1.
+    data = onsite_data(args.sample, healthy=["mni152"] if args.sample == "brain1" else [])
     for values in itertools.product(*(v for _, v in grid)):
         cfg = {**fixed, **dict(zip((k for k, _ in grid), values, strict=True))}
-        row = run(cfg, data, args.seed, args.cache)
+        row = run(cfg, data, args.seed, args.cache, args.sample)
         f, h = row["fused"], row["head"]
-        print(f"{json.dumps(cfg)} seed {args.seed}: fused {f['pixel_auroc']:.4f} / Dice {f['best_dice']:.3f} / "
+        print(f"{args.sample} {json.dumps(cfg)} seed {args.seed}: fused {f['pixel_auroc']:.4f} / "
+              f"Dice {f['best_dice']:.3f} / "
               f"AP {f['pixel_ap']:.3f}; head {h['pixel_auroc']:.4f} / {h['best_dice']:.3f} / {h['pixel_ap']:.3f}; "
               f"c {row['curvature']}, √c·r {row['sqrt_c_r']}; fit {row['fit_cpu_s']:.0f} s CPU", flush=True)
         if args.json:
