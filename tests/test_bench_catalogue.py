@@ -10,7 +10,7 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 NOT_BENCHMARKS = {"bench_lorentz_seeds.py", "sweep_lorentz_heads.py", "lorentz_sweep.py",
-                  "check_wrn50_vs_torchvision.py", "run_all.py"}
+                  "check_wrn50_vs_torchvision.py", "gpu_check.py", "run_all.py"}
 
 
 def _run_all():
