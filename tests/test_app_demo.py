@@ -54,6 +54,7 @@ def test_demo_result_is_exported_and_recut_by_the_docks(make_napari_viewer: Any,
 
     from anomalens.app.desktop import setup_viewer, show_demo
     from anomalens.app.recent import RecentFiles
+    from anomalens.app.results import HIGHLIGHT_LAYER
     from anomalens.app.state import get_state
 
     out = fake_demo_output(env)
@@ -73,7 +74,10 @@ def test_demo_result_is_exported_and_recut_by_the_docks(make_napari_viewer: Any,
     assert list(np.flatnonzero(res.scored)) == list(EVALUATED)
     assert res.slice_scores == {s.z: s.score for s in result.slices}
     assert res.heatmap_name == "brain1 · patchcore v1 anomaly" and res.mask_name == "brain1 · patchcore v1 mask"
-    assert {lyr.name for lyr in viewer.layers} == {"brain1", res.heatmap_name, res.mask_name}
+    # the scan, its map and mask; and the (empty) points layer the Poincaré dock rings a hovered patch in, added
+    # once its projection lands (so the first hover does not stall on adding a layer)
+    assert {lyr.name for lyr in viewer.layers} - {HIGHLIGHT_LAYER} == {"brain1", res.heatmap_name, res.mask_name}
+    assert HIGHLIGHT_LAYER not in viewer.layers or len(viewer.layers[HIGHLIGHT_LAYER].data) == 0
     assert np.array_equal(viewer.layers[res.heatmap_name].data, result.map)
     assert np.array_equal(viewer.layers[res.mask_name].data, result.lesion_mask)  # the demo's own cut, not re-cut
     assert sorted(docks["Detector"].plot._z) == list(EVALUATED)
