@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from anomalens.engine.errors import Cancelled, ConfigError
 from anomalens.engine.progress import CancelToken
 from anomalens.plugins.d2ue import D2UEDetector
 from anomalens.plugins.d2ue.detector import PAPER_STEPS
+from tests.counting import StepCounter
 from tests.phantoms import phantom_slices
 
 TINY = {"input_size": 32, "width": 4, "mid": 32, "latent": 8, "batch_size": 4, "n_learners": 2}
@@ -27,21 +27,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-class StepCounter:
-    """Counts every ``Optimizer.step()`` in the process (torch's global post-step hook)."""
-
-    def __enter__(self) -> StepCounter:
-        self.n = 0
-        self._handle = register_optimizer_step_post_hook(self._hook)
-        return self
-
-    def _hook(self, *_: object) -> None:
-        self.n += 1
-
-    def __exit__(self, *_: object) -> None:
-        self._handle.remove()
 
 
 def test_the_default_is_the_papers_schedule_in_steps() -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from anomalens.engine.errors import Cancelled, ConfigError, ModelError
 from anomalens.engine.postprocess.normalise import ScoreNormaliser
@@ -30,6 +29,7 @@ from anomalens.plugins.invdetect.scr_paper import (
     select_lambda,
     tau_from,
 )
+from tests.counting import StepCounter
 from tests.phantoms import phantom_slices
 
 TINY = InvDetectDetector.test_config()
@@ -41,21 +41,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
-
-
-class StepCounter:
-    """Counts every ``Optimizer.step()`` in the process (torch's global post-step hook)."""
-
-    def __enter__(self) -> StepCounter:
-        self.n = 0
-        self._handle = register_optimizer_step_post_hook(self._hook)
-        return self
-
-    def _hook(self, *_: object) -> None:
-        self.n += 1
-
-    def __exit__(self, *_: object) -> None:
-        self._handle.remove()
 
 
 @pytest.fixture(scope="module")
