@@ -602,11 +602,16 @@ def test_a_result_without_scr_builds_a_one_segment_seg_and_its_report(pacs, tmp_
 
 @pytest.fixture(scope="module")
 def cluster(pacs):
-    """Two worker processes on loopback; a killed worker fails its study instead of a silent retry."""
+    """Two worker processes on loopback; a killed worker fails its study instead of a silent retry.
+
+    A worker holds one task at a time (saturation 1.0): by default a one-thread worker is also handed a second
+    task to queue, and when the first one's process dies the queued bystander dies with it (seen in CI).
+    """
     import dask
     from distributed import Client, LocalCluster
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                          "distributed.scheduler.worker-saturation": 1.0}):
         lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                           host="127.0.0.1")
         c = Client(lc)
