@@ -136,10 +136,12 @@ def false_positives(detector: Detector, normals: np.ndarray, foreground: np.ndar
     fg = foreground_mask(normals) if foreground is None else np.asarray(foreground, bool)
     if result is None:
         result = detector.score(normals, progress=progress, cancel=cancel)
-    c = apply_calibration(cal, result, normals, fg, scr=True)
+    own = detector.cuts_own_masks and result.own_masks is not None
+    c = apply_calibration(cal, result, normals, fg, scr=not own)
+    scr_mask = result.own_masks if own else c.scr_mask
     n = max(int(np.count_nonzero(fg)), 1)
     return FalsePositives(plain=float(np.count_nonzero(c.mask & fg)) / n,
-                          scr=None if c.scr_mask is None else float(np.count_nonzero(c.scr_mask & fg)) / n)
+                          scr=None if scr_mask is None else float(np.count_nonzero(scr_mask & fg)) / n)
 
 
 @dataclass
@@ -152,6 +154,9 @@ class Recalibration:
     after: FalsePositives
     n_fine_tune: int
     n_calibration: int
+    #: The detector's own cut that fills the SCR slot (InvDetect ``scr_mode=paper``), else None: then ``after.scr``
+    #: is that cut's false-positive area, and the engine's SCR point is calibrated but not what the user sees.
+    own_scr: str | None = None
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -178,11 +183,15 @@ class Recalibration:
         lines.append(f"false-positive area on these normal slices is now {_vs_target(after.plain, target)}"
                      + ("" if self.before is None else
                         f"; it was {self.before.plain:.2%} ({_word(self.before.plain, target)} the target)"))
-        if after.scr is not None:
-            was = "" if self.before is None or self.before.scr is None else f"; it was {self.before.scr:.2%}"
+        was = "" if self.before is None or self.before.scr is None else f"; it was {self.before.scr:.2%}"
+        if self.own_scr:
+            lines.append(f"the SCR mask is the model's own cut ({self.own_scr}), which the calibration does not set: "
+                         + ("it flags " + f"{after.scr:.2%} of these normal slices' tissue{was}"
+                            if after.scr is not None else "it could not be measured"))
+        elif after.scr is not None:
             lines.append(f"with SCR (λ {self.calibration.scr.lam:.3g}): {after.scr:.2%}{was}")
         les = self.calibration.lesions
-        if les is not None:
+        if les is not None and not self.own_scr:
             lo, hi = les.diameter_mm
             found = f"SCR's threshold finds {les.seen} of {les.inserted} synthetic {lo:g}–{hi:g} mm lesions"
             if les.rate is None:
@@ -248,10 +257,21 @@ def recalibrate(detector: Detector, normals: np.ndarray, *, fine_tune: bool = Fa
         detector.fine_tune(tune, progress=stage(progress, 0.15, 0.55), cancel=cancel)
         scored = None  # the model changed: its scores on the calibration slices are taken again
     check(cancel)
-    cal = calibrate_detector(detector, calib, fg, target_fpr=target, mode=mode, progress=stage(progress, 0.55, 1.0),
+    own, begin = detector.cuts_own_masks, 0.55
+    if own and scored is None:  # the own cut's false positives need the scores' masks: score once, for both
+        report(progress, begin, "scoring the normal slices")
+        scored = detector.score(calib, progress=stage(progress, begin, 0.7), cancel=cancel)
+        begin = 0.7
+    cal = calibrate_detector(detector, calib, fg, target_fpr=target, mode=mode, progress=stage(progress, begin, 1.0),
                              cancel=cancel, result=scored)
-    # Measured by the calibration itself on these slices (plain exactly; SCR on its own pixel sample).
-    after = FalsePositives(plain=float(cal.fp_area if cal.fp_area is not None else 0.0), scr=cal.fp_area_scr)
+    # Measured by the calibration itself on these slices (plain exactly; SCR on its own pixel sample), or,
+    # where the model cuts its own masks, those masks' share of the tissue.
+    own_masks = None if scored is None else scored.own_masks
+    own_fp = (None if own_masks is None else
+              float(np.count_nonzero(own_masks & fg)) / max(int(np.count_nonzero(fg)), 1))
+    after = FalsePositives(plain=float(cal.fp_area if cal.fp_area is not None else 0.0),
+                           scr=own_fp if own else cal.fp_area_scr)
     report(progress, 1.0, "calibrated")
     return Recalibration(detector=detector, calibration=cal, before=before, after=after,
-                         n_fine_tune=0 if tune is None else len(tune), n_calibration=len(calib))
+                         n_fine_tune=0 if tune is None else len(tune), n_calibration=len(calib),
+                         own_scr=(scored.own_masks_method or "the detector's own cut") if own and scored else None)

@@ -234,3 +234,27 @@ def test_the_product_path_reports_the_papers_own_masks(fitted, mode: str) -> Non
     finally:
         fitted.config.scr_mode = "product"
         fitted.calibration = None
+
+
+def test_calibrate_reports_the_papers_own_cut_not_the_engines_scr_point(fitted) -> None:
+    """What ``anomalens calibrate`` says about SCR is the mask the product shows: the paper's own cut."""
+    from anomalens.engine.preprocess.foreground import foreground_mask
+    from anomalens.engine.recalibration import recalibrate
+
+    normals, _ = phantom_slices(3, 32, seed=11)
+    fitted.config.scr_mode = "paper"
+    try:
+        rec = recalibrate(fitted, normals)
+        own = fitted.score(normals).own_masks
+        fg = foreground_mask(normals)
+        assert rec.own_scr and "InvDetect" in rec.own_scr
+        assert rec.after.scr == pytest.approx(np.count_nonzero(own & fg) / np.count_nonzero(fg))
+        text = "\n".join(rec.describe())
+        assert "own cut" in text and "lesion survival" not in text and "with SCR (λ" not in text
+        fitted.config.scr_mode = "product"  # the engine's SCR again: its calibrated point is what is reported
+        rec = recalibrate(fitted, normals)
+        assert rec.own_scr is None and "own cut" not in "\n".join(rec.describe())
+        assert rec.after.scr == rec.calibration.fp_area_scr
+    finally:
+        fitted.config.scr_mode = "product"
+        fitted.calibration = None

@@ -117,13 +117,17 @@ def run_calibrate(args: argparse.Namespace) -> int:
         "fine_tuned": bool(rec.n_fine_tune), "n_fine_tune_slices": rec.n_fine_tune or None,
         "calibration": cal.summary(),
         "before": None if before is None else {"fp_area": before.plain, "fp_area_scr": before.scr},
-        "after": {"fp_area": after.plain, "fp_area_scr": after.scr, "lesion_survival": cal.lesion_survival},
+        "after": {"fp_area": after.plain, "fp_area_scr": after.scr,
+                  "lesion_survival": None if rec.own_scr else cal.lesion_survival},
+        "scr_source": rec.own_scr,
         "notes": notes, "warnings": [*info.get("warnings", []), *rec.warnings],
     }
     lines = [
         f"saved calibrated model (bundle version {data['bundle_version']}) to {path}; {args.model} is unchanged",
-        f"threshold {cal.threshold:.4f}   SCR: threshold {cal.scr.threshold:.4f}, λ {format_num(cal.scr.lam)}, "
-        f"τ {format_num(cal.scr.tau)} ({cal.scr.mode})",
+        f"threshold {cal.threshold:.4f}   " + (
+            f"SCR: the model's own cut ({rec.own_scr})" if rec.own_scr else
+            f"SCR: threshold {cal.scr.threshold:.4f}, λ {format_num(cal.scr.lam)}, τ {format_num(cal.scr.tau)} "
+            f"({cal.scr.mode})"),
         *rec.describe(),
     ] + [f"note: {n}" for n in notes]
     emit(args, data, "\n".join(lines))
