@@ -20,11 +20,11 @@ from .progress import CancelToken, ProgressCallback, report, stage
 from .scoring import ScanResult
 from .volume import Volume
 
-# The demo's first run trains its model, so it uses the detector that fits in seconds: the PatchCore-kind
-# reference. The Lorentz detector (fused with a memory bank) measures better on brain1 (bench/
-# bench_brain1.py: Dice 0.352 against 0.305 at the calibrated point) but trains for ~5 minutes on this
-# CPU; it is one flag away (--detector lorentz).
-DEFAULT_DETECTOR = "patchcore"
+# The paper method the product is named for, now that its fit on the demo's data takes 43-50 s on a 2-core CPU
+# (bench/lorentz_fit_speed.py; 6 epochs at lr 5e-3): on the development table (docs/results.md) the Lorentz
+# detector (fused with a memory bank) is ahead of the PatchCore-kind reference on brain1, lung1 and breast1
+# in pixel AUROC and calibrated Dice. PatchCore, which fits in seconds, is one flag away (--detector patchcore).
+DEFAULT_DETECTOR = "lorentz"
 DEFAULT_CONFIG: dict[str, Any] = {}
 #: Healthy scans the demo's model is fitted on beside brain1's own lesion-free slices.
 HEALTHY = ("mni152",)

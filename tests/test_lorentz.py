@@ -44,9 +44,9 @@ def test_lorentz_embeddings_lie_on_the_hyperboloid(data) -> None:
     assert 0.0 <= emb.scores.min() and emb.scores.max() <= 1.0, "points are coloured by probability"
     assert res.heatmaps.min() >= 0.0, "a fused heatmap is a sum of surprises"
     np.testing.assert_allclose(res.scores, res.heatmaps.reshape(2, -1).max(1))
-    det.config.fuse_memory = False  # the paper's classifier alone: the heads' probability
+    det.config.fuse_memory = False  # the paper's classifier alone: the heads' evidence −log(1 − p̄), in nats
     alone = det.score(tests).heatmaps
-    assert 0.0 <= alone.min() and alone.max() <= 1.0
+    assert 0.0 <= alone.min() and np.isfinite(alone).all() and alone.max() > 0.0
 
 
 def test_euclidean_ablation_is_one_switch_away(data) -> None:
@@ -109,11 +109,12 @@ def test_heads_are_bagged_over_independent_draws_and_averaged(data, tmp_path: Pa
     singles = []
     for k in range(3):  # each head alone, through the same scoring path
         det.heads = [x[k]]
-        singles.append(det.score(tests).heatmaps)
+        singles.append(det.score(tests).embeddings.scores)
     det.heads = x
-    # Each head saw its own synthetic draw, so they disagree; the heads' map is their mean.
+    # Each head saw its own synthetic draw, so they disagree; the heads' probability per patch is their mean
+    # (the map shows it as evidence, −log(1 − mean)).
     assert np.abs(singles[0] - singles[1]).max() > 1e-3
-    np.testing.assert_allclose(res.heatmaps, np.mean(singles, 0), atol=1e-5)
+    np.testing.assert_allclose(res.embeddings.scores, np.mean(singles, 0), atol=1e-5)
     # Saved and reloaded, all three heads come back.
     back = load_bundle(det.save(tmp_path / "m"))
     assert len(back.heads) == 3

@@ -80,7 +80,7 @@ def test_head_output_is_the_classifier_alone_from_the_same_model(data, tmp_path:
     det.config.output = "head"
     alone = det.score(tests)
     assert "mean anomaly probability" in alone.info["heatmap"] and "memory bank" in fused.info["heatmap"]
-    assert 0.0 <= alone.heatmaps.min() and alone.heatmaps.max() <= 1.0
+    assert 0.0 <= alone.heatmaps.min() and np.isfinite(alone.heatmaps).all()
     assert not np.allclose(alone.heatmaps, fused.heatmaps)
     # Same probabilities under both outputs: only the map differs.
     np.testing.assert_allclose(alone.embeddings.scores, fused.embeddings.scores, atol=1e-6)
@@ -125,3 +125,17 @@ def test_a_bundle_saved_before_these_options_loads_as_it_scored(data, tmp_path: 
     back = load_bundle(path)
     assert back.config.output == "fused" and back.config.feature_norm == 1.0
     np.testing.assert_allclose(back.score(tests).heatmaps, want, atol=1e-5)
+
+
+def test_head_evidence_is_the_mean_probability_in_nats_without_its_saturation() -> None:
+    from anomalens.plugins.lorentz.detector import LorentzDetector
+
+    z = torch.tensor([[-3.0, 0.5, 2.0, 20.0, 20.0], [1.0, -0.5, 4.0, 25.0, 40.0]], dtype=torch.float64)
+    p = torch.sigmoid(z).mean(0)
+    ev = LorentzDetector._evidence(z)
+    np.testing.assert_allclose(ev[:3].numpy(), (-torch.log1p(-p[:3])).numpy(), rtol=1e-10)
+    # In float32 these patches' mean probabilities tie at 1; their evidence still orders them.
+    z32 = z.float()
+    assert torch.sigmoid(z32[:, 3:]).mean(0).tolist() == [1.0, 1.0]
+    e32 = LorentzDetector._evidence(z32)
+    assert torch.isfinite(e32).all() and e32[4] > e32[3] > e32[2] > e32[1]

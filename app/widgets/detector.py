@@ -32,6 +32,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...engine.demo import DEFAULT_DETECTOR  # what "Train from marked normals" fits unless another is chosen
 from ...engine.errors import AnomaLensError, ModelError
 from ..jobs import JobRunner
 from ..messages import notify_error, notify_info
@@ -63,9 +64,6 @@ if TYPE_CHECKING:
     from ...engine.detectors import Detector
     from ...engine.scoring import SliceScore
     from ...engine.volume import Volume
-
-#: What "Train from marked normals" fits unless another detector is chosen: the reference baseline.
-DEFAULT_DETECTOR = "patchcore"
 
 
 class DetectorWidget(QWidget):
