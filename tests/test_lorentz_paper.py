@@ -139,3 +139,18 @@ def test_head_evidence_is_the_mean_probability_in_nats_without_its_saturation() 
     assert torch.sigmoid(z32[:, 3:]).mean(0).tolist() == [1.0, 1.0]
     e32 = LorentzDetector._evidence(z32)
     assert torch.isfinite(e32).all() and e32[4] > e32[3] > e32[2] > e32[1]
+
+
+def test_bundles_saved_before_the_evidence_map_keep_the_probability_they_were_calibrated_on(data, tmp_path) -> None:
+    normals, tests = data
+    det = make(output="head").fit(normals)
+    path = det.save(tmp_path / "m")
+    assert load_bundle(path).head_map == "evidence"
+    manifest = json.loads((path / "bundle.json").read_text())
+    del manifest["extra"]["head_map"]  # as every bundle written before 2026-12-06
+    (path / "bundle.json").write_text(json.dumps(manifest))
+    old = load_bundle(path)
+    assert old.head_map == "probability"
+    maps = old.score(tests).heatmaps
+    assert 0.0 <= maps.min() and maps.max() <= 1.0 and "mean anomaly probability" in old.score(tests).info["heatmap"]
+    assert not np.allclose(maps, det.score(tests).heatmaps)

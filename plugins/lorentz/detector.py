@@ -184,6 +184,9 @@ class LorentzDetector(Detector):
         self.bank: torch.Tensor | None = None
         self.memory: torch.Tensor | None = None  # raw-feature coreset for fusion (fuse_memory)
         self.surprise: dict[str, Surprise] = {}  # "memory", "heads": each score's normal reference
+        # The unit of the head-alone map (``output=head``): "evidence" since 2026-12-06; bundles saved before
+        # keep the mean probability they may have been calibrated on (a calibration is tied to its unit).
+        self.head_map = "evidence"
 
     @classmethod
     def test_config(cls) -> dict[str, Any]:
@@ -547,12 +550,13 @@ class LorentzDetector(Detector):
             prob = torch.sigmoid(logits).mean(0)
             points.append(z)
             probs.append(prob)
-            patch.append(torch.as_tensor(self._fused(raw, prob)) if fuse else self._evidence(logits))
+            patch.append(torch.as_tensor(self._fused(raw, prob)) if fuse else
+                         self._evidence(logits) if self.head_map == "evidence" else prob)
         assert grid is not None
         p = torch.cat(probs)
         score = torch.cat(patch)
-        maps = np.maximum(to_heatmap(score.reshape(n, *grid), (H, W), self.config.smoothing_sigma,
-                                     self.config.input_size), 0)
+        maps = to_heatmap(score.reshape(n, *grid), (H, W), self.config.smoothing_sigma, self.config.input_size)
+        maps = np.clip(maps, 0, 1) if not fuse and self.head_map != "evidence" else np.maximum(maps, 0)
         normal, offset = self.head.hyperplane()
         emb = Embeddings(
             points=torch.cat(points).cpu().numpy(), slice_index=patch_slice_index(grid, n),
@@ -561,7 +565,8 @@ class LorentzDetector(Detector):
             hyperplane=normal.detach().cpu().numpy(), hyperplane_offset=float(offset))
         heatmap = ("surprise (nats) of the heads' mean probability plus that of the distance to the normal "
                    "memory bank" if fuse else "the heads' anomaly evidence −log(1 − mean anomaly probability) "
-                   "(nats; monotone in the paper's probability, without its saturation at 1)")
+                   "(nats; monotone in the paper's probability, without its saturation at 1)"
+                   if self.head_map == "evidence" else "the heads' mean anomaly probability")
         return AnomalyResult(heatmaps=maps, scores=maps.reshape(n, -1).max(1), embeddings=emb,
                              info={"image_score": "max of the heatmap", "curvature": self.head.curvature,
                                    "heatmap": heatmap,
@@ -633,4 +638,11 @@ class LorentzDetector(Detector):
             self.heads.append(head.eval())
 
     def extra_state(self) -> dict[str, Any]:
-        return {"training_log": getattr(self, "training_log", {})}
+        return {"training_log": getattr(self, "training_log", {}), "head_map": self.head_map}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.training_log = dict(state.get("training_log") or {})
+        head_map = state.get("head_map", "probability")  # absent: saved before the evidence map existed
+        if head_map not in ("evidence", "probability"):
+            raise ValueError(f"head_map must be 'evidence' or 'probability', got {head_map!r}")
+        self.head_map = head_map
