@@ -139,9 +139,13 @@ def false_positives(detector: Detector, normals: np.ndarray, foreground: np.ndar
     own = detector.cuts_own_masks and result.own_masks is not None
     c = apply_calibration(cal, result, normals, fg, scr=not own)
     scr_mask = result.own_masks if own else c.scr_mask
-    n = max(int(np.count_nonzero(fg)), 1)
-    return FalsePositives(plain=float(np.count_nonzero(c.mask & fg)) / n,
-                          scr=None if scr_mask is None else float(np.count_nonzero(scr_mask & fg)) / n)
+    return FalsePositives(plain=_tissue_share(c.mask, fg),
+                          scr=None if scr_mask is None else _tissue_share(scr_mask, fg))
+
+
+def _tissue_share(mask: np.ndarray, foreground: np.ndarray) -> float:
+    """The share of the tissue a mask flags (0 where there is no tissue)."""
+    return float(np.count_nonzero(mask & foreground)) / max(int(np.count_nonzero(foreground)), 1)
 
 
 @dataclass
@@ -266,12 +270,13 @@ def recalibrate(detector: Detector, normals: np.ndarray, *, fine_tune: bool = Fa
                              cancel=cancel, result=scored)
     # Measured by the calibration itself on these slices (plain exactly; SCR on its own pixel sample), or,
     # where the model cuts its own masks, those masks' share of the tissue.
-    own_masks = None if scored is None else scored.own_masks
-    own_fp = (None if own_masks is None else
-              float(np.count_nonzero(own_masks & fg)) / max(int(np.count_nonzero(fg)), 1))
+    own_masks = None if scored is None or not own else scored.own_masks
     after = FalsePositives(plain=float(cal.fp_area if cal.fp_area is not None else 0.0),
-                           scr=own_fp if own else cal.fp_area_scr)
+                           scr=cal.fp_area_scr if not own else
+                           None if own_masks is None else _tissue_share(own_masks, fg))
     report(progress, 1.0, "calibrated")
+    own_scr = None
+    if own and scored is not None:
+        own_scr = scored.own_masks_method or "the detector's own cut"
     return Recalibration(detector=detector, calibration=cal, before=before, after=after,
-                         n_fine_tune=0 if tune is None else len(tune), n_calibration=len(calib),
-                         own_scr=(scored.own_masks_method or "the detector's own cut") if own and scored else None)
+                         n_fine_tune=0 if tune is None else len(tune), n_calibration=len(calib), own_scr=own_scr)

@@ -34,6 +34,10 @@ from .head import HEADS
 GEOMETRIES = tuple(HEADS)
 INPUTS = ("residual", "raw")
 OUTPUTS = ("fused", "head")
+#: What the head-alone map (``output=head``) shows, by the unit a bundle was saved with (``head_map``).
+HEAD_MAPS = {"evidence": "the heads' anomaly evidence −log(1 − mean anomaly probability) (nats; monotone in "
+                         "the paper's probability, without its saturation at 1)",
+             "probability": "the heads' mean anomaly probability"}
 
 
 @dataclasses.dataclass
@@ -58,7 +62,7 @@ class LorentzConfig(DetectorConfig):
     # 0.9846 / 0.488 (README, bench/sweep_lorentz_heads.py).
     curvature: float = 1.0
     learn_curvature: bool = True
-    # Ours (issue #20's ≤ 60 s fit): 6 epochs at 5e-3 instead of 30 at the paper's 1e-3, 2.4× less fit time.
+    # Ours (issue #20's ≤ 60 s fit): 6 epochs at 5e-3 instead of 30 at the paper's 1e-3, 2.4–2.5× less fit time.
     # Over brain1, lung1 and breast1, seeds 0–2 (bench/lorentz_sweep.py, README "Fit time"): fused pixel
     # AUROC 0.986 against 0.985, calibrated Dice 0.254 against 0.261 (brain1 0.321 against 0.352). 1e-2
     # measured brain1's calibrated Dice 0.192; fewer synthetic variants (4) lost on the heads.
@@ -550,13 +554,16 @@ class LorentzDetector(Detector):
             prob = torch.sigmoid(logits).mean(0)
             points.append(z)
             probs.append(prob)
-            patch.append(torch.as_tensor(self._fused(raw, prob)) if fuse else
-                         self._evidence(logits) if self.head_map == "evidence" else prob)
+            if fuse:
+                patch.append(torch.as_tensor(self._fused(raw, prob)))
+            else:
+                patch.append(self._evidence(logits) if self.head_map == "evidence" else prob)
         assert grid is not None
         p = torch.cat(probs)
-        score = torch.cat(patch)
-        maps = to_heatmap(score.reshape(n, *grid), (H, W), self.config.smoothing_sigma, self.config.input_size)
-        maps = np.clip(maps, 0, 1) if not fuse and self.head_map != "evidence" else np.maximum(maps, 0)
+        maps = to_heatmap(torch.cat(patch).reshape(n, *grid), (H, W), self.config.smoothing_sigma,
+                          self.config.input_size)
+        probability_map = not fuse and self.head_map == "probability"
+        maps = np.clip(maps, 0, 1) if probability_map else np.maximum(maps, 0)
         normal, offset = self.head.hyperplane()
         emb = Embeddings(
             points=torch.cat(points).cpu().numpy(), slice_index=patch_slice_index(grid, n),
@@ -564,9 +571,7 @@ class LorentzDetector(Detector):
             scores=p.cpu().numpy(),  # the heads' mean probability (the classifier's own output)
             hyperplane=normal.detach().cpu().numpy(), hyperplane_offset=float(offset))
         heatmap = ("surprise (nats) of the heads' mean probability plus that of the distance to the normal "
-                   "memory bank" if fuse else "the heads' anomaly evidence −log(1 − mean anomaly probability) "
-                   "(nats; monotone in the paper's probability, without its saturation at 1)"
-                   if self.head_map == "evidence" else "the heads' mean anomaly probability")
+                   "memory bank" if fuse else HEAD_MAPS[self.head_map])
         return AnomalyResult(heatmaps=maps, scores=maps.reshape(n, -1).max(1), embeddings=emb,
                              info={"image_score": "max of the heatmap", "curvature": self.head.curvature,
                                    "heatmap": heatmap,
@@ -643,6 +648,6 @@ class LorentzDetector(Detector):
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.training_log = dict(state.get("training_log") or {})
         head_map = state.get("head_map", "probability")  # absent: saved before the evidence map existed
-        if head_map not in ("evidence", "probability"):
-            raise ValueError(f"head_map must be 'evidence' or 'probability', got {head_map!r}")
+        if head_map not in HEAD_MAPS:
+            raise ValueError(f"head_map must be one of {', '.join(HEAD_MAPS)}, got {head_map!r}")
         self.head_map = head_map
