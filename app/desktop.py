@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from . import glcache, heap
 from .jobs import JobRunner
 from .messages import log, notify_error
 from .recent import RecentFiles
@@ -598,6 +599,7 @@ def setup_viewer(viewer: napari.Viewer, recent: RecentFiles | None = None) -> Fi
     from qtpy.QtGui import QIcon
 
     ensure_plugin_registered()
+    glcache.install()  # the three-plane view's canvases then reuse the main canvas' shader parses
     viewer.title = TITLE
     viewer.window._qt_window.setWindowIcon(QIcon(str(resource_path(ICON))))
     viewer.window.anomalens_docks = add_docks(viewer)
@@ -606,6 +608,7 @@ def setup_viewer(viewer: napari.Viewer, recent: RecentFiles | None = None) -> Fi
     from .threeplane import setup_radiological_view  # letters, reader precedence, View → Three-plane view
 
     setup_radiological_view(viewer)
+    heap.freeze_startup_heap()  # later full collections walk only what the session makes (see app/heap.py)
     return viewer.window.anomalens_files
 
 

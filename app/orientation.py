@@ -341,6 +341,28 @@ def label_axes(viewer: Any, layer: Any) -> bool:
     return True
 
 
+def _letter_overlay(position: str, **kwargs: Any) -> Any:
+    from napari.components.overlays import TextOverlay
+
+    return TextOverlay(position=position, font_size=LETTER_SIZE, color=LETTER_COLOR, **kwargs)
+
+
+def show_some_letters(viewer: Any, edges: tuple[str, ...]) -> None:
+    """Put the letters of ``edges`` on ``viewer``'s canvas now, before :func:`install_orientation_overlay`.
+
+    A canvas' first text costs a shader program per letter and its glyphs: the three-plane view brings a
+    new canvas' letters in two halves, a paint each, so neither holds the UI thread long.
+    """
+    overlays = _text_overlays(viewer)
+    letters = viewer_letters(viewer)
+    if overlays is None or letters is None:
+        return
+    for edge in edges:
+        key, pos = LETTER_OVERLAYS[edge]
+        if key not in overlays:
+            overlays[key] = _letter_overlay(pos, text=letters[edge], visible=True)
+
+
 def install_orientation_overlay(viewer: Any, follow_scan: bool = True) -> bool:
     """Put A/P/L/R/S/I letters on the canvas edges of ``viewer``, kept current (once per viewer; True if new).
 
@@ -350,11 +372,9 @@ def install_orientation_overlay(viewer: Any, follow_scan: bool = True) -> bool:
     overlays = _text_overlays(viewer)
     if overlays is None or _installed.get(id(viewer)) is viewer:
         return False
-    from napari.components.overlays import TextOverlay
-
     for key, pos in LETTER_OVERLAYS.values():
         if key not in overlays:
-            overlays[key] = TextOverlay(position=pos, font_size=LETTER_SIZE, color=LETTER_COLOR, visible=False)
+            overlays[key] = _letter_overlay(pos, visible=False)
     shown: dict[str, int] = {}
 
     def update(*_: Any) -> None:

@@ -24,7 +24,16 @@ from typing import Any
 import numpy as np
 
 from ..engine.volume import Volume
-from .orientation import PLANE_OF_AXIS, camera_of, geometry, install_orientation_overlay, plane_view, reference_layer
+from . import glcache, heap
+from .orientation import (
+    PLANE_OF_AXIS,
+    camera_of,
+    geometry,
+    install_orientation_overlay,
+    plane_view,
+    reference_layer,
+    show_some_letters,
+)
 
 #: Name of the dock holding the two extra canvases.
 DOCK_NAME = "Three-plane view"
@@ -86,12 +95,14 @@ class ThreePlaneView:
 
         Building everything at once held the UI thread for about a second (two vispy canvases, a shader
         program per mirrored layer and canvas, napari re-binding every shortcut per canvas). Staged, each turn
-        does one step (a canvas, or one layer mirrored into one canvas), so the window keeps answering while
-        the planes fill in; ``ready`` says when it is done and ``finish`` does the rest at once.
+        does one step (a garbage collection, a canvas, one layer mirrored into one canvas, half a canvas'
+        letters), so the window keeps answering while the planes fill in; ``ready`` says when it is done and
+        ``finish`` does the rest at once.
         """
         from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
 
+        glcache.install()  # the extra canvases build the main canvas' shader programs again: parse once
         self.viewer = viewer
         self.dock: Any = None  # the napari dock holding ``widget`` (set by toggle_three_plane)
         self.watcher: Any = None
@@ -131,6 +142,7 @@ class ThreePlaneView:
         if self.main_qt is not None:
             self.crosshairs[id(viewer)] = _Crosshair(self.main_qt)
         self._link(viewer.layers.events.removed, self._on_removed)
+        self._gc_hold = heap.CollectionHold()
         self._steps: deque[Callable[[], None]] = deque(self._plan())
         if staged:
             from qtpy.QtCore import QTimer
@@ -142,9 +154,11 @@ class ThreePlaneView:
     # -- building, a step per event-loop turn ----------------------------------------------------------
     def _plan(self) -> list[Callable[[], None]]:
         """The build steps: each canvas, then each mirrorable layer into each canvas, then the links."""
-        steps: list[Callable[[], None]] = [partial(self._build_plane, name) for name in self.plane_names]
+        steps: list[Callable[[], None]] = [self._gc_hold.start]
+        steps += [partial(self._build_plane, name) for name in self.plane_names]
         for layer in [lyr for lyr in self.viewer.layers if _mirrorable(lyr)]:
             steps += [partial(self._mirror_step, weakref.ref(layer), name) for name in self.plane_names]
+        steps += [partial(self._dress_plane, name, half) for name in self.plane_names for half in (0, 1)]
         steps.append(self._finish_links)
         return steps
 
@@ -189,7 +203,9 @@ class ThreePlaneView:
         n = self.widget.count()
         self.widget.setSizes([max(1, self.widget.height() // n)] * n)  # the planes share the column equally
         self.planes[name], self.qt_viewers[name] = model, qtv
-        install_orientation_overlay(model, follow_scan=False)
+        # Its slider and edge letters come in a later step (_dress_plane): shown now, the slider's appearance
+        # would resize the canvas and paint it at once, inside the step that brings its first layer.
+        qtv.dims.hide()
         model.mouse_drag_callbacks.append(self._drag_callback(model, plain_click=True))
         self.crosshairs[id(model)] = _Crosshair(qtv)
         model.dims.events.point.connect(lambda _e=None, m=model: self._sync_from(m))
@@ -202,6 +218,16 @@ class ThreePlaneView:
         self._mirror_into(layer, name)
         if len(self._mirrors.get(id(layer), [])) == len(self.plane_names):
             self._link_layer(layer)
+
+    def _dress_plane(self, name: str, half: int) -> None:
+        """Give plane ``name`` its slider and top/bottom letters (``half`` 0), then the rest (1)."""
+        if name not in self.planes:
+            return
+        if half == 0:
+            self.qt_viewers[name].dims.show()
+            show_some_letters(self.planes[name], ("top", "bottom"))
+        else:
+            install_orientation_overlay(self.planes[name], follow_scan=False)
 
     def _finish_links(self) -> None:
         """Mirror what arrived during the build, link the main viewer's events, orient and fit every plane."""
@@ -221,6 +247,7 @@ class ThreePlaneView:
         self.point = [float(v) for v in viewer.dims.point]
         self._push()
         self.fit_planes_on_resize()
+        self._gc_hold.release()
 
     # -- which plane each canvas shows ------------------------------------------------------------------
     def _reference_volume(self) -> Volume:
@@ -514,6 +541,7 @@ class ThreePlaneView:
         """
         self._closed = True
         self._steps.clear()
+        self._gc_hold.release()
         for emitter, cb in self._links:
             try:
                 emitter.disconnect(cb)

@@ -8,9 +8,9 @@ code path a key, button or click takes, and times it on the UI thread including 
 mask, cycle window/level presets, a right-drag move, open/close the three-plane view, slice steps and
 crosshair moves with three planes open, a click in the slice table, a hover on the Poincaré disk, an SCR
 threshold move, marking a slice normal and undoing it (each timed alone), the Help dialog, hide/show the docks.
-The three-plane view builds its canvases a step per event-loop turn after the click: its steps' worst is a row
-of its own, and so is the worst event-loop turn (paints included) until it is ready. Each action runs ``--repeat``
-times; the table prints median and worst, against the issue's 100 ms stall target. The idle event-loop
+The three-plane view builds its canvases a step per event-loop turn after the click: its steps are a row of
+their own, beside each canvas paint during the build (each an event of its own, timed alone). Each action runs
+``--repeat`` times; the table prints median and worst, against the issue's 100 ms stall target. The idle event-loop
 turn of the machine is printed first (Xvfb and shared cores add jitter that is not the viewer's).
 """
 
@@ -59,6 +59,29 @@ def _time(app: Any, action: Callable[[], Any]) -> tuple[float, float]:
     t1 = time.perf_counter()
     _settle(app)
     return (t1 - t0) * 1000.0, (time.perf_counter() - t0) * 1000.0
+
+
+class _PaintClock:
+    """The UI-thread time of each canvas paint (vispy's draw event, first to last handler), in ms."""
+
+    def __init__(self) -> None:
+        self.ms: list[float] = []
+        self._watched: set[int] = set()
+        self._t0 = 0.0
+
+    def watch(self, qt_viewer: Any) -> None:
+        canvas = getattr(getattr(qt_viewer, "canvas", None), "_scene_canvas", None)
+        if canvas is None or id(canvas) in self._watched:
+            return
+        self._watched.add(id(canvas))
+        canvas.events.draw.connect(self._start, position="first")
+        canvas.events.draw.connect(self._stop, position="last")
+
+    def _start(self, _event: Any = None) -> None:
+        self._t0 = time.perf_counter()
+
+    def _stop(self, _event: Any = None) -> None:
+        self.ms.append((time.perf_counter() - self._t0) * 1000.0)
 
 
 def main() -> None:
@@ -225,15 +248,21 @@ def main() -> None:
                 _settle(app)
         if name == "three planes on":
             view = three_plane_view(viewer)
-            turns = []
+            paints = _PaintClock()
+            paints.watch(viewer.window._qt_viewer)
             t_build = time.perf_counter()
             while view is not None and not view.ready and time.perf_counter() - t_build < 30:
-                turns.append(_time(app, lambda: None)[1])
+                for qtv in list(view.qt_viewers.values()):
+                    paints.watch(qtv)
+                _time(app, lambda: None)
             build_s = time.perf_counter() - t_build
+            for _ in range(5):  # the paints the last steps asked for
+                _time(app, lambda: None)
             steps = view.step_ms if view is not None else []
             if steps:
+                # '+repaint' here: each canvas paint during the build alone (an event of its own, like a step)
                 build_row = ("  its build steps (each)", statistics.median(steps), max(steps),
-                             statistics.median(turns or [0.0]), max(turns or [0.0]))
+                             statistics.median(paints.ms or [0.0]), max(paints.ms or [0.0]))
                 print(f"three-plane view ready {build_s:.2f} s after the click, in {len(steps)} steps: "
                       + " ".join(f"{t:.0f}" for t in steps) + " ms")
         own = [t[0] for t in times]
@@ -245,11 +274,12 @@ def main() -> None:
     print(f"\n{'action':28s} {'own: median':>11s} {'worst':>6s} {'+repaint: median':>17s} {'worst':>6s}   ms "
           f"(target: no stall over {TARGET_MS:.0f} ms)")
     for name, med, worst, fmed, fworst in rows:
-        flag = "" if worst <= TARGET_MS else "  OVER"
+        flag = "" if worst <= TARGET_MS and (fworst <= TARGET_MS or not name.startswith("  ")) else "  OVER"
         print(f"{name:28s} {med:11.1f} {worst:6.1f} {fmed:17.1f} {fworst:6.1f}{flag}")
     over = [r for r in rows if r[2] > TARGET_MS]
     print(f"\n{len(rows) - len(over)} of {len(rows)} actions' own UI-thread time within {TARGET_MS:.0f} ms; "
-          "'+repaint' adds the canvas redraws, here by Mesa's software OpenGL under Xvfb")
+          "'+repaint' adds the canvas redraws, here by Mesa's software OpenGL under Xvfb (for the build steps: "
+          "each canvas paint during the build, alone)")
     viewer.close()
 
 

@@ -8,6 +8,7 @@ looks where it lands on the screen. GUI tests run under ``xvfb-run`` (never QT_Q
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,14 @@ import numpy as np
 import pytest
 
 from anomalens.app.orientation import (
+    LETTER_OVERLAYS,
     _steps,
     geometry,
     layer_geometry,
     orientation_letters,
     physical_point,
     plane_view,
+    viewer_letters,
 )
 from anomalens.engine.volume import Volume
 from tests.io_support import write_ct_series, write_sitk
@@ -165,8 +168,15 @@ def test_the_three_plane_view_is_linked_by_its_crosshair(make_napari_viewer: Any
     view = three_plane_view(viewer)
     assert view is not None and not view.ready  # the click returns at once; the canvases follow, a step a turn
     qtbot.waitUntil(lambda: view.ready, timeout=20000)
+    assert gc.isenabled()  # the build held automatic collections off only while it ran
     assert set(view.planes) == {"coronal", "sagittal"}
     coronal, sagittal = view.planes["coronal"], view.planes["sagittal"]
+    for name, model in view.planes.items():  # slider and all four edge letters, brought in after the layers
+        assert view.qt_viewers[name].dims.isVisible(), name
+        letters = viewer_letters(model)
+        shown = {edge: model.canvas.overlays[key] for edge, (key, _pos) in LETTER_OVERLAYS.items()}
+        assert letters is not None and {e: o.text for e, o in shown.items()} == letters, name
+        assert all(o.visible for o in shown.values()), name
     assert [lyr.name for lyr in coronal.layers] == ["scan"]  # the scan mirrored, same data, same grid
     assert coronal.layers[0].data is viewer.layers[0].data
     g = geometry(vol)
@@ -186,6 +196,25 @@ def test_the_three_plane_view_is_linked_by_its_crosshair(make_napari_viewer: Any
     assert coronal.dims.point[0] == pytest.approx(viewer.dims.point[0]) or 0 in coronal.dims.displayed
     assert not toggle_three_plane(viewer) and three_plane_view(viewer) is None
     qtbot.wait(100)  # the dock's canvases are deleted (deleteLater) before the viewer closes
+
+
+@pytest.mark.gui
+def test_closing_the_three_plane_view_mid_build_turns_collection_back_on(make_napari_viewer: Any,
+                                                                       qtbot: Any) -> None:
+    from anomalens.app.reader import image_layer_data
+    from anomalens.app.threeplane import three_plane_view, toggle_three_plane
+
+    slices, _ = phantom_slices(6, 32, seed=1)
+    viewer = make_napari_viewer(show=True)
+    data, kwargs, _ = image_layer_data(Volume(slices, spacing=(1.0, 1.0, 3.0), modality="MR"), name="scan")
+    viewer.add_image(data, **kwargs)
+    assert toggle_three_plane(viewer)
+    view = three_plane_view(viewer)
+    qtbot.waitUntil(lambda: bool(view.planes), timeout=20000)  # a canvas is up: collections are held now
+    assert not view.ready and not gc.isenabled()
+    assert not toggle_three_plane(viewer)
+    assert gc.isenabled()
+    qtbot.wait(100)
 
 
 @pytest.mark.gui

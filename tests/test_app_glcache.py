@@ -1,0 +1,83 @@
+"""The viewer's caches of vispy's pure steps (app/glcache.py) give what vispy itself gives, and the start-up
+heap freeze and the build's collection hold (app/heap.py) leave collection as they found it."""
+
+from __future__ import annotations
+
+import gc
+
+import numpy as np
+import pytest
+
+pytest.importorskip("vispy")
+
+VERT = """
+uniform mat4 u_transform;  // a comment with uniform vec2 not_a_variable;
+attribute vec2 a_position;
+varying vec4 v_color;
+void main() { gl_Position = u_transform * vec4(a_position, 0.0, 1.0); v_color = vec4(1.0); }
+"""
+FRAG = """
+uniform float u_gain[3];
+varying vec4 v_color;
+void main() { gl_FragColor = v_color * u_gain[0]; }
+"""
+
+
+def test_the_parse_cache_gives_vispys_own_variables_and_is_used() -> None:
+    from vispy.gloo import Program
+
+    from anomalens.app import glcache
+
+    expected = sorted(Program(VERT, FRAG).variables)  # installed or not, the first parse of a source is vispy's
+    assert glcache.install()
+    hits = glcache.stats()[0]
+    first, second = Program(VERT, FRAG), Program(VERT, FRAG)
+    assert sorted(first.variables) == sorted(second.variables) == expected
+    assert ("uniform", "vec2", "not_a_variable") not in expected  # comments stripped, as vispy does
+    assert glcache.stats()[0] >= hits + 1
+    second["u_gain[1]"] = 2.0  # a program's variables stay its own: setting one does not touch the cache
+    assert sorted(Program(VERT, FRAG).variables) == expected
+    other = Program(VERT.replace("v_color", "v_tint"), FRAG.replace("v_color", "v_tint"))
+    assert ("varying", "vec4", "v_tint") in other.variables  # another source is parsed anew
+
+
+def test_the_glyph_cache_writes_vispys_own_field_at_each_offset() -> None:
+    from vispy.visuals.text.text import SDFRendererCPU
+
+    from anomalens.app import glcache
+
+    rng = np.random.default_rng(0)
+    data = np.zeros((96, 80), np.uint8)
+    data[30:66, 24:56] = (rng.random((36, 32)) > 0.3) * 255
+    vispys_own = getattr(SDFRendererCPU.render_to_texture, "__wrapped__", SDFRendererCPU.render_to_texture)
+    reference = np.zeros((40, 40, 3), np.uint8)
+    vispys_own(SDFRendererCPU(), data, reference, (2, 3), (20, 24))
+    assert reference.any()
+    assert glcache.install()
+    renderer = SDFRendererCPU()
+    for offset in ((2, 3), (10, 12)):  # a miss, then a hit written elsewhere
+        texture = np.zeros((40, 40, 3), np.uint8)
+        renderer.render_to_texture(data, texture, offset, (20, 24))
+        x, y = offset
+        assert np.array_equal(texture[y:y + 24, x:x + 20], reference[3:27, 2:22])
+        assert not texture[:y].any() and not texture[:, :x].any()  # nothing outside the glyph's region
+
+
+def test_the_collection_hold_turns_collection_back_on_only_if_it_turned_it_off() -> None:
+    from anomalens.app.heap import CollectionHold
+
+    assert gc.isenabled()
+    hold = CollectionHold()
+    hold.start()
+    assert not gc.isenabled()
+    hold.release()
+    hold.release()  # twice (the build's end, then a close) is harmless
+    assert gc.isenabled()
+    gc.disable()  # someone else turned it off: the hold leaves it off
+    try:
+        other = CollectionHold()
+        other.start()
+        other.release()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
