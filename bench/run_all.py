@@ -57,6 +57,7 @@ BENCHES = (
     Bench("invdetect-paper", ("invdetect_paper.py", "phantom"), accuracy=True),
     Bench("d2ue-rar-sweep", ("d2ue_rar_sweep.py",), accuracy=True),
     Bench("dev-table", ("dev_table.py", "--threads", "1"), accuracy=True),
+    Bench("scr-false-positives", ("scr_false_positives.py",), accuracy=True),
 )
 
 
