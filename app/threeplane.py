@@ -30,6 +30,7 @@ from .orientation import (
     camera_of,
     geometry,
     install_orientation_overlay,
+    label_axes,
     plane_view,
     reference_layer,
     show_some_letters,
@@ -95,9 +96,9 @@ class ThreePlaneView:
 
         Building everything at once held the UI thread for about a second (two vispy canvases, a shader
         program per mirrored layer and canvas, napari re-binding every shortcut per canvas). Staged, each turn
-        does one step (a garbage collection, a canvas, one layer mirrored into one canvas, half a canvas'
-        letters), so the window keeps answering while the planes fill in; ``ready`` says when it is done and
-        ``finish`` does the rest at once.
+        does one step (a garbage collection, a canvas, one layer mirrored into one canvas, orienting a canvas,
+        half a canvas' letters), so the window keeps answering while the planes fill in; ``ready`` says when it
+        is done and ``finish`` does the rest at once.
         """
         from qtpy.QtCore import Qt
         from qtpy.QtWidgets import QLabel, QSplitter, QVBoxLayout, QWidget
@@ -156,9 +157,12 @@ class ThreePlaneView:
         """The build steps: each canvas, then each mirrorable layer into each canvas, then the links."""
         steps: list[Callable[[], None]] = [self._gc_hold.start]
         steps += [partial(self._build_plane, name) for name in self.plane_names]
-        for layer in [lyr for lyr in self.viewer.layers if _mirrorable(lyr)]:
-            steps += [partial(self._mirror_step, weakref.ref(layer), name) for name in self.plane_names]
-        steps += [partial(self._dress_plane, name, half) for name in self.plane_names for half in (0, 1)]
+        for i, layer in enumerate([lyr for lyr in self.viewer.layers if _mirrorable(lyr)]):
+            for name in self.plane_names:
+                steps.append(partial(self._mirror_step, weakref.ref(layer), name))
+                if i == 0:  # the first layer makes the canvas' sliders, orienting it moves them: a turn each
+                    steps.append(partial(self._set_up_plane, name))
+        steps += [partial(self._dress_plane, name, half) for half in (0, 1) for name in self.plane_names]
         steps.append(self._finish_links)
         return steps
 
@@ -203,9 +207,7 @@ class ThreePlaneView:
         n = self.widget.count()
         self.widget.setSizes([max(1, self.widget.height() // n)] * n)  # the planes share the column equally
         self.planes[name], self.qt_viewers[name] = model, qtv
-        # Its slider and edge letters come in a later step (_dress_plane): shown now, the slider's appearance
-        # would resize the canvas and paint it at once, inside the step that brings its first layer.
-        qtv.dims.hide()
+        # Its edge letters come in later steps (_dress_plane): a canvas' first text is its costliest paint.
         model.mouse_drag_callbacks.append(self._drag_callback(model, plain_click=True))
         self.crosshairs[id(model)] = _Crosshair(qtv)
         model.dims.events.point.connect(lambda _e=None, m=model: self._sync_from(m))
@@ -215,19 +217,19 @@ class ThreePlaneView:
         layer = ref()
         if layer is None or layer not in self.viewer.layers:
             return
-        self._mirror_into(layer, name)
+        self._mirror_into(layer, name, orient=False)
         if len(self._mirrors.get(id(layer), [])) == len(self.plane_names):
             self._link_layer(layer)
 
     def _dress_plane(self, name: str, half: int) -> None:
-        """Give plane ``name`` its slider and top/bottom letters (``half`` 0), then the rest (1)."""
+        """Give plane ``name`` its top and bottom letters (``half`` 0), then the other two (1)."""
         if name not in self.planes:
             return
+        model = self.planes[name]
         if half == 0:
-            self.qt_viewers[name].dims.show()
-            show_some_letters(self.planes[name], ("top", "bottom"))
+            show_some_letters(model, ("top", "bottom"))
         else:
-            install_orientation_overlay(self.planes[name], follow_scan=False)
+            install_orientation_overlay(model, follow_scan=False)
 
     def _finish_links(self) -> None:
         """Mirror what arrived during the build, link the main viewer's events, orient and fit every plane."""
@@ -246,6 +248,8 @@ class ThreePlaneView:
         self._link(viewer.dims.events.order, lambda _e=None: self.draw_crosshairs())
         self.point = [float(v) for v in viewer.dims.point]
         self._push()
+        for model in self.planes.values():
+            model.reset_view()  # fitted again: each slider came after the plane was first fitted
         self.fit_planes_on_resize()
         self._gc_hold.release()
 
@@ -269,7 +273,9 @@ class ThreePlaneView:
 
     def _set_up_plane(self, name: str) -> None:
         """Show plane ``name`` in its canvas: its dims order, radiological camera, and the scan fitted."""
-        model = self.planes[name]
+        model = self.planes.get(name)
+        if model is None:
+            return
         if model.dims.ndim < 3:
             return
         vol = self._reference_volume()
@@ -301,8 +307,11 @@ class ThreePlaneView:
         emitter.connect(callback)
         self._links.append((emitter, callback))
 
-    def _mirror_into(self, layer: Any, name: str, index: int | None = None) -> None:
-        """Put a mirror of ``layer`` (the same array, its state) into the canvas of plane ``name``."""
+    def _mirror_into(self, layer: Any, name: str, index: int | None = None, orient: bool = True) -> None:
+        """Put a mirror of ``layer`` (the same array, its state) into the canvas of plane ``name``.
+
+        ``orient``: set the plane up when this is its first layer (the staged build does it as a step of its own).
+        """
         from napari.layers import Layer
 
         model = self.planes[name]
@@ -315,7 +324,11 @@ class ThreePlaneView:
             self._syncing = False
         self._mirrors.setdefault(id(layer), []).append(mirror)
         if model.dims.ndim >= 3 and len(model.layers) == 1:
-            self._set_up_plane(name)  # oriented before its first paint
+            # Slider names ("COR", "SAG") now, while the new sliders are laid out in napari's order: napari sizes
+            # the label box from the first slider's width, which stays stale once the plane's order hides it.
+            label_axes(model, mirror)
+            if orient:
+                self._set_up_plane(name)
 
     def _link_layer(self, layer: Any) -> None:
         """Keep ``layer``'s mirrors in step with it: display properties, in-place refreshes, new data."""

@@ -171,7 +171,7 @@ def test_the_three_plane_view_is_linked_by_its_crosshair(make_napari_viewer: Any
     assert gc.isenabled()  # the build held automatic collections off only while it ran
     assert set(view.planes) == {"coronal", "sagittal"}
     coronal, sagittal = view.planes["coronal"], view.planes["sagittal"]
-    for name, model in view.planes.items():  # slider and all four edge letters, brought in after the layers
+    for name, model in view.planes.items():  # its slider and all four edge letters (the letters come last)
         assert view.qt_viewers[name].dims.isVisible(), name
         letters = viewer_letters(model)
         shown = {edge: model.canvas.overlays[key] for edge, (key, _pos) in LETTER_OVERLAYS.items()}
