@@ -116,6 +116,7 @@ class ThreePlaneView:
         self._syncing = False
         self._closed = False
         self.step_ms: list[float] = []  # UI-thread time of each staged build step
+        self.failed = False  # a build step raised: the build stopped there
         self.point: list[float] = [float(v) for v in viewer.dims.point]
         self.main_plane = self._main_plane()
         self.plane_names = [p for p in ("axial", "coronal", "sagittal") if p != self.main_plane]
@@ -169,12 +170,22 @@ class ThreePlaneView:
     @property
     def ready(self) -> bool:
         """Whether every canvas is built and linked."""
-        return not self._steps and not self._closed
+        return not self._steps and not self._closed and not self.failed
 
     def finish(self) -> None:
         """Run the build steps still to come, now (tests, scripts, and a close during the build)."""
         while self._steps and not self._closed:
-            self._steps.popleft()()
+            self._run(self._steps.popleft())
+
+    def _run(self, step: Callable[[], None]) -> None:
+        """One build step; a step that fails ends the build and gives garbage collection back first."""
+        try:
+            step()
+        except Exception:
+            self._steps.clear()
+            self.failed = True
+            self._gc_hold.release()
+            raise
 
     def _next_step(self) -> None:
         import time
@@ -184,7 +195,7 @@ class ThreePlaneView:
         if self._closed or not self._steps:
             return
         t0 = time.perf_counter()
-        self._steps.popleft()()
+        self._run(self._steps.popleft())
         self.step_ms.append((time.perf_counter() - t0) * 1000.0)  # for bench_reading_room
         if self._steps:
             QTimer.singleShot(0, self._next_step)

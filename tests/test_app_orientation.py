@@ -199,7 +199,7 @@ def test_the_three_plane_view_is_linked_by_its_crosshair(make_napari_viewer: Any
 
 
 @pytest.mark.gui
-def test_closing_the_three_plane_view_mid_build_turns_collection_back_on(make_napari_viewer: Any,
+def test_a_closed_or_failed_three_plane_build_turns_collection_back_on(make_napari_viewer: Any,
                                                                        qtbot: Any) -> None:
     from anomalens.app.reader import image_layer_data
     from anomalens.app.threeplane import three_plane_view, toggle_three_plane
@@ -214,6 +214,21 @@ def test_closing_the_three_plane_view_mid_build_turns_collection_back_on(make_na
     assert not view.ready and not gc.isenabled()
     assert not toggle_three_plane(viewer)
     assert gc.isenabled()
+    qtbot.wait(100)
+    # A build step that fails stops the build and gives collection back too.
+    from anomalens.app import threeplane
+
+    def broken(*_a: Any) -> None:
+        raise RuntimeError("a canvas could not be made")
+
+    assert toggle_three_plane(viewer)
+    view = three_plane_view(viewer)
+    qtbot.waitUntil(lambda: bool(view.planes), timeout=20000)
+    view._steps.appendleft(broken)
+    with pytest.raises(RuntimeError, match="could not be made"):
+        view.finish()
+    assert gc.isenabled() and view.failed and not view.ready
+    threeplane.close_three_plane(viewer)
     qtbot.wait(100)
 
 
