@@ -159,7 +159,11 @@ class ThreePlaneView:
 
     # -- building, a step per event-loop turn ----------------------------------------------------------
     def _plan(self) -> list[Callable[[], None]]:
-        """The build steps: each canvas, then each mirrorable layer into each canvas, then the links."""
+        """The build steps, a turn each: collect, canvases, layers, orientation, letters, links.
+
+        A collection first; each canvas; each mirrorable layer into each canvas (a canvas oriented after its
+        first); each canvas' letters in two halves; then the links.
+        """
         steps: list[Callable[[], None]] = [self._gc_hold.start]
         steps += [partial(self._build_plane, name) for name in self.plane_names]
         for i, layer in enumerate([lyr for lyr in self.viewer.layers if _mirrorable(lyr)]):
@@ -263,8 +267,8 @@ class ThreePlaneView:
         self._link(viewer.dims.events.order, lambda _e=None: self.draw_crosshairs())
         self.point = [float(v) for v in viewer.dims.point]
         self._push()
-        for model in self.planes.values():
-            model.reset_view()  # fitted again: each slider came after the plane was first fitted
+        for name in self.planes:  # oriented (a no-op unless its first layer went away mid-build) and refitted
+            self._set_up_plane(name)
         self.fit_planes_on_resize()
         self._gc_hold.release()
 
