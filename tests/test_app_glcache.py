@@ -81,3 +81,14 @@ def test_the_collection_hold_turns_collection_back_on_only_if_it_turned_it_off()
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_the_start_up_freeze_runs_once_and_leaves_collection_on() -> None:
+    import subprocess
+    import sys
+
+    code = ("import gc\nfrom anomalens.app import heap\nn = heap.freeze_startup_heap()\n"
+            "assert n > 0 and gc.get_freeze_count() == n, n\nassert heap.freeze_startup_heap() == 0\n"
+            "assert gc.isenabled()\nprint('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr  # in a process of its own: no freeze here
