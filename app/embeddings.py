@@ -65,6 +65,7 @@ class EmbeddingStore:
         self.curvature = 0.0
         self.hyperplane: np.ndarray | None = None
         self.offset = 0.0
+        self.hyperplane_of = ""
         self.generation = 0
 
     def clear(self) -> None:
@@ -85,6 +86,7 @@ class EmbeddingStore:
             self.slices.clear()
         self.manifold, self.curvature = emb.manifold, float(emb.curvature)
         self.hyperplane, self.offset = emb.hyperplane, float(emb.hyperplane_offset)
+        self.hyperplane_of = emb.hyperplane_of
         sl = np.asarray(emb.slice_index, dtype=int)
         points, centers = np.asarray(emb.points), np.asarray(emb.centers, dtype=np.float32)
         for j in np.unique(sl):
@@ -109,4 +111,5 @@ class EmbeddingStore:
                                                                                                  strict=True)]),
                           centers=np.concatenate([p.centers for p in parts]), manifold=self.manifold,
                           curvature=self.curvature, scores=np.concatenate([p.values for p in parts]),
-                          hyperplane=self.hyperplane, hyperplane_offset=self.offset)
+                          hyperplane=self.hyperplane, hyperplane_offset=self.offset,
+                          hyperplane_of=self.hyperplane_of)

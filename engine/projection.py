@@ -41,6 +41,7 @@ side) and ``drawn_side`` the side it is drawn on, so a viewer can count both.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -146,8 +147,7 @@ def reference_selection(values: np.ndarray | None, threshold: float | None = Non
 
 
 def _with_points(emb: Embeddings, points: np.ndarray, hyperplane: np.ndarray | None, offset: float) -> Embeddings:
-    return Embeddings(points=points, slice_index=emb.slice_index, centers=emb.centers, manifold=emb.manifold,
-                      curvature=emb.curvature, scores=emb.scores, hyperplane=hyperplane, hyperplane_offset=offset)
+    return dataclasses.replace(emb, points=points, hyperplane=hyperplane, hyperplane_offset=offset)
 
 
 def centre_embeddings(emb: Embeddings, reference: np.ndarray, what: str = "the reference patches") -> Centred:
@@ -485,10 +485,9 @@ def project_embeddings(emb: Embeddings, per_slice: bool = False, max_fit: int = 
     finite = np.isfinite(raw).all(axis=1)
     dropped = int((~finite).sum())
     if dropped:
-        emb = Embeddings(points=raw[finite], slice_index=np.asarray(emb.slice_index)[finite],
-                         centers=np.asarray(emb.centers)[finite], manifold=emb.manifold, curvature=emb.curvature,
-                         scores=None if emb.scores is None else np.asarray(emb.scores)[finite],
-                         hyperplane=emb.hyperplane, hyperplane_offset=emb.hyperplane_offset)
+        emb = dataclasses.replace(emb, points=raw[finite], slice_index=np.asarray(emb.slice_index)[finite],
+                                  centers=np.asarray(emb.centers)[finite],
+                                  scores=None if emb.scores is None else np.asarray(emb.scores)[finite])
     ref_mask = None
     centring = None
     if reference is not None:

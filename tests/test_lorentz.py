@@ -115,6 +115,21 @@ def test_heads_are_bagged_over_independent_draws_and_averaged(data, tmp_path: Pa
     # (the map shows it as evidence, −log(1 − mean)).
     assert np.abs(singles[0] - singles[1]).max() > 1e-3
     np.testing.assert_allclose(res.embeddings.scores, np.mean(singles, 0), atol=1e-5)
+    # The disk can draw one head's embedding and hyperplane: the embeddings say whose, through the viewer's
+    # store and the projection's centring (one head alone names none).
+    from anomalens.app.embeddings import EmbeddingStore
+    from anomalens.engine.projection import centre_embeddings
+
+    assert res.embeddings.hyperplane_of.startswith("head 1 of 3")
+    store = EmbeddingStore()
+    store.add(res.embeddings, np.arange(len(tests)), res.heatmaps)
+    combined = store.combined()
+    assert combined.hyperplane_of == res.embeddings.hyperplane_of
+    centred = centre_embeddings(combined, np.ones(len(combined.points), bool)).embeddings
+    assert centred.hyperplane_of == res.embeddings.hyperplane_of
+    det.heads = [x[0]]
+    assert det.score(tests).embeddings.hyperplane_of == ""
+    det.heads = x
     # Saved and reloaded, all three heads come back.
     back = load_bundle(det.save(tmp_path / "m"))
     assert len(back.heads) == 3

@@ -19,7 +19,8 @@ class Embeddings:
     ``points`` are coordinates on ``manifold`` (Lorentz points carry the time coordinate first).
     ``curvature`` is the magnitude c > 0 of the curvature (−c for hyperbolic, +c for the sphere; 0 for
     Euclidean). ``hyperplane`` is the classifier's normal vector in the same ambient coordinates, when the
-    detector has one.
+    detector has one; ``hyperplane_of`` says whose it is when the detector's output is not that one
+    classifier's alone (the Lorentz detector averages several heads and can draw one).
     """
 
     points: np.ndarray
@@ -30,6 +31,7 @@ class Embeddings:
     scores: np.ndarray | None = None
     hyperplane: np.ndarray | None = None
     hyperplane_offset: float = 0.0
+    hyperplane_of: str = ""
 
     def __post_init__(self) -> None:
         if self.manifold not in MANIFOLDS:
