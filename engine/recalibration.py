@@ -270,13 +270,13 @@ def recalibrate(detector: Detector, normals: np.ndarray, *, fine_tune: bool = Fa
                              cancel=cancel, result=scored)
     # Measured by the calibration itself on these slices (plain exactly; SCR on its own pixel sample), or,
     # where the model cuts its own masks, those masks' share of the tissue.
-    own_masks = None if scored is None or not own else scored.own_masks
-    after = FalsePositives(plain=float(cal.fp_area if cal.fp_area is not None else 0.0),
-                           scr=cal.fp_area_scr if not own else
-                           None if own_masks is None else _tissue_share(own_masks, fg))
-    report(progress, 1.0, "calibrated")
-    own_scr = None
-    if own and scored is not None:
+    if own:
+        assert scored is not None  # scored above when the model cuts its own masks
+        scr_after = None if scored.own_masks is None else _tissue_share(scored.own_masks, fg)
         own_scr = scored.own_masks_method or "the detector's own cut"
+    else:
+        scr_after, own_scr = cal.fp_area_scr, None
+    after = FalsePositives(plain=float(cal.fp_area if cal.fp_area is not None else 0.0), scr=scr_after)
+    report(progress, 1.0, "calibrated")
     return Recalibration(detector=detector, calibration=cal, before=before, after=after,
                          n_fine_tune=0 if tune is None else len(tune), n_calibration=len(calib), own_scr=own_scr)
