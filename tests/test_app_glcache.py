@@ -55,9 +55,12 @@ def test_the_glyph_cache_writes_vispys_own_field_at_each_offset() -> None:
     assert reference.any()
     assert glcache.install()
     renderer = SDFRendererCPU()
-    for offset in ((2, 3), (10, 12)):  # a miss, then a hit written elsewhere
+    for offset in ((2, 3), (10, 12)):  # a miss (or a hit from an earlier test), then a hit written elsewhere
         texture = np.zeros((40, 40, 3), np.uint8)
+        hits = glcache.stats()[0]
         renderer.render_to_texture(data, texture, offset, (20, 24))
+        if offset == (10, 12):
+            assert glcache.stats()[0] == hits + 1  # the second glyph came from the cache
         x, y = offset
         assert np.array_equal(texture[y:y + 24, x:x + 20], reference[3:27, 2:22])
         assert not texture[:y].any() and not texture[:, :x].any()  # nothing outside the glyph's region
