@@ -7,6 +7,7 @@ it. The CLI, the viewer's workers, batch scoring and the tests all call these sa
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -259,21 +260,18 @@ def merge_results(parts: Sequence[AnomalyResult]) -> AnomalyResult:
     """Concatenate batch results (embeddings get their slice indices offset)."""
     if len(parts) == 1:
         return parts[0]
-    from .detectors import Embeddings
-
     feats = None if any(p.features is None for p in parts) else np.concatenate([p.features for p in parts])
     emb = None
     if all(p.embeddings is not None for p in parts):
         offsets = np.cumsum([0] + [p.n_slices for p in parts[:-1]])
         es = [p.embeddings for p in parts]
         e0 = es[0]
-        emb = Embeddings(
+        emb = dataclasses.replace(  # the geometry, hyperplane and its owner are the first part's
+            e0,
             points=np.concatenate([e.points for e in es]),
             slice_index=np.concatenate([e.slice_index + o for e, o in zip(es, offsets, strict=True)]),
             centers=np.concatenate([e.centers for e in es]),
-            manifold=e0.manifold, curvature=e0.curvature,
             scores=None if any(e.scores is None for e in es) else np.concatenate([e.scores for e in es]),
-            hyperplane=e0.hyperplane, hyperplane_offset=e0.hyperplane_offset,
         )
     own = None if any(p.own_masks is None for p in parts) else np.concatenate([p.own_masks for p in parts])
     return AnomalyResult(heatmaps=np.concatenate([p.heatmaps for p in parts]),

@@ -127,6 +127,11 @@ def test_heads_are_bagged_over_independent_draws_and_averaged(data, tmp_path: Pa
     assert combined.hyperplane_of == res.embeddings.hyperplane_of
     centred = centre_embeddings(combined, np.ones(len(combined.points), bool)).embeddings
     assert centred.hyperplane_of == res.embeddings.hyperplane_of
+    from anomalens.engine.pipeline import merge_results
+
+    merged = merge_results([det.score(tests[:1]), det.score(tests[1:])]).embeddings  # score_scan's batches
+    assert merged.hyperplane_of == res.embeddings.hyperplane_of
+    np.testing.assert_array_equal(merged.slice_index, res.embeddings.slice_index)
     det.heads = [x[0]]
     assert det.score(tests).embeddings.hyperplane_of == ""
     det.heads = x
