@@ -477,9 +477,9 @@ class PoincareWidget(QWidget):
         rest = ~(inside if inside is not None else flagged)
         share = 100 * float(across[rest].mean()) if rest.any() else 0.0
         parts.append(f"{share:.1f} % of the {int(rest.sum())} others")
-        whose = f", {res.embeddings.hyperplane_of}" if res.embeddings.hyperplane_of else ""
-        text = (f"Anomalous side of the hyperplane (exact, {proj.basis.shape[0]}-D, all {len(across)} scored "
-                f"patches{whose}): " + "; ".join(parts) + ".")
+        whose = f" of {res.embeddings.hyperplane_of}" if res.embeddings.hyperplane_of else ""
+        text = (f"Anomalous side of the hyperplane{whose} (exact, {proj.basis.shape[0]}-D, all {len(across)} "
+                "scored patches): " + "; ".join(parts) + ".")
         if proj.drawn_side is not None:
             moved = int(((proj.drawn_side > 0) != across).sum())
             text += f" {moved} point(s) are drawn on the other side (projection)."

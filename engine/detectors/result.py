@@ -20,7 +20,8 @@ class Embeddings:
     ``curvature`` is the magnitude c > 0 of the curvature (−c for hyperbolic, +c for the sphere; 0 for
     Euclidean). ``hyperplane`` is the classifier's normal vector in the same ambient coordinates, when the
     detector has one; ``hyperplane_of`` says whose it is when the detector's output is not that one
-    classifier's alone (the Lorentz detector averages several heads and can draw one).
+    classifier's alone (the Lorentz detector averages several heads and can draw one), e.g. "head 1 of 3,
+    the heatmap averaging all 3".
     """
 
     points: np.ndarray

@@ -571,7 +571,7 @@ class LorentzDetector(Detector):
             scores=p.cpu().numpy(),  # the heads' mean probability (the classifier's own output)
             hyperplane=normal.detach().cpu().numpy(), hyperplane_offset=float(offset),
             hyperplane_of="" if len(self.heads) == 1 else
-            f"head 1 of {len(self.heads)} (the heatmap averages all {len(self.heads)} heads' probabilities)")
+            f"head 1 of {len(self.heads)}, the heatmap averaging all {len(self.heads)}")
         heatmap = ("surprise (nats) of the heads' mean probability plus that of the distance to the normal "
                    "memory bank" if fuse else HEAD_MAPS[self.head_map])
         return AnomalyResult(heatmaps=maps, scores=maps.reshape(n, -1).max(1), embeddings=emb,
