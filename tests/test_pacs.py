@@ -604,8 +604,9 @@ def test_a_result_without_scr_builds_a_one_segment_seg_and_its_report(pacs, tmp_
 def cluster(pacs):
     """Two worker processes on loopback; a killed worker fails its study instead of a silent retry.
 
-    A worker holds one task at a time (saturation 1.0): by default a one-thread worker is also handed a second
-    task to queue, and when the first one's process dies the queued bystander dies with it (seen in CI).
+    A worker is meant to hold one task at a time (saturation 1.0), but the scheduler still handed a one-thread
+    worker a second study to queue (seen in CI, tasks submitted one by one are not queued centrally): the
+    killed-worker test's doomed study therefore secedes from its thread before it waits (see there).
     """
     import dask
     from distributed import Client, LocalCluster
@@ -656,8 +657,14 @@ def test_a_killed_worker_loses_no_pushed_result(pacs, cluster, tmp_path) -> None
     flag, out = tmp_path / "killed-once", tmp_path / "out"
 
     def arm(flag_path: str = str(flag), out_dir: str = str(out), doomed: str = doomed) -> None:
-        """In each worker: the doomed study waits for the two others to finish, then its process dies."""
+        """In each worker: the doomed study waits for the two others to finish, then its process dies.
+
+        It secedes from the worker's thread pool first: a study the scheduler queued behind it on the same
+        one-thread worker then runs (not dies with it), whichever worker each study was handed to.
+        """
         import time
+
+        from distributed import secede
 
         from anomalens.engine import pipeline
 
@@ -665,7 +672,8 @@ def test_a_killed_worker_loses_no_pushed_result(pacs, cluster, tmp_path) -> None
 
         def load_volume(spec, **opts):
             if spec == doomed and not os.path.exists(flag_path):
-                deadline = time.monotonic() + 30
+                secede()
+                deadline = time.monotonic() + 120
                 while time.monotonic() < deadline and len(list(Path(out_dir).glob("study-*/dicom/sr.dcm"))) < 2:
                     time.sleep(0.05)
                 Path(flag_path).write_text("x")
