@@ -739,6 +739,7 @@ def describe_layout(viewer: napari.Viewer) -> dict[str, Any]:
         "canvas": [canvas.width(), canvas.height()],
         "canvas_share": round(canvas.width() / max(qt.width(), 1), 4),
         "docks_visible": docks_visible(viewer), "napari_docks_visible": layer_docks_visible(viewer),
+        "docks_clipped": clipped_docks(viewer),
     }
     layer = target_layer(viewer)
     if layer is not None and layer.ndim >= 2:
@@ -762,6 +763,27 @@ def describe_layout(viewer: napari.Viewer) -> dict[str, Any]:
         out["colorbar"] = bool(heat and heat[0].visible and heat[0].colorbar.visible)
         out["unit"] = results.unit.value
     return out
+
+
+def clipped_docks(viewer: napari.Viewer) -> list[str]:
+    """The AnomaLens docks whose content is wider than the right-hand column: they would scroll sideways.
+
+    A tabbed dock that is not raised keeps a stale width, so every dock is measured against the narrowest
+    visible one's scroll area, less a vertical scroll bar (any dock may need one on a short screen).
+    """
+    from qtpy.QtWidgets import QScrollArea, QStyle
+
+    areas: dict[str, Any] = {}
+    for name, frame in getattr(viewer.window, "anomalens_frames", {}).items():
+        found = frame.findChildren(QScrollArea)
+        if found:
+            areas[name] = (frame, found[0])
+    shown = [area.width() for frame, area in areas.values() if frame.isVisible()]
+    if not shown:
+        return []
+    bar = viewer.window._qt_window.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
+    room = min(shown) - bar
+    return [name for name, (_, area) in areas.items() if area.widget().minimumSizeHint().width() > room]
 
 
 def layout_line(viewer: napari.Viewer) -> str:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
+    QGridLayout,
     QGroupBox,
     QHBoxLayout,
     QLabel,
@@ -306,6 +307,8 @@ class CalibrationWidget(QWidget):
         self.mark_slice_button = QPushButton("Mark slice normal")
         self.unmark_slice_button = QPushButton("Unmark slice")
         self.range_from, self.range_to = QSpinBox(), QSpinBox()
+        self.range_from.setPrefix("from ")
+        self.range_to.setPrefix("to ")
         self.mark_range_button = QPushButton("Mark range")
         self.mark_selection_button = QPushButton("Mark disk selection")
         self.mark_selection_button.setToolTip("The slices of the points lassoed on the Poincaré disk; the "
@@ -332,21 +335,17 @@ class CalibrationWidget(QWidget):
         mv = QVBoxLayout(marks)
         mv.addWidget(self.study_label)
         mv.addWidget(self.marks_label)
-        row = QHBoxLayout()
-        row.addWidget(self.mark_slice_button)
-        row.addWidget(self.unmark_slice_button)
-        mv.addLayout(row)
-        row = QHBoxLayout()
-        row.addWidget(QLabel("from"))
-        row.addWidget(self.range_from)
-        row.addWidget(QLabel("to"))
-        row.addWidget(self.range_to)
-        row.addWidget(self.mark_range_button)
-        mv.addLayout(row)
-        row = QHBoxLayout()
-        row.addWidget(self.mark_selection_button)
-        row.addWidget(self.undo_button)
-        mv.addLayout(row)
+        # two columns, the range's button under its two boxes: in one row they are wider than the column a
+        # 1,366 px screen leaves the docks, and the dock scrolled sideways with "Mark range" cut off
+        grid = QGridLayout()
+        grid.addWidget(self.mark_slice_button, 0, 0)
+        grid.addWidget(self.unmark_slice_button, 0, 1)
+        grid.addWidget(self.mark_selection_button, 1, 0)
+        grid.addWidget(self.undo_button, 1, 1)
+        grid.addWidget(self.range_from, 2, 0)
+        grid.addWidget(self.range_to, 2, 1)
+        grid.addWidget(self.mark_range_button, 3, 0, 1, 2)
+        mv.addLayout(grid)
         tune = QGroupBox("Site profile")
         tv = QVBoxLayout(tune)
         tv.addWidget(self.finetune_button)

@@ -209,14 +209,14 @@ class PoincareWidget(QWidget):
             self.view.addItem(item)
         self.colormap = pg.colormap.get(HEATMAP_COLORMAP)  # the heatmap layer's: one colour, one value
 
-        top = QHBoxLayout()
-        top.addWidget(self.mode_combo, 1)
-        top.addWidget(self.lasso_button)
+        top = QHBoxLayout()  # the mode on a row of its own: with the lassos beside it the dock is wider
+        top.addWidget(self.lasso_button)  # than a 1,366 px screen's column and scrolls sideways
         top.addWidget(self.canvas_lasso_button)
         sel = QHBoxLayout()
         sel.addWidget(self.mark_button)
         sel.addWidget(self.clear_button)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.mode_combo)
         layout.addLayout(top)
         layout.addWidget(_Box(self.plot, 280, 280), 1)
         layout.addWidget(self.legend)
