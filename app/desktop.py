@@ -25,7 +25,6 @@ from qtpy.QtGui import QAction
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
-    QLabel,
     QMenu,
     QProgressBar,
     QPushButton,
@@ -35,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import glcache, heap
+from .elided import ElidedLabel
 from .jobs import JobRunner
 from .messages import log, notify_error
 from .recent import RecentFiles
@@ -102,7 +102,7 @@ class FileActions(QObject):
         status = QWidget()
         row = QHBoxLayout(status)
         row.setContentsMargins(0, 0, 0, 0)
-        self.status, self.bar, self.cancel_button = QLabel(""), QProgressBar(), QPushButton("Cancel")
+        self.status, self.bar, self.cancel_button = ElidedLabel(""), QProgressBar(), QPushButton("Cancel")
         self.bar.setMaximumWidth(160)
         for w in (self.status, self.bar, self.cancel_button):
             row.addWidget(w)

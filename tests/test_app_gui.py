@@ -251,6 +251,21 @@ def test_desktop_window_opens_files_and_survives_bad_ones(make_napari_viewer: An
     assert any("notes.nii.gz" in m for m in new), new
     assert recent.load() == [good.resolve()]
 
+    # a long failure message does not widen the window (it did: 1,467 px on a 1,366 px screen, for good)
+    qt = viewer.window._qt_window
+    width = qt.width()
+    folder = tmp_path / ("a folder of reports with a long name " * 4).strip()
+    folder.mkdir()
+    for name in ("a.txt", "b.dcm", "c.pdf"):
+        (folder / name).write_text("not an image")
+    assert files.open_path(folder)
+    qtbot.waitUntil(lambda: not files.jobs.running, timeout=20000)
+    qtbot.wait(100)
+    message = files.status.text()
+    assert "no DICOM" in message and len(message) > 150, message  # the label keeps the whole text …
+    assert qt.width() == width  # … and asks for no more room than it had
+    assert files.status.width() < files.status.fontMetrics().horizontalAdvance(message)
+
     two = tmp_path / "two-series"
     write_ct_series(two, phantom((3, 12, 10)), series_uid="1.2.3.4.1", description="first")
     write_ct_series(two, phantom((4, 12, 10)), series_uid="1.2.3.4.2", description="second", name="B")
