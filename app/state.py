@@ -156,6 +156,23 @@ class AnomaLensState:
         if res is not self.results:
             self.select_results(res)
 
+    def forget_volume_of(self, layer: Any) -> bool:
+        """Forget the scan ``layer`` showed, when it was removed; True if it was the state's volume.
+
+        Without it a removed scan stayed the docks' volume: "Mark slice normal" then marked slice 0 of a
+        study no longer on screen (the slice index of no layer) and saved that mark for fine-tuning.
+        """
+        from .reader import VOLUME_KEY
+
+        vol = self.volume
+        if vol is None or layer is None:
+            return False
+        if getattr(layer, "data", None) is not vol.array and getattr(layer, "metadata", {}).get(VOLUME_KEY) is not vol:
+            return False
+        self.volume, self.prepared = None, None
+        self.volume_changed.emit(None)
+        return True
+
     def forget_layer(self, layer_name: str) -> None:
         """Drop the results of an image layer that was removed."""
         for key in [k for k in self.registry if k[0] == layer_name]:

@@ -75,6 +75,13 @@ def test_marks_persist_across_a_restart(make_napari_viewer: Any, qtbot: Any, env
     assert w.unmark_current_slice() == [3] and state.extras["marked_slices"] == [0, 1]
     state.set_disk_selection([(4, 10.0, 12.0)])
     assert w.mark_selection_button.isEnabled() and w.mark_selection() == [4]
+
+    # the scan's layer removed: nothing is marked any more (it marked slice 0 of the gone scan, and saved it)
+    goto_index(viewer, layer, 2)
+    viewer.layers.remove(layer)
+    assert state.volume is None and "No scan" in w.study_label.text()
+    assert w.mark_current_slice() == [] and w.mark_range(2, 2) == []
+    assert not w.mark_slice_button.isEnabled()
     case_library(state).close()  # the viewer goes away
 
     lib = CaseLibrary(default_path())  # a restart

@@ -379,6 +379,7 @@ class CalibrationWidget(QWidget):
         self.state.marks_changed.connect(self._show_marks)
         self.state.selection_changed.connect(self._update_buttons)
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
+        self.viewer.layers.events.removed.connect(lambda event: self.state.forget_volume_of(event.value))
         self.viewer.dims.events.current_step.connect(self._update_buttons)
         self.viewer.dims.events.current_step.connect(self._show_on_canvas)
         self.state.marks_changed.connect(self._show_on_canvas)
