@@ -60,3 +60,17 @@ def _show(kind: str, text: str) -> None:
          "info": notifications.show_info}[kind](text)
     except Exception:  # the notification system itself failing must not hide the original problem
         log.exception("could not show a notification: %s", text)
+
+
+def say(viewer: object, text: str) -> None:
+    """Put ``text`` in the window's status bar where it stays.
+
+    napari rewrites its own status line (``viewer.status``) on the next slice change or mouse move, so a key's
+    answer ("flagged slice 12 (1 of 5) — wrapped around") was gone before anyone read it. The desktop
+    window's AnomaLens status label keeps it; in plain napari (no such label) only napari's line is set.
+    """
+    viewer.status = text  # type: ignore[attr-defined]
+    window = getattr(viewer, "window", None)
+    label = getattr(getattr(window, "anomalens_files", None), "status", None)
+    if label is not None:
+        label.setText(text)

@@ -287,6 +287,7 @@ def show_results(viewer: napari.Viewer, results: ScanResults) -> tuple[Any, Any]
     meta = {ROLE_KEY: "heatmap", UNIT_KEY: results.unit.value, "unit_description": results.unit.description,
             MODEL_KEY: results.label, "model_fingerprint": results.model.fingerprint}
     heat = find_layer(viewer, results.heatmap_name)
+    added = heat is None or tuple(heat.data.shape) != results.maps.shape
     if heat is None or tuple(heat.data.shape) != results.maps.shape:
         if heat is not None:
             viewer.layers.remove(heat)
@@ -310,12 +311,17 @@ def show_results(viewer: napari.Viewer, results: ScanResults) -> tuple[Any, Any]
             mask = viewer.add_labels(results.mask, name=results.mask_name, scale=scale, opacity=MASK_OPACITY,
                                      metadata=mask_meta, **extra)
             style_prediction(mask)
+            added = True
         elif mask.data is not results.mask:
             write_mask(mask, results.mask)  # adopt the layer's array: hand edits and SCR share one mask
             results.mask = mask.data
         else:
             mask.refresh()
     style_references(viewer)
+    if added and source is not None:
+        # napari makes a new layer the active one: a fresh mask left active put napari's paint hints over the
+        # status bar and its keys (1–7, brush) live on the model's mask; the scan stays the one worked on
+        viewer.layers.selection.active = source
     return heat, mask
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import QDialog, QDialogButtonBox, QHeaderView, QLabel, QTableWidget, QTableWidgetItem, QVBoxLayout
 
+from .messages import say
 from .results import current_index, find_layer, goto_index
 from .state import get_state
 from .windowlevel import cycle, target_layer
@@ -81,7 +82,7 @@ def step_flagged(viewer: napari.Viewer, step: int) -> int | None:
     """Show the next (``step`` 1) or previous (-1) flagged slice, wrapping around; returns its z."""
     flagged = flagged_slices(viewer)
     if not flagged:
-        viewer.status = "no flagged slice in the current result"
+        say(viewer, "no flagged slice in the current result")
         return None
     layer = scan_of(viewer)
     z = current_index(viewer, layer)
@@ -90,7 +91,7 @@ def step_flagged(viewer: napari.Viewer, step: int) -> int | None:
     target = (after[0] if step > 0 else after[-1]) if after else (flagged[0] if step > 0 else flagged[-1])
     goto_index(viewer, layer, target)
     k = flagged.index(target) + 1
-    viewer.status = f"flagged slice {target} ({k} of {len(flagged)}){' — wrapped around' if wrapped else ''}"
+    say(viewer, f"flagged slice {target} ({k} of {len(flagged)}){' — wrapped around' if wrapped else ''}")
     return target
 
 
@@ -99,8 +100,8 @@ def toggle_result_layer(viewer: napari.Viewer, role: str) -> bool | None:
     res = get_state(viewer).results
     layer = None if res is None else find_layer(viewer, res.heatmap_name if role == "heatmap" else res.mask_name)
     if layer is None:
-        viewer.status = f"no {role} to show: score the scan first" if res is None or role == "heatmap" \
-            else "this result has no mask (the model is not calibrated)"
+        say(viewer, f"no {role} to show: score the scan first" if res is None or role == "heatmap"
+            else "this result has no mask (the model is not calibrated)")
         return None
     layer.visible = not layer.visible
     return bool(layer.visible)
@@ -115,10 +116,10 @@ def mark_normal(viewer: napari.Viewer) -> list[int] | None:
     """Mark the shown slice normal through the Calibration dock (its checks, its status line)."""
     dock = calibration_dock(viewer)
     if dock is None:
-        viewer.status = "the Calibration dock is not open"
+        say(viewer, "the Calibration dock is not open")
         return None
     new = dock.mark_current_slice()
-    viewer.status = dock.status.text() if hasattr(dock, "status") else ""
+    say(viewer, dock.status.text() if hasattr(dock, "status") else "")
     return new
 
 
@@ -126,10 +127,10 @@ def undo_mark(viewer: napari.Viewer) -> bool | None:
     """Undo the shown study's latest mark or unmark (the Calibration dock's Undo)."""
     dock = calibration_dock(viewer)
     if dock is None:
-        viewer.status = "the Calibration dock is not open"
+        say(viewer, "the Calibration dock is not open")
         return None
     done = dock.undo()
-    viewer.status = dock.status.text() if hasattr(dock, "status") else ""
+    say(viewer, dock.status.text() if hasattr(dock, "status") else "")
     return done
 
 
@@ -139,7 +140,7 @@ def toggle_three_plane(viewer: napari.Viewer) -> bool | None:
         from . import threeplane
     except ImportError as exc:
         log.warning("the three-plane view is not available: %s", exc)
-        viewer.status = "the three-plane view is not available in this version"
+        say(viewer, "the three-plane view is not available in this version")
         return None
     return threeplane.toggle_three_plane(viewer)
 

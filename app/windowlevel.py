@@ -22,6 +22,7 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QWidget
 
 from ..engine.errors import ConfigError
 from ..engine.windows import load_presets, percentile_limits, window_to_limits
+from .messages import say
 from .reader import ROLE_KEY, VOLUME_KEY
 
 if TYPE_CHECKING:
@@ -196,12 +197,12 @@ def cycle(viewer: napari.Viewer, step: int = 1) -> WindowChoice | None:
     layer = target_layer(viewer)
     choices = choices_for(layer)
     if not choices:
-        viewer.status = "no scan to window"
+        say(viewer, "no scan to window")
         return None
     now = matching_choice(layer, choices)
     i = (now + step) % len(choices) if now is not None else (0 if step > 0 else len(choices) - 1)
     apply_choice(layer, choices[i])
-    viewer.status = f"window: {choices[i].label}"
+    say(viewer, f"window: {choices[i].label}")
     return choices[i]
 
 
@@ -256,7 +257,7 @@ def window_level_drag(viewer: napari.Viewer, event: Any) -> Generator[None, None
     finally:
         camera.mouse_pan = pan
     c, w = window_of(layer)
-    viewer.status = f"window {_text(round(c, 1), round(w, 1))}"
+    say(viewer, f"window {_text(round(c, 1), round(w, 1))}")
 
 
 def install_right_drag(viewer: napari.Viewer) -> None:
@@ -350,5 +351,5 @@ class WindowLevelBar(QWidget):
             self.sync()
             return
         apply_choice(self._layer, self.choices[index])
-        self.viewer.status = f"window: {self.choices[index].label}"
+        say(self.viewer, f"window: {self.choices[index].label}")
         self.sync()

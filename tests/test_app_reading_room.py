@@ -137,6 +137,7 @@ def test_shortcuts_move_slices_toggle_layers_mark_and_undo(make_napari_viewer: A
     qtbot.wait(50)  # napari shows the docks it added from the event loop, as the app's loop would
     res = show_demo_output(viewer, small_demo_output(env))
     scan = viewer.layers[res.layer_name]
+    assert viewer.layers.selection.active is scan  # not the new mask: napari's paint keys stay off it
     state = get_state(viewer)
     flagged = sorted(z for z, s in res.slices.items() if s.flagged)
     assert flagged and len(flagged) < len(res.slices), "the phantom needs flagged and unflagged slices"
@@ -162,6 +163,8 @@ def test_shortcuts_move_slices_toggle_layers_mark_and_undo(make_napari_viewer: A
     assert visits == flagged
     _press(qtbot, viewer, key_for("next_flagged"))
     assert z() == flagged[0] and "wrapped" in viewer.status
+    qtbot.wait(50)  # napari rewrites its own status line on the slice change; the window's label keeps the answer
+    assert "wrapped" in viewer.window.anomalens_files.status.text()
     _press(qtbot, viewer, key_for("previous_flagged"))
     assert z() == flagged[-1]
 
