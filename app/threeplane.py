@@ -627,7 +627,11 @@ def toggle_three_plane(viewer: Any) -> bool:
     _size_dock(viewer, view.dock)
 
     class Watcher(QObject):
-        """Closes the view when its dock's own close button takes it out, or when the main window closes."""
+        """Closes the view when its dock's own close or hide button takes it out, or the main window closes.
+
+        napari's hide button closes the dock widget (a hidden dock, not a removed one): watched too, since the
+        view otherwise stayed open behind it, crosshairs on the main canvas and the AnomaLens docks hidden.
+        """
 
         def eventFilter(self, obj: Any, event: Any) -> bool:
             kind = event.type()
@@ -639,6 +643,8 @@ def toggle_three_plane(viewer: Any) -> bool:
 
     view.watcher = Watcher(view.widget)
     view.widget.installEventFilter(view.watcher)
+    if isinstance(view.dock, QObject):
+        view.dock.installEventFilter(view.watcher)
     qwin = viewer.window._qt_window
     qwin.installEventFilter(view.watcher)
     view.watched = qwin

@@ -197,6 +197,19 @@ def test_the_three_plane_view_is_linked_by_its_crosshair(make_napari_viewer: Any
     assert not toggle_three_plane(viewer) and three_plane_view(viewer) is None
     qtbot.wait(100)  # the dock's canvases are deleted (deleteLater) before the viewer closes
 
+    # napari's "hide this panel" button closes the view too (it left it open, hidden, crosshairs and all)
+    from qtpy.QtWidgets import QPushButton
+
+    assert toggle_three_plane(viewer)
+    view = three_plane_view(viewer)
+    [hide] = [b for b in view.dock.findChildren(QPushButton) if b.objectName() == "QTitleBarHideButton"]
+    hide.click()
+    qtbot.waitUntil(lambda: three_plane_view(viewer) is None, timeout=5000)
+    assert toggle_three_plane(viewer)  # one press opens it again
+    qtbot.waitUntil(lambda: three_plane_view(viewer) is not None and three_plane_view(viewer).ready, timeout=20000)
+    assert not toggle_three_plane(viewer)
+    qtbot.wait(100)
+
 
 @pytest.mark.gui
 def test_a_closed_or_failed_three_plane_build_turns_collection_back_on(make_napari_viewer: Any,
