@@ -695,7 +695,7 @@ def show_demo_output(viewer: napari.Viewer, out: DemoOutput, detector: Detector 
     state = get_state(viewer)
     state.set_model(detector, out.model)
     state.set_volume(result.volume, result.prepared)
-    return publish(viewer, state, layer.name, result, detector, jump=True)
+    return publish(viewer, state, layer.name, result, detector, jump=True, normal_slices=out.normal_slices)
 
 
 def discovered_plugins() -> list[str]:

@@ -12,6 +12,7 @@ functions run on the UI thread.
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -139,6 +140,18 @@ class ScanResults:
     cut_params: dict[int, tuple] = field(default_factory=dict)
     generation: int = 0
     stale: bool = False
+    #: Slices of the scan the model was fitted or calibrated on (the demo knows them): never where reading
+    #: starts, since a calibration slice's top pixel is the top of the normal range by construction.
+    normal_slices: frozenset[int] = frozenset()
+
+    def reading_start(self, among: Iterable[SliceScore] | None = None) -> SliceScore | None:
+        """The highest-scoring slice (of ``among``, else of all scored) outside ``normal_slices``.
+
+        When every candidate is one of the model's own normals, the highest of them (there is nothing else).
+        """
+        rows = list(self.slices.values() if among is None else among)
+        fresh = [s for s in rows if s.z not in self.normal_slices] or rows
+        return max(fresh, key=lambda s: s.score) if fresh else None
 
     @classmethod
     def from_result(cls, layer_name: str, result: ScanResult, detector: Any = None,
@@ -406,10 +419,12 @@ def show_mask_key(viewer: napari.Viewer, results: ScanResults | None) -> dict[st
 
 
 def most_anomalous(results: ScanResults) -> int | None:
-    """The z of the highest-scoring slice scored so far (the engine's ``ScanResult.most_anomalous`` rule)."""
-    if not results.slices:
-        return None
-    return max(results.slices.values(), key=lambda s: s.score).z
+    """The z of the highest-scoring slice scored so far, not counting the model's own normal slices.
+
+    The engine's ``ScanResult.most_anomalous`` rule, less ``results.normal_slices``.
+    """
+    top = results.reading_start()
+    return None if top is None else top.z
 
 
 def goto_most_anomalous(viewer: napari.Viewer, results: ScanResults, result: ScanResult | None = None) -> int | None:
@@ -417,7 +432,8 @@ def goto_most_anomalous(viewer: napari.Viewer, results: ScanResults, result: Sca
 
     Where a radiologist starts reading a scored volume: the slice the model is surest about.
     """
-    z = result.most_anomalous() if result is not None else most_anomalous(results)
+    top = results.reading_start(result.slices if result is not None else None)
+    z = None if top is None else top.z
     layer = find_layer(viewer, results.layer_name) or find_layer(viewer, results.heatmap_name)
     if z is not None and layer is not None:
         goto_index(viewer, layer, z)
@@ -466,14 +482,14 @@ def show_legend(viewer: napari.Viewer, current: ScanResults | None) -> None:
 
 
 def publish(viewer: napari.Viewer, state: AnomaLensState, layer_name: str, result: ScanResult,
-            detector: Any, jump: bool | None = None) -> ScanResults:
+            detector: Any, jump: bool | None = None, normal_slices: Iterable[int] = ()) -> ScanResults:
     """Add a scoring's result to the viewer: merged into its (image, model) results, shown, made current.
 
     The result's warnings (a CT scored with an MR model, a shrunk field of view) reach the user once per
     image and model, as a notification; the docks show them in their status lines (``results.warnings``).
     ``jump``: show the result's most anomalous slice afterwards; by default when more than one slice was
     scored (a volume, the demo's held-out slices, a re-scoring after fine-tuning), while scoring one slice
-    stays on it.
+    stays on it. ``normal_slices``: slices the model was fitted or calibrated on (``ScanResults.normal_slices``).
     """
     res = state.results_of(layer_name, result.model.fingerprint)
     if res is not None and res.accepts(result):
@@ -481,6 +497,7 @@ def publish(viewer: napari.Viewer, state: AnomaLensState, layer_name: str, resul
         res.detector = detector
     else:
         res = state.add_results(ScanResults.from_result(layer_name, result, detector))
+    res.normal_slices = res.normal_slices | frozenset(int(z) for z in normal_slices)
     if res.stale:
         set_stale(viewer, res, False)
     show_results(viewer, res)

@@ -38,6 +38,9 @@ class DemoOutput:
     metrics: dict[str, Any]
     model: Path
     files: dict[str, Path] = field(default_factory=dict)
+    #: The scan's slices the model was fitted or calibrated on: never where a reader starts (a calibration
+    #: slice's top pixel is the top of the normal range by construction, so it ranks with the lesion).
+    normal_slices: tuple[int, ...] = ()
 
     @property
     def volume(self) -> Volume:
@@ -108,4 +111,5 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
     files = write_scan_result(result, out)
     files["metrics"] = atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2, default=str))
     report(progress, 1.0, "done")
-    return DemoOutput(result=result, metrics=metrics, model=path, files=files)
+    return DemoOutput(result=result, metrics=metrics, model=path, files=files,
+                      normal_slices=tuple(int(z) for z in data.split.train))

@@ -76,6 +76,26 @@ def _add(viewer: Any, volume: Volume, name: str) -> Any:
     return viewer.add_image(data, **kwargs)
 
 
+def test_the_demo_opens_outside_the_slices_its_model_was_fitted_or_calibrated_on(make_napari_viewer: Any, qtbot: Any,
+                                                                                   env: Path, tmp_path: Path) -> None:
+    """A calibration slice's top pixel is the top of the normal range by construction: "Score volume" on the
+    demo's scan opened on the vertex (a calibration slice at 1.000) instead of the lesion (0.999)."""
+    import dataclasses
+
+    from anomalens.app.desktop import show_demo_output
+    from anomalens.app.results import current_index
+
+    out = small_demo_output(env)
+    ranked = sorted(out.result.slices, key=lambda s: s.score, reverse=True)
+    own = (ranked[0].z,)  # say the model was fitted on the top slice
+    viewer = _desktop(make_napari_viewer(show=True), tmp_path)
+    res = show_demo_output(viewer, dataclasses.replace(out, normal_slices=own))
+    assert res.normal_slices == frozenset(own)
+    assert current_index(viewer, viewer.layers[res.layer_name]) == ranked[1].z
+    status = viewer.window.anomalens_docks["Detector"].status.text()
+    assert f"(slice {ranked[1].z}), not counting the 1 the model was fitted or calibrated on ({own[0]})" in status
+
+
 # -- keyboard shortcuts ----------------------------------------------------------------------------------
 
 def test_every_shortcut_is_free_in_napari_registered_and_listed_in_help(make_napari_viewer: Any, env: Path,

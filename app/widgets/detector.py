@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 
 from ...engine.demo import DEFAULT_DETECTOR  # what "Train from marked normals" fits unless another is chosen
 from ...engine.errors import AnomaLensError, ModelError
+from ...engine.protocol import format_selection
 from ..jobs import JobRunner
 from ..messages import notify_error, notify_info
 from ..naming import study_name
@@ -392,10 +393,13 @@ class DetectorWidget(QWidget):
         self.plot.set_current(z)
         self.table.set_rows(rows, res.unit, current=z)
         n = len(res.slices)
-        top = max(res.slices.values(), key=lambda s: s.score) if res.slices else None
+        top = res.reading_start()
+        own = sorted(z for z in res.slices if z in res.normal_slices)
         lines = [f"{res.title}: {n} slice{'s' * (n != 1)} scored"
                  + ("" if top is None else f"; highest {format_score(top.score, res.unit)} {res.unit.short} "
-                                           f"(slice {top.z})")]
+                                           f"(slice {top.z})")
+                 + (f", not counting the {len(own)} the model was fitted or calibrated on "
+                    f"({format_selection(own)})" if own and top is not None and top.z not in own else "")]
         lines += [f"⚠ {w}" for w in res.warnings]
         if res.stale:
             lines.append("these layers were made by a model that is no longer loaded (stale: model changed)")
