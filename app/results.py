@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from .state import AnomaLensState
 
 HEATMAP_COLORMAP = "inferno"
+#: A calibrated heatmap's colour ramp starts this far (normal-quantile units) below the mask's threshold.
+RAMP_BELOW = 0.05
 HEATMAP_OPACITY = 0.6
 #: The model's mask is drawn as an outline: opaque, so a 2-pixel line stays visible over the heatmap.
 MASK_OPACITY = 0.9
@@ -274,13 +276,37 @@ def heatmap_contrast(maps: np.ndarray, calibration: Calibration | None, unit: Ma
     vals = np.asarray(maps, dtype=np.float32)
     vals = vals[np.isfinite(vals) & (vals != 0)]
     if calibration is not None and unit.value == "normal-quantile":
-        lo = float(calibration.threshold) - 0.05
+        lo = float(calibration.threshold) - RAMP_BELOW
         hi = max(1.0, float(vals.max()) if vals.size else 1.0)
         return (lo, hi if hi > lo else lo + 0.1)
     if vals.size == 0:
         return (0.0, 1.0)
     lo, hi = (float(v) for v in np.percentile(vals, (50.0, 99.9)))
     return (lo, hi if hi > lo else lo + 1e-6)
+
+
+def cut_threshold(state: AnomaLensState, res: ScanResults) -> float | None:
+    """The threshold the shown mask is cut at: SCR's as the user moved it, else the calibrated plain one."""
+    if not res.calibrated:
+        return None
+    return float(state.scr.threshold) if state.scr is not None else res.threshold
+
+
+def follow_threshold(viewer: napari.Viewer, res: ScanResults, threshold: float | None) -> None:
+    """Start a normal-quantile heatmap's colour ramp ``RAMP_BELOW`` under ``threshold`` (the mask's cut).
+
+    Moving SCR's threshold to 0.89 had left the ramp at 0.94: the mask's outline then ran through tissue
+    drawn in no colour at all.
+    """
+    heat = find_layer(viewer, res.heatmap_name)
+    if heat is None or threshold is None or res.calibration is None or res.unit.value != "normal-quantile":
+        return
+    lo = float(threshold) - RAMP_BELOW
+    hi = max(float(heat.contrast_limits[1]), lo + 0.1)
+    low, high = (float(v) for v in heat.contrast_limits_range)
+    if lo < low or hi > high:
+        heat.contrast_limits_range = (min(low, lo), max(high, hi))
+    heat.contrast_limits = (lo, hi)
 
 
 def find_layer(viewer: napari.Viewer, name: str) -> Any:

@@ -246,6 +246,30 @@ def test_the_scr_status_line_follows_the_shown_slice(make_napari_viewer: Any, qt
         assert status.text().startswith(f"slice {z}: {counts[z]} pixels flagged"), status.text()
 
 
+def test_the_curve_and_the_colour_ramp_follow_the_scr_threshold(make_napari_viewer: Any, qtbot: Any,
+                                                                  env: Path) -> None:
+    """Moving SCR's threshold re-cut the mask, but the curve kept "threshold 0.990" and the colour ramp its
+    start, so the outline ran through tissue drawn in no colour."""
+    from anomalens.app.results import RAMP_BELOW
+    from anomalens.app.state import get_state
+
+    viewer, _, _, docks = _scored(make_napari_viewer, qtbot, env, with_reference=False, docks=("SCR",))
+    res = get_state(viewer).results
+    heat, line = viewer.layers[res.heatmap_name], docks["Detector"].plot.threshold
+    assert line.value() == pytest.approx(res.threshold)
+    assert heat.contrast_limits[0] == pytest.approx(res.threshold - RAMP_BELOW, abs=1e-6)
+    slider = docks["SCR"].threshold_slider
+    lower = slider.minimum() + 0.25 * (res.threshold - slider.minimum())
+    slider.setValue(lower)
+    moved = get_state(viewer).scr.threshold
+    assert moved < res.threshold - 0.01
+    assert line.value() == pytest.approx(moved) and f"{moved:.3f}" in line.label.format
+    assert heat.contrast_limits[0] == pytest.approx(moved - RAMP_BELOW, abs=1e-6)
+    docks["SCR"].reset()  # back to the calibrated point: both go back too
+    assert line.value() == pytest.approx(res.threshold)
+    assert heat.contrast_limits[0] == pytest.approx(res.threshold - RAMP_BELOW, abs=1e-6)
+
+
 def test_the_canvas_marks_a_slice_marked_normal(make_napari_viewer: Any, qtbot: Any, env: Path) -> None:
     from anomalens.app.results import goto_index
     from anomalens.app.widgets.calibration import MARK_OVERLAY, CalibrationWidget

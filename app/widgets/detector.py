@@ -44,6 +44,7 @@ from ..results import (
     ScanResults,
     ScoreOutcome,
     current_index,
+    cut_threshold,
     find_layer,
     format_score,
     goto_index,
@@ -171,6 +172,7 @@ class DetectorWidget(QWidget):
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.layers.events.reordered.connect(self._refresh_layers)
         self.viewer.dims.events.current_step.connect(self._on_step)
+        self.state.scr_changed.connect(self._on_scr_moved)
 
         self.refresh_bundles()
         self._refresh_layers()
@@ -387,8 +389,8 @@ class DetectorWidget(QWidget):
             self.table.clear()
             return
         rows = self.slice_rows(res)
-        self.plot.set_scores(res.slice_scores, threshold=res.threshold, unit=res.unit.short, model=res.label,
-                             flagged=[s.z for s in rows if s.flagged])
+        self.plot.set_scores(res.slice_scores, threshold=cut_threshold(self.state, res), unit=res.unit.short,
+                             model=res.label, flagged=[s.z for s in rows if s.flagged])
         z = current_index(self.viewer, self.image_layer())
         self.plot.set_current(z)
         self.table.set_rows(rows, res.unit, current=z)
@@ -404,6 +406,12 @@ class DetectorWidget(QWidget):
         if res.stale:
             lines.append("these layers were made by a model that is no longer loaded (stale: model changed)")
         self.status.setText("\n".join(lines))
+
+    def _on_scr_moved(self, point: Any = None) -> None:
+        """The curve's threshold line follows the threshold the mask is cut at (SCR's sliders move it)."""
+        res = self.state.results
+        if res is not None:
+            self.plot.set_threshold(cut_threshold(self.state, res))
 
     def slice_rows(self, res: ScanResults) -> list[SliceScore]:
         """The result's per-slice rows, flagged and volume counted from its mask layer as shown."""

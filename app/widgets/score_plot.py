@@ -1,11 +1,12 @@
 """Per-slice score curve: where in the volume the model sees something; a click jumps to that slice.
 
 The curve is the result's slice scores (the map's maximum over tissue) in the result's unit, and the axis
-says which; the dashed line is the calibrated plain threshold, drawn only for calibrated results (a raw
-score has no threshold). Flagged slices (the mask holds voxels there) are filled red dots on the curve;
-slices marked normal in the Calibration dock are green bands, scored or not, so the calibration loop can
-be read off the curve: a red dot inside a green band is a false positive on a slice the user called
-normal. A one-line legend under the plot says which mark is which.
+says which; the dashed line is the threshold the mask is cut at (the calibrated plain one, or SCR's as its
+slider moved it), drawn only for calibrated results (a raw score has no threshold). Flagged slices (the
+mask holds voxels there) are filled red dots on the curve; slices marked normal in the Calibration dock
+are green bands, scored or not, so the calibration loop can be read off the curve: a red dot inside a
+green band is a false positive on a slice the user called normal. A one-line legend under the plot says
+which mark is which.
 """
 
 from __future__ import annotations
@@ -108,11 +109,15 @@ class ScorePlot(QWidget):
         self.title = model
         self.plot.setLabel("left", unit)
         self.plot.setTitle(f"{model} · slice maximum" if model else None, size="9pt")
+        self.set_threshold(threshold)
+        self.set_flagged(flagged)
+
+    def set_threshold(self, threshold: float | None) -> None:
+        """Draw the dashed threshold line at ``threshold`` (hidden for None: a raw score has none)."""
         self.threshold.setVisible(threshold is not None)
         if threshold is not None:
             self.threshold.setPos(float(threshold))
             self.threshold.label.setFormat(f"threshold {float(threshold):.3f}")
-        self.set_flagged(flagged)
 
     def set_flagged(self, flagged: Iterable[int]) -> None:
         """Fill the dots of the scored slices in ``flagged`` red (the mask holds voxels there)."""

@@ -34,7 +34,7 @@ from superqt import QLabeledDoubleSlider
 
 from ..jobs import JobRunner
 from ..livecut import LiveCut, refine_scored
-from ..results import current_index, find_layer, write_mask
+from ..results import current_index, cut_threshold, find_layer, follow_threshold, write_mask
 from ..state import get_state
 
 if TYPE_CHECKING:
@@ -170,6 +170,7 @@ class ScrWidget(QWidget):
         finally:
             self._mirroring = False
         self.update_current_slice()
+        self._follow_threshold()
 
     def reset(self) -> None:
         """The "Reset to calibrated" button: back to the model's calibrated SCR point (``calibration.scr``)."""
@@ -212,6 +213,12 @@ class ScrWidget(QWidget):
         finally:
             self._mirroring = False
         self.update_current_slice()
+        self._follow_threshold()
+
+    def _follow_threshold(self) -> None:
+        res = self.state.results
+        if res is not None:
+            follow_threshold(self.viewer, res, cut_threshold(self.state, res))
 
     def _on_step(self, event: Any = None) -> None:
         res = self.state.results
