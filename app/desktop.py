@@ -198,11 +198,63 @@ class FileActions(QObject):
                     QTimer.singleShot(0, lambda: self.open_path(p, series_uid=uid))
                 return
             data, kwargs, _kind = result
+            if not self.make_room(str(kwargs.get("name") or p.name)):
+                return
             self.viewer.add_image(data, **kwargs)
             self.viewer.reset_view()
             self.recent.add(p)
 
         return self.jobs.start(f"Opening {p.name}", work, done)
+
+    def study_layers(self) -> list[Any]:
+        """The shown study's layers: scans, their heatmaps and masks, reference lesions, highlights, lassos."""
+        from .reader import ROLE_KEY
+
+        return [lyr for lyr in self.viewer.layers if lyr.metadata.get(ROLE_KEY) in STUDY_ROLES]
+
+    def make_room(self, new: str) -> bool:
+        """Close the shown study before a newly read one is added, as a reading station does; False: cancelled.
+
+        Both in one viewer drew the new scan off the shown slice (its own world position), made the slice
+        slider span both ("150 | 171") and left the docks on the old study. A study with results asks first
+        (``ask_replace``): its heatmaps and masks close (marks, models and exported files are kept), or both
+        stay, or nothing is opened.
+        """
+        from .reader import ROLE_KEY
+        from .threeplane import close_three_plane
+
+        shown = self.study_layers()
+        if not shown:
+            return True
+        if any(lyr.metadata.get(ROLE_KEY) in ("heatmap", "mask") for lyr in shown):
+            scans = [lyr.name for lyr in shown if lyr.metadata.get(ROLE_KEY) == "scan"]
+            choice = self.ask_replace(scans[0] if scans else shown[0].name, new)
+            if choice == "cancel":
+                return False
+            if choice == "both":
+                return True
+        close_three_plane(self.viewer)
+        for lyr in shown:
+            if lyr in self.viewer.layers:
+                self.viewer.layers.remove(lyr)
+        return True
+
+    def ask_replace(self, shown: str, new: str) -> str:
+        """Ask whether ``new`` replaces the shown study and its results: "replace", "both" or "cancel"."""
+        from qtpy.QtWidgets import QMessageBox
+
+        box = QMessageBox(self.viewer.window._qt_window)
+        box.setWindowTitle("Open another study")
+        box.setText(f"Close {shown} and its results to show {new}?")
+        box.setInformativeText("Marks, models and exported files are kept; a mask you edited by hand is lost "
+                               "unless you export it first.")
+        replace = box.addButton("Close and open", QMessageBox.ButtonRole.AcceptRole)
+        both = box.addButton("Keep both", QMessageBox.ButtonRole.ActionRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(replace)
+        box.exec()
+        clicked = box.clickedButton()
+        return "replace" if clicked is replace else "both" if clicked is both else "cancel"
 
     def choose_series(self, series: list[dict]) -> str | None:
         """Ask which DICOM series to open; returns its UID (None when the user cancels)."""
@@ -217,6 +269,8 @@ class FileActions(QObject):
         return series[labels.index(choice)].get("uid")
 
 
+#: Layer roles that belong to the shown study (``FileActions.make_room`` closes them for the next one).
+STUDY_ROLES = ("scan", "heatmap", "mask", "lesion", "highlight", "lasso")
 #: Below this screen height (pixels: 1080p included) the SCR dock joins the tab group, so the Detector dock
 #: keeps room for its score curve: the three docks' natural heights add up to about 1,150 pixels.
 SMALL_SCREEN = 1300

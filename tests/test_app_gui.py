@@ -272,10 +272,25 @@ def test_desktop_window_opens_files_and_survives_bad_ones(make_napari_viewer: An
     asked: list[list[dict]] = []
     monkeypatch.setattr(files, "choose_series", lambda series: asked.append(series) or "1.2.3.4.2")
     assert files.open_path(two)
-    qtbot.waitUntil(lambda: len(viewer.layers) == 2, timeout=20000)
+    qtbot.waitUntil(lambda: "ct" not in viewer.layers and len(viewer.layers) == 1, timeout=20000)
     assert {r["uid"] for r in asked[0]} == {"1.2.3.4.1", "1.2.3.4.2"}
-    assert viewer.layers[-1].data.shape == (4, 12, 10)
+    assert viewer.layers[-1].data.shape == (4, 12, 10)  # the new study replaced the shown one (no results)
     qtbot.waitUntil(lambda: not files.jobs.running, timeout=20000)
+
+    # a shown study with results: the user is asked; cancel opens nothing, "both" keeps both, else it closes
+    series = viewer.layers[0]
+    viewer.add_image(np.zeros(series.data.shape, np.float32), name="heat", metadata={"anomalens_role": "heatmap"})
+    answers: list[tuple[str, str]] = []
+    for choice, names in (("cancel", [series.name, "heat"]), ("both", [series.name, "heat", "ct"]),
+                          ("replace", ["ct"])):
+        if choice == "replace":
+            viewer.layers.remove("ct")
+        monkeypatch.setattr(files, "ask_replace", lambda shown, new, choice=choice: answers.append((shown, new))
+                            or choice)
+        assert files.open_path(good)
+        qtbot.waitUntil(lambda: not files.jobs.running, timeout=20000)
+        assert [lyr.name for lyr in viewer.layers] == names, choice
+    assert answers == [(series.name, "ct")] * 3
 
     newer = tmp_path / "newer-model"
     newer.mkdir()
