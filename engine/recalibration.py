@@ -180,13 +180,19 @@ class Recalibration:
         """Plain words for a person: what changed, against the target, on which slices."""
         target = self.calibration.target_fpr
         what = (f"fine-tuned on {self.n_fine_tune} normal slice{'s' * (self.n_fine_tune != 1)} and calibrated on "
-                f"{self.n_calibration} others" if self.n_fine_tune
+                f"{self.n_calibration} other{'s' * (self.n_calibration != 1)}" if self.n_fine_tune
                 else f"calibrated on {self.n_calibration} normal slice{'s' * (self.n_calibration != 1)}")
         lines = [f"{what}; target: at most {100 * target:.3g} % of normal tissue flagged"]
         after = self.after
         lines.append(f"false-positive area on these normal slices is now {_vs_target(after.plain, target)}"
                      + ("" if self.before is None else
                         f"; it was {self.before.plain:.2%} ({_word(self.before.plain, target)} the target)"))
+        if self.before is not None and _word(self.before.plain, target) != "at":
+            # what the move means on every later scan: a radiologist reads "1.00 %, was 0.00 %" as worse
+            lines.append("so the model is now more sensitive: it flags more tissue on every scan than before"
+                         if self.before.plain < target else
+                         "so the model is now stricter: it flags less tissue on every scan than before (fewer false "
+                         "positives, and faint lesions may go unflagged)")
         was = "" if self.before is None or self.before.scr is None else f"; it was {self.before.scr:.2%}"
         if self.own_scr:
             lines.append(f"the SCR mask is the model's own cut ({self.own_scr}), which the calibration does not set: "

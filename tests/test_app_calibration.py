@@ -144,3 +144,40 @@ def test_fine_tune_makes_a_new_version_and_rollback_restores_the_old(make_napari
     qtbot.waitUntil(lambda: not w.jobs.running, timeout=30_000)
     assert "cancelled" in w.status.text()
     assert not (env.parent / "v0003").exists() and state.model_path == env
+
+
+def test_the_model_a_profile_started_from_can_be_rolled_back_to(make_napari_viewer: Any, qtbot: Any, env: Path,
+                                                                tmp_path: Path) -> None:
+    """After a first fine-tune of a model from outside the store, the list held only v0001: nothing led back
+    to the model the site started from."""
+    from anomalens.app.state import get_state
+    from anomalens.engine.detectors import load_bundle
+
+    base = tmp_path / "shipped-model"
+    calibrated_patchcore(5).save(base)
+    viewer = make_napari_viewer(show=True)
+    _scan(viewer, seed=9)
+    w = _dock(viewer)
+    state = get_state(viewer)
+    state.set_model(load_bundle(base), base)
+    assert w.version_rows() == []  # no profile yet
+    w.mark_range(0, 2)
+    assert w.fine_tune()
+    qtbot.waitUntil(lambda: not w.jobs.running, timeout=90_000)
+    assert w.last_update is not None, w.status.text()
+    v1 = state.model_path
+    assert v1.name == "v0001" and v1.parent.name == "shipped-model"
+    assert w.version_rows() == ["v0001", "shipped-model"]
+    assert "fine-tuned from" in w.versions.item(1).text()
+
+    w.versions.setCurrentRow(1)
+    assert w.rollback_button.isEnabled() and w.rollback()
+    qtbot.waitUntil(lambda: not w.jobs.running, timeout=30_000)
+    assert Path(state.model_path).resolve() == base.resolve()
+    assert state.detector.calibration == load_bundle(base).calibration
+    # the profile stays listed, its base marked loaded; forward to v0001 again works
+    assert w.version_rows() == ["v0001", "shipped-model"] and "(loaded)" in w.versions.item(1).text()
+    w.versions.setCurrentRow(0)
+    assert w.rollback()
+    qtbot.waitUntil(lambda: not w.jobs.running, timeout=30_000)
+    assert state.model_path == v1

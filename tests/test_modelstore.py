@@ -111,6 +111,19 @@ def test_fine_tune_site_saves_a_calibrated_child_and_reports_false_positives(tmp
     again = fine_tune_site(up.detector, normals, store, "site", parent=up.info.path)
     assert again.recalibration.before.plain == pytest.approx(rec.after.plain)  # measured with the calibrated parent
 
+    # what a move to the target means on later scans, in plain words ("1.00 %, was 0.00 %" read as worse)
+    import dataclasses
+
+    from anomalens.engine.recalibration import FalsePositives
+
+    def said(before: float) -> str:
+        return "\n".join(dataclasses.replace(rec, before=FalsePositives(plain=before, scr=None)).describe())
+
+    assert "more sensitive: it flags more tissue" in said(0.0) and "stricter" not in said(0.0)
+    assert "stricter: it flags less tissue" in said(0.05) and "more sensitive" not in said(0.05)
+    assert "more sensitive" not in said(0.0101) and "stricter" not in said(0.0101)  # at the target: no move
+    assert "calibrated on 2 others" in said(0.0)
+
     token = CancelToken()
     token.cancel()
     with pytest.raises(Cancelled):

@@ -322,6 +322,8 @@ class CalibrationWidget(QWidget):
         self.fp_label.setWordWrap(True)
         self.versions = QListWidget()
         self.versions.setMinimumHeight(80)
+        self.versions.setWordWrap(True)  # a version's date and note wrap: the list scrolled sideways
+        self.versions.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.rollback_button = QPushButton("Roll back to selected")
         self.profile_label = QLabel("")
         self.profile_label.setWordWrap(True)
@@ -421,7 +423,8 @@ class CalibrationWidget(QWidget):
 
     def _show_marks(self, z: Any = None) -> None:
         marked = self.marked_slices()
-        self.marks_label.setText(f"Marked normal: {format_slices(marked)} ({len(marked)} slices)" if marked
+        n = len(marked)
+        self.marks_label.setText(f"Marked normal: {format_slices(marked)} ({n} slice{'s' * (n != 1)})" if marked
                                  else "No slice marked normal yet")
         self._update_buttons()
 
@@ -533,6 +536,7 @@ class CalibrationWidget(QWidget):
         self.versions.clear()
         store = ModelStore()
         profile, base = profile_of(store, self.state.model_path)
+        profile = profile or self._profile_started_from_loaded(store, base)
         if profile is None:
             self.profile_label.setText("No site profile yet: fine-tuning saves the first version as "
                                        f"'{base}'" if self.state.detector is not None else "No model loaded")
@@ -554,7 +558,39 @@ class CalibrationWidget(QWidget):
             item.setData(Qt.ItemDataRole.UserRole, str(info.path))
             item.setToolTip(info.note or info.version or "")
             self.versions.addItem(item)
+        base_path = self._base_model(versions)
+        if base_path is not None:  # the model the profile started from: "roll back" to it too
+            loaded = self.state.model_path is not None and Path(self.state.model_path).resolve() == base_path
+            item = QListWidgetItem(f"   base  {base_path.name}{'  (loaded)' if loaded else ''}  "
+                                   f"the model {versions[0].version} was fine-tuned from")
+            item.setData(Qt.ItemDataRole.UserRole, str(base_path))
+            item.setToolTip(f"{base_path.name}: the model before any site fine-tuning")
+            self.versions.addItem(item)
         self._update_buttons()
+
+    @staticmethod
+    def _base_model(versions: list[BundleInfo]) -> Path | None:
+        """The bundle the profile's first version was fine-tuned from, when it is still there (else None).
+
+        Without it the list held only the site's versions: after a first fine-tune nothing led back to the
+        model the site started from.
+        """
+        if not versions or not versions[0].parent:
+            return None
+        base = Path(versions[0].parent).resolve()
+        if base.parent == versions[0].path.resolve().parent or not (base / "bundle.json").is_file():
+            return None
+        return base
+
+    def _profile_started_from_loaded(self, store: Any, name: str) -> str | None:
+        """The profile named ``name`` when the loaded model is the base it was started from (rolled back to)."""
+        if self.state.model_path is None:
+            return None
+        try:
+            versions = store.versions(name)
+        except (AnomaLensError, OSError):
+            return None
+        return name if self._base_model(versions) == Path(self.state.model_path).resolve() else None
 
     def version_rows(self) -> list[str]:
         """Folder names of the listed versions, as shown (newest first)."""
@@ -563,10 +599,11 @@ class CalibrationWidget(QWidget):
     def rollback(self, version: str | None = None) -> bool:
         """Make ``version`` (default: the selected row) the profile's active version and load it."""
         from ...engine.detectors import load_bundle
-        from ...engine.modelstore import ModelStore
+        from ...engine.modelstore import BundleInfo, ModelStore
 
         store = ModelStore()
-        profile, _ = profile_of(store, self.state.model_path)
+        profile, name = profile_of(store, self.state.model_path)
+        profile = profile or self._profile_started_from_loaded(store, name)
         if version is None:
             item = self.versions.currentItem()
             version = Path(item.data(Qt.ItemDataRole.UserRole)).name if item is not None else None
@@ -574,7 +611,10 @@ class CalibrationWidget(QWidget):
             notify_info("choose a version of a site profile first")
             return False
         try:
-            info: BundleInfo = store.rollback(profile, version)
+            base = self._base_model(store.versions(profile))
+            # the base row loads the model the profile started from; its versions stay as they are
+            info = BundleInfo.read(base) if base is not None and version == base.name \
+                else store.rollback(profile, version)
         except AnomaLensError as exc:
             self.status.setText(notify_error(exc))
             return False
