@@ -287,7 +287,7 @@ NAPARI_DOCK_WIDTH = 320
 #: Share of the right-hand column's height each stacked dock gets (the tab group takes the rest).
 _DOCK_SHARE = {"Detector": 0.4, "SCR": 0.22}
 _DOCK_SHARE_SMALL = {"Detector": 0.52}
-_DOCK_SHARE_TINY = {"Detector": 0.66}  # a 768-pixel screen: the curve needs the room, SCR's tab still fits
+_DOCK_SHARE_TINY = {"Detector": 0.69}  # a 768-pixel screen: the curve needs the room, SCR's tab still fits
 
 
 def add_docks(viewer: napari.Viewer) -> dict[str, QWidget]:
@@ -793,7 +793,7 @@ def describe_layout(viewer: napari.Viewer) -> dict[str, Any]:
         "canvas": [canvas.width(), canvas.height()],
         "canvas_share": round(canvas.width() / max(qt.width(), 1), 4),
         "docks_visible": docks_visible(viewer), "napari_docks_visible": layer_docks_visible(viewer),
-        "docks_clipped": clipped_docks(viewer),
+        "docks_clipped": clipped_docks(viewer), "docks_scrolling": scrolling_docks(viewer),
     }
     layer = target_layer(viewer)
     if layer is not None and layer.ndim >= 2:
@@ -838,6 +838,18 @@ def clipped_docks(viewer: napari.Viewer) -> list[str]:
     bar = viewer.window._qt_window.style().pixelMetric(QStyle.PixelMetric.PM_ScrollBarExtent)
     room = min(shown) - bar
     return [name for name, (_, area) in areas.items() if area.widget().minimumSizeHint().width() > room]
+
+
+def scrolling_docks(viewer: napari.Viewer) -> list[str]:
+    """The shown AnomaLens docks whose content is taller than their room (they scroll up and down)."""
+    from qtpy.QtWidgets import QScrollArea
+
+    out = []
+    for name, frame in getattr(viewer.window, "anomalens_frames", {}).items():
+        found = frame.findChildren(QScrollArea)
+        if found and frame.isVisible() and found[0].widget().height() > found[0].viewport().height():
+            out.append(name)
+    return out
 
 
 def layout_line(viewer: napari.Viewer) -> str:

@@ -425,6 +425,7 @@ def _check_fits(layout: dict[str, Any], width: int, height: int, shot: Path) -> 
     assert layout["canvas_share"] >= 0.60, layout
     assert layout["docks_visible"]
     assert layout["docks_clipped"] == [], layout  # no dock scrolls sideways (buttons cut off at its edge)
+    assert "Detector" not in layout["docks_scrolling"], layout  # its score curve is whole, not half scrolled away
     assert 0.9 <= layout["fit"] <= 1.0, layout  # the image is fitted to the canvas
     assert layout["slider_last"] == layout["last_index"], layout  # the last slice is reachable
     assert layout["slice"] == layout["most_anomalous"] is not None, layout  # it opens on the most anomalous slice

@@ -68,6 +68,10 @@ if TYPE_CHECKING:
     from ...engine.volume import Volume
 
 
+#: Screens at least this tall (pixels) also show the masks' legend under the curve (the canvas always does).
+LEGEND_MIN_SCREEN = 900
+
+
 class DetectorWidget(QWidget):
     """Dock widget that scores the chosen image with the chosen model bundle."""
 
@@ -433,9 +437,16 @@ class DetectorWidget(QWidget):
         self._show_mask_legend()
 
     def _show_mask_legend(self) -> None:
+        """Name the masks under the curve (tall screens) and on the canvas (always, in the masks' colours).
+
+        On a screen under ``LEGEND_MIN_SCREEN`` pixels tall the dock's copy is left out: its two lines pushed
+        the Detector dock past its room on a 1,366×768 laptop, and the curve's axis scrolled out of sight.
+        """
         text = mask_legend(self.viewer, self.state.results)
         self.mask_legend.setText(text)
-        self.mask_legend.setVisible(bool(text))
+        screen = self.screen()
+        tall = screen is None or screen.availableGeometry().height() >= LEGEND_MIN_SCREEN
+        self.mask_legend.setVisible(bool(text) and tall)
         show_mask_key(self.viewer, self.state.results)
 
     @staticmethod

@@ -95,6 +95,15 @@ class ScorePlot(QWidget):
         """A modest preferred size: in a scrolling dock, pyqtgraph's own (about 640×480) made the dock scroll."""
         return QSize(240, 140)
 
+    def hasHeightForWidth(self) -> bool:
+        """No: the curve takes the room the dock has.
+
+        With the wrapped legend the layout asked this widget's height for the dock's width, which adds up
+        pyqtgraph's own 480-pixel hint: the Detector dock grew to 800 px and the curve's lower half scrolled
+        out of a 444-px laptop dock.
+        """
+        return False
+
     def set_scores(self, scores: Mapping[int, float], threshold: float | None = None, unit: str = "score",
                    model: str = "", flagged: Iterable[int] = ()) -> None:
         """Show ``{z: score}`` (any order) in ``unit``, the threshold line when given, red dots on ``flagged``.

@@ -106,9 +106,11 @@ class ScrWidget(QWidget):
         running.addWidget(self.progress, 1)
         running.addWidget(self.cancel_button)
         layout = QVBoxLayout(self)
-        layout.addWidget(self.info)
+        # the controls first, the explanation under them: on a 768-px screen the tab's room ends about
+        # the buttons, which the three-line text above had pushed half out of sight
         layout.addLayout(form)
         layout.addLayout(buttons)
+        layout.addWidget(self.info)
         layout.addLayout(running)
         layout.addWidget(self.status)
         layout.addStretch(1)
