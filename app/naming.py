@@ -61,3 +61,12 @@ def export_stem(volume: Volume, model_label: str, study: str | None = None) -> s
     file reads every voxel).
     """
     return sanitise(f"{study or study_name(volume)}_{model_label}") or "anomalens"
+
+
+def modality_text(modality: str | None) -> str:
+    """The modality as a reader says it: ``MR``, ``CT``; DICOM's "OT" (other) and none as "modality unknown".
+
+    A NIfTI or NRRD file has no modality, and the reader records "OT": "(25 slices, OT)" meant nothing.
+    """
+    value = str(modality or "").strip().upper()
+    return "modality unknown" if value in ("", "OT") else value

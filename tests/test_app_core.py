@@ -324,3 +324,10 @@ def test_a_sample_is_named_by_its_sample_name_not_a_hash() -> None:
     vol = Volume(np.zeros((2, 8, 8), np.float32), modality="MR", metadata={"sample": "brain1"})
     assert study_label(vol, "f110f2a27deadbeef") == "Series sample brain1"
     assert study_label(Volume(np.zeros((2, 8, 8), np.float32)), "f110f2a27deadbeef").startswith("Study f110f2a2")
+
+
+def test_modality_text_says_unknown_instead_of_dicom_other() -> None:
+    from anomalens.app.naming import modality_text
+
+    assert [modality_text(m) for m in ("MR", "ct", "OT", "", None)] == ["MR", "CT", "modality unknown",
+                                                                        "modality unknown", "modality unknown"]

@@ -270,6 +270,23 @@ def test_the_curve_and_the_colour_ramp_follow_the_scr_threshold(make_napari_view
     assert heat.contrast_limits[0] == pytest.approx(res.threshold - RAMP_BELOW, abs=1e-6)
 
 
+def test_marking_a_flagged_slice_normal_warns_with_the_way_back(make_napari_viewer: Any, qtbot: Any,
+                                                                env: Path) -> None:
+    from anomalens.app.results import goto_index
+    from anomalens.app.state import get_state
+
+    viewer, image, _, docks = _scored(make_napari_viewer, qtbot, env, with_reference=False, docks=("Calibration",))
+    res, cal = get_state(viewer).results, docks["Calibration"]
+    flagged = [z for z, s in res.slices.items() if s.flagged]
+    calm = [z for z, s in res.slices.items() if not s.flagged]
+    assert flagged and calm
+    goto_index(viewer, image, calm[0])
+    assert cal.mark_current_slice() == [calm[0]] and "⚠" not in cal.status.text()
+    goto_index(viewer, image, flagged[0])
+    assert cal.mark_current_slice() == [flagged[0]]
+    assert f"⚠ the model flags slice {flagged[0]}" in cal.status.text() and "Shift+N" in cal.status.text()
+
+
 def test_the_canvas_marks_a_slice_marked_normal(make_napari_viewer: Any, qtbot: Any, env: Path) -> None:
     from anomalens.app.results import goto_index
     from anomalens.app.widgets.calibration import MARK_OVERLAY, CalibrationWidget
@@ -277,7 +294,7 @@ def test_the_canvas_marks_a_slice_marked_normal(make_napari_viewer: Any, qtbot: 
     viewer, image, _ = _viewer(make_napari_viewer, with_reference=False)
     cal = CalibrationWidget(viewer)
     viewer.window.add_dock_widget(cal, name="Calibration")
-    assert f"{N} slices, MR" in cal.study_label.text()
+    assert f"{N} slices, MR" in cal.study_label.text()  # the modality as a reader says it
     overlay = viewer.canvas.overlays[MARK_OVERLAY]
 
     def green() -> int:

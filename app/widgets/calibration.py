@@ -39,6 +39,7 @@ from qtpy.QtWidgets import (
 from ...engine.errors import AnomaLensError
 from ..jobs import JobRunner
 from ..messages import notify_error, notify_info
+from ..naming import modality_text
 from ..reader import ROLE_KEY, VOLUME_KEY
 from ..rescore import rescore_shown
 from ..results import current_index, goto_index, model_identity
@@ -278,8 +279,8 @@ def fine_tune_work(detector: Detector, model_path: Path | None, volume: Volume, 
     prepared = prepare(volume, (work.preprocessing or {}).get("intensity"))
     normals, _ = working_slices(prepared, sorted(z), model_grid(work))
     _, base = profile_of(store, model_path)
-    note = (f"from {len(z)} slice{'s' * (len(z) != 1)} marked normal ({volume.modality} study): every other one "
-            "fine-tuned the model, the rest recalibrated it")
+    note = (f"from {len(z)} slice{'s' * (len(z) != 1)} marked normal ({modality_text(volume.modality)} study): "
+            "every other one fine-tuned the model, the rest recalibrated it")
     update = fine_tune_site(work, normals, store, base, note=note, parent=model_path,
                             progress=lambda f, m: progress(0.95 * f, m), cancel=cancel)
     progress(0.97, "loading the new version")
@@ -414,7 +415,7 @@ class CalibrationWidget(QWidget):
             except AnomaLensError as exc:
                 self.status.setText(notify_error(exc))
                 key = None
-            self.study_label.setText(f"{study_label(vol, key)} ({n} slices, {vol.modality})")
+            self.study_label.setText(f"{study_label(vol, key)} ({n} slices, {modality_text(vol.modality)})")
         self._update_buttons()
 
     def marked_slices(self) -> list[int]:
@@ -468,8 +469,16 @@ class CalibrationWidget(QWidget):
         return new
 
     def mark_current_slice(self) -> list[int]:
-        """Mark the slice under the viewer's cursor normal."""
-        return self._mark([self._current_z()], "slice")
+        """Mark the slice under the viewer's cursor normal (saying so when the model flags it)."""
+        z = self._current_z()
+        new = self._mark([z], "slice")
+        res = self.state.results
+        row = res.slices.get(z) if new and res is not None else None
+        if row is not None and row.flagged:
+            # N on the wrong slice would teach a fine-tune that the lesion is normal: say it, with the way back
+            self.status.setText(f"{self.status.text()}; ⚠ the model flags slice {z}: a fine-tune will learn it as "
+                                "normal (Shift+N undoes the mark)")
+        return new
 
     def mark_range(self, start: int, stop: int) -> list[int]:
         """Mark slices ``start``..``stop`` (inclusive, either order) normal."""
