@@ -331,3 +331,13 @@ def test_modality_text_says_unknown_instead_of_dicom_other() -> None:
 
     assert [modality_text(m) for m in ("MR", "ct", "OT", "", None)] == ["MR", "CT", "modality unknown",
                                                                         "modality unknown", "modality unknown"]
+
+
+def test_the_score_curve_breaks_at_unscored_slices() -> None:
+    from anomalens.app.widgets.score_plot import curve_points
+
+    x, y = curve_points({8: 0.5, 10: 0.9, 11: 0.95, 3: 0.2})
+    assert list(x) == [3.0, 5.5, 8.0, 9.0, 10.0, 11.0]  # a gap before 8 (4–7 unscored) and before 10 (9)
+    assert np.isnan(y[[1, 3]]).all() and list(y[[0, 2, 4, 5]]) == [0.2, 0.5, 0.9, 0.95]
+    x, y = curve_points({})
+    assert x.size == 0 and y.size == 0

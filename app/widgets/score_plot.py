@@ -36,6 +36,24 @@ def runs(values: Iterable[int]) -> list[tuple[int, int]]:
     return out
 
 
+def curve_points(scores: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) of the curve, a NaN between two scored slices with unscored ones between them.
+
+    Drawn with ``connect="finite"``, the line breaks there: it had run straight across an unscored slice
+    as if that slice's score lay on it.
+    """
+    z = sorted(int(k) for k in scores)
+    xs: list[float] = []
+    ys: list[float] = []
+    for i, k in enumerate(z):
+        if i and k - z[i - 1] > 1:
+            xs.append((k + z[i - 1]) / 2)
+            ys.append(np.nan)
+        xs.append(float(k))
+        ys.append(float(scores[k]))
+    return np.asarray(xs, float), np.asarray(ys, float)
+
+
 class ScorePlot(QWidget):
     """A pyqtgraph curve of slice scores with a marker at the current slice and an optional threshold line.
 
@@ -113,7 +131,7 @@ class ScorePlot(QWidget):
         z = np.array(sorted(scores), dtype=int)
         self._z = z
         self._scores = {int(k): float(scores[int(k)]) for k in z}
-        self.curve.setData(z.astype(float), np.array([self._scores[int(k)] for k in z], dtype=float))
+        self.curve.setData(*curve_points(self._scores), connect="finite")
         self.unit_label = unit
         self.title = model
         self.plot.setLabel("left", unit)
