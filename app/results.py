@@ -504,7 +504,24 @@ def show_legend(viewer: napari.Viewer, current: ScanResults | None) -> None:
     overlay.text = f"{current.title}{STALE_SUFFIX if current.stale else ''}\n{current.unit.short}: {meaning}"
     overlay.position = "bottom_left"
     overlay.font_size = 10
-    overlay.visible = True
+    overlay.visible = heat is None or bool(heat.visible)  # the caption explains the heatmap: hidden with it
+    if heat is not None and heat not in _CAPTIONED:
+        _CAPTIONED.add(heat)
+        heat.events.visible.connect(lambda event, heat=heat: _caption_follows(viewer, heat))
+
+
+#: Heatmap layers whose visibility the canvas caption follows (``show_legend`` links each once).
+_CAPTIONED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _caption_follows(viewer: napari.Viewer, heat: Any) -> None:
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    overlay = overlays.text if overlays is not None else viewer.text_overlay
+    from .state import get_state
+
+    current = get_state(viewer).results
+    if current is not None and current.heatmap_name == heat.name:
+        overlay.visible = bool(heat.visible)
 
 
 def publish(viewer: napari.Viewer, state: AnomaLensState, layer_name: str, result: ScanResult,

@@ -189,14 +189,15 @@ def test_shortcuts_move_slices_toggle_layers_mark_and_undo(make_napari_viewer: A
     assert z() == flagged[-1]
 
     heat, mask = viewer.layers[res.heatmap_name], viewer.layers[res.mask_name]
-    assert heat.visible and mask.visible
+    caption = viewer.canvas.overlays.text  # "normal quantile: 1 = top of the normal range", the heatmap's
+    assert heat.visible and mask.visible and caption.visible
     _press(qtbot, viewer, key_for("toggle_heatmap"))
-    assert not heat.visible and mask.visible
+    assert not heat.visible and mask.visible and not caption.visible
     _press(qtbot, viewer, key_for("toggle_mask"))
     assert not mask.visible
     _press(qtbot, viewer, key_for("toggle_heatmap"))
     _press(qtbot, viewer, key_for("toggle_mask"))
-    assert heat.visible and mask.visible
+    assert heat.visible and mask.visible and caption.visible
 
     # mark the shown slice normal through the Calibration dock, then undo it
     viewer.dims.set_current_step(0, 1)
