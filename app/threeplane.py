@@ -696,9 +696,13 @@ def add_three_plane_menu_item(viewer: Any) -> Any:
     """
     from qtpy.QtGui import QAction
 
+    from .shortcuts import key_for
+
     install_orientation_overlay(viewer)
     menu = viewer.window.view_menu
-    action = QAction(MENU_TEXT, menu)
+    # the key as a hint after a tab (Qt draws it as the shortcut column) without binding it a second time:
+    # napari's keymap already owns it, and a QAction shortcut would make the key ambiguous
+    action = QAction(f"{MENU_TEXT}\t{key_for('three_plane')}", menu)
     action.setCheckable(True)
     action.setObjectName("anomalens_three_plane_action")
 

@@ -119,6 +119,14 @@ def test_every_shortcut_is_free_in_napari_registered_and_listed_in_help(make_nap
     bound = set(viewer.keymap)
     assert all(k in bound for k in ours), [s.key for s, k in zip(SHORTCUTS, ours, strict=True) if k not in bound]
 
+    # View → Three-plane view shows its key (as a hint: napari's keymap owns it, the action has no shortcut)
+    from anomalens.app.shortcuts import key_for
+
+    view_menu = viewer.window.view_menu
+    view_menu.aboutToShow.emit()
+    [three] = [a for a in view_menu.actions() if a.objectName() == "anomalens_three_plane_action"]
+    assert three.text().endswith("\t" + key_for("three_plane")) and three.shortcut().isEmpty()
+
     # Help → AnomaLens keyboard shortcuts opens the dialog built from the same table
     menu = viewer.window.help_menu
     menu.aboutToShow.emit()
