@@ -92,6 +92,10 @@ def test_scoring_a_slice_adds_heatmap_mask_and_curve_and_sliders_recut(make_napa
     assert det_w.set_bundle(app_env)
     _wait(qtbot, det_w)
     assert state.detector is not None and det_w.train_button.isHidden()
+    det_w.bundle_combo.setCurrentIndex(0)  # the placeholder (arrow keys run onto it) …
+    det_w.bundle_combo.activated.emit(0)
+    # … the box goes back to the loaded model (it showed "choose a model" while one stayed loaded)
+    assert det_w.bundle_combo.currentData() == str(app_env) and state.model_path == app_env
 
     det_w.goto_slice(2)
     assert det_w.score_slice()

@@ -253,6 +253,11 @@ class DetectorWidget(QWidget):
         path = self.bundle_combo.itemData(index)
         if path is not None:
             self.set_bundle(Path(path))
+        elif self.state.model_path is not None:
+            # the placeholder chosen (arrow keys run onto it) unloads nothing: the box shows what is loaded
+            self.bundle_combo.blockSignals(True)
+            self.bundle_combo.setCurrentIndex(max(self.bundle_combo.findData(str(self.state.model_path)), 0))
+            self.bundle_combo.blockSignals(False)
 
     def set_bundle(self, path: str | Path) -> bool:
         """Check a bundle's manifest and load it in the background; a bad bundle is reported, not raised."""
