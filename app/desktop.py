@@ -286,7 +286,7 @@ CANVAS_SHARE = 0.62
 NAPARI_DOCK_WIDTH = 320
 #: Share of the right-hand column's height each stacked dock gets (the tab group takes the rest).
 _DOCK_SHARE = {"Detector": 0.4, "SCR": 0.22}
-_DOCK_SHARE_SMALL = {"Detector": 0.52}
+_DOCK_SHARE_SMALL = {"Detector": 0.58}
 _DOCK_SHARE_TINY = {"Detector": 0.69}  # a 768-pixel screen: the curve needs the room, SCR's tab still fits
 
 
