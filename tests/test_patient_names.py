@@ -73,3 +73,19 @@ def test_a_patient_named_folder_leaves_no_trace_in_outputs_or_logs(tmp_path: Pat
              for part in PARTS if part in _contents(p)]
     assert not leaks, leaks
     assert "<path:" in log.read_text()  # the broken study's error was logged, with its path as a token
+
+
+def test_a_series_description_naming_the_patient_is_scrubbed_on_reading(tmp_path: Path) -> None:
+    """A technician typed the patient into the description; suggested export names start with it."""
+    from anomalens.app.naming import export_stem
+    from anomalens.engine.io import read_scan
+    from tests.io_support import write_ct_series
+
+    hu, _ = phantom_slices(3, 32, seed=2)
+    write_ct_series(tmp_path / "s", (hu * 100).astype(np.float32), description="AX T1 POST doe JANE id-12345")
+    vol = read_scan(tmp_path / "s")
+    assert vol.metadata["SeriesDescription"] == "AX T1 POST"  # the protocol kept, the person gone
+    assert export_stem(vol, "lorentz v1").startswith("AX_T1_POST_")
+    write_ct_series(tmp_path / "t", (hu * 100).astype(np.float32), description="Doe^Jane",
+                    series_uid="1.2.826.0.1.3680043.8.498.11")
+    assert "SeriesDescription" not in read_scan(tmp_path / "t").metadata  # nothing left: no description
