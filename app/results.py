@@ -250,6 +250,17 @@ class ScanResults:
         return export_stem(self.volume, self.label, self.study_name)
 
     @property
+    def canvas_title(self) -> str:
+        """The result as the canvas names it: ``sample brain1 · lorentz v1``, never the layer's file name.
+
+        A snapshot exports the canvas, and napari names a layer after its file (``DOE^JANE 98765``): the
+        canvas uses the series description, else the study's short hash, as suggested file names do.
+        """
+        from .naming import series_text
+
+        return f"{series_text(self.volume) or self.study_name} · {self.label}"
+
+    @property
     def unit_text(self) -> str:
         """One line on what the numbers mean, for status lines and the canvas legend."""
         return f"{self.title}: {self.unit.description}"
@@ -431,7 +442,8 @@ def show_mask_key(viewer: napari.Viewer, results: ScanResults | None) -> dict[st
     mask = find_layer(viewer, results.mask_name) if results is not None and results.calibrated else None
     refs = [lyr for lyr in reference_layers(viewer) if lyr.visible]
     texts = {"prediction": f"■ outline: {results.label} mask (model)" if mask is not None and mask.visible else "",
-             "reference": ("■ filled: " + ", ".join(lyr.name for lyr in refs) + " (reference)") if refs else ""}
+             # no layer names on the canvas (a snapshot exports it; napari names a layer after its file)
+             "reference": (f"■ filled: reference lesion{'s' if len(refs) > 1 else ''}") if refs else ""}
     overlays = viewer.canvas.overlays
     for role, key in KEY_OVERLAYS.items():
         if key not in overlays:
@@ -501,7 +513,7 @@ def show_legend(viewer: napari.Viewer, current: ScanResults | None) -> None:
     if heat is not None and hasattr(heat, "colorbar"):
         heat.colorbar.visible = True
     meaning = "1 = top of the normal range" if current.calibrated else "not calibrated, no mask"
-    overlay.text = f"{current.title}{STALE_SUFFIX if current.stale else ''}\n{current.unit.short}: {meaning}"
+    overlay.text = f"{current.canvas_title}{STALE_SUFFIX if current.stale else ''}\n{current.unit.short}: {meaning}"
     overlay.position = "bottom_left"
     overlay.font_size = 10
     overlay.visible = heat is None or bool(heat.visible)  # the caption explains the heatmap: hidden with it

@@ -145,6 +145,11 @@ def test_a_patient_named_folder_leaves_no_trace_in_the_viewers_log_or_exports(
             det_w.goto_slice(1)
             assert cal_w.mark_current_slice() == [1]
             assert not any(part in cal_w.study_label.text() for part in PARTS)
+            # the canvas (what a snapshot exports) names no file: its caption, keys and marks
+            texts = [str(o.text) for o in viewer.canvas.overlays.values() if getattr(o, "visible", False)
+                     and str(getattr(o, "text", ""))]
+            assert any("patchcore v1" in t for t in texts), texts
+            assert not [t for t in texts for part in PARTS if part in t], texts
             for kind in exports:
                 assert getattr(exp_w, f"export_{kind}")()
                 qtbot.waitUntil(lambda: not exp_w.jobs.running, timeout=30_000)

@@ -48,7 +48,7 @@ TARGETS: dict[str, tuple[str, str, str]] = {
     "heatmap": ("Export heatmap", "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)", ".nii.gz"),
     "mask": ("Export mask", "NIfTI (*.nii.gz *.nii);;NRRD (*.nrrd);;MetaImage (*.mha)", ".nii.gz"),
     "seg": ("Export mask as DICOM SEG", "DICOM (*.dcm)", ".dcm"),
-    "png": ("Save a snapshot of the viewer", "PNG image (*.png)", ".png"),
+    "png": ("Save the image on screen", "PNG image (*.png)", ".png"),
     "csv": ("Export slice scores", "CSV (*.csv)", ".csv"),
 }
 _IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
@@ -252,8 +252,13 @@ class ExportWidget(QWidget):
                            lambda target, progress, cancel: export_seg(vol, mask, target, progress=progress,
                                                                        cancel=cancel))
 
-    def export_snapshot(self, path: str | Path | None = None, canvas_only: bool = False) -> bool:
-        """Save what the viewer shows as PNG (grabbed now on the UI thread, written in the background)."""
+    def export_snapshot(self, path: str | Path | None = None, canvas_only: bool = True) -> bool:
+        """Save the image on screen as PNG (grabbed now on the UI thread, written in the background).
+
+        The canvas only by default, with its colour bar, letters and keys, none of which names a file: the
+        whole window showed the scan's file name (a patient's name, where a site names folders so) in the
+        docks, the layer list and the status bar.
+        """
         from ...engine.export import save_png
 
         res = self.results()
