@@ -285,6 +285,10 @@ def test_marking_a_flagged_slice_normal_warns_with_the_way_back(make_napari_view
     goto_index(viewer, image, flagged[0])
     assert cal.mark_current_slice() == [flagged[0]]
     assert f"⚠ the model flags slice {flagged[0]}" in cal.status.text() and "Shift+N" in cal.status.text()
+    # a range across flagged slices (and a lasso, through the same path) warns too
+    assert cal.undo()
+    new = cal.mark_range(min(flagged), max(flagged))
+    assert set(flagged) <= set(new) and "⚠ the model flags slice" in cal.status.text()
 
 
 def test_the_canvas_marks_a_slice_marked_normal(make_napari_viewer: Any, qtbot: Any, env: Path) -> None:

@@ -38,7 +38,7 @@ from qtpy.QtWidgets import (
 
 from ...engine.errors import AnomaLensError
 from ..jobs import JobRunner
-from ..messages import notify_error, notify_info
+from ..messages import notify_error, notify_info, notify_warning
 from ..naming import modality_text
 from ..reader import ROLE_KEY, VOLUME_KEY
 from ..rescore import rescore_shown
@@ -121,6 +121,23 @@ def mark_normal(state: AnomaLensState, z: list[int], source: str,
     new = lib.mark_normal(key, original_slices(vol, z), source=source, patches=pts)
     sync_marks(state)
     return array_slices(vol, new)
+
+
+def flagged_warning(state: AnomaLensState, z: list[int]) -> str:
+    """Say, as a notification too, when newly marked slices are ones the shown result flags ("" when none).
+
+    A mark on the wrong slice (N pressed on the lesion, a range or a lasso across it) would teach a fine-tune
+    that the lesion is normal: the user hears it at once, with the way back.
+    """
+    res = state.results
+    flagged = sorted(k for k in z if res is not None and res.slices.get(k) is not None and res.slices[k].flagged)
+    if not flagged:
+        return ""
+    which = f"slice {flagged[0]}" if len(flagged) == 1 else f"slices {format_slices(flagged)}"
+    text = (f"⚠ the model flags {which}: a fine-tune will learn {'it' if len(flagged) == 1 else 'them'} as normal "
+            "(Shift+N undoes the mark)")
+    notify_warning(text)
+    return text
 
 
 def scan_layer(viewer: napari.viewer.Viewer, state: AnomaLensState) -> Any:
@@ -464,21 +481,14 @@ class CalibrationWidget(QWidget):
         except AnomaLensError as exc:
             self.status.setText(notify_error(exc))
             return []
-        self.status.setText(f"marked {len(new)} new slice{'s' * (len(new) != 1)} normal" if new
-                            else "already marked")
+        warning = flagged_warning(self.state, new)
+        self.status.setText((f"marked {len(new)} new slice{'s' * (len(new) != 1)} normal" if new
+                             else "already marked") + (f"; {warning}" if warning else ""))
         return new
 
     def mark_current_slice(self) -> list[int]:
         """Mark the slice under the viewer's cursor normal (saying so when the model flags it)."""
-        z = self._current_z()
-        new = self._mark([z], "slice")
-        res = self.state.results
-        row = res.slices.get(z) if new and res is not None else None
-        if row is not None and row.flagged:
-            # N on the wrong slice would teach a fine-tune that the lesion is normal: say it, with the way back
-            self.status.setText(f"{self.status.text()}; ⚠ the model flags slice {z}: a fine-tune will learn it as "
-                                "normal (Shift+N undoes the mark)")
-        return new
+        return self._mark([self._current_z()], "slice")
 
     def mark_range(self, start: int, stop: int) -> list[int]:
         """Mark slices ``start``..``stop`` (inclusive, either order) normal."""

@@ -45,7 +45,7 @@ from ..results import (
     highlight_patch,
 )
 from ..state import get_state
-from .calibration import ensure_volume, mark_normal, scan_layer
+from .calibration import ensure_volume, flagged_warning, mark_normal, scan_layer
 
 if TYPE_CHECKING:
     import napari
@@ -712,7 +712,9 @@ class PoincareWidget(QWidget):
         except AnomaLensError as exc:
             self.status.setText(notify_error(exc))
             return []
-        self.status.setText(f"marked {len(new)} new slice(s) normal")
+        warning = flagged_warning(self.state, new)
+        self.status.setText(f"marked {len(new)} new slice{'s' * (len(new) != 1)} normal"
+                            + (f"; {warning}" if warning else ""))
         return new
 
     def _update_buttons(self) -> None:
