@@ -227,6 +227,11 @@ def test_the_table_lists_every_scored_slice_and_a_click_shows_it(make_napari_vie
     rect = table.table.visualItemRect(table.table.item(row, 0))
     qtbot.mouseClick(table.table.viewport(), Qt.MouseButton.LeftButton, pos=rect.center())
     assert current_index(viewer, image) == z
+    # the arrow keys walk the worklist and the slice follows (only Return and clicks did)
+    table.table.setFocus()
+    qtbot.keyClick(table.table, Qt.Key.Key_Up)
+    assert table.table.currentRow() == row - 1 and current_index(viewer, image) == table.z_at(row - 1) != z
+    assert not table.table.alternatingRowColors()  # napari's dark theme made the alternate rows unreadable
 
 
 def test_the_scr_status_line_follows_the_shown_slice(make_napari_viewer: Any, qtbot: Any, env: Path) -> None:

@@ -92,7 +92,8 @@ class SliceTable(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
-        self.table.setAlternatingRowColors(True)
+        # no alternating row colours: under napari's dark theme the alternate rows came out near-white with
+        # white text, every other row unreadable
         header = self.table.horizontalHeader()
         header.setSectionResizeMode(QHeaderView.ResizeMode.Stretch)  # short headers: four columns fit 300 px
         header.setToolTip("click a header to sort by it")
@@ -102,6 +103,9 @@ class SliceTable(QWidget):
         self.table.sortByColumn(SLICE, Qt.SortOrder.AscendingOrder)
         self.table.cellClicked.connect(self._on_cell)
         self.table.cellActivated.connect(self._on_cell)
+        # arrow keys walk the worklist and the slice follows (only Return did); set_current blocks signals
+        self.table.currentCellChanged.connect(lambda row, col, prev_row, prev_col: self._on_cell(row, col)
+                                              if row >= 0 and row != prev_row else None)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
@@ -122,6 +126,17 @@ class SliceTable(QWidget):
         top = " (1 = top of the normal range)" if unit_value == "normal-quantile" else ""
         self.caption.setText(f"score: the slice's maximum, {short}{top}; vol.: the mask on the slice. "
                              "Click a row to show it." if short else "")
+        # filled with signals blocked: a refill moves the current cell, and the arrow-key walk (the table's
+        # currentCellChanged) would then show another slice on its own
+        self.table.blockSignals(True)
+        try:
+            self._fill(rows, unit_value)
+        finally:
+            self.table.blockSignals(False)
+        if current is not None:
+            self.set_current(current)
+
+    def _fill(self, rows: list[SliceScore], unit_value: str) -> None:
         sorting = self.table.isSortingEnabled()
         self.table.setSortingEnabled(False)  # filling a sorting table moves rows under the loop
         self.table.setRowCount(len(rows))
@@ -140,8 +155,6 @@ class SliceTable(QWidget):
                     item.setFont(bold)
                 self.table.setItem(r, c, item)
         self.table.setSortingEnabled(sorting)
-        if current is not None:
-            self.set_current(current)
 
     def clear(self) -> None:
         """No result: no rows."""
