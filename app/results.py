@@ -313,7 +313,8 @@ def follow_threshold(viewer: napari.Viewer, res: ScanResults, threshold: float |
     if heat is None or threshold is None or res.calibration is None or res.unit.value != "normal-quantile":
         return
     lo = float(threshold) - RAMP_BELOW
-    hi = max(float(heat.contrast_limits[1]), lo + 0.1)
+    _, top = heatmap_contrast(res.maps[res.scored], res.calibration, res.unit)  # the ramp's top, as at first
+    hi = max(top, lo + 0.1)  # (not the current top: a move to 0.999 raised it for good, Reset kept it)
     low, high = (float(v) for v in heat.contrast_limits_range)
     if lo < low or hi > high:
         heat.contrast_limits_range = (min(low, lo), max(high, hi))
@@ -520,19 +521,32 @@ def show_legend(viewer: napari.Viewer, current: ScanResults | None) -> None:
     if heat is not None and heat not in _CAPTIONED:
         _CAPTIONED.add(heat)
         heat.events.visible.connect(lambda event, heat=heat: _caption_follows(viewer, heat))
+    layers = viewer.layers
+    if layers not in _CAPTIONED:
+        _CAPTIONED.add(layers)
+        layers.events.removed.connect(lambda event: _caption_follows(viewer, event.value, removed=True))
 
 
-#: Heatmap layers whose visibility the canvas caption follows (``show_legend`` links each once).
+#: Heatmap layers (and layer lists) the canvas caption follows (``show_legend`` links each once).
 _CAPTIONED: weakref.WeakSet = weakref.WeakSet()
 
 
-def _caption_follows(viewer: napari.Viewer, heat: Any) -> None:
+def _caption_follows(viewer: napari.Viewer, heat: Any, removed: bool = False) -> None:
+    """Hide the caption with its heatmap, show it again with it; a removed heatmap takes it away for good.
+
+    "Close and open" removed brain1's heatmap and left "brain1 · lorentz v1" over the next study.
+    """
     overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
     overlay = overlays.text if overlays is not None else viewer.text_overlay
+    if getattr(heat, "metadata", {}).get(ROLE_KEY) != "heatmap":
+        return
     from .state import get_state
 
     current = get_state(viewer).results
-    if current is not None and current.heatmap_name == heat.name:
+    if removed:
+        if current is None or current.heatmap_name == heat.name or find_layer(viewer, current.heatmap_name) is None:
+            overlay.visible = False
+    elif current is not None and current.heatmap_name == heat.name:
         overlay.visible = bool(heat.visible)
 
 

@@ -270,9 +270,12 @@ def test_the_curve_and_the_colour_ramp_follow_the_scr_threshold(make_napari_view
     assert moved < res.threshold - 0.01
     assert line.value() == pytest.approx(moved) and f"{moved:.3f}" in line.label.format
     assert heat.contrast_limits[0] == pytest.approx(moved - RAMP_BELOW, abs=1e-6)
-    docks["SCR"].reset()  # back to the calibrated point: both go back too
+    top = heat.contrast_limits[1]
+    slider.setValue(slider.maximum())  # a threshold near the top of the ramp …
+    docks["SCR"].reset()  # … then back to the calibrated point: the line and the whole ramp go back
     assert line.value() == pytest.approx(res.threshold)
     assert heat.contrast_limits[0] == pytest.approx(res.threshold - RAMP_BELOW, abs=1e-6)
+    assert heat.contrast_limits[1] == pytest.approx(top, abs=1e-6)
 
 
 def test_marking_a_flagged_slice_normal_warns_with_the_way_back(make_napari_viewer: Any, qtbot: Any,

@@ -94,6 +94,11 @@ def test_the_demo_opens_outside_the_slices_its_model_was_fitted_or_calibrated_on
     assert current_index(viewer, viewer.layers[res.layer_name]) == ranked[1].z
     status = viewer.window.anomalens_docks["Detector"].status.text()
     assert f"(slice {ranked[1].z}), not counting the 1 the model was fitted or calibrated on ({own[0]})" in status
+    # the caption explains the heatmap: when it goes (Close and open, or removed by hand), so does the caption
+    caption = viewer.canvas.overlays.text
+    assert caption.visible and "patchcore v1" in caption.text
+    viewer.layers.remove(res.heatmap_name)
+    assert not caption.visible
 
 
 # -- keyboard shortcuts ----------------------------------------------------------------------------------
