@@ -277,6 +277,7 @@ def test_hover_rings_the_patch_and_a_lasso_on_the_scan_selects_points(make_napar
     shapes = w.start_canvas_lasso()
     assert shapes.name == LASSO_LAYER and str(shapes.mode) in ("add_polygon_lasso", "Mode.ADD_POLYGON_LASSO")
     np.testing.assert_allclose(shapes.scale, layer.scale)
+    assert tuple(map(str, shapes.units)) == tuple(map(str, layer.units))  # no "inconsistent units" warning
     shapes.add_polygons([np.array([[2, 8, 16], [2, 8, 24], [2, 16, 24], [2, 16, 16]], dtype=float)])
     assert w.selection.tolist() == [lesion]
     assert len(w.selected_rings.points()) == 1 and state.extras["disk_selection"] == [(2, 12.0, 20.0)]

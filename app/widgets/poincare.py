@@ -32,6 +32,7 @@ from qtpy.QtWidgets import QComboBox, QHBoxLayout, QLabel, QPushButton, QVBoxLay
 from ...engine.errors import AnomaLensError
 from ..embeddings import EmbeddingStore, values_at_patches
 from ..messages import notify_error, notify_info
+from ..orientation import same_geometry
 from ..reader import ROLE_KEY
 from ..results import (
     HEATMAP_COLORMAP,
@@ -629,10 +630,14 @@ class PoincareWidget(QWidget):
         layer = self._lasso_layer
         if layer is None or layer not in self.viewer.layers:
             nd = scan.ndim
-            layer = self.viewer.add_shapes(
-                ndim=nd, name=LASSO_LAYER, scale=tuple(scan.scale), translate=tuple(scan.translate),
-                rotate=scan.rotate, shear=scan.shear, affine=scan.affine.affine_matrix, edge_color=SELECTED_COLOR,
-                face_color="transparent", edge_width=1.5, metadata={ROLE_KEY: "lasso"})
+            # the scan's geometry, units included: in pixel units napari warned "Inconsistent units across
+            # layers; units will not be used for rendering"
+            place = same_geometry(scan) if nd == 3 else {
+                "scale": tuple(scan.scale), "translate": tuple(scan.translate), "rotate": scan.rotate,
+                "shear": scan.shear, "affine": scan.affine.affine_matrix}
+            layer = self.viewer.add_shapes(ndim=nd, name=LASSO_LAYER, edge_color=SELECTED_COLOR,
+                                           face_color="transparent", edge_width=1.5, metadata={ROLE_KEY: "lasso"},
+                                           **place)
             layer.events.data.connect(self._on_canvas_shapes)
             self._lasso_layer = layer
         self.viewer.layers.selection.active = layer
