@@ -230,6 +230,7 @@ class FileActions(QObject):
             scans = [lyr.name for lyr in shown if lyr.metadata.get(ROLE_KEY) == "scan"]
             choice = self.ask_replace(scans[0] if scans else shown[0].name, new)
             if choice == "cancel":
+                self.status.setText(f"{new}: not opened; the shown study stays")  # not the job's "done"
                 return False
             if choice == "both":
                 return True

@@ -294,6 +294,7 @@ def test_desktop_window_opens_files_and_survives_bad_ones(make_napari_viewer: An
         assert files.open_path(good)
         qtbot.waitUntil(lambda: not files.jobs.running, timeout=20000)
         assert [lyr.name for lyr in viewer.layers] == names, choice
+        assert ("not opened" in files.status.text()) is (choice == "cancel"), files.status.text()
     assert answers == [(series.name, "ct")] * 3
 
     newer = tmp_path / "newer-model"
