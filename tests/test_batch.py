@@ -261,3 +261,17 @@ def test_worker_task_sets_its_torch_threads(tmp_path: Path) -> None:
         assert rec["status"] == "failed" and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_batch_without_verbose_prints_no_scheduler_chatter(data, tmp_path: Path) -> None:
+    """Without -v a local batch printed 24 lines of dask.distributed INFO (scheduler, workers, dashboard)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "anomalens.engine.cli", "score", "--model", str(data["model"]),
+                          str(data["studies"] / "case0.nii.gz"), str(data["studies"] / "case1.nii.gz"),
+                          "--out", str(tmp_path / "b"), "--workers", "1", "--device", "cpu"],
+                         capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "ANOMALENS_THREADS": "1", "ANOMALENS_PROGRESS": "0"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "distributed" not in out.stderr and "INFO" not in out.stderr, out.stderr[-2000:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -79,6 +80,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    if not args.verbose:
+        # dask.distributed sets its own loggers to INFO when it is imported (a batch printed 24 lines of
+        # scheduler chatter without -v); its config variable reaches the worker processes too
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     try:
         from ..device import configure_threads
 
