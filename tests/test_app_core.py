@@ -341,3 +341,15 @@ def test_the_score_curve_breaks_at_unscored_slices() -> None:
     assert np.isnan(y[[1, 3]]).all() and list(y[[0, 2, 4, 5]]) == [0.2, 0.5, 0.9, 0.95]
     x, y = curve_points({})
     assert x.size == 0 and y.size == 0
+
+
+def test_an_export_target_folder_or_wrong_suffix_is_handled(tmp_path: Path) -> None:
+    from anomalens.app.widgets.export import with_suffix
+
+    assert with_suffix(tmp_path, "heatmap", "AX_CT_lorentz_v1_anomaly") == tmp_path / "AX_CT_lorentz_v1_anomaly.nii.gz"
+    assert with_suffix(tmp_path / "heat", "heatmap") == tmp_path / "heat.nii.gz"
+    assert with_suffix(tmp_path / "heat.nrrd", "heatmap") == tmp_path / "heat.nrrd"
+    assert with_suffix(tmp_path / "v.PNG", "png") == tmp_path / "v.PNG"
+    for name, kind in (("heat.png", "heatmap"), ("scores.nii.gz", "csv"), ("view.csv", "png")):
+        with pytest.raises(ConfigError, match="export is written as"):
+            with_suffix(tmp_path / name, kind)

@@ -88,11 +88,24 @@ def check_target(path: str | Path, volume: Volume | None) -> Path:
     return target
 
 
-def with_suffix(path: Path, kind: str) -> Path:
-    """Add the kind's default suffix when the name has none the writer knows."""
+def with_suffix(path: Path, kind: str, suggested: str = "") -> Path:
+    """The file to write: the kind's default suffix added when the name has none; a folder gets the suggestion.
+
+    A folder given as the target became a sibling file (``out`` → ``out.nii.gz``), and a name with another
+    format's suffix got a second one (``heat.png`` → ``heat.png.nii.gz``): the first now writes into the
+    folder under the suggested name, the second is refused with what the export writes.
+    """
+    default = TARGETS[kind][2]
+    if path.is_dir():
+        return path / f"{suggested or kind}{default}"
     name = path.name.lower()
-    known = _IMAGE_SUFFIXES if kind in ("heatmap", "mask") else (TARGETS[kind][2],)
-    return path if name.endswith(known) else path.with_name(path.name + TARGETS[kind][2])
+    known = _IMAGE_SUFFIXES if kind in ("heatmap", "mask") else (default,)
+    if name.endswith(known):
+        return path
+    other = {*_IMAGE_SUFFIXES, *(t[2] for t in TARGETS.values())} - set(known)
+    if name.endswith(tuple(other)):
+        raise ConfigError(f"{path.name}: a {kind} export is written as {' or '.join(known)}; give a name ending so")
+    return path.with_name(path.name + default)
 
 
 def _dialog_chooser(parent: QWidget) -> PathChooser:
@@ -356,9 +369,9 @@ class ExportWidget(QWidget):
             if path is None:
                 return None
         remember(path)
-        target = with_suffix(Path(path), kind)
-        remember(target)
         try:
+            target = with_suffix(Path(path), kind, suggested)
+            remember(target)
             return check_target(target, res.volume if res is not None else None)
         except AnomaLensError as exc:
             self.status.setText(notify_error(exc, "export"))
