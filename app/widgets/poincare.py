@@ -717,7 +717,7 @@ class PoincareWidget(QWidget):
         except AnomaLensError as exc:
             self.status.setText(notify_error(exc))
             return []
-        warning = flagged_warning(self.state, new)
+        warning = flagged_warning(self.state, new, notify=True)
         self.status.setText(f"marked {len(new)} new slice{'s' * (len(new) != 1)} normal"
                             + (f"; {warning}" if warning else ""))
         return new
