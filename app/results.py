@@ -566,7 +566,7 @@ def publish(viewer: napari.Viewer, state: AnomaLensState, layer_name: str, resul
         res.detector = detector
     else:
         res = state.add_results(ScanResults.from_result(layer_name, result, detector))
-    res.normal_slices = res.normal_slices | frozenset(int(z) for z in normal_slices)
+    res.normal_slices = res.normal_slices | frozenset(int(z) for z in (*normal_slices, *result.seen_slices))
     if res.stale:
         set_stale(viewer, res, False)
     show_results(viewer, res)

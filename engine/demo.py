@@ -74,6 +74,7 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
     from .metrics import evaluate
     from .outputs import write_scan_result
     from .pipeline import load_volume, model_grid
+    from .provenance import record_seen
     from .recalibration import calibrate_detector
     from .samples import fetch_sample
     from .scoring import score_scan
@@ -90,6 +91,7 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
         det.fit(data.normals, progress=lambda f, m: report(progress, 0.05 + 0.8 * f, m), cancel=cancel)
         domain = describe_scans([data.volume, *(load_volume(f"sample:{h}") for h in HEALTHY)])
         det.training.update({TRAINING_KEY: domain.to_dict(), "modality": data.volume.modality})
+        record_seen(det.training, data.volume, data.split.train)  # fitted or calibrated on: never a test
         calibrate_detector(det, data.calibration, cancel=cancel)
         if path.exists():
             shutil.rmtree(path)

@@ -178,7 +178,7 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
     orientation = None
     for i, spec in enumerate(specs):
         check(cancel)
-        volume = load_volume(spec)
+        volume = as_read = load_volume(spec)
         if info is not None and volume.warnings:  # numbered, never by path: logs and bundles outlive the session
             info.setdefault("warnings", []).extend(f"normal scan {i + 1} of {len(specs)}: {w}" for w in volume.warnings)
         if orientation is None:
@@ -193,6 +193,10 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
         keep = np.setdiff1d(keep, gap_indices(volume))  # empty fillers of missing slices teach nothing
         if keep.size:
             scans.append((prepared, keep))
+            if info is not None and volume is as_read:  # a reoriented scan's slices are not the file's: unknown
+                from .provenance import record_seen
+
+                record_seen(info, as_read, keep)
         report(progress, (i + 1) / len(specs), f"read {keep.size} slices")
     if not scans:
         raise InvalidVolumeError("none of the normal scans has slices with tissue in them")

@@ -32,6 +32,8 @@ from .preprocess.foreground import foreground_mask
 from .preprocess.fov import Placement, from_working, shrink_warning, to_working
 from .preprocess.intensity import IntensityConfig
 from .progress import CancelToken, ProgressCallback, check, report
+from .protocol import format_selection
+from .provenance import seen_in
 
 if TYPE_CHECKING:
     from .detectors.base import Detector
@@ -153,6 +155,8 @@ class ScanResult:
     notes: tuple[str, ...] = field(default_factory=tuple)
     #: How the detector cut ``mask_scr`` itself (its paper's SCR), None when the engine's SCR cut it.
     scr_source: str | None = None
+    #: Array slices of this scan the model was fitted or calibrated on (``engine.provenance``): no test of it.
+    seen_slices: tuple[int, ...] = ()
 
     @property
     def calibrated(self) -> bool:
@@ -205,6 +209,7 @@ class ScanResult:
             "scr": ({"source": self.scr_source} if self.scr_source else None) if self.scr is None else {
                 "threshold": self.scr.threshold, "lambda": self.scr.lam, "tau": self.scr.tau, "mode": self.scr.mode},
             "flagged_slices": self.flagged_slices if self.calibrated else None,
+            "seen_slices": list(self.seen_slices),
             "lesion_volume_ml": None if self.lesion_volume_ml is None else round(self.lesion_volume_ml, 4),
             "seconds_per_slice": round(self.seconds_per_slice, 4),
             "warnings": list(self.warnings),
@@ -300,6 +305,11 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
     if prepared is None or prepared.volume is not volume or prepared.intensity != IntensityConfig.from_dict(intensity):
         prepared = prepare(volume, intensity)
     warnings = _scan_warnings(detector, prepared)
+    seen = tuple(seen_in(detector.training, volume))
+    overlap = sorted(set(seen) & {int(z) for z in idx})
+    if overlap:
+        warnings.append(f"{len(overlap)} of the scored slices ({format_selection(overlap)}) were used to fit or "
+                        "calibrate this model: their scores are no test of it")
     grid = model_grid(detector)
     placement = None if grid is None else scan_placement(prepared, grid)
     if placement is not None and grid is not None:
@@ -358,7 +368,7 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
                         calibration=cal, scr=point if cut else None, slices=(),
                         model=model or ModelIdentity.of(detector), raw=raw if detail else None,
                         warnings=tuple(dict.fromkeys(warnings)), seconds_per_slice=seconds,
-                        scr_source=own_method or None)
+                        scr_source=own_method or None, seen_slices=seen)
     result.slices = slice_scores(result)
     report(progress, 1.0, "scored")
     return result

@@ -292,6 +292,7 @@ def fine_tune_work(detector: Detector, model_path: Path | None, volume: Volume, 
     from ...engine.detectors import load_bundle
     from ...engine.modelstore import fine_tune_site
     from ...engine.pipeline import marked_slices, model_grid, prepare, working_slices
+    from ...engine.provenance import record_seen
 
     z = marked_slices(volume, z)
     progress(0.0, "copying the model")
@@ -299,6 +300,7 @@ def fine_tune_work(detector: Detector, model_path: Path | None, volume: Volume, 
         else copy.deepcopy(detector)
     prepared = prepare(volume, (work.preprocessing or {}).get("intensity"))
     normals, _ = working_slices(prepared, sorted(z), model_grid(work))
+    record_seen(work.training, volume, z)  # the model knows these slices are no test of it (engine.provenance)
     _, base = profile_of(store, model_path)
     note = (f"from {len(z)} slice{'s' * (len(z) != 1)} marked normal ({modality_text(volume.modality)} study): "
             "every other one fine-tuned the model, the rest recalibrated it")

@@ -534,6 +534,7 @@ def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: s
     from ...engine.domain import describe_scans
     from ...engine.modelstore import ModelStore
     from ...engine.pipeline import marked_slices, prepare, scans_grid, train, working_slices
+    from ...engine.provenance import record_seen
     from ...engine.recalibration import calibrate_detector
 
     slices = marked_slices(volume, slices)
@@ -543,6 +544,7 @@ def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: s
     det = train(detector, normals, config=config, device=device, progress=lambda f, m: progress(0.7 * f, m),
                 cancel=cancel, grid=grid, domain=describe_scans([volume], [prepared.foreground]))
     calibrate_detector(det, normals, progress=lambda f, m: progress(0.7 + 0.25 * f, m), cancel=cancel)
+    record_seen(det.training, volume, slices)  # the model knows these slices are no test of it
     progress(0.97, "saving the model")
     info = ModelStore().save_version(det, profile, note=f"trained in the viewer on {len(slices)} slices marked "
                                      "normal; calibrated on the same slices, so thresholds are permissive until "

@@ -1,0 +1,68 @@
+"""A model knows which slices of which study it was fitted or calibrated on (hashed key), and says so when scored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomalens.engine.provenance import SEEN_KEY, merge_seen, record_seen, seen_in
+from anomalens.engine.volume import Volume
+from tests.phantoms import phantom_slices
+from tests.test_datasets import write_volume
+
+
+def _volume(seed: int = 1) -> Volume:
+    return Volume(phantom_slices(6, 32, seed=seed)[0], spacing=(1.0, 1.0, 3.0), modality="MR")
+
+
+def test_a_record_maps_a_selection_to_the_file_and_back(tmp_path: Path) -> None:
+    from anomalens.engine.pipeline import load_volume
+
+    path = write_volume(tmp_path / "scan.nii.gz", (phantom_slices(6, 32, seed=1)[0] * 1000).astype(np.float32))
+    whole, part = load_volume(str(path)), load_volume(f"{path}#2-3,5")
+    training: dict = {}
+    record_seen(training, part, [0, 2])  # array slices 0 and 2 of the selection: the file's 2 and 5
+    [(key, slices)] = training[SEEN_KEY].items()
+    assert slices == [2, 5] and "scan" not in key and "/" not in key  # a hash, no path
+    assert seen_in(training, whole) == [2, 5]
+    assert seen_in(training, part) == [0, 2]
+    assert seen_in(training, _volume(seed=9)) == []  # another study
+    merge_seen(training, {key: [0], "s-other": [1]})
+    assert seen_in(training, whole) == [0, 2, 5] and set(training[SEEN_KEY]) == {key, "s-other"}
+
+
+@pytest.mark.parametrize("forged", [[1, 2], {"k": "0-3"}, {"k": [True]}, {"k": [-1]}, {"k": [0.5]},
+                                    {1: [0]}, {"k" * 200: [0]}, {f"k{i}": [0] for i in range(10_001)}])
+def test_a_forged_record_is_ignored_not_an_error(forged: object) -> None:
+    vol = _volume()
+    assert seen_in({SEEN_KEY: forged}, vol) == []
+    training = {SEEN_KEY: forged}
+    record_seen(training, vol, [1])  # a bad record is replaced by a good one, never trusted or raised on
+    assert seen_in(training, vol) == [1]
+
+
+def test_scoring_the_slices_a_model_was_fitted_on_says_so(tmp_path: Path) -> None:
+    import torch
+
+    from anomalens.engine.pipeline import load_volume, train
+    from anomalens.engine.scoring import score_scan
+    from anomalens.plugins.patchcore import PatchCoreDetector
+
+    torch.set_num_threads(1)
+    arrays = [(phantom_slices(6, 64, seed=s)[0] * 1000).astype(np.float32) for s in (1, 2)]
+    fitted, other = (write_volume(tmp_path / f"{n}.nii.gz", a) for n, a in zip(("fitted", "other"), arrays,
+                                                                                strict=True))
+    det = train("patchcore", [f"{fitted}#0-2"], config=PatchCoreDetector.test_config(), device="cpu")
+    vol = load_volume(str(fitted))
+    result = score_scan(det, vol)
+    assert result.seen_slices == (0, 1, 2)
+    assert any("3 of the scored slices (0-2) were used to fit or calibrate this model" in w for w in result.warnings)
+    assert result.summary()["seen_slices"] == [0, 1, 2]
+    assert not any("used to fit" in w for w in score_scan(det, vol, [4, 5]).warnings)  # held-out slices: no word
+    assert score_scan(det, load_volume(str(other))).seen_slices == ()
+    saved = det.save(tmp_path / "model")  # the record survives the bundle (JSON, hashed keys)
+    from anomalens.engine.detectors import load_bundle
+
+    assert score_scan(load_bundle(saved), vol, [1]).seen_slices == (0, 1, 2)
