@@ -142,8 +142,9 @@ class ScanResults:
     cut_params: dict[int, tuple] = field(default_factory=dict)
     generation: int = 0
     stale: bool = False
-    #: Slices of the scan the model was fitted or calibrated on (the demo knows them): never where reading
-    #: starts, since a calibration slice's top pixel is the top of the normal range by construction.
+    #: Slices of the scan the model was fitted or calibrated on (its record, ``ScanResult.seen_slices``, and
+    #: the demo's own list for models trained before the record): never where reading starts, since a
+    #: calibration slice's top pixel is the top of the normal range by construction.
     normal_slices: frozenset[int] = frozenset()
 
     def reading_start(self, among: Iterable[SliceScore] | None = None) -> SliceScore | None:
