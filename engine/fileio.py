@@ -112,6 +112,25 @@ def ensure_folder(folder: str | Path, what: str = "output") -> Path:
     return folder
 
 
+@contextlib.contextmanager
+def fresh_folder(folder: str | Path, what: str = "output") -> Iterator[Path]:
+    """``ensure_folder``, and a folder this call created goes again when the work in it fails while it is empty.
+
+    A score whose every write failed (a full disk) left an empty output folder behind, as if something had been
+    written. Only an empty folder this call made is removed; an existing folder, or one holding anything, stays.
+    """
+    folder = Path(folder)
+    existed = folder.exists()
+    out = ensure_folder(folder, what)
+    try:
+        yield out
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):  # not empty (or already gone): it stays as it is
+                out.rmdir()
+        raise
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -98,6 +98,18 @@ def test_score_on_a_disk_that_refuses_writes_replaces_nothing(world) -> None:
     assert _snapshot(out) == before  # byte-identical, and no temporaries left beside them
 
 
+def test_a_score_that_writes_nothing_leaves_no_new_folder(world) -> None:
+    """Every write refused: the output folder the command made goes again (an empty one looked like a result)."""
+    new, kept = world["dir"] / "never-written", world["dir"] / "made-by-the-user"
+    kept.mkdir()
+    for out in (new, kept):
+        bad = _cli(["score", "--model", str(world["calibrated"]), str(world["case"]), "--out", str(out)],
+                   fsize=LIMIT)
+        assert "nothing was replaced" in _one_line(bad)
+    assert not new.exists()
+    assert kept.is_dir() and not any(kept.iterdir())  # the user's own folder stays
+
+
 def test_score_on_a_full_tmpfs_replaces_nothing(world, tmp_path: Path) -> None:
     with _small_tmpfs(tmp_path / f"fs-{uuid.uuid4().hex[:6]}", 512) as fs:
         out = fs / "scored"

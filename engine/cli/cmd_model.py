@@ -162,7 +162,7 @@ def run_score(args: argparse.Namespace) -> int:
         return run_score_batch(args, inputs)
 
     from ..detectors import load_bundle
-    from ..fileio import ensure_folder
+    from ..fileio import fresh_folder
     from ..outputs import write_scan_result
     from ..pipeline import load_volume, parse_slices
     from ..scoring import score_scan
@@ -178,10 +178,10 @@ def run_score(args: argparse.Namespace) -> int:
     else:
         volume = load_volume(inputs[0], gaps=args.gaps)
     idx = parse_slices(args.slices, volume.n_slices)
-    ensure_folder(args.out)  # before minutes of scoring, not after
-    with terminal_progress("scoring") as progress:
-        result = score_scan(det, volume, idx, detail=False, progress=progress)
-    paths = write_scan_result(result, args.out)
+    with fresh_folder(args.out):  # made before minutes of scoring; taken away again if nothing lands in it
+        with terminal_progress("scoring") as progress:
+            result = score_scan(det, volume, idx, detail=False, progress=progress)
+        paths = write_scan_result(result, args.out)
     data = {"files": {k: str(v) for k, v in paths.items()}, **result.summary()}
     warn(result.warnings)
     lines = score_lines(result, paths)
