@@ -199,7 +199,7 @@ def test_the_curve_marks_exactly_the_flagged_and_the_marked_normal_slices(make_n
 
 def test_the_table_lists_every_scored_slice_and_a_click_shows_it(make_napari_viewer: Any, qtbot: Any,
                                                                  env: Path) -> None:
-    from qtpy.QtCore import Qt
+    from qtpy.QtCore import QPoint, Qt
 
     from anomalens.app.results import current_index
     from anomalens.app.state import get_state
@@ -232,6 +232,21 @@ def test_the_table_lists_every_scored_slice_and_a_click_shows_it(make_napari_vie
     qtbot.keyClick(table.table, Qt.Key.Key_Up)
     assert table.table.currentRow() == row - 1 and current_index(viewer, image) == table.z_at(row - 1) != z
     assert not table.table.alternatingRowColors()  # napari's dark theme made the alternate rows unreadable
+
+    # a first click on a header sorts the worklist's way: slice numbers up, scores and volumes highest first
+    header = table.table.horizontalHeader()
+
+    def click(column: int) -> list[float]:
+        x = header.sectionViewportPosition(column) + header.sectionSize(column) // 2
+        qtbot.mouseClick(header.viewport(), Qt.MouseButton.LeftButton, pos=QPoint(x, header.height() // 2))
+        qtbot.wait(20)
+        return [float(r[column]) for r in table.rows()]
+
+    slices = click(0)  # from the score column to the slice column: numbers up
+    assert slices == sorted(slices)
+    scores = click(1)  # then back to the score column: highest first (Qt's first click sorted the lowest first)
+    assert scores == sorted(scores, reverse=True)
+    assert click(1) == sorted(scores)  # a second click turns it
 
 
 def test_the_scr_status_line_follows_the_shown_slice(make_napari_viewer: Any, qtbot: Any, env: Path) -> None:

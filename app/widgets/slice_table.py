@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtCore import QSize, Qt, Signal
+from qtpy.QtCore import QSize, Qt, QTimer, Signal
 from qtpy.QtGui import QBrush, QColor, QFont
 from qtpy.QtWidgets import (
     QAbstractItemView,
@@ -101,6 +101,8 @@ class SliceTable(QWidget):
         self.caption.setWordWrap(True)
         self.table.setSortingEnabled(True)
         self.table.sortByColumn(SLICE, Qt.SortOrder.AscendingOrder)
+        self._sorted_by = SLICE
+        header.sortIndicatorChanged.connect(self._on_sort)
         self.table.cellClicked.connect(self._on_cell)
         self.table.cellActivated.connect(self._on_cell)
         # arrow keys walk the worklist and the slice follows (only Return did); set_current blocks signals
@@ -159,6 +161,14 @@ class SliceTable(QWidget):
     def clear(self) -> None:
         """No result: no rows."""
         self.table.setRowCount(0)
+
+    def _on_sort(self, column: int, order: Any) -> None:
+        """A first click on score, flagged or volume sorts highest first: the worklist's order (Qt's is lowest)."""
+        first = column != self._sorted_by
+        self._sorted_by = column
+        if first and column != SLICE and order == Qt.SortOrder.AscendingOrder:
+            # after the view's own handler of this signal, which sorts by the order it was given
+            QTimer.singleShot(0, lambda: self.table.sortByColumn(column, Qt.SortOrder.DescendingOrder))
 
     def sort_by_score(self, descending: bool = True) -> None:
         """Most anomalous first (or last): the order a reader works through flagged slices."""
