@@ -206,4 +206,7 @@ def get_state(viewer: napari.Viewer) -> AnomaLensState:
     state = _STATES.get(viewer)
     if state is None:
         state = _STATES[viewer] = AnomaLensState()
+        layers = getattr(viewer, "layers", None)
+        if layers is not None:  # one listener per viewer, whichever docks are open: a removed scan is forgotten
+            layers.events.removed.connect(lambda event: state.forget_volume_of(event.value))
     return state

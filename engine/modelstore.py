@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .detectors.bundle import MANIFEST, read_manifest, save_bundle
-from .errors import ConfigError, ModelError
+from .errors import AnomaLensError, ConfigError, ModelError
 from .fileio import atomic_write_text
 from .paths import data_dir
 from .progress import CancelToken, ProgressCallback, check, report, stage
@@ -182,6 +182,23 @@ class ModelStore:
         info = BundleInfo.read(p)
         atomic_write_text(p.parent / ACTIVE, json.dumps({"version": p.name}, indent=2) + "\n")
         return info
+
+    def base(self, profile: str) -> Path | None:
+        """The bundle outside the profile that its first version was fine-tuned from, while it is there.
+
+        A site rolls back to it too: without it, after a first fine-tune nothing led back to the model the
+        site started from.
+        """
+        try:
+            versions = self.versions(profile)
+        except (AnomaLensError, OSError):
+            return None
+        if not versions or not versions[0].parent:
+            return None
+        base = Path(versions[0].parent).resolve()
+        if base.parent == versions[0].path.resolve().parent or not _is_bundle(base):
+            return None
+        return base
 
     def rollback(self, profile: str, version: str | int) -> BundleInfo:
         """Make an earlier (or any) version active again; nothing is deleted."""

@@ -135,3 +135,17 @@ def test_models_dir_follows_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("ANOMALENS_DATA_DIR", str(tmp_path))
     assert models_dir() == tmp_path / "models"
     assert ModelStore().root == tmp_path / "models"
+
+
+def test_a_profile_knows_the_bundle_it_started_from(tmp_path) -> None:
+    store = ModelStore(tmp_path / "store")
+    outside = _fitted(0).save(tmp_path / "shipped")
+    assert store.base("shipped") is None  # no profile yet
+    store.save_version(_fitted(1), outside)
+    assert store.base("shipped") == outside.resolve()
+    store.save_version(_fitted(2), "plain")  # no parent: no base
+    assert store.base("plain") is None
+    import shutil
+
+    shutil.rmtree(outside)
+    assert store.base("shipped") is None  # gone: nothing to roll back to

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from ...engine.caselib import CaseLibrary
     from ...engine.detectors import Detector
-    from ...engine.modelstore import BundleInfo, ModelStore, SiteUpdate
+    from ...engine.modelstore import ModelStore, SiteUpdate
     from ...engine.volume import Volume
 
 LIBRARY_KEY = "case_library"
@@ -405,7 +405,6 @@ class CalibrationWidget(QWidget):
         self.state.marks_changed.connect(self._show_marks)
         self.state.selection_changed.connect(self._update_buttons)
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
-        self.viewer.layers.events.removed.connect(lambda event: self.state.forget_volume_of(event.value))
         self.viewer.dims.events.current_step.connect(self._update_buttons)
         self.viewer.dims.events.current_step.connect(self._show_on_canvas)
         self.state.marks_changed.connect(self._show_on_canvas)
@@ -561,7 +560,7 @@ class CalibrationWidget(QWidget):
         self.versions.clear()
         store = ModelStore()
         profile, base = profile_of(store, self.state.model_path)
-        profile = profile or self._profile_started_from_loaded(store, base)
+        profile = profile or self._started_from_loaded(store, base)
         if profile is None:
             self.profile_label.setText("No site profile yet: fine-tuning saves the first version as "
                                        f"'{base}'" if self.state.detector is not None else "No model loaded")
@@ -583,7 +582,7 @@ class CalibrationWidget(QWidget):
             item.setData(Qt.ItemDataRole.UserRole, str(info.path))
             item.setToolTip(info.note or info.version or "")
             self.versions.addItem(item)
-        base_path = self._base_model(versions)
+        base_path = store.base(profile)
         if base_path is not None:  # the model the profile started from: "roll back" to it too
             loaded = self.state.model_path is not None and Path(self.state.model_path).resolve() == base_path
             item = QListWidgetItem(f"   base  {base_path.name}{'  (loaded)' if loaded else ''}  "
@@ -593,29 +592,10 @@ class CalibrationWidget(QWidget):
             self.versions.addItem(item)
         self._update_buttons()
 
-    @staticmethod
-    def _base_model(versions: list[BundleInfo]) -> Path | None:
-        """The bundle the profile's first version was fine-tuned from, when it is still there (else None).
-
-        Without it the list held only the site's versions: after a first fine-tune nothing led back to the
-        model the site started from.
-        """
-        if not versions or not versions[0].parent:
-            return None
-        base = Path(versions[0].parent).resolve()
-        if base.parent == versions[0].path.resolve().parent or not (base / "bundle.json").is_file():
-            return None
-        return base
-
-    def _profile_started_from_loaded(self, store: Any, name: str) -> str | None:
-        """The profile named ``name`` when the loaded model is the base it was started from (rolled back to)."""
-        if self.state.model_path is None:
-            return None
-        try:
-            versions = store.versions(name)
-        except (AnomaLensError, OSError):
-            return None
-        return name if self._base_model(versions) == Path(self.state.model_path).resolve() else None
+    def _started_from_loaded(self, store: ModelStore, name: str) -> str | None:
+        """The profile ``name`` when the loaded model is the base it started from (after a roll back to it)."""
+        path = self.state.model_path
+        return name if path is not None and store.base(name) == Path(path).resolve() else None
 
     def version_rows(self) -> list[str]:
         """Folder names of the listed versions, as shown (newest first)."""
@@ -628,17 +608,19 @@ class CalibrationWidget(QWidget):
 
         store = ModelStore()
         profile, name = profile_of(store, self.state.model_path)
-        profile = profile or self._profile_started_from_loaded(store, name)
+        profile = profile or self._started_from_loaded(store, name)
+        chosen = None
         if version is None:
             item = self.versions.currentItem()
-            version = Path(item.data(Qt.ItemDataRole.UserRole)).name if item is not None else None
+            chosen = Path(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
+            version = chosen.name if chosen is not None else None
         if profile is None or version is None:
             notify_info("choose a version of a site profile first")
             return False
         try:
-            base = self._base_model(store.versions(profile))
-            # the base row loads the model the profile started from; its versions stay as they are
-            info = BundleInfo.read(base) if base is not None and version == base.name \
+            # the base row (by its path, not its name) loads the model the profile started from; the versions
+            # and the active one stay as they are
+            info = BundleInfo.read(chosen) if chosen is not None and chosen == store.base(profile) \
                 else store.rollback(profile, version)
         except AnomaLensError as exc:
             self.status.setText(notify_error(exc))

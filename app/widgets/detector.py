@@ -219,7 +219,6 @@ class DetectorWidget(QWidget):
         layer = getattr(event, "value", None)
         if layer is not None and layer.metadata.get(ROLE_KEY) not in ("heatmap", "mask", "highlight"):
             self.state.forget_layer(layer.name)
-            self.state.forget_volume_of(layer)
 
     # -- models ----------------------------------------------------------------------------------
     def refresh_bundles(self, select: Path | None = None) -> None:
