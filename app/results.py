@@ -314,8 +314,9 @@ def follow_threshold(viewer: napari.Viewer, res: ScanResults, threshold: float |
     if heat is None or threshold is None or res.calibration is None or res.unit.value != "normal-quantile":
         return
     lo = float(threshold) - RAMP_BELOW
-    _, top = heatmap_contrast(res.maps[res.scored], res.calibration, res.unit)  # the ramp's top, as at first
-    hi = max(top, lo + 0.1)  # (not the current top: a move to 0.999 raised it for good, Reset kept it)
+    # the ramp's top as heatmap_contrast sets it (at least 1, else the strongest score; unscored slices are 0),
+    # not the current top: a move to 0.999 had raised it for good. Called on every slider move: no copy.
+    hi = max(1.0, float(res.maps.max()), lo + 0.1)
     low, high = (float(v) for v in heat.contrast_limits_range)
     if lo < low or hi > high:
         heat.contrast_limits_range = (min(low, lo), max(high, hi))
