@@ -26,6 +26,7 @@ from .preprocess.fov import (
 )
 from .progress import CancelToken, ProgressCallback, check, report, stage
 from .protocol import SliceSplit, onsite_split
+from .provenance import SEEN_WARNING_TAIL
 from .volume import Volume
 
 if TYPE_CHECKING:
@@ -214,12 +215,15 @@ class Evaluation:
 
 
 def evaluate_model(detector: Detector, data: EvalData, scr: bool = True, reduce: str = "max", n_boot: int = 1000,
-                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Evaluation:
+                   progress: ProgressCallback | None = None, cancel: CancelToken | None = None,
+                   include_seen: bool = False) -> Evaluation:
     """Score labelled scans with ``score_scan`` and compute every metric at the calibrated operating point.
 
     Dice and precision need an operating point that was not tuned on the test data, so they come from
     the model's calibration (normals only); an uncalibrated model gets None for them, with a note.
     ``best_dice`` is tuned on this very data and is labelled as an upper bound wherever it is shown.
+    Slices the model records as fitted or calibrated on (``engine.provenance``) are left out of every metric
+    unless ``include_seen``: a score there is no test of the model, and an evaluation must not count it.
     """
     from .metrics import evaluate
     from .scoring import score_scan
@@ -231,6 +235,8 @@ def evaluate_model(detector: Detector, data: EvalData, scr: bool = True, reduce:
     if cal is not None and cal.scr.mode == "3d" and not data.is_stack:
         notes.append("the model was calibrated for 3-D SCR, but these are separate 2-D images: SCR ran in 2-D")
     parts: list[tuple[np.ndarray, ...]] = []
+    names: list[str] = []
+    left_out: list[str] = []
     seconds, done = 0.0, 0
     for scan in data.scans:
         check(cancel)
@@ -239,8 +245,25 @@ def evaluate_model(detector: Detector, data: EvalData, scr: bool = True, reduce:
                        progress=stage(progress, 0.85 * done / data.n_slices, 0.85 * (done + n) / data.n_slices))
         seconds += r.seconds_per_slice * n
         done += n
-        notes += [w for w in r.warnings if w not in notes]
-        parts.append((r.prepared.slices, r.map, r.mask, r.mask_scr, scan.truth, r.prepared.foreground))
+        seen = sorted(z for z in r.seen_slices if 0 <= z < n)
+        keep = np.ones(n, bool)
+        if seen and not include_seen:
+            keep[seen] = False
+            left_out += [scan.names[z] for z in seen]
+        notes += [w for w in r.warnings if w not in notes and not (seen and not include_seen and _is_seen_warning(w))]
+        if not keep.any():
+            continue
+        arrays = (r.prepared.slices, r.map, r.mask, r.mask_scr, scan.truth, r.prepared.foreground)
+        parts.append(tuple(None if a is None else a[keep] for a in arrays))
+        names += [name for name, k in zip(scan.names, keep, strict=True) if k]
+    if not parts:
+        raise ConfigError(f"every slice of this data ({len(left_out)}) was used to fit or calibrate the model, so "
+                          "nothing here tests it: evaluate on other slices or scans (--include-seen counts them "
+                          "anyway, with optimistic numbers)")
+    if left_out:
+        notes.insert(0, f"left out {len(left_out)} slice{'s' * (len(left_out) != 1)} the model was fitted or "
+                        f"calibrated on ({_short_list(left_out)}): the metrics are on the other {len(names)}; "
+                        "--include-seen counts them too")
     slices, maps, mask, scr_mask, truth, fg = (_stack([p[i] for p in parts]) for i in range(6))
     if cal is not None:
         if not scr:
@@ -261,9 +284,21 @@ def evaluate_model(detector: Detector, data: EvalData, scr: bool = True, reduce:
     metrics["calibrated"] = cal is not None
     metrics["scr"] = scr_mask is not None
     metrics["unit"] = "normal-quantile" if cal is not None else "raw"
+    metrics["n_left_out_seen"] = len(left_out)
     report(progress, 1.0, "done")
     return Evaluation(metrics=metrics, slices=slices, maps=maps, mask=mask, scr_mask=scr_mask, truth=truth,
-                      foreground=fg, names=data.names)
+                      foreground=fg, names=names)
+
+
+def _is_seen_warning(text: str) -> bool:
+    """``score_scan``'s warning that fitted or calibrated slices were scored (moot once they are left out)."""
+    return text.endswith(SEEN_WARNING_TAIL)
+
+
+def _short_list(names: list[str], most: int = 8) -> str:
+    """``z=0, z=1, … (12 in all)``: a note stays one readable line however many slices it names."""
+    shown = ", ".join(names[:most])
+    return shown if len(names) <= most else f"{shown}, … ({len(names)} in all)"
 
 
 def _overlap_notes(detector: Detector, data: EvalData) -> list[str]:

@@ -21,6 +21,8 @@ from .volume import Volume
 SEEN_KEY = "seen_slices"
 #: Most studies and slices per study a record may hold (a larger one in a bundle is ignored).
 MAX_STUDIES = 10_000
+#: How ``score_scan``'s warning about scored fitted or calibrated slices ends (``eval`` recognises it).
+SEEN_WARNING_TAIL = ": their scores are no test of it"
 MAX_SLICES = 100_000
 
 

@@ -150,7 +150,10 @@ def test_mask_grid_mismatch_exits_2_with_one_line(world, capsys, tmp_path: Path)
 
 def test_empty_masks_give_null_metrics_with_notes(world, capsys, tmp_path: Path) -> None:
     empty = write_volume(tmp_path / "empty.nii.gz", np.zeros((8, 64, 64), np.uint8))
-    out = _eval(capsys, world, f"{world['normals']}:{empty}")
+    msg = assert_one_line_error(capsys, ["eval", "--model", str(world["calibrated"]), "--data",
+                                         f"{world['normals']}:{empty}", *FAST])
+    assert "every slice of this data (8) was used to fit or calibrate the model" in msg  # not a number
+    out = _eval(capsys, world, f"{world['normals']}:{empty}", "--include-seen")
     for key in ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "best_dice", "fpr95"):
         assert out[key] is None, key
     notes = " ".join(out["notes"])

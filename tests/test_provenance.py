@@ -66,3 +66,32 @@ def test_scoring_the_slices_a_model_was_fitted_on_says_so(tmp_path: Path) -> Non
     from anomalens.engine.detectors import load_bundle
 
     assert score_scan(load_bundle(saved), vol, [1]).seen_slices == (0, 1, 2)
+
+
+def test_eval_leaves_out_the_slices_a_model_was_fitted_on(tmp_path: Path) -> None:
+    """No metric counts a fitted slice unless asked; nothing but fitted slices is an error, not a number."""
+    import torch
+
+    from anomalens.engine.datasets import load_eval_data
+    from anomalens.engine.errors import ConfigError
+    from anomalens.engine.evaluation import evaluate_model
+    from anomalens.engine.pipeline import train
+    from anomalens.plugins.patchcore import PatchCoreDetector
+
+    torch.set_num_threads(1)
+    image = (phantom_slices(6, 64, seed=1)[0] * 1000).astype(np.float32)
+    scan = write_volume(tmp_path / "scan.nii.gz", image)
+    truth = np.zeros_like(image)
+    truth[3:, 20:30, 20:30] = 1
+    mask = write_volume(tmp_path / "mask.nii.gz", truth)
+    det = train("patchcore", [f"{scan}#0-2"], config=PatchCoreDetector.test_config(), device="cpu")
+
+    ev = evaluate_model(det, load_eval_data(f"{scan}:{mask}"), n_boot=0)
+    assert ev.names == ["z=3", "z=4", "z=5"] and ev.maps.shape[0] == 3 and ev.metrics["n_left_out_seen"] == 3
+    assert ev.metrics["notes"][0].startswith("left out 3 slices the model was fitted or calibrated on (z=0, z=1, z=2)")
+    assert not any("their scores are no test of it" in n for n in ev.metrics["notes"])
+    counted = evaluate_model(det, load_eval_data(f"{scan}:{mask}"), n_boot=0, include_seen=True)
+    assert counted.maps.shape[0] == 6 and counted.metrics["n_left_out_seen"] == 0
+    assert any("their scores are no test of it" in n for n in counted.metrics["notes"])
+    with pytest.raises(ConfigError, match="every slice of this data"):
+        evaluate_model(det, load_eval_data(f"{scan}:{mask}#0-2"), n_boot=0)

@@ -37,7 +37,9 @@ Evaluate a model on labelled data. DATA is one of:
                             (test/good, test/<Ungood|defect>; masks in label/ beside img/, or in
                             ground_truth/<defect>/<stem>_mask.png; good images may lack masks)
 Dice and precision use the model's calibrated operating point (run 'anomalens calibrate' first);
-best Dice is threshold-tuned on the test data itself and is only an upper bound.
+best Dice is threshold-tuned on the test data itself and is only an upper bound. Slices the model
+records as fitted or calibrated on are left out of every metric (a note names them; --include-seen counts
+them); when nothing else is left, eval stops with an error instead of measuring the model on its own data.
 """
 
 
@@ -69,6 +71,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     e.add_argument("--no-scr", action="store_true", help="skip SCR (dice_scr/precision_scr become null)")
     e.add_argument("--bootstrap", type=int, default=1000, metavar="N",
                    help="bootstrap resamples over slices for the confidence intervals (0: none)")
+    e.add_argument("--include-seen", action="store_true",
+                   help="also count the slices the model records as fitted or calibrated on (left out by default: "
+                        "their scores are no test of the model)")
     e.add_argument("--keep-paths", action="store_true",
                    help="name the data and the model by their paths in the output and the report files (default: "
                         "<path:…> tokens, since folder and file names often name patients)")
@@ -180,7 +185,7 @@ def run_eval(args: argparse.Namespace) -> int:
     with terminal_progress("evaluating") as progress:
         data = load_eval_data(args.data, progress=stage(progress, 0.0, 0.1))
         ev = evaluate_model(det, data, scr=not args.no_scr, reduce=args.reduce, n_boot=args.bootstrap,
-                            progress=stage(progress, 0.1, 1.0))
+                            progress=stage(progress, 0.1, 1.0), include_seen=args.include_seen)
     metrics = ev.metrics
     from ..logredact import redact_paths
 
