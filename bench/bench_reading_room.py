@@ -18,7 +18,9 @@ turn of the machine is printed first (Xvfb and shared cores add jitter that is n
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -130,6 +132,7 @@ def main() -> None:
     parser.add_argument("--profile", default="", help="print a cProfile of the action of this name")
     args = parser.parse_args()
     scratch = tempfile.mkdtemp(prefix="anomalens-bench-rr-")
+    atexit.register(shutil.rmtree, scratch, True)  # the settings and data it wrote are the run's own
     for key, sub in (("ANOMALENS_DATA_DIR", "data"), ("ANOMALENS_CONFIG_DIR", "config")):
         os.environ.setdefault(key, os.path.join(scratch, sub))
     os.environ.setdefault("NAPARI_CONFIG", os.path.join(scratch, "napari", "settings.yaml"))

@@ -14,8 +14,10 @@ holds the GIL in long stretches; the second shows the steady state. ``--trace`` 
 from __future__ import annotations
 
 import argparse
+import atexit
 import faulthandler
 import os
+import shutil
 import tempfile
 import time
 
@@ -65,8 +67,10 @@ def main() -> None:
                         help="train this many times in one session (the first pays one-off imports in the worker)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds")
     args = parser.parse_args()
-    os.environ.setdefault("ANOMALENS_DATA_DIR", tempfile.mkdtemp(prefix="anomalens-bench-"))
-    os.environ.setdefault("ANOMALENS_CONFIG_DIR", tempfile.mkdtemp(prefix="anomalens-bench-cfg-"))
+    scratch = tempfile.mkdtemp(prefix="anomalens-bench-")
+    atexit.register(shutil.rmtree, scratch, True)  # the data and settings it wrote are the run's own
+    os.environ.setdefault("ANOMALENS_DATA_DIR", os.path.join(scratch, "data"))
+    os.environ.setdefault("ANOMALENS_CONFIG_DIR", os.path.join(scratch, "config"))
 
     import napari
     from qtpy.QtCore import QTimer
