@@ -169,7 +169,7 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
     slices (no tissue) are dropped since they teach nothing about anatomy.
     """
     from .preprocess import resize_slices
-    from .preprocess.orient import orientation_of, reorient
+    from .preprocess.orient import orientation_of, reorient, slices_before
     from .preprocess.resize import pad_to_square
 
     if not specs:
@@ -193,10 +193,11 @@ def gather_normals(specs: Sequence[str], intensity: IntensityConfig | dict | Non
         keep = np.setdiff1d(keep, gap_indices(volume))  # empty fillers of missing slices teach nothing
         if keep.size:
             scans.append((prepared, keep))
-            if info is not None and volume is as_read:  # a reoriented scan's slices are not the file's: unknown
+            file_z = list(range(volume.n_slices)) if volume is as_read else slices_before(as_read, volume)
+            if info is not None and file_z is not None:  # slices that became another axis are no file slice
                 from .provenance import record_seen
 
-                record_seen(info, as_read, keep)
+                record_seen(info, as_read, [file_z[k] for k in keep])
         report(progress, (i + 1) / len(specs), f"read {keep.size} slices")
     if not scans:
         raise InvalidVolumeError("none of the normal scans has slices with tissue in them")

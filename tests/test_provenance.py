@@ -95,3 +95,26 @@ def test_eval_leaves_out_the_slices_a_model_was_fitted_on(tmp_path: Path) -> Non
     assert any("their scores are no test of it" in n for n in counted.metrics["notes"])
     with pytest.raises(ConfigError, match="every slice of this data"):
         evaluate_model(det, load_eval_data(f"{scan}:{mask}#0-2"), n_boot=0)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_normal_scan_turned_to_the_first_ones_orientation_is_recorded_by_its_file_slices(tmp_path: Path,
+                                                                                           flip: bool) -> None:
+    """``gather_normals`` flips a second scan into the first one's orientation: its slices keep the file's numbers."""
+    import SimpleITK as sitk
+
+    from anomalens.engine.pipeline import gather_normals, load_volume
+
+    first = write_volume(tmp_path / "first.nii.gz", (phantom_slices(5, 32, seed=1)[0] * 1000).astype(np.float32))
+    array = (phantom_slices(5, 32, seed=2)[0] * 1000).astype(np.float32)
+    array[0] = 0  # the file's slice 0 holds no tissue: gather_normals drops it, so it must not be recorded
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing((1.0, 1.0, 3.0))
+    if flip:  # the slices run the other way: the reoriented array's slice 0 is the file's slice 4
+        img.SetDirection((1, 0, 0, 0, 1, 0, 0, 0, -1))
+    second = tmp_path / "second.nii.gz"
+    sitk.WriteImage(img, str(second))
+    info: dict = {}
+    gather_normals([str(first), str(second)], info=info, grid=None)
+    assert seen_in(info, load_volume(str(second))) == [1, 2, 3, 4]
+    assert seen_in(info, load_volume(str(first))) == [0, 1, 2, 3, 4]

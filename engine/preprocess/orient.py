@@ -43,18 +43,33 @@ def reorient(volume: Volume, code: str = "LPS") -> Volume:
     return out
 
 
+def slices_before(before: Volume, after: Volume) -> list[int] | None:
+    """For each slice of ``after`` (``reorient(before, …)``), the slice of ``before`` it is; None if none is.
+
+    When the slice axis stayed the slice axis (kept or flipped), every reoriented slice is one slice of the
+    scan as read, so what was learnt from it can still be named by the file's slice number (provenance,
+    gap fillers); when the slices became another axis, no slice of ``after`` is a slice of ``before``.
+    """
+    z_before = np.asarray(before.direction).reshape(3, 3)[:, 2]
+    z_after = np.asarray(after.direction).reshape(3, 3)[:, 2]
+    n = after.n_slices
+    if n != before.n_slices:
+        return None
+    if np.allclose(z_after, z_before, atol=1e-6):
+        return list(range(n))
+    if np.allclose(z_after, -z_before, atol=1e-6):
+        return list(range(n - 1, -1, -1))
+    return None
+
+
 def _gaps_after(before: Volume, after: Volume) -> list[int] | None:
     """The gap-filler slices (``io.base.gap_indices``) in the reoriented array, when z stayed the slice axis."""
     from ..io.base import gap_indices
 
-    gaps = gap_indices(before)
+    gaps = set(gap_indices(before))
     if not gaps:
         return None
-    z_before = np.asarray(before.direction).reshape(3, 3)[:, 2]
-    z_after = np.asarray(after.direction).reshape(3, 3)[:, 2]
-    n = after.n_slices
-    if np.allclose(z_after, z_before, atol=1e-6) and n == before.n_slices:
-        return sorted(gaps)
-    if np.allclose(z_after, -z_before, atol=1e-6) and n == before.n_slices:
-        return sorted(n - 1 - k for k in gaps)
-    return None  # the slices became another axis: nothing is a whole empty slice any more
+    mapping = slices_before(before, after)
+    if mapping is None:
+        return None  # the slices became another axis: nothing is a whole empty slice any more
+    return sorted(k for k, b in enumerate(mapping) if b in gaps)
