@@ -378,3 +378,26 @@ def test_the_demo_opens_on_the_most_anomalous_slice_with_its_reference(make_napa
     assert viewer.layers[res.mask_name].contour == 2
     table = viewer.window.anomalens_docks["Detector"].table
     assert [int(r[0]) for r in table.rows()] == list(range(1, N))
+
+
+@pytest.mark.parametrize("level", [0.99, 0.2])
+def test_the_threshold_label_stays_inside_the_plot(qtbot: Any, level: float) -> None:
+    """A calibrated curve runs along 1.0 with its threshold at 0.99, by the frame: its label must not be cut."""
+    from qtpy.QtWidgets import QApplication
+
+    from anomalens.app.widgets.score_plot import ScorePlot
+
+    plot = ScorePlot()
+    qtbot.addWidget(plot)
+    plot.resize(320, 150)  # the Detector dock's curve on a 1,366×768 screen
+    plot.show()
+    high = {10: 0.96, 11: 0.97, 12: 0.995, 13: 0.996, 14: 0.985, 15: 0.997, 16: 0.998, 17: 0.9999, 18: 0.83}
+    scores = high if level > 0.5 else {z: 0.1 * z for z in range(11)}  # the demo's curve; a line near the foot
+    plot.set_scores(scores, threshold=level, unit="normal quantile", model="m")
+    for _ in range(5):
+        QApplication.processEvents()
+    label, box = plot.threshold.label, plot.plot.getViewBox()
+    shown = label.mapRectToScene(label.boundingRect())
+    frame = box.mapRectToScene(box.boundingRect())
+    assert label.isVisible() and label.toPlainText() == f"threshold {level:.3f}"
+    assert frame.top() - 1 <= shown.top() and shown.bottom() <= frame.bottom() + 1, (shown, frame)

@@ -54,6 +54,12 @@ def curve_points(scores: Mapping[int, float]) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(xs, float), np.asarray(ys, float)
 
 
+#: Where the threshold's label hangs (pyqtgraph: the first anchor while the line is in the upper half of the
+#: view, the second in the lower): under the line near the top, over it near the bottom. A calibrated curve
+#: runs along 1.0 with its threshold just under it, where a label over the line was cut in half by the frame.
+LABEL_ANCHORS = [(0, 0), (0, 1)]
+
+
 class ScorePlot(QWidget):
     """A pyqtgraph curve of slice scores with a marker at the current slice and an optional threshold line.
 
@@ -88,7 +94,7 @@ class ScorePlot(QWidget):
         self.threshold = pg.InfiniteLine(angle=0, movable=False,
                                          pen=pg.mkPen(THRESHOLD_COLOR, style=Qt.PenStyle.DashLine),
                                          label="", labelOpts={"position": 0.02, "color": THRESHOLD_COLOR, "anchors":
-                                                              [(0, 1), (0, 1)], "fill": (0, 0, 0, 140)})
+                                                              LABEL_ANCHORS, "fill": (0, 0, 0, 140)})
         self.plot.addItem(self.flagged)
         self.plot.addItem(self.cursor)
         self.plot.addItem(self.threshold)
