@@ -32,3 +32,12 @@ def test_formatter_redacts_messages_and_tracebacks() -> None:
                                    ("/home/patient_doe/scan.mha",), (type(exc), exc, exc.__traceback__))
     out = fmt.format(record)
     assert "patient_doe" not in out and "FileNotFoundError" in out and "<path:" in out
+
+
+def test_a_server_address_stays_readable_and_its_path_is_redacted() -> None:
+    """A dashboard's or a PACS's address says which server to look at; a URL path may hold a study's UIDs."""
+    assert redact_paths("dashboard at http://127.0.0.1:8787/status") == "dashboard at http://127.0.0.1:8787/status"
+    assert redact_paths("PACS https://pacs.example.org:443 is down") == "PACS https://pacs.example.org:443 is down"
+    out = redact_paths("GET http://localhost:8042/dicom-web/studies/1.2.840.99.7/series failed")
+    assert out.startswith("GET http://localhost:8042<path:") and "1.2.840" not in out and out.endswith(" failed")
+    assert "DOE" not in redact_paths("read file:///home/DOE/x.nii")  # no host: a local path, all of it redacted
