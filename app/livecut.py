@@ -9,6 +9,7 @@ mode the preview cuts a three-slice slab around the shown slice (the neighbours 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -94,13 +95,22 @@ class LiveCut:
 
 def refine_scored(results: ScanResults, threshold: float, lam: float, tau: float, mode: str,
                   temperature: float = DEFAULT_TEMPERATURE, progress: ProgressCallback | None = None,
-                  cancel: CancelToken | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  cancel: CancelToken | None = None,
+                  only: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """SCR over every scored slice ("Apply to volume"): returns (indices, masks) without touching ``results``.
 
     2-D mode cuts a few slices at a time so Cancel answers between them; 3-D mode cuts each run of
     consecutive scored slices as one graph (slices that were never scored are not linked across).
+    ``only`` limits the work to those slices ("Reset" restores the ones the sliders re-cut); in 3-D mode
+    the whole run each of them belongs to is cut, since the run is one graph.
     """
     idx = np.flatnonzero(results.scored)
+    if only is not None:
+        wanted = np.isin(idx, np.asarray(list(only), dtype=int))
+        if mode == "3d":
+            run_of = np.cumsum(np.r_[0, np.diff(idx) != 1])
+            wanted = np.isin(run_of, run_of[wanted])
+        idx = idx[wanted]
     masks = np.zeros((len(idx), *results.maps.shape[1:]), dtype=bool)
     if idx.size == 0:
         return idx, masks

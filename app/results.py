@@ -11,6 +11,7 @@ functions run on the UI thread.
 
 from __future__ import annotations
 
+import hashlib
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -140,6 +141,10 @@ class ScanResults:
     embeddings: EmbeddingStore = field(default_factory=EmbeddingStore)
     warnings: tuple[str, ...] = ()
     cut_params: dict[int, tuple] = field(default_factory=dict)
+    #: A digest of what scoring or an SCR cut last wrote into each slice of ``mask``. napari's label tools
+    #: write into the same array, so a slice whose digest no longer matches holds the user's hand edits:
+    #: SCR's sliders, "Apply to volume" and "Reset" leave it as drawn instead of overwriting it.
+    auto_digest: dict[int, bytes] = field(default_factory=dict)
     generation: int = 0
     stale: bool = False
     #: Slices of the scan the model was fitted or calibrated on (its record, ``ScanResult.seen_slices``, and
@@ -199,9 +204,50 @@ class ScanResults:
                 self.features.pop(z, None)
         for s in result.slices:
             self.slices[s.z] = s
+        self.note_written(idx)
         self.embeddings.add_result(result)
         self.warnings = tuple(dict.fromkeys((*self.warnings, *result.warnings)))
         self.generation += 1
+
+    def note_written(self, indices: Iterable[int]) -> None:
+        """Record that scoring or an SCR cut just wrote these slices of ``mask`` (not the user's hand)."""
+        for z in indices:
+            self.auto_digest[int(z)] = _digest(self.mask[int(z)])
+
+    def hand_edited(self, z: int) -> bool:
+        """Whether slice ``z`` of the mask was changed by hand since scoring or SCR last wrote it."""
+        known = self.auto_digest.get(int(z))
+        return known is not None and known != _digest(self.mask[int(z)])
+
+    def hand_edited_slices(self) -> list[int]:
+        return [z for z in sorted(self.auto_digest) if self.hand_edited(z)]
+
+    def mask_description(self) -> str:
+        """How the mask as shown was made, slice by slice: the operating points it was cut at and any hand edits.
+
+        The viewer's exports say this above their table, as ``anomalens score`` names its one operating point:
+        the SCR sliders re-cut the slices shown while they moved, so one mask may hold several points.
+        """
+        from ..engine.protocol import format_selection
+
+        cal = self.calibration
+        calibrated = cal.scr.key() if cal is not None and cal.scr is not None else None
+        edited = set(self.hand_edited_slices())
+        by_point: dict[tuple | None, list[int]] = {}
+        for z in np.flatnonzero(self.scored):
+            if int(z) not in edited:
+                by_point.setdefault(self.cut_params.get(int(z)), []).append(int(z))
+        parts = []
+        for key, zs in sorted(by_point.items(), key=lambda kv: kv[1][0]):
+            if key is None:
+                what = f"plain mask (threshold {cal.threshold:.4g})" if cal is not None else "no mask"
+            else:
+                what = (f"SCR mask (threshold {key[0]:.4g}, lambda {key[1]:.4g}, tau {key[2]:.4g}, {key[3]})"
+                        + (", the calibrated point" if key == calibrated else ", set with the SCR sliders"))
+            parts.append(f"{what} on slice{'s' * (len(zs) != 1)} {format_selection(zs)}")
+        if edited:
+            parts.append(f"edited by hand on slice{'s' * (len(edited) != 1)} {format_selection(sorted(edited))}")
+        return "the mask as shown in the viewer: " + "; ".join(parts)
 
     # -- what the docks read -------------------------------------------------------------------------
     @property
@@ -594,6 +640,11 @@ def tell_once(state: AnomaLensState, res: ScanResults) -> list[str]:
         notify_info(f"{res.label} is not calibrated: its heatmap is in raw detector scores and there is no mask; "
                     "calibrate it on a few normal scans for normal-quantile units and masks")
     return new
+
+
+def _digest(mask_slice: np.ndarray) -> bytes:
+    """A short fingerprint of one mask slice (which pixels are set), for telling hand edits from our writes."""
+    return hashlib.blake2b(np.packbits(np.asarray(mask_slice) != 0).tobytes(), digest_size=16).digest()
 
 
 def write_mask(layer: Any, values: np.ndarray, indices: np.ndarray | int | None = None, fast: bool = False) -> None:

@@ -357,3 +357,56 @@ def test_detector_dock_lists_detector_variants(make_napari_viewer: Any, app_env:
     assert widget.detector_choice() == ("curved", {"variant": "MiT"})
     widget.detector_combo.setCurrentText("patchcore")
     assert widget.detector_choice() == ("patchcore", {})
+
+
+def test_reset_restores_every_recut_slice_and_hand_edits_survive_every_cut(make_napari_viewer: Any, qtbot: Any,
+                                                                          app_env: Path, tmp_path: Path) -> None:
+    """A radiologist's drawing is never overwritten by SCR; "Reset" puts back every slice the sliders re-cut."""
+    from anomalens.app.state import get_state
+    from anomalens.app.widgets.detector import DetectorWidget
+    from anomalens.app.widgets.export import ExportWidget
+    from anomalens.app.widgets.scr import SETTLE_MS, ScrWidget
+
+    viewer = make_napari_viewer(show=True)
+    _lesion_layer(viewer)
+    det_w, scr_w, exp_w = DetectorWidget(viewer), ScrWidget(viewer), ExportWidget(viewer)
+    for name, w in (("Detector", det_w), ("SCR", scr_w), ("Export", exp_w)):
+        viewer.window.add_dock_widget(w, name=name)
+    state = get_state(viewer)
+    assert det_w.set_bundle(app_env)
+    _wait(qtbot, det_w)
+    assert det_w.score_volume()
+    _wait(qtbot, det_w)
+    res = state.results
+    calibrated = res.mask.copy()
+    mask = viewer.layers["phantom · patchcore v1 mask"]
+
+    det_w.goto_slice(1)
+    mask.paint((1, 6, 6), 1, refresh=True)  # a hand edit on slice 1
+    drawn = mask.data[1].copy()
+    assert res.hand_edited(1) and not res.hand_edited(2)
+    scr_w.threshold_slider.setValue(scr_w.threshold_slider.minimum())  # on slice 1: left as drawn
+    np.testing.assert_array_equal(mask.data[1], drawn)
+    assert "edited by hand" in scr_w.status.text()
+    det_w.goto_slice(2)  # shown at the slider's point now …
+    det_w.goto_slice(3)  # … and this one too
+    assert not np.array_equal(mask.data[2:4], calibrated[2:4])
+    assert res.cut_params[2] != state.calibrated_scr().key()
+
+    assert scr_w.reset()  # the shown slice at once, the others the sliders re-cut in a worker
+    _wait(qtbot, scr_w)
+    np.testing.assert_array_equal(mask.data[[0, 2, 3]], calibrated[[0, 2, 3]])
+    np.testing.assert_array_equal(mask.data[1], drawn)  # the drawing stays
+    assert all(res.cut_params[z] == state.calibrated_scr().key() for z in (0, 2, 3))
+
+    scr_w.threshold_slider.setValue(scr_w.threshold_slider.minimum())
+    qtbot.wait(2 * SETTLE_MS)  # the drag settles (its status line) before the user reaches the button
+    assert scr_w.apply_to_volume()
+    _wait(qtbot, scr_w)
+    np.testing.assert_array_equal(mask.data[1], drawn)
+    assert "slice 1 kept as edited by hand" in scr_w.status.text()
+
+    assert exp_w.export_scores(tmp_path / "scores.csv")
+    qtbot.waitUntil(lambda: (tmp_path / "scores.csv").exists(), timeout=10_000)
+    head = (tmp_path / "scores.csv").read_text()
+    assert "set with the SCR sliders on slices 0,2-3" in head and "edited by hand on slice 1" in head, head

@@ -301,7 +301,7 @@ class ExportWidget(QWidget):
         if mask is not None and res.calibrated:
             voxel_ml = float(np.prod(res.volume.spacing)) / 1000.0
             rows = [s.with_mask(mask[s.z], voxel_ml) for s in rows]
-            kind = "the mask as shown in the viewer (its hand edits and SCR re-cuts included)"
+            kind = res.mask_description()
         header = table_header(res.model, res.unit, res.calibration, kind, res.warnings)
         return self._write("csv", path, f"{res.file_stem}_slice_scores",
                            lambda target, progress, cancel: write_scores_table(target, rows, header))

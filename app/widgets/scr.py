@@ -8,7 +8,9 @@ the shown slice with the engine's ``scoring.cut_scr`` on the result's map (α ca
 ``anomalens.app.livecut``), which takes well under 50 ms on a 256² slice; "Apply to volume" cuts every
 scored slice in a worker. Masks are written into the labels layer in place, so napari's undo history of
 hand edits survives (SCR updates themselves are not undo steps: a slider move is undone by moving the
-slider back or by "Reset"). The status line speaks of the slice on screen: it is counted again from the
+slider back or by "Reset", which also cuts again every other slice the sliders re-cut). A slice edited by
+hand since scoring or SCR last wrote it (``ScanResults.hand_edited``) is never re-cut: the user's drawing
+wins over every automatic cut, and the status line says so. The status line speaks of the slice on screen: it is counted again from the
 mask layer whenever the shown slice, the result or the mask changes (one slice's voxels: microseconds).
 """
 
@@ -32,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
+from ...engine.protocol import format_selection
 from ..jobs import JobRunner
 from ..livecut import LiveCut, refine_scored
 from ..results import current_index, cut_threshold, find_layer, follow_threshold, write_mask
@@ -174,9 +177,19 @@ class ScrWidget(QWidget):
         self.update_current_slice()
         self._follow_threshold()
 
-    def reset(self) -> None:
-        """The "Reset to calibrated" button: back to the model's calibrated SCR point (``calibration.scr``)."""
+    def reset(self) -> bool:
+        """The "Reset to calibrated" button: back to the model's calibrated SCR point (``calibration.scr``).
+
+        The sliders re-cut each slice shown while they moved, so slices other than the shown one may hold
+        another point: those are cut again at the calibrated point (in a worker), and only those. Returns
+        whether such a job started.
+        """
         self.state.reset_scr()
+        res, cal = self.state.results, self.state.calibrated_scr()
+        if not self._live(res) or cal is None:
+            return False
+        moved = [z for z, key in res.cut_params.items() if key != cal.key() and res.scored[z]]
+        return bool(moved) and self.apply_to_volume(only=moved, what="Restoring the calibrated mask")
 
     def _update_enabled(self, *_: Any) -> None:
         res = self.state.results
@@ -250,7 +263,8 @@ class ScrWidget(QWidget):
         flagged = int(np.count_nonzero(layer.data[z]))
         ml = flagged * float(np.prod(res.volume.spacing)) / 1000.0
         ms = f"; last re-cut {self.last_solve_ms:.0f} ms" if self.last_solve_ms is not None else ""
-        return f"slice {z}: {flagged} pixels flagged ({ml:.2f} mL){ms}"
+        edited = " (edited by hand)" if res.hand_edited(z) else ""
+        return f"slice {z}: {flagged} pixels flagged ({ml:.2f} mL){edited}{ms}"
 
     def show_slice_status(self, *_: Any) -> None:
         """Put ``slice_status()`` in the status line (left alone while a job reports its progress there)."""
@@ -277,10 +291,15 @@ class ScrWidget(QWidget):
             return False
         if res.cut_params.get(z, self._own_key(res, z)) == p.key():
             return False  # the slice already shows this cut (the result's own one after scoring)
+        if res.hand_edited(z):
+            self.status.setText(f"slice {z} was edited by hand: SCR leaves it as drawn (undo the edits with the "
+                                "label tools to let the sliders cut it again)")
+            return False
         t0 = time.perf_counter()
         mask = self.cut.solve(res, z, p.threshold, float(p.lam or 0.0), float(p.tau), p.mode, p.temperature)
         write_mask(layer, mask.astype(layer.data.dtype, copy=False), z, fast=True)
         res.cut_params[z] = p.key()
+        res.note_written([z])
         self.last_solve_ms = 1000.0 * (time.perf_counter() - t0)
         self._settle.start()  # thumbnail, status line and listeners once the drag pauses
         return True
@@ -303,30 +322,39 @@ class ScrWidget(QWidget):
         cal = self.state.calibrated_scr()
         return None if cal is None or z not in res.slices else cal.key()
 
-    def apply_to_volume(self) -> bool:
-        """Cut every scored slice at the current values in a worker, then write the masks."""
+    def apply_to_volume(self, only: list[int] | None = None, what: str = "Applying SCR to the volume") -> bool:
+        """Cut every scored slice (or ``only`` those) at the current values in a worker, then write the masks.
+
+        Slices edited by hand keep their edits: the status line names them.
+        """
         res, p = self.state.results, self.state.scr_point()
         if not self._live(res) or p is None:
             return False
 
         def work(progress: Any, cancel: Any) -> tuple[np.ndarray, np.ndarray]:
             return refine_scored(res, p.threshold, float(p.lam or 0.0), float(p.tau or 1.0), p.mode, p.temperature,
-                                 progress, cancel)
+                                 progress, cancel, only=only)
 
         def done(value: tuple[np.ndarray, np.ndarray]) -> None:
             idx, masks = value
             layer = find_layer(self.viewer, res.mask_name)
             if layer is None or self.state.results is not res:
                 return
+            edited = [int(z) for z in idx if res.hand_edited(int(z))]
+            keep = ~np.isin(idx, edited)
+            idx, masks = idx[keep], masks[keep]
             write_mask(layer, masks.astype(layer.data.dtype), idx)
             for z in idx:
                 res.cut_params[int(z)] = p.key()
+            res.note_written(idx)
             self.state.mask_changed.emit(res.mask)
             here = self.slice_status()
-            self.status.setText(f"{len(idx)} slices cut: {int(masks.sum())} pixels flagged" + (f"\n{here}" if here
-                                                                                                else ""))
+            kept = (f"; slice{'s' * (len(edited) != 1)} {format_selection(edited)} kept as edited by hand"
+                    if edited else "")
+            self.status.setText(f"{len(idx)} slices cut: {int(masks.sum())} pixels flagged{kept}"
+                                + (f"\n{here}" if here else ""))
 
-        started = self.jobs.start("Applying SCR to the volume", work, done)
+        started = self.jobs.start(what, work, done)
         self._update_enabled()
         return started
 
