@@ -188,10 +188,47 @@ def volume_for_layer(layer: Any) -> Volume:
                                     or (np.ndim(data) == 2 and vol.shape[0] == 1)):
         vol = vol.with_array(np.asarray(data, dtype=np.float32).reshape(vol.shape))
     else:
-        scale = [abs(float(s)) for s in layer.scale]  # a flipped axis (negative scale) keeps its spacing
-        scale = [1.0] * (3 - len(scale)) + scale
-        vol = Volume(np.asarray(data, dtype=np.float32), spacing=(scale[2], scale[1], scale[0]),
-                     modality=str(meta.get("modality", "OT")))
+        vol = _volume_from_source(layer, data)
+        if vol is None:
+            scale = [abs(float(s)) for s in layer.scale]  # a flipped axis (negative scale) keeps its spacing
+            scale = [1.0] * (3 - len(scale)) + scale
+            vol = Volume(np.asarray(data, dtype=np.float32), spacing=(scale[2], scale[1], scale[0]),
+                         modality=str(meta.get("modality", "OT")))
+            if np.ndim(data) == 3 and all(s == 1.0 for s in scale):
+                vol.warnings.append(f"layer {layer.name!r} carries no spacing (scale 1 on every axis): volumes in "
+                                    "mL and the model's field of view take its pixels as 1 mm; open the scan with "
+                                    "AnomaLens's reader to score it in millimetres")
     # Remember it for this layer's data, so scoring slice after slice works on one Volume.
     meta[VOLUME_KEY], meta[_DATA_ID] = vol, id(data)
+    return vol
+
+
+def _volume_from_source(layer: Any, data: Any) -> Volume | None:
+    """The scan's own geometry, read from the file another reader opened the layer from (None if not ours).
+
+    napari's own reader opens NIfTI, NRRD and MetaImage at scale 1 and keeps no orientation or modality:
+    scored as it is, a brain's 0.78 mm pixels count as 1 mm (lesion volumes off by 1.6×) and the model's field
+    of view is misjudged. When the layer's source is a file this reader reads and its voxels are the layer's,
+    the file's ``Volume`` (spacing, direction, modality, study key) is used with the layer's data.
+    """
+    from ..engine.io import read_scan
+
+    path = getattr(getattr(layer, "source", None), "path", None)
+    if not path or getattr(getattr(layer, "source", None), "reader_plugin", None) == PLUGIN_NAME:
+        return None
+    source = Path(path)
+    if not (source.is_dir() or source.name.lower().endswith(_SUFFIXES)):
+        return None
+    try:
+        read = read_scan(source)
+    except (AnomaLensError, OSError, ValueError, MemoryError):
+        return None
+    array = np.asarray(data, dtype=np.float32)
+    if tuple(read.shape) != tuple(array.shape) or not np.array_equal(read.array, array):
+        return None  # not the same voxels in the same order: the file tells nothing sure about this layer
+    vol = read  # the same voxels, read once more: keep this copy, with the file's geometry
+    spacing = " × ".join(f"{s:.3g}" for s in vol.spacing)
+    vol.warnings.append(f"layer {layer.name!r} was opened by another reader, which keeps no spacing: AnomaLens "
+                        f"took the scan's geometry ({spacing} mm) from its file; open it with AnomaLens's reader to "
+                        "see it in millimetres and in radiological orientation")
     return vol

@@ -410,3 +410,22 @@ def test_reset_restores_every_recut_slice_and_hand_edits_survive_every_cut(make_
     qtbot.waitUntil(lambda: (tmp_path / "scores.csv").exists(), timeout=10_000)
     head = (tmp_path / "scores.csv").read_text()
     assert "set with the SCR sliders on slices 0,2-3" in head and "edited by hand on slice 1" in head, head
+
+
+def test_a_scan_napari_opened_itself_is_scored_in_millimetres(make_napari_viewer: Any, tmp_path: Path) -> None:
+    """napari's own reader keeps no spacing; the docks take the geometry from the file rather than 1-mm pixels."""
+    from anomalens.app.reader import volume_for_layer
+
+    array = phantom((5, 16, 20))
+    path = write_sitk(tmp_path / "scan.nrrd", array, spacing=(0.8, 0.9, 2.5))
+    viewer = make_napari_viewer()
+    [layer] = viewer.open(str(path), plugin="napari")  # the builtin reader: scale 1
+    assert tuple(layer.scale) == (1.0, 1.0, 1.0)
+    vol = volume_for_layer(layer)
+    assert vol.spacing == pytest.approx((0.8, 0.9, 2.5))
+    assert any("took the scan's geometry (0.8 × 0.9 × 2.5 mm) from its file" in w for w in vol.warnings)
+    assert volume_for_layer(layer) is vol  # read once per layer
+
+    plain = viewer.add_image(np.asarray(layer.data), name="from numpy")  # no file behind it: said plainly
+    vol = volume_for_layer(plain)
+    assert vol.spacing == (1.0, 1.0, 1.0) and any("carries no spacing" in w for w in vol.warnings)

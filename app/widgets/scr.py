@@ -10,8 +10,9 @@ scored slice in a worker. Masks are written into the labels layer in place, so n
 hand edits survives (SCR updates themselves are not undo steps: a slider move is undone by moving the
 slider back or by "Reset", which also cuts again every other slice the sliders re-cut). A slice edited by
 hand since scoring or SCR last wrote it (``ScanResults.hand_edited``) is never re-cut: the user's drawing
-wins over every automatic cut, and the status line says so. The status line speaks of the slice on screen: it is counted again from the
-mask layer whenever the shown slice, the result or the mask changes (one slice's voxels: microseconds).
+wins over every automatic cut, and the status line says so. The status line speaks of the slice on
+screen: it is counted again from the mask layer whenever the shown slice, the result or the mask changes
+(one slice's voxels: microseconds).
 """
 
 from __future__ import annotations
