@@ -38,6 +38,7 @@ from .elided import ElidedLabel
 from .jobs import JobRunner
 from .messages import log, notify_error
 from .recent import RecentFiles
+from .widgets.docking import scrollable
 
 if TYPE_CHECKING:
     import napari
@@ -276,7 +277,6 @@ STUDY_ROLES = ("scan", "heatmap", "mask", "lesion", "highlight", "lasso")
 #: keeps room for its score curve: the three docks' natural heights add up to about 1,150 pixels.
 SMALL_SCREEN = 1300
 #: Narrowest the right-hand docks get (the model list and the sliders stay readable; wider content scrolls).
-DOCK_MIN_WIDTH = 300
 #: The right-hand column's width on opening: this share of the screen's width, within the bounds below.
 RIGHT_SHARE, RIGHT_MIN, RIGHT_MAX = 0.25, 330, 440
 #: Share of the window's width the image canvas must keep: napari's layer list and controls (left) are shown
@@ -363,23 +363,6 @@ def _screen_height(viewer: napari.Viewer) -> int:
         return int(screen.availableGeometry().height())
     except (AttributeError, RuntimeError):
         return 10_000
-
-
-def scrollable(widget: QWidget) -> QWidget:
-    """``widget`` in a scroll area, so a dock may be shorter than its content.
-
-    The right-hand column stacks the Detector, SCR and a tab group; their natural heights add up to more
-    than a 1366×768 laptop screen, and Qt would otherwise make the window taller than the screen (its
-    bottom, with the status bar and the Cancel button, out of reach). Scrolled docks let it fit.
-    """
-    from qtpy.QtWidgets import QFrame, QScrollArea
-
-    area = QScrollArea()
-    area.setWidgetResizable(True)
-    area.setFrameShape(QFrame.Shape.NoFrame)
-    area.setWidget(widget)
-    area.setMinimumWidth(DOCK_MIN_WIDTH)
-    return area
 
 
 def _optional(module: str, cls: str) -> Any:

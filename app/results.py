@@ -673,6 +673,24 @@ def current_index(viewer: napari.Viewer, layer: Any) -> int:
     return int(np.clip(round(float(z)), 0, layer.data.shape[-3] - 1))
 
 
+def shown_index(viewer: napari.Viewer, layer: Any) -> int | None:
+    """The z index of ``layer`` the canvas shows now, or None when it shows none of its slices.
+
+    Unlike :func:`current_index` (which clamps), a scan whose slices lie elsewhere in the world than the
+    viewer's current position, or that is hidden, is not on screen: scoring "the shown slice" of it would
+    score a slice the user cannot see.
+    """
+    if layer is None:
+        return None
+    if not layer.visible:
+        return None
+    if layer.ndim < 3:
+        return 0
+    z = float(layer.world_to_data(viewer.dims.point)[-3])
+    n = layer.data.shape[-3]
+    return min(max(round(z), 0), n - 1) if -0.5 <= z <= n - 0.5 else None
+
+
 def goto_index(viewer: napari.Viewer, layer: Any, z: int) -> None:
     """Show slice ``z`` of ``layer`` (its scale and translation taken into account)."""
     if layer is None or layer.ndim < 3:

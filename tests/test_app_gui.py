@@ -429,3 +429,64 @@ def test_a_scan_napari_opened_itself_is_scored_in_millimetres(make_napari_viewer
     plain = viewer.add_image(np.asarray(layer.data), name="from numpy")  # no file behind it: said plainly
     vol = volume_for_layer(plain)
     assert vol.spacing == (1.0, 1.0, 1.0) and any("carries no spacing" in w for w in vol.warnings)
+
+
+def test_the_detector_dock_follows_a_renamed_scan_and_never_scores_one_off_screen(make_napari_viewer: Any,
+                                                                                     qtbot: Any, app_env: Path) -> None:
+    """Renaming the scan left the dock naming a layer that no longer existed ("open a scan first"); with two
+    scans, Score slice scored a slice of the one not on screen (its index clamped to its last slice)."""
+    from anomalens.app.reader import image_layer_data
+    from anomalens.app.state import get_state
+    from anomalens.app.widgets.detector import DetectorWidget
+
+    viewer = make_napari_viewer(show=True)
+    image, _ = _lesion_layer(viewer)
+    det_w = DetectorWidget(viewer)
+    viewer.window.add_dock_widget(det_w, name="Detector")
+    state = get_state(viewer)
+    assert det_w.set_bundle(app_env)
+    _wait(qtbot, det_w)
+    image.name = "case 42"
+    assert det_w.layer_combo.currentText() == "case 42" and det_w.image_layer() is image
+    det_w.goto_slice(2)
+    assert det_w.score_slice()
+    _wait(qtbot, det_w)
+    assert list(np.flatnonzero(state.results.scored)) == [2]
+
+    slices, _ = phantom_slices(3, 64, seed=9)
+    data, kwargs, _ = image_layer_data(Volume(slices, spacing=(0.9, 0.9, 3.0), modality="MR"), name="elsewhere")
+    kwargs["translate"] = (500.0, *kwargs["translate"][1:])  # its slices lie far from the shown position
+    other = viewer.add_image(data, **kwargs)
+    det_w.goto_slice(1)  # back on case 42's slice 1 (adding a layer may move the view)
+    det_w.layer_combo.setCurrentText("elsewhere")
+    assert det_w.image_layer() is other
+    assert not det_w.score_slice()  # refused: the canvas shows none of its slices
+    assert "not on screen here" in det_w.status.text()
+    from anomalens.app.results import shown_index
+
+    assert shown_index(viewer, other) is not None  # the view moved to it: the next press scores what is shown
+    assert det_w.score_slice()
+    _wait(qtbot, det_w)
+    assert state.results.volume.n_slices == 3
+
+
+def test_every_plugin_dock_scrolls_so_napari_never_grows_the_window_past_the_screen(make_napari_viewer: Any,
+                                                                                      qtbot: Any,
+                                                                                      app_env: Path) -> None:
+    """napari stacks plugin docks in one column: their natural heights asked for a 1,938-px window at 768 px."""
+    from qtpy.QtWidgets import QApplication
+
+    from anomalens.app.desktop import ensure_plugin_registered
+    from anomalens.app.widgets.docking import scrolls
+
+    ensure_plugin_registered()
+    viewer = make_napari_viewer(show=True)
+    names = ("Detector", "SCR", "Calibration", "Poincaré disk", "Export")
+    widgets = [viewer.window.add_plugin_dock_widget("anomalens", name)[1] for name in names]
+    for _ in range(5):
+        QApplication.processEvents()
+    assert all(scrolls(w) for w in widgets), [type(w).__name__ for w in widgets if not scrolls(w)]
+    window = viewer.window._qt_window
+    screen = window.screen().availableGeometry()
+    assert window.minimumSizeHint().height() <= screen.height(), window.minimumSizeHint()
+    assert window.frameGeometry().height() <= screen.height() + 1

@@ -44,6 +44,7 @@ from ..reader import ROLE_KEY, VOLUME_KEY
 from ..rescore import rescore_shown
 from ..results import current_index, goto_index, model_identity
 from ..state import AnomaLensState, get_state
+from .docking import ScrollsWhenDocked
 
 if TYPE_CHECKING:
     import napari
@@ -315,7 +316,7 @@ def fine_tune_work(detector: Detector, model_path: Path | None, volume: Volume, 
 # --------------------------------------------------------------------------------------------- the dock
 
 
-class CalibrationWidget(QWidget):
+class CalibrationWidget(ScrollsWhenDocked, QWidget):
     """Dock widget: normal-slice marks (slice, range, disk lasso), site fine-tuning, versions and rollback."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:

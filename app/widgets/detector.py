@@ -54,9 +54,11 @@ from ..results import (
     publish,
     score_work,
     show_mask_key,
+    shown_index,
     style_references,
 )
 from ..state import get_state
+from .docking import ScrollsWhenDocked
 from .score_plot import ScorePlot
 from .slice_table import SliceTable, rows_of
 
@@ -72,7 +74,7 @@ if TYPE_CHECKING:
 LEGEND_MIN_SCREEN = 900
 
 
-class DetectorWidget(QWidget):
+class DetectorWidget(ScrollsWhenDocked, QWidget):
     """Dock widget that scores the chosen image with the chosen model bundle."""
 
     #: Detector config used by "Train from marked normals" (None: the detector's defaults; tests shrink it).
@@ -88,6 +90,7 @@ class DetectorWidget(QWidget):
         self._loaded: tuple[Path, str] | None = None
 
         self.layer_combo = QComboBox()
+        self._chosen: Any = None  # the image layer the box names (followed through renames)
         self.detector_combo = QComboBox()
         # One entry per detector and per named variant ("curved (MiT)"); the data is (name, config).
         for label, name, variant_config in detector_choices():
@@ -172,6 +175,9 @@ class DetectorWidget(QWidget):
         self.state.marks_changed.connect(self._update_buttons)
         self.state.volume_changed.connect(self._update_buttons)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.inserted.connect(self._watch_name)
+        for lyr in self.viewer.layers:
+            lyr.events.name.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.viewer.layers.events.reordered.connect(self._refresh_layers)
@@ -189,19 +195,26 @@ class DetectorWidget(QWidget):
         """The image layer chosen in the dock (None when there is none)."""
         return find_layer(self.viewer, self.layer_combo.currentText()) if self.layer_combo.count() else None
 
+    def _watch_name(self, event: Any = None) -> None:
+        """Follow a new layer's renames: the Image box lists layers by name, and a renamed scan stays chosen."""
+        layer = getattr(event, "value", None)
+        if layer is not None:
+            layer.events.name.connect(self._refresh_layers)
+
     def _refresh_layers(self, event: Any = None) -> None:
         from napari.layers import Image
 
         names = [lyr.name for lyr in self.viewer.layers if isinstance(lyr, Image)
                  and lyr.metadata.get(ROLE_KEY) not in ("heatmap",) and not lyr.rgb]
-        current = self.layer_combo.currentText()
+        chosen = self._chosen if self._chosen is not None and self._chosen in self.viewer.layers else None
+        current = chosen.name if chosen is not None else self.layer_combo.currentText()
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
         self.layer_combo.addItems(names)
         if current in names:
             self.layer_combo.setCurrentText(current)
         self.layer_combo.blockSignals(False)
-        if self.layer_combo.currentText() != current:
+        if self.image_layer() is not chosen or chosen is None:
             self._on_layer_changed(self.layer_combo.currentText())
         self._update_buttons()
 
@@ -209,6 +222,7 @@ class DetectorWidget(QWidget):
         layer = find_layer(self.viewer, name) if name else None
         if layer is None:
             return
+        self._chosen = layer
         volume = self._volume_of(layer)
         if volume is None:
             return
@@ -351,8 +365,17 @@ class DetectorWidget(QWidget):
 
     # -- scoring ---------------------------------------------------------------------------------
     def score_slice(self) -> bool:
-        """Score the slice under the viewer's cursor."""
+        """Score the slice under the viewer's cursor (only a slice of the chosen scan that is on screen)."""
         layer = self.image_layer()
+        if layer is not None and self.state.detector is not None:
+            z = shown_index(self.viewer, layer)
+            if z is None:
+                self.status.setText(f"{layer.name} is not on screen here (hidden, or the view is outside its "
+                                    "slices): the view now shows it; press Score slice again to score this slice")
+                layer.visible = True
+                goto_index(self.viewer, layer, current_index(self.viewer, layer))
+                return False
+            return self._score(np.array([z]))
         return self._score(np.array([current_index(self.viewer, layer)]))
 
     def score_volume(self) -> bool:

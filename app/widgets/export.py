@@ -36,6 +36,7 @@ from ..messages import notify_error, notify_info
 from ..pacs import push_target
 from ..results import find_layer
 from ..state import get_state
+from .docking import ScrollsWhenDocked
 
 if TYPE_CHECKING:
     import napari
@@ -126,7 +127,7 @@ def _dialog_confirm(parent: QWidget) -> Confirm:
     return confirm
 
 
-class ExportWidget(QWidget):
+class ExportWidget(ScrollsWhenDocked, QWidget):
     """Dock widget with one button per export; each asks for a target, then writes in the background."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:

@@ -47,6 +47,7 @@ from ..results import (
 )
 from ..state import get_state
 from .calibration import ensure_volume, flagged_warning, mark_normal, scan_layer
+from .docking import ScrollsWhenDocked
 
 if TYPE_CHECKING:
     import napari
@@ -139,7 +140,7 @@ class _Box(QWidget):
         return self._hint
 
 
-class PoincareWidget(QWidget):
+class PoincareWidget(ScrollsWhenDocked, QWidget):
     """Dock widget: the current scan's embeddings on the Poincaré disk."""
 
     #: Sets with more points than this are projected in a thread worker (smaller ones right away): centred

@@ -40,6 +40,7 @@ from ..jobs import JobRunner
 from ..livecut import LiveCut, refine_scored
 from ..results import current_index, cut_threshold, find_layer, follow_threshold, write_mask
 from ..state import get_state
+from .docking import ScrollsWhenDocked
 
 if TYPE_CHECKING:
     import napari
@@ -60,7 +61,7 @@ def _slider(decimals: int = 3) -> QLabeledDoubleSlider:
     return s
 
 
-class ScrWidget(QWidget):
+class ScrWidget(ScrollsWhenDocked, QWidget):
     """Dock widget for SCR's operating point and the live mask preview."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer, parent: QWidget | None = None) -> None:
