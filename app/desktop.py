@@ -592,7 +592,7 @@ def _sync_toolbar(viewer: napari.Viewer) -> None:
 class MenuEntries(QObject):
     """Help → AnomaLens keyboard shortcuts, and Window → Show/hide AnomaLens docks (put back if napari rebuilds)."""
 
-    def __init__(self, viewer: napari.Viewer) -> None:
+    def __init__(self, viewer: napari.Viewer, docks: bool = True) -> None:
         from .shortcuts import key_for, show_shortcuts
 
         super().__init__(viewer.window._qt_window)
@@ -601,7 +601,9 @@ class MenuEntries(QObject):
         self.help_action.triggered.connect(lambda: show_shortcuts(viewer))
         self.docks_action = QAction(f"Show/hide AnomaLens docks\t{key_for('toggle_docks')}", self)
         self.docks_action.triggered.connect(lambda: toggle_docks(viewer))
-        self.menus = [(viewer.window.help_menu, self.help_action), (viewer.window.window_menu, self.docks_action)]
+        self.menus = [(viewer.window.help_menu, self.help_action)]
+        if docks:  # the desktop window's docks (a napari plugin user's docks are napari's to arrange)
+            self.menus.append((viewer.window.window_menu, self.docks_action))
         for menu, _act in self.menus:
             menu.aboutToShow.connect(self.install)
         self.install()

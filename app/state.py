@@ -209,4 +209,7 @@ def get_state(viewer: napari.Viewer) -> AnomaLensState:
         layers = getattr(viewer, "layers", None)
         if layers is not None:  # one listener per viewer, whichever docks are open: a removed scan is forgotten
             layers.events.removed.connect(lambda event: state.forget_volume_of(event.value))
+        from . import plugin_room
+
+        plugin_room.schedule(viewer)  # keys, W/L drag and Help in a plain napari viewer (not the desktop's twice)
     return state

@@ -490,3 +490,43 @@ def test_every_plugin_dock_scrolls_so_napari_never_grows_the_window_past_the_scr
     screen = window.screen().availableGeometry()
     assert window.minimumSizeHint().height() <= screen.height(), window.minimumSizeHint()
     assert window.frameGeometry().height() <= screen.height() + 1
+
+
+def test_a_napari_user_gets_the_reading_room_keys_with_the_first_anomalens_dock(make_napari_viewer: Any,
+                                                                                  qtbot: Any, app_env: Path) -> None:
+    """The docks' tooltips and the canvas name N, H, PageDown…: in a plain napari viewer they now do something."""
+    from qtpy.QtWidgets import QApplication
+
+    from anomalens.app.desktop import ensure_plugin_registered
+    from anomalens.app.plugin_room import PLUGIN_MARK
+    from anomalens.app.shortcuts import SHORTCUTS
+    from anomalens.app.windowlevel import window_level_drag
+
+    ensure_plugin_registered()
+    viewer = make_napari_viewer(show=True)
+    assert not viewer.keymap
+    viewer.window.add_plugin_dock_widget("anomalens", "Calibration")
+    for _ in range(3):
+        QApplication.processEvents()
+    assert getattr(viewer.window, PLUGIN_MARK, False)
+    bound = {str(k) for k in viewer.keymap}
+    assert len(bound) >= len(SHORTCUTS) - 1, bound
+    assert window_level_drag in viewer.mouse_drag_callbacks
+    viewer.window.help_menu.aboutToShow.emit()
+    assert any("AnomaLens keyboard shortcuts" in a.text() for a in viewer.window.help_menu.actions())
+    assert not any("AnomaLens docks" in a.text() for a in viewer.window.window_menu.actions())
+
+
+def test_the_desktop_window_sets_its_reading_room_up_once(make_napari_viewer: Any, qtbot: Any, app_env: Path) -> None:
+    from qtpy.QtWidgets import QApplication
+
+    from anomalens.app.desktop import setup_viewer
+    from anomalens.app.plugin_room import PLUGIN_MARK
+
+    viewer = make_napari_viewer(show=True)
+    setup_viewer(viewer)
+    for _ in range(3):
+        QApplication.processEvents()
+    assert not getattr(viewer.window, PLUGIN_MARK, False)
+    helps = [a for a in viewer.window.help_menu.actions() if "AnomaLens keyboard shortcuts" in a.text()]
+    assert len(helps) == 1
