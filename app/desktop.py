@@ -780,6 +780,7 @@ def describe_layout(viewer: napari.Viewer) -> dict[str, Any]:
         "canvas_share": round(canvas.width() / max(qt.width(), 1), 4),
         "docks_visible": docks_visible(viewer), "napari_docks_visible": layer_docks_visible(viewer),
         "docks_clipped": clipped_docks(viewer), "docks_scrolling": scrolling_docks(viewer),
+        "overlays_overlapping": overlapping_overlays(viewer),
     }
     layer = target_layer(viewer)
     if layer is not None and layer.ndim >= 2:
@@ -835,6 +836,40 @@ def scrolling_docks(viewer: napari.Viewer) -> list[str]:
         found = frame.findChildren(QScrollArea)
         if found and frame.isVisible() and found[0].widget().height() > found[0].viewport().height():
             out.append(name)
+    return out
+
+
+def overlay_boxes(viewer: napari.Viewer) -> dict[str, tuple[float, float, float, float]]:
+    """The visible canvas overlays' boxes (x0, y0, x1, y1 in canvas pixels, y down), by name.
+
+    Viewer overlays by their ``canvas.overlays`` key, layer overlays (the colour bar) as ``layer:overlay``.
+    Read from napari's vispy overlays after it placed them: what a snapshot shows.
+    """
+    canvas = viewer.window._qt_viewer.canvas
+    canvas._update_overlay_canvas_positions()
+    names = {id(o): k for k, o in viewer.canvas.overlays.items()}
+    out: dict[str, tuple[float, float, float, float]] = {}
+    items = [(names.get(id(o), type(o).__name__), o, vs[0] if vs else None)
+             for o, vs in canvas._viewer_overlay_to_visual.items()]
+    items += [(f"{layer.name}:{type(o).__name__}", o, v) for layer, pairs in canvas._layer_overlay_to_visual.items()
+              if layer.visible for o, v in pairs.items()]
+    for name, overlay, visual in items:
+        if visual is None or not overlay.visible or not getattr(overlay, "position", None) or \
+                (hasattr(overlay, "text") and not overlay.text) or not (visual.x_size and visual.y_size):
+            continue
+        x, y = (float(v) for v in visual.node.transform.translate[:2])
+        out[name] = (x, y, x + float(visual.x_size), y + float(visual.y_size))
+    return out
+
+
+def overlapping_overlays(viewer: napari.Viewer, margin: float = 1.0) -> list[tuple[str, str]]:
+    """Pairs of visible canvas overlays drawn over each other (a snapshot where texts run into one another)."""
+    boxes = sorted(overlay_boxes(viewer).items())
+    out = []
+    for i, (a, (ax0, ay0, ax1, ay1)) in enumerate(boxes):
+        for b, (bx0, by0, bx1, by1) in boxes[i + 1:]:
+            if ax0 < bx1 - margin and bx0 < ax1 - margin and ay0 < by1 - margin and by0 < ay1 - margin:
+                out.append((a, b))
     return out
 
 

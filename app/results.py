@@ -297,15 +297,15 @@ class ScanResults:
         return export_stem(self.volume, self.label, self.study_name)
 
     @property
-    def canvas_title(self) -> str:
-        """The result as the canvas names it: ``sample brain1 · lorentz v1``, never the layer's file name.
+    def canvas_title(self) -> tuple[str, str]:
+        """The result as the canvas names it: (``sample brain1``, ``lorentz v1``), never the layer's file name.
 
         A snapshot exports the canvas, and napari names a layer after its file (``DOE^JANE 98765``): the
         canvas uses the series description, else the study's short hash, as suggested file names do.
         """
         from .naming import series_text
 
-        return f"{series_text(self.volume) or self.study_name} · {self.label}"
+        return series_text(self.volume) or self.study_name, self.label
 
     @property
     def unit_text(self) -> str:
@@ -484,13 +484,14 @@ KEY_OVERLAYS = {"prediction": "anomalens_key_prediction", "reference": "anomalen
 def show_mask_key(viewer: napari.Viewer, results: ScanResults | None) -> dict[str, str]:
     """Name the masks on the canvas, bottom right, each line in its mask's colour; returns the texts shown.
 
-    The dock's legend may be scrolled away on a small screen; the canvas is where the colours are read.
+    The dock's legend may be scrolled away on a small screen; the canvas is where the colours are read. The
+    model is named in the caption over the colour bar, so each line stays short (``CAPTION_CHARS``).
     """
     from napari.components.overlays import TextOverlay
 
     mask = find_layer(viewer, results.mask_name) if results is not None and results.calibrated else None
     refs = [lyr for lyr in reference_layers(viewer) if lyr.visible]
-    texts = {"prediction": f"■ outline: {results.label} mask (model)" if mask is not None and mask.visible else "",
+    texts = {"prediction": "■ outline: model's mask" if mask is not None and mask.visible else "",
              # no layer names on the canvas (a snapshot exports it; napari names a layer after its file)
              "reference": (f"■ filled: reference lesion{'s' if len(refs) > 1 else ''}") if refs else ""}
     overlays = viewer.canvas.overlays
@@ -548,6 +549,20 @@ def set_visible(viewer: napari.Viewer, results: ScanResults, visible: bool) -> N
         lyr.visible = visible
 
 
+#: Where the canvas names the result and its unit: over the colour bar, whose numbers it explains. napari tiles
+#: the overlays of one corner; at the bottom left, beside the mask key, the two met over the "P" letter on a
+#: 717-px canvas (and over each other on narrower ones), in the snapshot that goes into reports.
+CAPTION_POSITION = "top_right"
+#: The longest caption line (the study and the model each have one): right-aligned, it stays clear of the
+#: centred edge letter on a 500-px canvas (about 9 px a character at napari's font size 10).
+CAPTION_CHARS = 24
+
+
+def elide(text: str, most: int) -> str:
+    """``text`` cut to ``most`` characters with an ellipsis (the canvas has no room for long descriptions)."""
+    return text if len(text) <= most else text[:max(most - 1, 1)].rstrip() + "…"
+
+
 def show_legend(viewer: napari.Viewer, current: ScanResults | None) -> None:
     """Say on the canvas what the current result's numbers are, with a colour bar on its heatmap only."""
     for lyr in viewer.layers:
@@ -561,10 +576,15 @@ def show_legend(viewer: napari.Viewer, current: ScanResults | None) -> None:
     heat = find_layer(viewer, current.heatmap_name)
     if heat is not None and hasattr(heat, "colorbar"):
         heat.colorbar.visible = True
-    meaning = "1 = top of the normal range" if current.calibrated else "not calibrated, no mask"
-    overlay.text = f"{current.canvas_title}{STALE_SUFFIX if current.stale else ''}\n{current.unit.short}: {meaning}"
-    overlay.position = "bottom_left"
+    meaning = "1 = top of normal range" if current.calibrated else "not calibrated, no mask"
+    stale = f"\n{STALE_SUFFIX.strip()}" if current.stale else ""
+    study, model = (elide(part, CAPTION_CHARS) for part in current.canvas_title)
+    overlay.text = f"{study}\n{model}{stale}\n{current.unit.short}\n{meaning}"
+    overlay.position = CAPTION_POSITION
     overlay.font_size = 10
+    tiling = getattr(getattr(viewer, "canvas", None), "overlay_tiling", None)
+    if tiling is not None:  # napari tiles the top right sideways: the colour bar went left, under the "A"
+        tiling.top_right = "vertical"
     overlay.visible = heat is None or bool(heat.visible)  # the caption explains the heatmap: hidden with it
     if heat is not None and heat not in _CAPTIONED:
         _CAPTIONED.add(heat)

@@ -141,7 +141,7 @@ def test_prediction_and_reference_masks_are_drawn_in_distinct_colours(make_napar
     from anomalens.app.results import KEY_OVERLAYS
 
     pred_key, ref_key = (viewer.canvas.overlays[KEY_OVERLAYS[k]] for k in ("prediction", "reference"))
-    assert pred_key.visible and "mask (model)" in pred_key.text
+    assert pred_key.visible and "model's mask" in pred_key.text
     assert ref_key.visible and "reference lesion" in ref_key.text and "phantom" not in ref_key.text  # no file name
     assert np.allclose(np.asarray(pred_key.color)[:3], np.asarray(pred_rgba)[:3], atol=0.01)
     assert np.allclose(np.asarray(ref_key.color)[:3], np.asarray(ref_rgba)[:3], atol=0.01)
@@ -401,3 +401,31 @@ def test_the_threshold_label_stays_inside_the_plot(qtbot: Any, level: float) -> 
     frame = box.mapRectToScene(box.boundingRect())
     assert label.isVisible() and label.toPlainText() == f"threshold {level:.3f}"
     assert frame.top() - 1 <= shown.top() and shown.bottom() <= frame.bottom() + 1, (shown, frame)
+
+
+@pytest.mark.parametrize("canvas_width", [720, 500])
+def test_the_canvas_texts_never_run_into_each_other_or_the_letters(make_napari_viewer: Any, qtbot: Any, env: Path,
+                                                                   canvas_width: int) -> None:
+    """The snapshot a report gets: caption, unit, colour bar, mask key and A/P/R/L letters each in the clear.
+
+    The caption sat bottom left, where its unit line ran under the "P" on a 717-px canvas (1,366×768) and into
+    the mask key on a narrower one (napari with its layer list and docks open).
+    """
+    from qtpy.QtWidgets import QApplication
+
+    from anomalens.app.desktop import overlapping_overlays, overlay_boxes
+    from anomalens.app.orientation import install_orientation_overlay
+
+    viewer, _, _, _ = _scored(make_napari_viewer, qtbot, env)
+    install_orientation_overlay(viewer)
+    canvas = viewer.window._qt_viewer.canvas.native
+    window = viewer.window._qt_window
+    window.resize(window.width() + canvas_width - canvas.width(), 700)
+    for _ in range(5):
+        QApplication.processEvents()
+    assert abs(canvas.width() - canvas_width) <= 40, canvas.width()
+    boxes = overlay_boxes(viewer)
+    assert {"text", "anomalens_key_prediction", "anomalens_key_reference"} <= set(boxes), boxes
+    assert any(name.endswith(":ColorBarOverlay") for name in boxes), boxes
+    assert any("orient" in name for name in boxes), boxes
+    assert overlapping_overlays(viewer) == [], overlapping_overlays(viewer)

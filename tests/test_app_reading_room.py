@@ -444,6 +444,7 @@ def _check_fits(layout: dict[str, Any], width: int, height: int, shot: Path) -> 
     assert layout["slider_last"] == layout["last_index"], layout  # the last slice is reachable
     assert layout["slice"] == layout["most_anomalous"] is not None, layout  # it opens on the most anomalous slice
     assert layout["colorbar"], layout  # the heatmap has its colour bar
+    assert layout["overlays_overlapping"] == [], layout  # caption, colour bar, key and letters each in the clear
     with Image.open(shot) as img:
         assert img.size[0] <= width and img.size[1] <= height
 
