@@ -215,3 +215,10 @@ def test_eval_measures_the_masks_score_writes_and_cancel_stops(world, tmp_path: 
     token.cancel()
     with pytest.raises(Cancelled):
         evaluate_model(det, data, n_boot=0, cancel=token)
+
+
+def test_eval_refuses_an_absurd_bootstrap_in_one_line(world, capsys) -> None:
+    """10⁸ resamples grew by 0.75 GB every 5 s until the kernel killed the process (exit 137, no message)."""
+    msg = assert_one_line_error(capsys, ["eval", "--model", str(world["calibrated"]), "--data",
+                                         f"{world['image']}:{world['mask']}", "--bootstrap", "100000000"])
+    assert "--bootstrap must be between 0 and 20000" in msg

@@ -101,6 +101,19 @@ def test_forged_manifests_are_refused(bundle, tmp_path) -> None:
     _refused(deep, "nested too deeply")
 
 
+@pytest.mark.parametrize("grid", [{"fov_mm": 216.0, "size": 1_000_000}, {"fov_mm": 1e30, "size": 276},
+                                  {"fov_mm": 216.0, "size": 276.5}, {"fov_mm": 216.0, "size": "276"},
+                                  {"fov_mm": 216.0, "size": True}, {"fov_mm": float("nan"), "size": 276}])
+def test_a_forged_working_grid_is_refused_at_load(bundle, tmp_path, grid) -> None:
+    """A 10⁶-pixel grid ran scoring out of memory (10 TB asked); a 10³⁰-mm one made one slice 176 mL."""
+    out = tmp_path / "forged"
+    shutil.copytree(bundle, out)
+    manifest = json.loads((out / "bundle.json").read_text())
+    manifest["preprocessing"] = {"grid": grid}
+    (out / "bundle.json").write_text(json.dumps(manifest))
+    _refused(out, "preprocessing is invalid")
+
+
 def test_the_cli_refuses_a_forged_bundle_in_one_line(bundle, tmp_path, capsys) -> None:
     forged = _forge_config(bundle, tmp_path, input_size=100000)
     msg = assert_one_line_error(capsys, ["score", "--model", str(forged), "sample:mr_brain_small",

@@ -12,6 +12,8 @@ from .cmd_model import warn
 from .main import emit
 from .progressbar import terminal_progress
 
+#: The most bootstrap resamples ``eval`` draws (each holds per-slice statistics; far more than intervals need).
+MAX_BOOTSTRAP = 20_000
 #: The keys ``anomalens eval --json`` always prints (scripts may rely on them).
 STABLE_KEYS = ("image_auroc", "image_ap", "pixel_auroc", "pixel_ap", "best_dice", "dice", "precision",
                "dice_scr", "precision_scr", "fpr95", "n_slices", "seconds_per_slice")
@@ -177,8 +179,9 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate_model
     from ..report import jsonable, write_report
 
-    if args.bootstrap < 0:
-        raise ConfigError("--bootstrap must be ≥ 0")
+    if not 0 <= args.bootstrap <= MAX_BOOTSTRAP:
+        raise ConfigError(f"--bootstrap must be between 0 and {MAX_BOOTSTRAP} (10⁸ resamples ran the machine out of "
+                          "memory); 1000 gives intervals to two digits")
     if args.report is not None and args.report.exists() and not args.report.is_dir():
         raise ConfigError(f"{args.report} is a file; --report needs a folder")
     det = load_bundle(args.model, device=args.device)

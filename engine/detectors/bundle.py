@@ -252,6 +252,12 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
         detector = cls(config=manifest["config"], device=device, seed=int(manifest.get("seed", 0)))
     except ConfigError as exc:  # the same check as `train --set`: a forged option is refused before allocation
         raise ModelError(f"this model's configuration is invalid: {exc}") from exc
+    try:  # the working grid every scan is resampled onto: a forged size asked for terabytes at the first scan
+        from ..preprocess.fov import WorkingGrid
+
+        WorkingGrid.from_dict((manifest.get("preprocessing") or {}).get("grid"))
+    except ConfigError as exc:
+        raise ModelError(f"this model's preprocessing is invalid: {exc}") from exc
     check_weights(weights)
     try:
         tensors = load_file(str(weights), device="cpu")

@@ -29,6 +29,9 @@ from .resize import resize_slices
 FOV_MARGIN = 0.1
 #: Bounds of the working grid's side when it is chosen from the scans' pixel spacing.
 MIN_SIZE, MAX_SIZE = 32, 512
+#: The largest working grid a model may name (a bundle is untrusted: a forged 10⁶-pixel side asked for 10 TB)
+#: and the widest field of view (no body is 2 m across; a forged 10³⁰ mm turned one slice into 176 mL).
+MAX_GRID, MAX_FOV_MM = 2048, 2000.0
 
 
 @dataclass(frozen=True)
@@ -39,9 +42,9 @@ class WorkingGrid:
     size: int
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.fov_mm) and self.fov_mm > 0) or self.size < 8:
-            raise ConfigError(f"a working grid needs a positive field of view and ≥ 8 pixels, got "
-                              f"{self.fov_mm} mm and {self.size} px")
+        if not (math.isfinite(self.fov_mm) and 0 < self.fov_mm <= MAX_FOV_MM) or not 8 <= self.size <= MAX_GRID:
+            raise ConfigError(f"a working grid needs a field of view of 0-{MAX_FOV_MM:.0f} mm and 8-{MAX_GRID} pixels "
+                              f"a side, got {self.fov_mm} mm and {self.size} px")
 
     @property
     def pixel_mm(self) -> float:
@@ -55,7 +58,11 @@ class WorkingGrid:
         """None for models saved before working grids existed (they pad each scan to its own square)."""
         if not d:
             return None
-        return cls(float(d["fov_mm"]), int(d["size"]))
+        fov, size = d.get("fov_mm") if isinstance(d, dict) else None, d.get("size") if isinstance(d, dict) else None
+        if isinstance(fov, bool) or not isinstance(fov, int | float) or isinstance(size, bool) \
+                or not isinstance(size, int):
+            raise ConfigError(f"a working grid is a field of view in mm and a whole number of pixels, got {d!r:.80}")
+        return cls(float(fov), size)
 
 
 @dataclass(frozen=True)
