@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from anomalens.engine.provenance import SEEN_KEY, merge_seen, record_seen, seen_in
+from anomalens.engine.provenance import DIGESTS_KEY, SEEN_KEY, merge_seen, record_seen, seen_in
 from anomalens.engine.volume import Volume
 from tests.phantoms import phantom_slices
 from tests.test_datasets import write_volume
@@ -29,7 +29,7 @@ def test_a_record_maps_a_selection_to_the_file_and_back(tmp_path: Path) -> None:
     assert seen_in(training, whole) == [2, 5]
     assert seen_in(training, part) == [0, 2]
     assert seen_in(training, _volume(seed=9)) == []  # another study
-    merge_seen(training, {key: [0], "s-other": [1]})
+    merge_seen(training, {SEEN_KEY: {key: [0], "s-other": [1]}})
     assert seen_in(training, whole) == [0, 2, 5] and set(training[SEEN_KEY]) == {key, "s-other"}
 
 
@@ -118,3 +118,40 @@ def test_a_normal_scan_turned_to_the_first_ones_orientation_is_recorded_by_its_f
     gather_normals([str(first), str(second)], info=info, grid=None)
     assert seen_in(info, load_volume(str(second))) == [1, 2, 3, 4]
     assert seen_in(info, load_volume(str(first))) == [0, 1, 2, 3, 4]
+
+
+
+def test_the_same_scan_in_another_file_is_known_by_its_voxels(tmp_path: Path) -> None:
+    """gzip changed the study key (a hash of the file's head): eval then counted fitted slices as test slices."""
+    import gzip
+    import shutil
+
+    from anomalens.engine.pipeline import load_volume
+
+    plain = write_volume(tmp_path / "scan.nii", (phantom_slices(6, 32, seed=1)[0] * 1000).astype(np.float32))
+    zipped = tmp_path / "copy.nii.gz"
+    with plain.open("rb") as src, gzip.open(zipped, "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    converted = write_volume(tmp_path / "copy.nrrd", load_volume(str(plain)).array)
+    training: dict = {}
+    record_seen(training, load_volume(f"{plain}#1-3"), [0, 1, 2])
+    assert all(len(d) == 32 for d in training[DIGESTS_KEY]) and len(training[DIGESTS_KEY]) == 3
+    for other in (zipped, converted):
+        assert seen_in(training, load_volume(str(other))) == [1, 2, 3], other
+        assert seen_in(training, load_volume(f"{other}#2-5")) == [0, 1]
+    assert seen_in(training, _volume(seed=9)) == []
+    blank = Volume(np.zeros((2, 32, 32), np.float32), spacing=(1.0, 1.0, 3.0))
+    record_seen(training, blank, [0, 1])  # blank slices are alike in every scan: never taken as known
+    assert seen_in(training, Volume(np.zeros((3, 32, 32), np.float32), spacing=(1.0, 1.0, 3.0))) == []
+    merged: dict = {}
+    merge_seen(merged, training)
+    assert merged[DIGESTS_KEY] == training[DIGESTS_KEY]
+
+
+@pytest.mark.parametrize("forged", [["zz" * 16], "abc", [1, 2], ["a" * 31], ["0" * 32] * 100_001])
+def test_a_forged_digest_list_is_ignored(forged: object) -> None:
+    vol = _volume()
+    assert seen_in({DIGESTS_KEY: forged}, vol) == []
+    training = {DIGESTS_KEY: forged}
+    record_seen(training, vol, [1])
+    assert seen_in(training, vol) == [1]

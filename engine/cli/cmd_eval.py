@@ -111,9 +111,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
             notes.append("3-D SCR links consecutive slices; slices of different scans are stacked end to end")
         rec = recalibrate(det, normals, fine_tune=args.fine_tune, target_fpr=args.target_fpr, mode=args.mode,
                           progress=stage(progress, 0.15, 1.0))
-    from ..provenance import SEEN_KEY, merge_seen
+    from ..provenance import merge_seen
 
-    merge_seen(rec.detector.training, info.get(SEEN_KEY))  # scores there are no test of the calibrated model
+    merge_seen(rec.detector.training, info)  # scores on those slices are no test of the calibrated model
     cal = rec.calibration
     notes += list(cal.notes)
     what = f"calibrated on {rec.n_calibration} normal slices" + (
