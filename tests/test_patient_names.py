@@ -89,3 +89,17 @@ def test_a_series_description_naming_the_patient_is_scrubbed_on_reading(tmp_path
     write_ct_series(tmp_path / "t", (hu * 100).astype(np.float32), description="Doe^Jane",
                     series_uid="1.2.826.0.1.3680043.8.498.11")
     assert "SeriesDescription" not in read_scan(tmp_path / "t").metadata  # nothing left: no description
+
+
+def test_a_folder_of_two_series_is_refused_in_one_line_without_the_patient(tmp_path: Path, capsys) -> None:
+    """The list of series to pick from named the patient a technician typed into a description, over 3 lines."""
+    from tests.io_support import write_ct_series
+    from tests.test_cli import assert_one_line_error
+
+    hu, _ = phantom_slices(3, 32, seed=2)
+    write_ct_series(tmp_path / "m", (hu * 100).astype(np.float32), description="T1 Doe Jane")
+    write_ct_series(tmp_path / "m", (hu * 100).astype(np.float32), description="T2 DOE JANE",
+                    series_uid="1.2.826.0.1.3680043.8.498.11", name="B")
+    msg = assert_one_line_error(capsys, ["info", str(tmp_path / "m")])
+    assert "holds 2 series" in msg and "'T1'" in msg and "'T2'" in msg and "1.2.826.0.1.3680043.8.498.11" in msg
+    assert "doe" not in msg.lower() and "jane" not in msg.lower()

@@ -40,7 +40,7 @@ from .base import (
     sitk_module,
     to_grey,
 )
-from .metadata import dicom_metadata
+from .metadata import dicom_metadata, identifying_words, scrub
 from .safety import FolderListing, native_output, walk_regular_files
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -292,7 +292,8 @@ def header_from_dataset(ds: Any, path: Path, forced: bool, max_bytes: int) -> Fi
         meta = dicom_metadata(ds)
         return FileHeader(
             path=path, uid=str(ds.get("SeriesInstanceUID", "") or ""),
-            description=str(ds.get("SeriesDescription", "") or ""),
+            # typed by a technician, it may hold the patient's name: it is shown in errors and lists of series
+            description=scrub(str(ds.get("SeriesDescription", "") or ""), identifying_words(ds)),
             modality=str(ds.get("Modality", "") or "OT").upper(),
             series_number=_int(ds.get("SeriesNumber"), -1) if ds.get("SeriesNumber") not in (None, "") else None,
             photometric=str(ds.get("PhotometricInterpretation", "") or "").upper(),
@@ -379,11 +380,12 @@ def list_series_in(path: Path, max_bytes: int) -> list[dict]:
 
 
 def _describe_series(rows: list[dict]) -> str:
+    """The series of a folder on one line (an error is one line: ``1.2.3 'AX T1' (MR, 24 files, …); 1.2.4 …``)."""
     lines = []
     for r in rows:
         desc = f" {r['description']!r}" if r["description"] else ""
-        lines.append(f"  {r['uid'] or '(no UID)'}{desc} ({r['modality']}, {r['n_files']} files, {r['size']})")
-    return "\n".join(lines)
+        lines.append(f"{r['uid'] or '(no UID)'}{desc} ({r['modality']}, {r['n_files']} files, {r['size']})")
+    return "; ".join(lines)
 
 
 def _example(paths: list[Path], folder: Path) -> str:
@@ -414,12 +416,12 @@ def read_folder(folder: Path, series_uid: str | None, max_bytes: int,
     rows = _series_rows(groups)
     if series_uid is not None:
         if series_uid not in groups:
-            raise ConfigError(f"series {series_uid} is not in {folder}; it holds:\n{_describe_series(rows)}")
+            raise ConfigError(f"series {series_uid} is not in {folder}; it holds: {_describe_series(rows)}")
         uid = series_uid
     elif len(groups) > 1:
         raise MultipleSeriesError(
             f"the folder {folder} holds {len(groups)} series; pick one with --series UID "
-            f"(series_uid= in Python):\n{_describe_series(rows)}",
+            f"(series_uid= in Python): {_describe_series(rows)}",
             series=rows,
         )
     else:
@@ -428,9 +430,8 @@ def read_folder(folder: Path, series_uid: str | None, max_bytes: int,
     if scan.damaged:
         warnings.append(f"skipped {len(scan.damaged)} damaged DICOM file(s): "
                         f"{_example([p for p, _ in scan.damaged], folder)} ({scan.damaged[0][1]})")
-    if scan.other:
-        warnings.append(f"ignored {len(scan.other)} file(s) that are not DICOM images: "
-                        f"{_example(scan.other, folder)}")
+    if scan.other:  # counted, not named: files beside a series are often named after the patient
+        warnings.append(f"ignored {len(scan.other)} file(s) in the folder that are not DICOM images")
     if scan.special:
         warnings.append(f"skipped {len(scan.special)} entr{'y' if len(scan.special) == 1 else 'ies'} that are not "
                         f"regular files (pipes, devices, sockets or broken links): {_example(scan.special, folder)}")
