@@ -62,7 +62,8 @@ def test_calibrate_writes_a_new_version_and_leaves_the_old_one(world) -> None:
     assert (world["model"] / "bundle.json").read_bytes() == world["old_manifest"]
     new = json.loads((world["calibrated"] / "bundle.json").read_text())
     assert new["bundle_version"] == 2 and out["bundle_version"] == 2
-    assert new["parent"]["path"] == str(world["model"]) and new["parent"]["bundle_version"] == 1
+    assert new["parent"]["path"] is None and new["parent"]["bundle_version"] == 1  # a bundle names no folder
+    assert str(world["model"]) not in (world["calibrated"] / "bundle.json").read_text()
     cal = new["calibration"]
     assert cal["schema_version"] == 2 and {"normaliser", "threshold", "scr", "created"} <= set(cal)
     assert cal["scr"]["lambda"] is not None and cal["scr"]["tau"] > 0 and cal["n_slices"] == 6

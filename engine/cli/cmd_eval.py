@@ -118,7 +118,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     notes += list(cal.notes)
     what = f"calibrated on {rec.n_calibration} normal slices" + (
         f", fine-tuned on {rec.n_fine_tune}" if rec.n_fine_tune else "")
-    path = save_bundle(det, args.out, parent=manifest | {"path": str(args.model)}, note=what)
+    # The parent by its creation time and version, not by path: a bundle names no file on disk, and a model
+    # folder is often named after the patient or the site's case ("Doe_John_T1_model").
+    path = save_bundle(det, args.out, parent={k: v for k, v in manifest.items() if k != "path"}, note=what)
     before, after = rec.before, rec.after
     warn([*info.get("warnings", []), *rec.warnings])
     data = {
