@@ -136,12 +136,27 @@ def is_study_folder(path: Path) -> bool:
     """
     if not path.is_dir():
         return False
+    collection = False
     for child in path.iterdir():
         if child.name.startswith("."):
             continue
         if child.is_dir() or child.name.lower().endswith(_SCAN_FILES):
-            return True
-    return False
+            collection = True
+        elif child.is_file() and _is_dicom_file(child):
+            return False  # a series folder, whatever else lies beside it (info and train read it as one scan)
+    return collection
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """Whether a file looks like DICOM (its suffix or the "DICM" marker at byte 128): cheap, never parsed."""
+    if path.name.lower().endswith((".dcm", ".dicom", ".ima")):
+        return True
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM"
 
 
 def _read_list(path: Path) -> list[str]:

@@ -275,3 +275,35 @@ def test_a_batch_without_verbose_prints_no_scheduler_chatter(data, tmp_path: Pat
                          env={**os.environ, "ANOMALENS_THREADS": "1", "ANOMALENS_PROGRESS": "0"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "distributed" not in out.stderr and "INFO" not in out.stderr, out.stderr[-2000:]
+
+
+def test_a_dicom_series_with_a_stray_file_beside_it_is_one_study(tmp_path: Path) -> None:
+    """info and train read such a folder as one series; score took it for a batch of 13 one-slice 'studies'."""
+    from tests.io_support import phantom, write_ct_series
+
+    series = tmp_path / "series"
+    write_ct_series(series, phantom((4, 8, 8)), name="X")  # no .dcm suffix needed: the marker tells
+    for p in series.iterdir():
+        p.rename(p.with_suffix(""))
+    write_volume(series / "blob.nii.gz", np.zeros((2, 8, 8), np.float32))
+    assert not is_batch([str(series)])
+    collection = tmp_path / "studies"
+    (collection / "a").mkdir(parents=True)
+    write_volume(collection / "b.nii.gz", np.zeros((2, 8, 8), np.float32))
+    assert is_batch([str(collection)])
+
+
+def test_score_never_writes_into_a_scan_or_model_folder(data, capsys, tmp_path: Path) -> None:
+    from tests.io_support import phantom, write_ct_series
+    from tests.test_cli import assert_one_line_error
+
+    series = tmp_path / "series"
+    write_ct_series(series, phantom((3, 64, 64)))
+    before = sorted(p.name for p in series.iterdir())
+    for out in (series, series / "results"):
+        msg = assert_one_line_error(capsys, ["score", "--model", str(data["model"]), str(series), "--out", str(out)])
+        assert "outputs never go into a scan's or a model's folder" in msg
+    msg = assert_one_line_error(capsys, ["score", "--model", str(data["model"]), str(data["studies"] / "case0.nii.gz"),
+                                         str(data["studies"] / "case1.nii.gz"), "--out", str(data["model"] / "o")])
+    assert "outputs never go into" in msg
+    assert sorted(p.name for p in series.iterdir()) == before  # the source is as it was

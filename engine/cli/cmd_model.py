@@ -167,6 +167,7 @@ def run_score(args: argparse.Namespace) -> int:
     from ..pipeline import load_volume, parse_slices
     from ..scoring import score_scan
 
+    refuse_source_folder(args.out, [inputs[0], args.model])
     det = load_bundle(args.model, device=args.device)
     target = push_target(args, inputs) if args.push else None
     if target is not None and det.calibration is None:
@@ -289,12 +290,30 @@ def score_lines(result: Any, paths: dict[str, Path]) -> list[str]:
     return lines
 
 
+def refuse_source_folder(out: Path, sources: list[Any]) -> None:
+    """Refuse an output folder that is, or lies inside, a scan folder or the model being used.
+
+    Written into a DICOM folder, the maps and masks join the series: the source is modified, and the next
+    reading of the folder takes them for studies of its own.
+    """
+    target = Path(out).expanduser().resolve()
+    for source in sources:
+        text = str(getattr(source, "spec", source))
+        if text.startswith(("sample:", "pacs:", "@")):
+            continue  # samples, PACS studies and list files are not folders the output could land in
+        folder = Path(text.split("#")[0]).expanduser().resolve()
+        if folder.is_dir() and (target == folder or folder in target.parents):
+            raise ConfigError(f"--out {out} is inside {text.split('#')[0]}, which this command reads: "
+                              "outputs never go into a scan's or a model's folder; choose another one")
+
+
 def run_score_batch(args: argparse.Namespace, inputs: list[Any]) -> int:
     """Batch mode of ``score``: exit 0 when every study has results, 1 (with a summary) when some failed."""
     from ..batch import run_batch
 
     if args.slices:
         raise ConfigError("--slices applies to one INPUT; in a batch add #slices to each study's SPEC")
+    refuse_source_folder(args.out, [*inputs, args.model])
     if args.workers is not None and args.workers < 1:
         raise ConfigError("--workers must be at least 1")
     from ..batch import DEFAULT_NAME_PATTERN
