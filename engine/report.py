@@ -402,4 +402,17 @@ def write_report(out_dir: str | Path, metrics: dict[str, Any], slices: np.ndarra
         with atomic_dir(out) as tmp:
             _write_files(tmp, files)
         return {name: out / name for name in files}
-    return _write_files(out, files)
+    # Into an earlier report's folder: all files or none, and the earlier run's extra overlays go (a report of
+    # 2 overlays beside the 5 of the run before read as one report).
+    from .fileio import atomic_files
+
+    targets = {name: out / name for name in files}
+    stale = tuple(p for p in out.glob("overlay_*.png") if p.name not in files)
+    with atomic_files(targets, remove=stale) as staged:
+        for name, content in files.items():
+            with staged.writing(name) as tmp:
+                if isinstance(content, str):
+                    tmp.write_text(content, encoding="utf-8")
+                else:
+                    tmp.write_bytes(content)
+    return targets

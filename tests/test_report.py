@@ -124,3 +124,15 @@ def test_csv_and_colour_map_basics() -> None:
     assert rows["bad"] == ""
     cm = colour_map(np.array([0.0, 1.0]))
     assert cm[0].tolist() == [0, 0, 4] and cm[1].tolist() == [252, 255, 164]
+
+
+def test_a_report_written_again_into_its_folder_keeps_no_overlay_of_the_run_before(case, tmp_path: Path) -> None:
+    """A rerun with 2 overlays left overlay_02..05.png of the 6-overlay run beside its metrics.md."""
+    out = tmp_path / "rep"
+    m = evaluate(case["maps"], case["masks"], case["fg"], n_boot=0)
+    write_report(out, m, case["slices"], case["maps"], case["masks"], case["fg"], n_overlays=5)
+    (out / "mine.txt").write_text("keep")
+    files = write_report(out, m, case["slices"], case["maps"], case["masks"], case["fg"], n_overlays=2)
+    assert sorted(p.name for p in out.glob("overlay_*.png")) == ["overlay_00.png", "overlay_01.png"]
+    assert (out / "mine.txt").read_text() == "keep" and set(files) <= {p.name for p in out.iterdir()}
+    assert not any(p.name.endswith(".tmp") or p.name.startswith(".") for p in out.iterdir())
