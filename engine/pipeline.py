@@ -15,7 +15,7 @@ import numpy as np
 
 from .detectors import AnomalyResult, Detector, create_detector
 from .errors import ConfigError, InvalidVolumeError
-from .io.base import gap_indices
+from .io.base import NAN_REMEDY, gap_indices
 from .preprocess import IntensityConfig, foreground_mask
 from .preprocess.fov import Placement, WorkingGrid, grid_for, place, to_working
 from .preprocess.intensity import scale_to_unit
@@ -104,7 +104,7 @@ def prepare(volume: Volume, intensity: IntensityConfig | dict | None = None) -> 
 
     cfg = intensity if isinstance(intensity, IntensityConfig) else IntensityConfig.from_dict(intensity)
     if not np.isfinite(volume.array).all():
-        raise InvalidVolumeError("the scan contains NaN/inf voxels; read it with nan_policy='clean' first")
+        raise InvalidVolumeError(f"the scan contains NaN/inf voxels; to replace them, {NAN_REMEDY}")
     ref = volume.intensity_reference if volume.intensity_reference is not None else intensity_reference(volume.array)
     lo, hi = intensity_range(ref, volume.modality, cfg)
     threshold = tissue_threshold(scale_to_unit(ref, lo, hi))

@@ -4,6 +4,7 @@ bad input gets a specific error, and nothing identifying reaches the metadata.""
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -523,3 +524,25 @@ def test_gzip_nifti_is_recognised_by_suffix_only(tmp_path: Path) -> None:
     renamed = tmp_path / "plain_without_suffix"
     shutil.copy(raw, renamed)
     assert reader_for(renamed).name == "nifti"  # the n+1 magic at byte 344
+
+
+def test_a_scan_with_nans_can_be_used_from_every_command(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The error said "read with nan_policy='clean'", which no command but info could do: --nan is global now."""
+    from anomalens.engine.cli.main import main
+    from tests.phantoms import phantom_slices
+
+    monkeypatch.delenv("ANOMALENS_NAN", raising=False)
+    vol = (phantom_slices(4, 64, seed=1)[0] * 1000).astype(np.float32)
+    vol[1, 3, 3] = np.nan
+    scan = write_sitk(tmp_path / "nan.nii.gz", vol)
+    assert main(["train", "--detector", "patchcore", "--normals", str(scan), "--out", str(tmp_path / "m"),
+                 "--set", "input_size=64", "--set", "levels=[\"s8\"]"]) == 2
+    err = capsys.readouterr().err
+    assert "pass --nan clean" in err and err.count("\n") == 1
+    assert main(["train", "--detector", "patchcore", "--normals", str(scan), "--out", str(tmp_path / "m"),
+                 "--set", "input_size=64", "--set", "levels=[\"s8\"]", "--nan", "clean"]) == 0
+    assert main(["--nan", "clean", "score", "--model", str(tmp_path / "m"), str(scan), "--out",
+                 str(tmp_path / "o")]) == 0
+    assert "replaced 1 NaN/infinite voxels" in capsys.readouterr().err
+    assert "ANOMALENS_NAN" not in os.environ  # the option was that run's, not the process's
+    assert main(["info", str(scan), "--nan", "clean", "--json"]) == 0

@@ -11,8 +11,6 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p = sub.add_parser("info", parents=[common], help="describe a scan (shape, spacing, orientation, modality)")
     p.add_argument("path", help="file, DICOM folder or sample:NAME (optionally #slices)")
     p.add_argument("--series", default=None, help="SeriesInstanceUID to pick when a folder holds several")
-    p.add_argument("--nan", choices=("refuse", "clean"), default="refuse",
-                   help="NaN/inf voxels: refuse the scan (default) or replace them by the minimum and say so")
     p.add_argument("--gaps", choices=("fill", "refuse", "stack"), default="fill",
                    help="a DICOM series with missing slices: fill them with empty slices at their true positions "
                         "(default), refuse it, or stack the slices as if none were missing")
@@ -27,7 +25,7 @@ def run_info(args: argparse.Namespace) -> int:
     from ..pipeline import load_volume
 
     try:
-        volume = load_volume(args.path, series_uid=args.series, nan_policy=args.nan, max_bytes=args.max_bytes,
+        volume = load_volume(args.path, series_uid=args.series, max_bytes=args.max_bytes,
                              gaps=args.gaps)
     except MultipleSeriesError as exc:
         if args.json:

@@ -1,6 +1,6 @@
 """``anomalens``: one entry point with sub-commands, ``--json`` for machine-readable output.
 
-Global options (``-v``, ``--threads``) go before or after the sub-command; ``--self-test`` is an alias of
+Global options (``-v``, ``--threads``, ``--nan``) go before or after the sub-command; ``--self-test`` is an alias of
 the ``self-test`` sub-command. Results go to stdout, progress and errors to stderr (``progressbar``). Every
 user-caused failure is an ``AnomaLensError``: printed as one line on stderr, exit status 2.
 """
@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="same as the self-test command (options may follow: --self-test --threads 1 --json)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_global_options(common, verbose=argparse.SUPPRESS, threads=argparse.SUPPRESS)
+    _add_global_options(common, verbose=argparse.SUPPRESS, threads=argparse.SUPPRESS, nan=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in (cmd_scan, cmd_samples, cmd_model, cmd_pacs, cmd_selftest):
@@ -65,11 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_global_options(parser: argparse.ArgumentParser, verbose: Any, threads: Any) -> None:
+def _add_global_options(parser: argparse.ArgumentParser, verbose: Any, threads: Any, nan: Any = None) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", default=verbose, help="log progress details")
     parser.add_argument("--threads", default=threads, metavar="N",
                         help="CPU threads for torch (default: $ANOMALENS_THREADS, else one per core); "
                              "1 is often fastest on a machine shared with other jobs")
+    parser.add_argument("--nan", choices=("refuse", "clean"), default=nan,
+                        help="scans with NaN/inf voxels: refuse them (default; $ANOMALENS_NAN) or replace those "
+                             "voxels by the scan's lowest value and say so")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -84,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # dask.distributed sets its own loggers to INFO when it is imported (a batch printed 24 lines of
         # scheduler chatter without -v); its config variable reaches the worker processes too
         os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+    nan_before = os.environ.get("ANOMALENS_NAN")
+    if args.nan:  # read by every reader, here and in batch workers (other processes inherit it)
+        os.environ["ANOMALENS_NAN"] = args.nan
     try:
         from ..device import configure_threads
 
@@ -104,6 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" ({Path(exc.filename).name})" if getattr(exc, "filename", None) else ""
         print(f"anomalens: error: {describe_os_error(exc)}{where}", file=sys.stderr)
         return 2
+    finally:  # main() may run again in this process (tests, an embedding script): the option was this run's
+        if args.nan:
+            if nan_before is None:
+                os.environ.pop("ANOMALENS_NAN", None)
+            else:
+                os.environ["ANOMALENS_NAN"] = nan_before
     return int(result or 0)
 
 
@@ -128,4 +140,4 @@ def _self_test_alias(argv: Sequence[str]) -> list[str]:
 
 
 #: Global options that take their value as the next argument.
-_GLOBAL_VALUE_OPTIONS = frozenset({"--threads"})
+_GLOBAL_VALUE_OPTIONS = frozenset({"--threads", "--nan"})

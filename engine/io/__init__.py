@@ -59,7 +59,7 @@ for _reader in (DicomFolderReader(), DicomFileReader(), NiftiReader(), NrrdReade
     register_reader(_reader)
 
 
-def read_scan(path: str | Path, *, series_uid: str | None = None, nan_policy: str = "refuse",
+def read_scan(path: str | Path, *, series_uid: str | None = None, nan_policy: str | None = None,
               max_bytes: int | None = None, modality: str | None = None, gaps: str = "fill",
               progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> Volume:
     """Read a scan file or DICOM folder into a float32 (z, y, x) ``Volume``.
@@ -68,7 +68,7 @@ def read_scan(path: str | Path, *, series_uid: str | None = None, nan_policy: st
         path: a file in a known format, or a folder holding DICOM files (searched recursively).
         series_uid: which series to read when a DICOM folder holds several.
         nan_policy: ``"refuse"`` NaN/inf voxels (InvalidVolumeError) or ``"clean"`` them to the lowest finite
-            value with a warning.
+            value with a warning; None: ``$ANOMALENS_NAN``, else refuse (``io.base.default_nan_policy``).
         max_bytes: memory budget for the float32 volume; default ``ANOMALENS_MAX_SCAN_BYTES`` or 4 GiB.
         modality: override the modality, e.g. ``"CT"`` for a NIfTI file known to hold Hounsfield units.
         gaps: DICOM series with missing slices: ``"fill"`` inserts empty slices at the missing positions
@@ -82,7 +82,7 @@ def read_scan(path: str | Path, *, series_uid: str | None = None, nan_policy: st
         NotAScanError, CorruptFileError, EmptyInputError, MultipleSeriesError, InvalidVolumeError,
         TooLargeError, ConfigError: each with a message meant for the user.
     """
-    if nan_policy not in NAN_POLICIES:
+    if nan_policy is not None and nan_policy not in NAN_POLICIES:
         raise ConfigError(f"nan_policy must be one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}")
     if gaps not in GAP_MODES:
         raise ConfigError(f"gaps must be one of {', '.join(GAP_MODES)}, got {gaps!r}")

@@ -241,8 +241,24 @@ def geometry_or_default(spacing: list[float], origin: list[float], direction: li
     return sp, org, d.ravel().tolist()
 
 
-def apply_nan_policy(volume: Volume, nan_policy: str) -> Volume:
+#: Environment variable of the NaN policy readers use when a caller names none (``anomalens --nan`` sets it,
+#: so batch workers in other processes read scans the same way).
+NAN_ENV = "ANOMALENS_NAN"
+#: What a refused scan's message tells the user to do (every entry point can do one of these).
+NAN_REMEDY = "pass --nan clean (the anomalens command), set ANOMALENS_NAN=clean, or read with nan_policy='clean'"
+
+
+def default_nan_policy() -> str:
+    """The NaN policy when none is named: ``$ANOMALENS_NAN`` (``refuse`` or ``clean``), else ``refuse``."""
+    value = os.environ.get(NAN_ENV, "").strip().lower() or "refuse"
+    if value not in NAN_POLICIES:
+        raise ConfigError(f"{NAN_ENV} must be 'refuse' or 'clean', got {value!r}")
+    return value
+
+
+def apply_nan_policy(volume: Volume, nan_policy: str | None = None) -> Volume:
     """Refuse or clean NaN/inf voxels, which would poison normalisation and every score computed after it."""
+    nan_policy = default_nan_policy() if nan_policy is None else nan_policy
     if nan_policy not in NAN_POLICIES:
         raise ConfigError(f"nan_policy must be 'refuse' or 'clean', got {nan_policy!r}")
     finite = np.isfinite(volume.array)
@@ -252,8 +268,7 @@ def apply_nan_policy(volume: Volume, nan_policy: str) -> Volume:
     total = finite.size
     if nan_policy == "refuse":
         raise InvalidVolumeError(
-            f"{bad} of {total} voxels are NaN or infinite; read with nan_policy='clean' to replace them by the "
-            "lowest finite value"
+            f"{bad} of {total} voxels are NaN or infinite; to replace them by the lowest finite value, {NAN_REMEDY}"
         )
     if not finite.any():
         raise InvalidVolumeError("every voxel is NaN or infinite; there is nothing to clean up")

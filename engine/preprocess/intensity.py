@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, InvalidVolumeError
+from ..io.base import NAN_REMEDY
 from ..volume import Volume
 
 METHODS = ("auto", "window", "percentile", "minmax")
@@ -112,7 +113,7 @@ def normalise_array(array: np.ndarray, modality: str, config: IntensityConfig | 
     """
     arr = np.asarray(array, dtype=np.float32)
     if not np.isfinite(arr).all():
-        raise InvalidVolumeError("the scan contains NaN/inf voxels; read it with nan_policy='clean' first")
+        raise InvalidVolumeError(f"the scan contains NaN/inf voxels; to replace them, {NAN_REMEDY}")
     lo, hi = intensity_range(intensity_reference(arr) if reference is None else reference, modality, config)
     return scale_to_unit(arr, lo, hi)
 
