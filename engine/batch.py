@@ -14,8 +14,10 @@ workers run, only on them seeing the same paths.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -424,6 +426,8 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
                 threads = max(1, (os.cpu_count() or 1) // n)
             # Worker processes listen on loopback only; thread workers talk in-process (no address at all).
             where = {"host": "127.0.0.1"} if processes else {}
+            if processes:  # workers ignore Ctrl-C (each printed a traceback); this process stops them
+                where["preload"] = ["anomalens.engine.workerboot"]
             cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=processes, dashboard_address=":0",
                                    **where)
             client = Client(cluster)
@@ -456,6 +460,14 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
                 summary.failed[s.id] = str(record.get("error"))
             if on_result is not None:
                 on_result(s.id, record)
+    except KeyboardInterrupt:
+        # Ctrl-C: the CLI says "interrupted" in one line; closing the cluster under it makes distributed log
+        # the tasks it cancels as errors with tracebacks (the results so far are in the manifest, a rerun resumes)
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        if own_client:  # and each worker, whose task is cancelled under it
+            with contextlib.suppress(Exception):
+                client.run(_quiet_distributed)
+        raise
     finally:
         if own_client:
             client.close()
@@ -467,6 +479,11 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
     _sweep_leftovers(out, [s for s in todo if s.id in ok])
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def _quiet_distributed() -> None:
+    """On a worker: no log lines about the tasks a shutdown cancels."""
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
 
 
 def _check_push(model: str, pacs: str) -> None:

@@ -307,3 +307,32 @@ def test_score_never_writes_into_a_scan_or_model_folder(data, capsys, tmp_path: 
                                          str(data["studies"] / "case1.nii.gz"), "--out", str(data["model"] / "o")])
     assert "outputs never go into" in msg
     assert sorted(p.name for p in series.iterdir()) == before  # the source is as it was
+
+
+def test_ctrl_c_during_a_batch_prints_one_line(data, tmp_path: Path) -> None:
+    """The terminal sends Ctrl-C to every process of the job: each dask worker printed its own traceback."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    studies = tmp_path / "many"
+    studies.mkdir()
+    for i in range(80):
+        shutil.copy(data["studies"] / f"case{i % 4}.nii.gz", studies / f"c{i:02d}.nii.gz")
+    out = tmp_path / "out"
+    env = {**os.environ, "ANOMALENS_PROGRESS": "0", "ANOMALENS_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "anomalens.engine.cli", "score", "--model", str(data["model"]),
+                             str(studies), "--out", str(out), "--workers", "1"], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:  # until a first study is done
+        if (out / MANIFEST).exists() and read_batch_manifest(out).get("studies"):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == ["anomalens: interrupted"], err
