@@ -546,3 +546,20 @@ def test_a_scan_with_nans_can_be_used_from_every_command(tmp_path: Path, capsys,
     assert "replaced 1 NaN/infinite voxels" in capsys.readouterr().err
     assert "ANOMALENS_NAN" not in os.environ  # the option was that run's, not the process's
     assert main(["info", str(scan), "--nan", "clean", "--json"]) == 0
+
+
+def test_a_nifti_without_voxel_size_is_read_as_1_mm_and_says_so(tmp_path: Path) -> None:
+    """ITK turned pixdim 0 into 1 mm without a word: lesion volumes in mL then rested on an invented spacing."""
+    import struct
+
+    path = write_sitk(tmp_path / "p.nii", phantom((3, 8, 8)), spacing=(0.8, 0.8, 2.0))
+    assert not any("voxel size" in w for w in read_scan(path).warnings)
+    raw = bytearray(path.read_bytes())
+    for i in (1, 2, 3):
+        raw[76 + 4 * i:80 + 4 * i] = struct.pack("<f", 0.0)
+    zero = tmp_path / "p0.nii.gz"
+    with gzip.open(zero, "wb") as fh:
+        fh.write(bytes(raw))
+    vol = read_scan(zero)
+    assert vol.spacing == (1.0, 1.0, 1.0)
+    assert any("gives no voxel size (pixdim 0); assuming 1 mm" in w for w in vol.warnings)

@@ -447,3 +447,31 @@ def check_nifti(path: Path) -> None:
         raise _refuse(path, fmt, f"its datatype code {datatype} is not one ITK reads")
     if not math.isfinite(vox_offset) or vox_offset < minimum or vox_offset > 2**40:
         raise _refuse(path, fmt, f"its vox_offset = {vox_offset:g} is impossible")
+
+
+def nifti_spacing_missing(path: Path) -> bool:
+    """Whether a NIfTI header gives no usable voxel size (pixdim 0, negative or NaN on a spatial axis).
+
+    ITK reads such a file as 1 mm without a word; volumes in mL and the model's field of view then rest on an
+    invented spacing, which the reader must say (DICOM without PixelSpacing already does). An unreadable
+    header answers False: ``check_nifti`` has refused it before.
+    """
+    head = _nifti_head(path)
+    if len(head) < 348:
+        return False
+    for order in ("<", ">"):
+        size = struct.unpack_from(f"{order}i", head, 0)[0]
+        if size in (348, 540):
+            break
+    else:
+        return False
+    if size == 540:
+        if len(head) < 540:
+            return False
+        ndim = struct.unpack_from(f"{order}q", head, 16)[0]
+        pixdim = struct.unpack_from(f"{order}8d", head, 104)
+    else:
+        ndim = struct.unpack_from(f"{order}h", head, 40)[0]
+        pixdim = struct.unpack_from(f"{order}8f", head, 76)
+    axes = range(1, max(1, min(int(ndim), 3)) + 1)
+    return not all(math.isfinite(pixdim[i]) and pixdim[i] > 0 for i in axes)

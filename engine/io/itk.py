@@ -28,7 +28,7 @@ from .base import (
     sitk_module,
     to_grey,
 )
-from .headers import check_metaimage, check_nifti, check_nrrd
+from .headers import check_metaimage, check_nifti, check_nrrd, nifti_spacing_missing
 from .safety import native_output
 
 #: Header fields copied from SimpleITK's metadata dictionary: coordinate-system codes only. Free-text fields
@@ -208,8 +208,12 @@ class NiftiReader(SimpleITKReader):
     magic = ((344, b"n+1\0"), (344, b"ni1\0"), (4, b"n+2\0"))
 
     def read(self, path: Path, **opts: Any) -> Volume:
-        return read_with_sitk(path, self.image_io, self.format_name, resolve_max_bytes(opts.get("max_bytes")),
-                              voxels=nibabel_voxels, check=check_nifti)
+        volume = read_with_sitk(path, self.image_io, self.format_name, resolve_max_bytes(opts.get("max_bytes")),
+                                voxels=nibabel_voxels, check=check_nifti)
+        if nifti_spacing_missing(path):
+            volume.warnings.append("the file gives no voxel size (pixdim 0); assuming 1 mm, so volumes in mL and "
+                                   "the model's field of view rest on a guess")
+        return volume
 
 
 class NrrdReader(SimpleITKReader):
