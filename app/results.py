@@ -206,7 +206,12 @@ class ScanResults:
             self.slices[s.z] = s
         self.note_written(idx)
         self.embeddings.add_result(result)
-        self.warnings = tuple(dict.fromkeys((*self.warnings, *result.warnings)))
+        # One word about fitted slices, over everything scored so far (a second scoring added a second, partial one)
+        from ..engine.provenance import SEEN_WARNING_TAIL, seen_warning
+
+        kept = [w for w in (*self.warnings, *result.warnings) if not w.endswith(SEEN_WARNING_TAIL)]
+        seen = seen_warning(set(result.seen_slices) & {int(z) for z in np.flatnonzero(self.scored)})
+        self.warnings = tuple(dict.fromkeys([*kept, *([seen] if seen else [])]))
         self.generation += 1
 
     def note_written(self, indices: Iterable[int]) -> None:

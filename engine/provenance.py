@@ -53,6 +53,18 @@ def _valid(record: Any) -> dict[str, list[int]]:
     return out
 
 
+def seen_warning(overlap: Iterable[int]) -> str:
+    """The warning that scored slices were fitted or calibrated on ("" when none were)."""
+    from .protocol import format_selection
+
+    z = sorted({int(k) for k in overlap})
+    if not z:
+        return ""
+    verb = "was" if len(z) == 1 else "were"
+    return (f"{len(z)} of the scored slices ({format_selection(z)}) {verb} used to fit or calibrate this "
+            f"model{SEEN_WARNING_TAIL}")
+
+
 def slice_digest(voxels: np.ndarray) -> str | None:
     """A 16-byte hash of one slice's voxels (float32), or None for a constant slice (blank slices are alike)."""
     a = np.ascontiguousarray(voxels, dtype=np.float32)

@@ -32,8 +32,7 @@ from .preprocess.foreground import foreground_mask
 from .preprocess.fov import Placement, from_working, shrink_warning, to_working
 from .preprocess.intensity import IntensityConfig
 from .progress import CancelToken, ProgressCallback, check, report
-from .protocol import format_selection
-from .provenance import SEEN_WARNING_TAIL, seen_in
+from .provenance import seen_in, seen_warning
 
 if TYPE_CHECKING:
     from .detectors.base import Detector
@@ -308,8 +307,7 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
     seen = tuple(seen_in(detector.training, volume))
     overlap = sorted(set(seen) & {int(z) for z in idx})
     if overlap:
-        warnings.append(f"{len(overlap)} of the scored slices ({format_selection(overlap)}) were used to fit or "
-                        f"calibrate this model{SEEN_WARNING_TAIL}")
+        warnings.append(seen_warning(overlap))
     grid = model_grid(detector)
     placement = None if grid is None else scan_placement(prepared, grid)
     if placement is not None and grid is not None:

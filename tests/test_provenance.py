@@ -155,3 +155,25 @@ def test_a_forged_digest_list_is_ignored(forged: object) -> None:
     training = {DIGESTS_KEY: forged}
     record_seen(training, vol, [1])
     assert seen_in(training, vol) == [1]
+
+
+def test_the_viewer_keeps_one_word_about_fitted_slices_over_every_scoring(tmp_path: Path) -> None:
+    """Scoring slice 5 after the volume added "1 of the scored slices (5) were used…" beside the volume's list."""
+    import torch
+
+    from anomalens.app.results import ScanResults
+    from anomalens.engine.pipeline import load_volume, train
+    from anomalens.engine.provenance import seen_warning
+    from anomalens.engine.scoring import score_scan
+    from anomalens.plugins.patchcore import PatchCoreDetector
+
+    assert seen_warning([5]).startswith("1 of the scored slices (5) was used") and seen_warning([]) == ""
+    torch.set_num_threads(1)
+    path = write_volume(tmp_path / "scan.nii.gz", (phantom_slices(6, 64, seed=1)[0] * 1000).astype(np.float32))
+    det = train("patchcore", [f"{path}#0-2"], config=PatchCoreDetector.test_config(), device="cpu")
+    vol = load_volume(str(path))
+    res = ScanResults.from_result("scan", score_scan(det, vol, [1, 4]), detector=det)
+    res.merge(score_scan(det, vol, [2, 5]))
+    seen = [w for w in res.warnings if "used to fit or calibrate" in w]
+    assert seen == ["2 of the scored slices (1-2) were used to fit or calibrate this model: their scores are no "
+                    "test of it"], res.warnings
