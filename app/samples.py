@@ -21,8 +21,14 @@ def _labels(volume: Volume, name: str, role: str, visible: bool = True, scan: Vo
     arr = np.rint(np.nan_to_num(volume.array)).astype(np.int32)
     arr = arr.astype(np.uint8) if arr.min() >= 0 and arr.max() < 256 else arr
     grid = scan if scan is not None and _same_grid(scan, volume) else volume
-    return (arr, {"name": name, **layer_geometry(grid), "opacity": 0.5, "visible": visible,
-                  "metadata": {ROLE_KEY: role}}, "labels")
+    kwargs: dict = {"name": name, **layer_geometry(grid), "opacity": 0.5, "visible": visible,
+                    "metadata": {ROLE_KEY: role}}
+    if role == "lesion":  # the reference colour from the start (it came only once the Detector dock opened)
+        from .results import REFERENCE_COLOR, REFERENCE_OPACITY, STYLED_KEY, labels_colormap
+
+        kwargs.update(colormap=labels_colormap(REFERENCE_COLOR), opacity=REFERENCE_OPACITY)
+        kwargs["metadata"][STYLED_KEY] = True
+    return (arr, kwargs, "labels")
 
 
 def _same_grid(a: Volume, b: Volume) -> bool:

@@ -159,6 +159,10 @@ def test_sample_data_gives_the_scan_and_its_lesion_as_labels(tmp_path: Path, mon
     assert ikw["name"] == "brain1" and lkw["name"] == "brain1 lesion"
     assert ikw["scale"] == lkw["scale"] and np.abs(ikw["scale"]) == pytest.approx((6.5, 0.78, 0.78))
     assert lab.dtype == np.uint8 and lab.sum() == 16 and lab.shape == img.shape
+    from anomalens.app.results import REFERENCE_OPACITY, STYLED_KEY
+
+    # the reference's yellow from the start (napari's default colour until the Detector dock opened)
+    assert lkw["metadata"][STYLED_KEY] and lkw["opacity"] == REFERENCE_OPACITY and "colormap" in lkw
 
 
 # -- recent files, model list -------------------------------------------------------------------------
