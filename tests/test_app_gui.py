@@ -530,3 +530,22 @@ def test_the_desktop_window_sets_its_reading_room_up_once(make_napari_viewer: An
     assert not getattr(viewer.window, PLUGIN_MARK, False)
     helps = [a for a in viewer.window.help_menu.actions() if "AnomaLens keyboard shortcuts" in a.text()]
     assert len(helps) == 1
+
+
+def test_a_scan_closed_while_it_is_scored_gets_no_result_layers(make_napari_viewer: Any, qtbot: Any,
+                                                                app_env: Path) -> None:
+    """Its heatmap and mask appeared after it was gone, with the curve and status describing it."""
+    from anomalens.app.state import get_state
+    from anomalens.app.widgets.detector import DetectorWidget
+
+    viewer = make_napari_viewer(show=True)
+    image, _ = _lesion_layer(viewer)
+    det_w = DetectorWidget(viewer)
+    viewer.window.add_dock_widget(det_w, name="Detector")
+    assert det_w.set_bundle(app_env)
+    _wait(qtbot, det_w)
+    assert det_w.score_volume()
+    viewer.layers.remove(image)  # before the worker is done
+    _wait(qtbot, det_w)
+    assert [lyr.name for lyr in viewer.layers] == [] and get_state(viewer).results is None
+    assert "was closed while it was scored" in det_w.status.text()

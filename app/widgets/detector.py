@@ -402,11 +402,14 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
         name = "Scoring slice" if len(indices) == 1 else f"Scoring {len(indices)} slices"
         return self.jobs.start(
             name, lambda progress, cancel: score_work(detector, volume, indices, settings, progress, cancel),
-            lambda outcome: self._show(outcome, layer.name, detector))
+            lambda outcome: self._show(outcome, layer, detector))
 
-    def _show(self, outcome: ScoreOutcome, layer_name: str, detector: Detector) -> ScanResults:
+    def _show(self, outcome: ScoreOutcome, layer: Any, detector: Detector) -> ScanResults | None:
+        if layer not in self.viewer.layers:  # closed while it was scored: its result would describe nothing shown
+            self.status.setText(f"{layer.name} was closed while it was scored: its result was not shown")
+            return None
         self.state.prepared = outcome.result.prepared
-        return publish(self.viewer, self.state, layer_name, outcome.result, detector)
+        return publish(self.viewer, self.state, layer.name, outcome.result, detector)
 
     def _on_message(self, text: str) -> None:
         self.status.setText(text)
