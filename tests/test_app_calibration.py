@@ -177,6 +177,9 @@ def test_the_model_a_profile_started_from_can_be_rolled_back_to(make_napari_view
     assert state.detector.calibration == load_bundle(base).calibration
     # the profile stays listed, its base marked loaded; forward to v0001 again works
     assert w.version_rows() == ["v0001", "shipped-model"] and "(loaded)" in w.versions.item(1).text()
+    # one model is marked in use: the base; v0001 stays what the site opens next time, said in words
+    assert w.versions.item(1).text().startswith("● ") and not w.versions.item(0).text().startswith("●")
+    assert "(site default)" in w.versions.item(0).text()
     w.versions.setCurrentRow(0)
     assert w.rollback()
     qtbot.waitUntil(lambda: not w.jobs.running, timeout=30_000)

@@ -555,7 +555,7 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
 
     # -- versions --------------------------------------------------------------------------------
     def refresh_versions(self, *_: Any) -> None:
-        """List the versions of the loaded model's site profile (the active one marked ●)."""
+        """List the versions of the loaded model's site profile (the loaded one marked ●)."""
         from ...engine.modelstore import ModelStore
 
         self.versions.clear()
@@ -575,10 +575,14 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
             return
         self.profile_label.setText(f"Site profile '{profile}': {len(versions)} version(s)")
         for info in reversed(versions):
+            # ● marks the model in use, the one thing a reader must not misread; the profile's default (what
+            # opens next time) is named in words only where it differs (after a roll back to the base,
+            # "● v0001" beside "base (loaded)" read as two models in use)
             is_active = active is not None and info.path == active.path
             loaded = self.state.model_path is not None and Path(self.state.model_path) == info.path
-            text = (f"{'● ' if is_active else '   '}{info.version}  {info.created.replace('T', ' ')[:16]}"
-                    f"{'  (loaded)' if loaded else ''}  {info.note}")
+            text = (f"{'● ' if loaded else '   '}{info.version}  {info.created.replace('T', ' ')[:16]}"
+                    f"{'  (loaded)' if loaded else ''}{'  (site default)' if is_active and not loaded else ''}"
+                    f"  {info.note}")
             item = QListWidgetItem(text)
             item.setData(Qt.ItemDataRole.UserRole, str(info.path))
             item.setToolTip(info.note or info.version or "")
@@ -586,7 +590,8 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
         base_path = store.base(profile)
         if base_path is not None:  # the model the profile started from: "roll back" to it too
             loaded = self.state.model_path is not None and Path(self.state.model_path).resolve() == base_path
-            item = QListWidgetItem(f"   base  {base_path.name}{'  (loaded)' if loaded else ''}  "
+            mark, said = ("● ", "  (loaded)") if loaded else ("   ", "")
+            item = QListWidgetItem(f"{mark}base  {base_path.name}{said}  "
                                    f"the model {versions[0].version} was fine-tuned from")
             item.setData(Qt.ItemDataRole.UserRole, str(base_path))
             item.setToolTip(f"{base_path.name}: the model before any site fine-tuning")
