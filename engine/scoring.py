@@ -32,6 +32,7 @@ from .preprocess.foreground import foreground_mask
 from .preprocess.fov import Placement, from_working, shrink_warning, to_working
 from .preprocess.intensity import IntensityConfig
 from .progress import CancelToken, ProgressCallback, check, report
+from .protocol import format_selection
 from .provenance import seen_in, seen_warning
 
 if TYPE_CHECKING:
@@ -308,6 +309,12 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
     overlap = sorted(set(seen) & {int(z) for z in idx})
     if overlap:
         warnings.append(seen_warning(overlap))
+    empty = [int(z) for z in idx if not prepared.foreground[int(z)].any()]
+    if empty:
+        one = len(empty) == 1
+        warnings.append(f"{len(empty)} of the scored slices ({format_selection(empty)}) "
+                        f"{'holds' if one else 'hold'} no tissue: {'it scores' if one else 'they score'} 0 and "
+                        f"{'is' if one else 'are'} never flagged")
     grid = model_grid(detector)
     placement = None if grid is None else scan_placement(prepared, grid)
     if placement is not None and grid is not None:
@@ -396,9 +403,11 @@ def slice_scores(result: ScanResult) -> tuple[SliceScore, ...]:
     for z in result.indices:
         z = int(z)
         fg = result.prepared.foreground[z]
-        vals = result.map[z][fg] if fg.any() else result.map[z].ravel()
+        # No tissue, nothing to score: the map's top over air scored an all-zero scan above the threshold (0.991
+        # against 0.990) on slices its tissue-bound mask never flagged
+        score = float(result.map[z][fg].max()) if fg.any() else 0.0
         voxels = None if lesion is None else int(np.count_nonzero(lesion[z]))
-        out.append(SliceScore(index=int(original[z]) if original is not None else z, z=z, score=float(vals.max()),
+        out.append(SliceScore(index=int(original[z]) if original is not None else z, z=z, score=score,
                               flagged=None if voxels is None else voxels > 0, mask_voxels=voxels,
                               volume_ml=None if voxels is None else voxels * result.voxel_ml))
     return tuple(out)

@@ -199,3 +199,21 @@ def test_nothing_outside_scoring_builds_masks_from_a_calibration() -> None:
                  for py in (ROOT / folder).rglob("*.py")
                  if py not in allowed and pattern.search(py.read_text(encoding="utf-8"))]
     assert not offenders, offenders
+
+
+def test_a_slice_without_tissue_scores_0_and_says_so(tmp_path) -> None:
+    """An all-zero scan scored 0.991 on every slice against a 0.990 threshold, flagged nowhere, with no word."""
+
+    from anomalens.engine.scoring import score_scan
+    from anomalens.engine.volume import Volume
+    from tests.fakes import calibrated_patchcore
+    from tests.phantoms import phantom_slices
+
+    det = calibrated_patchcore(6, modality="MR")
+    slices = phantom_slices(3, 64, seed=3)[0]
+    slices[1] = 0.0  # one blank slice between two with tissue
+    result = score_scan(det, Volume(slices, spacing=(1.0, 1.0, 3.0), modality="MR"))
+    by_z = {s.z: s for s in result.slices}
+    assert by_z[1].score == 0.0 and not by_z[1].flagged
+    assert by_z[0].score > 0 and by_z[2].score > 0
+    assert any("1 of the scored slices (1) holds no tissue: it scores 0" in w for w in result.warnings), result.warnings
