@@ -48,6 +48,9 @@ def test_info_json_gives_shape_and_spacing(capsys, scans) -> None:
     assert info["spacing"] == pytest.approx([SPACING[2], SPACING[1], SPACING[0]])
     sel = run_json(capsys, ["info", f"{scans['normals']}#1-2"])
     assert sel["shape"] == [2, 64, 64] and sel["selected_slices"] == [1, 2]
+    # the path is a token unless asked for (a folder or file name often names the patient)
+    assert info["source"].startswith("<path:") and scans["normals"].name not in json.dumps(info)
+    assert run_json(capsys, ["info", str(scans["normals"]), "--keep-paths"])["source"] == str(scans["normals"])
 
 
 def test_info_on_a_non_scan_is_one_line_exit_2(capsys, tmp_path: Path) -> None:

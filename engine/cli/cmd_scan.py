@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
     p.add_argument("--gaps", choices=("fill", "refuse", "stack"), default="fill",
                    help="a DICOM series with missing slices: fill them with empty slices at their true positions "
                         "(default), refuse it, or stack the slices as if none were missing")
+    p.add_argument("--keep-paths", action="store_true",
+                   help="print the scan's path as it is (default: a <path:…> token, since folder and file names "
+                        "often name patients)")
     p.add_argument("--max-bytes", type=int, default=None,
                    help="memory budget for the voxels (default 4 GiB, or ANOMALENS_MAX_SCAN_BYTES)")
     p.set_defaults(handler=run_info)
@@ -33,6 +36,10 @@ def run_info(args: argparse.Namespace) -> int:
             return 2
         raise
     info = describe(volume)
+    if not args.keep_paths and info.get("source"):
+        from ..logredact import token
+
+        info["source"] = token(str(info["source"]))
     lines = [f"{k}: {v}" for k, v in info.items()]
     emit(args, info, "\n".join(lines))
     return 0
