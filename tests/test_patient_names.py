@@ -103,3 +103,16 @@ def test_a_folder_of_two_series_is_refused_in_one_line_without_the_patient(tmp_p
     msg = assert_one_line_error(capsys, ["info", str(tmp_path / "m")])
     assert "holds 2 series" in msg and "'T1'" in msg and "'T2'" in msg and "1.2.826.0.1.3680043.8.498.11" in msg
     assert "doe" not in msg.lower() and "jane" not in msg.lower()
+
+
+def test_an_error_line_names_no_patient_unless_paths_are_kept(tmp_path: Path, capsys) -> None:
+    """stderr is a log in batch jobs: "…/Smith_Anna.nii.gz is an empty file" put the patient into it."""
+    from tests.test_cli import assert_one_line_error
+
+    bad = tmp_path / "Smith_Anna" / "Smith_Anna.nii.gz"
+    bad.parent.mkdir()
+    bad.write_bytes(b"")
+    msg = assert_one_line_error(capsys, ["info", str(bad)])
+    assert "is an empty file" in msg and "<path:" in msg and "Smith" not in msg and "Anna" not in msg
+    kept = assert_one_line_error(capsys, ["info", str(bad), "--keep-paths"])
+    assert str(bad) in kept

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AnomaLensError, Cancelled
-from ..logredact import RedactingFormatter
+from ..logredact import RedactingFormatter, redact_paths
 
 log = logging.getLogger("anomalens")
 
@@ -102,13 +102,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("anomalens: interrupted", file=sys.stderr)
         return 130
     except AnomaLensError as exc:
-        print(f"anomalens: error: {exc}", file=sys.stderr)
+        print(f"anomalens: error: {_shown(args, str(exc))}", file=sys.stderr)
         return 2
     except OSError as exc:  # the machine refused (disk, permissions, a vanished file): the user's to fix, in one line
         from ..fileio import describe_os_error
 
         where = f" ({Path(exc.filename).name})" if getattr(exc, "filename", None) else ""
-        print(f"anomalens: error: {describe_os_error(exc)}{where}", file=sys.stderr)
+        print(f"anomalens: error: {_shown(args, describe_os_error(exc) + where)}", file=sys.stderr)
         return 2
     finally:  # main() may run again in this process (tests, an embedding script): the option was this run's
         if args.nan:
@@ -117,6 +117,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:
                 os.environ["ANOMALENS_NAN"] = nan_before
     return int(result or 0)
+
+
+def _shown(args: argparse.Namespace, text: str) -> str:
+    """An error line as printed: paths and the names in them as ``<path:…>`` tokens unless ``--keep-paths``.
+
+    stderr of a batch job or a cron line is a log file: "…/Smith_Anna.nii.gz is an empty file" put the patient in
+    it, while the batch manifest already tokenised the same error.
+    """
+    return text if getattr(args, "keep_paths", False) else redact_paths(text)
 
 
 def _self_test_alias(argv: Sequence[str]) -> list[str]:
