@@ -70,3 +70,21 @@ def test_a_failing_step_is_named_and_exits_1(capsys, tmp_path: Path) -> None:
 ])
 def test_self_test_alias(argv: list[str], expected: list[str]) -> None:
     assert _self_test_alias(argv) == expected
+
+
+def test_a_full_disk_is_not_called_a_damaged_installation(capsys, tmp_path: Path, monkeypatch) -> None:
+    """With --out on a full disk the self-test said "this installation is incomplete or damaged" (exit 1)."""
+    import errno
+
+    import anomalens.engine.selftest as selftest
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(selftest, "write_scan_result", full, raising=False)
+    monkeypatch.setattr("anomalens.engine.outputs.write_scan_result", full)
+    monkeypatch.setenv("ANOMALENS_PROGRESS", "0")
+    code = main(["self-test", "--out", str(tmp_path / "st")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "could not write its files" in err[0] and "damaged" not in err[0]

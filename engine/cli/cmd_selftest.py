@@ -39,6 +39,13 @@ def run(args: argparse.Namespace) -> int:
     except SelfTestFailed as exc:
         if args.json:
             emit(args, {"ok": False, "step": exc.step, "error": str(exc)})
+        if isinstance(exc.__cause__, OSError):  # a full disk or a read-only folder is the machine's, not the install's
+            from ..fileio import describe_os_error
+
+            print(f"anomalens: error: the self-test could not write its files at step {exc.step!r}: "
+                  f"{describe_os_error(exc.__cause__)}; the installation itself was not tested to the end",
+                  file=sys.stderr)
+            return 2
         print(f"anomalens: {exc}", file=sys.stderr)
         print("anomalens: self-test FAILED: this installation is incomplete or damaged", file=sys.stderr)
         return 1
