@@ -429,3 +429,19 @@ def test_the_canvas_texts_never_run_into_each_other_or_the_letters(make_napari_v
     assert any(name.endswith(":ColorBarOverlay") for name in boxes), boxes
     assert any("orient" in name for name in boxes), boxes
     assert overlapping_overlays(viewer) == [], overlapping_overlays(viewer)
+
+
+def test_marking_a_slice_the_reference_lesion_covers_warns(make_napari_viewer: Any, qtbot: Any, env: Path) -> None:
+    """A slice holding the expert's lesion marked normal said nothing unless the model flagged it too."""
+    import dataclasses
+
+    from anomalens.app.results import goto_index
+    from anomalens.app.state import get_state
+
+    viewer, image, _, docks = _scored(make_napari_viewer, qtbot, env, docks=("Calibration",))
+    cal, res = docks["Calibration"], get_state(viewer).results
+    z = LESION_SLICES[0]
+    res.slices[z] = dataclasses.replace(res.slices[z], flagged=False)  # say the model missed it
+    goto_index(viewer, image, z)
+    assert cal.mark_current_slice() == [z]
+    assert f"⚠ the reference lesion lies on slice {z}: a fine-tune will learn it as normal" in cal.status.text()

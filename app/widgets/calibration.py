@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
     QGridLayout,
@@ -124,8 +125,11 @@ def mark_normal(state: AnomaLensState, z: list[int], source: str,
     return array_slices(vol, new)
 
 
-def flagged_warning(state: AnomaLensState, z: list[int], notify: bool = False) -> str:
-    """Say when newly marked slices are ones the shown result flags ("" when none); ``notify``: as a toast too.
+def flagged_warning(state: AnomaLensState, z: list[int], notify: bool = False, viewer: Any = None) -> str:
+    """Say when newly marked slices are flagged by the shown result or covered by a reference lesion ("" if not).
+
+    The reference (an expert mask, e.g. a sample's) is looked up in ``viewer`` when given; ``notify``: say it
+    as a toast too.
 
     A mark on the wrong slice (N pressed on the lesion, a range or a lasso across it) would teach a fine-tune
     that the lesion is normal: the user hears it at once, with the way back. The Calibration dock's status
@@ -135,14 +139,36 @@ def flagged_warning(state: AnomaLensState, z: list[int], notify: bool = False) -
     """
     res = state.results
     flagged = sorted(k for k in z if res is not None and res.slices.get(k) is not None and res.slices[k].flagged)
-    if not flagged:
+    lesion = sorted(reference_slices(viewer, state) & set(z)) if viewer is not None else []
+    if not flagged and not lesion:
         return ""
-    which = f"slice {flagged[0]}" if len(flagged) == 1 else f"slices {format_slices(flagged)}"
-    text = (f"⚠ the model flags {which}: a fine-tune will learn {'it' if len(flagged) == 1 else 'them'} as normal "
+
+    def which(ks: list[int]) -> str:
+        return f"slice {ks[0]}" if len(ks) == 1 else f"slices {format_slices(ks)}"
+
+    what = [f"the model flags {which(flagged)}"] if flagged else []
+    what += [f"the reference lesion lies on {which(lesion)}"] if lesion else []
+    n = len(set(flagged) | set(lesion))
+    text = (f"⚠ {' and '.join(what)}: a fine-tune will learn {'it' if n == 1 else 'them'} as normal "
             "(Shift+N undoes the mark)")
     if notify:
         notify_warning(text)
     return text
+
+
+def reference_slices(viewer: Any, state: AnomaLensState) -> set[int]:
+    """The slices of the shown scan that a reference lesion mask (a sample's expert mask) covers."""
+    from ..results import reference_layers
+
+    vol = state.volume
+    if vol is None:
+        return set()
+    out: set[int] = set()
+    for ref in reference_layers(viewer):
+        data = ref.data
+        if getattr(data, "ndim", 0) == 3 and data.shape[0] == vol.n_slices:
+            out.update(int(k) for k in np.flatnonzero(np.asarray(data).reshape(data.shape[0], -1).any(1)))
+    return out
 
 
 def scan_layer(viewer: napari.viewer.Viewer, state: AnomaLensState) -> Any:
@@ -487,7 +513,7 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
         except AnomaLensError as exc:
             self.status.setText(notify_error(exc))
             return []
-        warning = flagged_warning(self.state, new)
+        warning = flagged_warning(self.state, new, viewer=self.viewer)
         self.status.setText((f"marked {len(new)} new slice{'s' * (len(new) != 1)} normal" if new
                              else "already marked") + (f"; {warning}" if warning else ""))
         return new

@@ -718,7 +718,7 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         except AnomaLensError as exc:
             self.status.setText(notify_error(exc))
             return []
-        warning = flagged_warning(self.state, new, notify=True)
+        warning = flagged_warning(self.state, new, notify=True, viewer=self.viewer)
         self.status.setText(f"marked {len(new)} new slice{'s' * (len(new) != 1)} normal"
                             + (f"; {warning}" if warning else ""))
         return new
