@@ -368,10 +368,31 @@ def follow_threshold(viewer: napari.Viewer, res: ScanResults, threshold: float |
     # the ramp's top as heatmap_contrast sets it (at least 1, else the strongest score; unscored slices are 0),
     # not the current top: a move to 0.999 had raised it for good. Called on every slider move: no copy.
     hi = max(1.0, float(res.maps.max()), lo + 0.1)
+    if user_set_contrast(heat):
+        return  # the reader set their own window on the heatmap (napari's layer controls): theirs stays
     low, high = (float(v) for v in heat.contrast_limits_range)
     if lo < low or hi > high:
         heat.contrast_limits_range = (min(low, lo), max(high, hi))
-    heat.contrast_limits = (lo, hi)
+    set_ramp(heat, (lo, hi))
+
+
+#: Heatmap metadata: the colour ramp AnomaLens last set (a different one now was set by the user).
+RAMP_KEY = "anomalens_ramp"
+
+
+def set_ramp(heat: Any, limits: tuple[float, float]) -> None:
+    """Set the heatmap's colour ramp and remember it as ours."""
+    heat.contrast_limits = limits
+    heat.metadata[RAMP_KEY] = tuple(float(v) for v in heat.contrast_limits)
+
+
+def user_set_contrast(heat: Any) -> bool:
+    """Whether the heatmap's ramp is not the one AnomaLens set last (the user moved napari's contrast slider).
+
+    SCR moves and re-scoring reset it, which threw away a window the reader had chosen.
+    """
+    ours = heat.metadata.get(RAMP_KEY)
+    return ours is not None and not np.allclose(ours, [float(v) for v in heat.contrast_limits], atol=1e-6)
 
 
 def find_layer(viewer: napari.Viewer, name: str) -> Any:
@@ -398,12 +419,15 @@ def show_results(viewer: napari.Viewer, results: ScanResults) -> tuple[Any, Any]
         heat = viewer.add_image(results.maps, name=results.heatmap_name, scale=scale, colormap=HEATMAP_COLORMAP,
                                 opacity=HEATMAP_OPACITY, blending="additive", contrast_limits=limits,
                                 metadata=meta, **extra)
+        heat.metadata[RAMP_KEY] = tuple(float(v) for v in heat.contrast_limits)
     else:
         heat.metadata.update(meta)
         if heat.data is not results.maps:
             heat.data = results.maps
-        heat.contrast_limits_range = (min(limits[0], float(results.maps.min())), max(limits[1], limits[0] + 1e-6))
-        heat.contrast_limits = limits
+        if not user_set_contrast(heat):  # a window the reader chose survives scoring more slices
+            heat.contrast_limits_range = (min(limits[0], float(results.maps.min())),
+                                          max(limits[1], limits[0] + 1e-6))
+            set_ramp(heat, limits)
         heat.refresh()
     mask = None
     if results.calibrated:

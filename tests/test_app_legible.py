@@ -291,6 +291,16 @@ def test_the_curve_and_the_colour_ramp_follow_the_scr_threshold(make_napari_view
     assert line.value() == pytest.approx(res.threshold)
     assert heat.contrast_limits[0] == pytest.approx(res.threshold - RAMP_BELOW, abs=1e-6)
     assert heat.contrast_limits[1] == pytest.approx(top, abs=1e-6)
+    _wait(qtbot, docks["SCR"])
+
+    # a window the reader sets on the heatmap (napari's contrast slider) stays through SCR moves and scoring
+    heat.contrast_limits = (0.5, 1.2)
+    slider.setValue(lower)
+    assert line.value() == pytest.approx(get_state(viewer).scr.threshold)  # the curve still follows
+    assert tuple(heat.contrast_limits) == pytest.approx((0.5, 1.2))
+    assert docks["Detector"].score_slice()
+    _wait(qtbot, docks["Detector"])
+    assert tuple(heat.contrast_limits) == pytest.approx((0.5, 1.2))
 
 
 def test_marking_a_flagged_slice_normal_warns_with_the_way_back(make_napari_viewer: Any, qtbot: Any,
