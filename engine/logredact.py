@@ -29,7 +29,7 @@ _QUOTED = re.compile(r"""(['"])((?:(?!\1).)*[\\/](?:(?!\1).)*)\1""")
 # …or a bare token with a separator: /a/b, ./a, C:\a\b, \\server\share, a/b.dcm, file:///a.
 _BARE = re.compile(r"""(?:[A-Za-z]:|\b[\w.~-]+:/)?(?:[\w.~$%+^-]*[\\/])+[\w.~$%+^-]*""")
 # A URL: its scheme, host and port say which server (never whose scan); its path may hold study UIDs.
-_URL = re.compile(r"""\b([A-Za-z][A-Za-z0-9+.-]*://[\w.-]+(?::\d+)?)(/[^\s'"<>]*)?""")
+_URL = re.compile(r"""\b([A-Za-z][A-Za-z0-9+.-]*://(?:[\w.-]+(?::\d+)?)?)(/[^\s'"<>]*)?""")
 #: A URL path kept as it is: one plain lower-case word, a page of a server (``/status``, ``/dicom-web``).
 _PLAIN_URL_PATH = re.compile(r"(?:/[a-z-]*/?)?")
 #: Names too common to be anyone's: never redacted on their own (a path holding them still is, whole).
@@ -104,12 +104,13 @@ def _registered() -> re.Pattern[str] | None:
 
 
 def redact_paths(text: str) -> str:
-    """``text`` with every registered path or name, and every path-like token, replaced by a stable placeholder."""
+    """``text`` with every registered path or name, and every path-like token, replaced by a stable placeholder.
+
+    A URL keeps its scheme, host and port (which server; ``https://`` alone stays as it is) and loses its path.
+    """
     known = _registered()
     if known is not None:
         text = known.sub(lambda m: token(m.group(0)), text)
-    text = _QUOTED.sub(lambda m: m.group(1) + token(m.group(2)) + m.group(1)
-                       if not m.group(2).startswith("<path:") else m.group(0), text)
     urls: list[str] = []
 
     def keep_server(m: re.Match[str]) -> str:
@@ -120,6 +121,8 @@ def redact_paths(text: str) -> str:
 
     if "\x00" not in text:
         text = _URL.sub(keep_server, text)
+    text = _QUOTED.sub(lambda m: m.group(1) + token(m.group(2)) + m.group(1)
+                       if not m.group(2).startswith("<path:") else m.group(0), text)
     text = _BARE.sub(lambda m: token(m.group(0)) if _is_path(m.group(0)) else m.group(0), text)
     return re.sub("\x00(\\d+)\x00", lambda m: urls[int(m.group(1))], text)
 

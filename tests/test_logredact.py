@@ -41,3 +41,9 @@ def test_a_server_address_stays_readable_and_its_path_is_redacted() -> None:
     out = redact_paths("GET http://localhost:8042/dicom-web/studies/1.2.840.99.7/series failed")
     assert out.startswith("GET http://localhost:8042<path:") and "1.2.840" not in out and out.endswith(" failed")
     assert "DOE" not in redact_paths("read file:///home/DOE/x.nii")  # no host: a local path, all of it redacted
+
+
+def test_a_scheme_alone_and_a_quoted_url_keep_their_server() -> None:
+    """The PACS profile error read "must start with <path:…> or <path:…>, got '<path:…>'" once errors were redacted."""
+    line = "the PACS URL must start with https:// or http:// and name a host, got 'ftp://pacs.example.org'"
+    assert redact_paths(line) == line

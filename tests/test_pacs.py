@@ -533,9 +533,9 @@ def test_a_series_that_changes_while_pulled_is_stopped_then_completed(capsys, pa
 def test_a_refused_push_keeps_the_result(capsys, pacs, tmp_path) -> None:
     out = tmp_path / "out"
     msg = one_line_error(capsys, ["score", "--model", str(pacs["model"]), f"pacs:{pacs['study']['reject']}", "--out",
-                                  str(out), "--push", "--pacs", PROFILE])
+                                  str(out), "--push", "--pacs", PROFILE, "--keep-paths"])
     assert "refused to store" in msg or "does not hold it afterwards" in msg
-    assert f"anomalens pacs push {out / 'dicom'}" in msg
+    assert f"anomalens pacs push {out / 'dicom'}" in msg  # with --keep-paths: a command to copy as it is
     assert (out / "heatmap.nii.gz").is_file() and (out / "scores.csv").is_file()
     assert sorted(p.name for p in (out / "dicom").iterdir()) == ["pmap.dcm", "seg.dcm", "sr.dcm"]
     assert "does not hold it afterwards" in one_line_error(capsys, ["pacs", "push", str(out / "dicom")])

@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -
                    help="store each result on the PACS: a DICOM SEG of the mask, a Parametric Map of the heatmap and "
                         "an SR report (calibrated models; the objects are also kept in OUT/dicom/)")
     s.add_argument("--keep-paths", action="store_true",
-                   help="batch: record each study's path in manifest.json and keep paths in error texts "
+                   help="record each study's path in a batch's manifest.json, and show paths in error lines "
                         "(default: studies are named by hash only, paths in errors are replaced by <path:…>)")
     s.set_defaults(handler=run_score)
 

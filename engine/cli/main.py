@@ -125,7 +125,12 @@ def _shown(args: argparse.Namespace, text: str) -> str:
     stderr of a batch job or a cron line is a log file: "…/Smith_Anna.nii.gz is an empty file" put the patient in
     it, while the batch manifest already tokenised the same error.
     """
-    return text if getattr(args, "keep_paths", False) else redact_paths(text)
+    if getattr(args, "keep_paths", False):
+        return text
+    shown = redact_paths(text)
+    if shown != text and hasattr(args, "keep_paths"):  # the command can show them: say how
+        shown += " (paths shown as <path:…> tokens; --keep-paths shows them)"
+    return shown
 
 
 def _self_test_alias(argv: Sequence[str]) -> list[str]:
