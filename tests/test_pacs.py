@@ -729,3 +729,53 @@ def test_a_server_that_cannot_transcode_is_asked_for_images_as_stored() -> None:
     client.web.retrieve_instance = retrieve_instance
     client.retrieve_instance("1.2", "1.2.3", "1.2.3.4")
     assert asked == [UNCOMPRESSED, STORED]
+
+
+def test_an_image_cut_short_by_a_dropped_connection_is_never_cached(tmp_path, monkeypatch) -> None:
+    """A streamed pull cut mid-image saved the partial image, said "300 received" (exit 0), and later pulls trusted
+    it as cached: every reading of the series then failed on it."""
+    import copy
+    from typing import ClassVar
+
+    import pydicom
+
+    from anomalens.engine.pacs.cache import cached_instances, pull_series, series_folder
+    from tests.io_support import phantom, write_ct_series
+
+    monkeypatch.setenv("ANOMALENS_CACHE_DIR", str(tmp_path / "cache"))
+    files = write_ct_series(tmp_path / "src", phantom((3, 16, 16)), shuffle_seed=None)
+    full = [pydicom.dcmread(f) for f in files]
+    study, series = str(full[0].StudyInstanceUID), str(full[0].SeriesInstanceUID)
+    cut = copy.deepcopy(full[2])
+    cut.PixelData = cut.PixelData[:100]  # the stream broke 100 bytes into the last image
+
+    class Client:
+        profile = type("P", (), {"name": "test"})()
+        asked: ClassVar[list[str]] = []
+
+        def search_instances(self, study_uid, series_uid, fields=()):
+            return [{"00080018": {"vr": "UI", "Value": [str(d.SOPInstanceUID)]}} for d in full]
+
+        def iter_series(self, study_uid, series_uid):
+            yield from (full[0], full[1], cut)
+
+        def retrieve_instance(self, study_uid, series_uid, sop):
+            self.asked.append(sop)
+            return next(d for d in full if str(d.SOPInstanceUID) == sop)
+
+    result = pull_series(Client(), study, series)
+    folder = series_folder(study, series)
+    assert result.n_instances == 3 and len(cached_instances(folder)) == 3
+    assert Client.asked == [str(full[2].SOPInstanceUID)]  # fetched again, whole, on its own
+    for f in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        assert len(ds.PixelData) == ds.Rows * ds.Columns * 2
+    # a cut-short image an older version left in the cache is fetched again, not trusted
+    victim = folder / f"{full[1].SOPInstanceUID}.dcm"
+    short = copy.deepcopy(full[1])
+    short.PixelData = short.PixelData[:10]
+    short.save_as(victim, enforce_file_format=True)
+    Client.asked = []
+    pull_series(Client(), study, series)
+    assert Client.asked == [str(full[1].SOPInstanceUID)]
+    assert len(pydicom.dcmread(victim).PixelData) == full[1].Rows * full[1].Columns * 2

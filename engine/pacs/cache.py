@@ -104,6 +104,9 @@ def pull_series(client: PacsClient, study_uid: str, series_uid: str, *, progress
     for sop in cached_instances(folder) - wanted:  # deleted on the PACS since an earlier pull
         (folder / f"{sop}.dcm").unlink(missing_ok=True)
         removed += 1
+    for sop in sorted(cached_instances(folder) & wanted):  # an earlier pull cut off mid-image left it short
+        if _cut_short(folder / f"{sop}.dcm"):
+            (folder / f"{sop}.dcm").unlink(missing_ok=True)
     present = cached_instances(folder)
     missing = [u for u in listing if u not in present]
     n = len(missing)
@@ -118,7 +121,10 @@ def pull_series(client: PacsClient, study_uid: str, series_uid: str, *, progress
         check(cancel)
         if n == len(listing) and n > 1:  # nothing cached yet: one streamed request for the whole series
             for ds in client.iter_series(study_uid, series_uid):
-                keep(ds)
+                try:
+                    keep(ds)
+                except ShortImageError:  # the connection broke mid-image: fetch the rest one by one below
+                    break
                 check(cancel)
         for sop in [u for u in missing if u not in got]:  # resuming, or what the stream did not bring
             check(cancel)
@@ -146,6 +152,46 @@ def _store(ds: Any, folder: Path, study_uid: str, series_uid: str) -> str:
     if str(getattr(ds, "SeriesInstanceUID", "")) != series_uid or str(getattr(ds, "StudyInstanceUID", "")) != study_uid:
         raise PacsError(f"the PACS sent an image of another series while series {series_uid} was pulled")
     sop = check_uid(sop, "SOP instance UID")
+    short = _short_pixels(ds)
+    if short is not None:
+        raise ShortImageError(f"the PACS sent image {sop} cut short ({short[0]} of {short[1]} bytes of pixel data): "
+                              "the connection broke mid-image; nothing of it was kept, pull again")
     with atomic_path(folder / f"{sop}.dcm", suffix=".dcm") as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return sop
+
+
+class ShortImageError(PacsError):
+    """An image arrived with less pixel data than its header describes (a stream cut mid-image)."""
+
+
+def _short_pixels(ds: Any) -> tuple[int, int] | None:
+    """(bytes held, bytes described) when an uncompressed image's pixel data is short; else None.
+
+    A streamed retrieve that loses its connection hands over the last image as far as it came: saved as it
+    was, every later reading of the series failed on it, and pulling again trusted it as cached.
+    """
+    data = getattr(ds, "PixelData", None) if "PixelData" in ds else None
+    meta = getattr(ds, "file_meta", None)
+    syntax = getattr(meta, "TransferSyntaxUID", None)
+    if data is None or syntax is None or getattr(syntax, "is_compressed", True):
+        return None  # nothing to measure (compressed data has no fixed length)
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        samples, bits = int(getattr(ds, "SamplesPerPixel", 1) or 1), int(ds.BitsAllocated)
+        frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    pixels = rows * cols * samples * frames
+    expected = (pixels + 7) // 8 if bits == 1 else pixels * ((bits + 7) // 8)
+    return (len(data), expected) if len(data) < expected else None
+
+
+def _cut_short(path: Path) -> bool:
+    """Whether a cached image file is cut short (read back; unreadable counts as short)."""
+    import pydicom
+
+    try:
+        return _short_pixels(pydicom.dcmread(path)) is not None
+    except Exception:  # a damaged file is no cached image
+        return True
