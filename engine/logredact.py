@@ -27,7 +27,7 @@ from pathlib import Path
 # A quoted string that contains a path separator (repr() of a path, possibly with spaces in it)…
 _QUOTED = re.compile(r"""(['"])((?:(?!\1).)*[\\/](?:(?!\1).)*)\1""")
 # …or a bare token with a separator: /a/b, ./a, C:\a\b, \\server\share, a/b.dcm, file:///a.
-_BARE = re.compile(r"""(?:[A-Za-z]:|\b[\w.~-]+:/)?(?:[\w.~$%+^-]*[\\/])+[\w.~$%+^-]*""")
+_BARE = re.compile(r"""(?:(?<![\w.])[A-Za-z]:|\b[\w.~-]+:/)?(?:[\w.~$%+^-]*[\\/])+[\w.~$%+^-]*""")
 # A URL: its scheme, host and port say which server (never whose scan); its path may hold study UIDs.
 _URL = re.compile(r"""\b([A-Za-z][A-Za-z0-9+.-]*://(?:[\w.-]+(?::\d+)?)?)(/[^\s'"<>]*)?""")
 #: A URL path kept as it is: one plain lower-case word, a page of a server (``/status``, ``/dicom-web``).
@@ -79,8 +79,8 @@ def remember(path: str | os.PathLike[str] | None) -> None:
 
 def _distinctive(name: str) -> bool:
     """Whether a file or folder name could identify someone (not a generic or plain lower-case short word)."""
-    if len(name) < 3 or name.lower() in _GENERIC:
-        return False
+    if len(name) < 3 or name.lower() in _GENERIC or re.fullmatch(r"\d+(?:\.\d+)+", name):
+        return False  # generic words, and DICOM UIDs (a PACS cache folder is named by them: no names in them)
     return len(name) >= 8 or not re.fullmatch(r"[a-z]+", name)
 
 
@@ -127,9 +127,14 @@ def redact_paths(text: str) -> str:
     return re.sub("\x00(\\d+)\x00", lambda m: urls[int(m.group(1))], text)
 
 
+#: DICOM UIDs joined by "/" (a ``pacs:STUDY/SERIES`` spec, or its ``STUDY/SERIES_UID`` form in a hint): no names.
+_UID_PATH = re.compile(r"(?:\d+(?:\.\d+)*|[A-Z_]+)(?:/(?:\d+(?:\.\d+)*|[A-Z_]+))+/?")
+
+
 def _is_path(token_text: str) -> bool:
-    """A separator and something besides digits: ``epoch 3/30`` is progress, not a path."""
-    return bool(re.search(r"[\\/]", token_text)) and bool(re.search(r"[^\d\\/]", token_text))
+    """A separator and something besides digits: ``epoch 3/30`` is progress, not a path; UIDs are not either."""
+    return (bool(re.search(r"[\\/]", token_text)) and bool(re.search(r"[^\d\\/]", token_text))
+            and not _UID_PATH.fullmatch(token_text))
 
 
 class RedactingFormatter(logging.Formatter):

@@ -47,3 +47,18 @@ def test_a_scheme_alone_and_a_quoted_url_keep_their_server() -> None:
     """The PACS profile error read "must start with <path:…> or <path:…>, got '<path:…>'" once errors were redacted."""
     line = "the PACS URL must start with https:// or http:// and name a host, got 'ftp://pacs.example.org'"
     assert redact_paths(line) == line
+
+
+def test_dicom_uids_and_pacs_specs_are_no_paths() -> None:
+    """"name one as pacs:1.2.3/SERIES_UID" read "pac<path:…>", and a series UID a cache folder is named by vanished."""
+    from anomalens.engine.logredact import forget_all, remember
+
+    line = "the study holds 2 image series; name one as pacs:1.2.826.0.1.3680043.8.498.132/SERIES_UID: 1.2.826.244"
+    assert redact_paths(line) == line
+    remember("/cache/pacs/1.2.826.0.1.3680043.8.498.1/1.2.826.0.1.3680043.8.498.10/IM1.dcm")
+    try:
+        assert redact_paths('retrieve series "1.2.826.0.1.3680043.8.498.10"') == \
+            'retrieve series "1.2.826.0.1.3680043.8.498.10"'
+    finally:
+        forget_all()
+    assert "jdoe" not in redact_paths("C:\\Users\\jdoe\\scan.nii")
