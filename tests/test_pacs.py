@@ -138,10 +138,24 @@ def test_a_missing_keyring_is_explained(capsys, own_config, monkeypatch, no_keyr
     run_cli(capsys, ["pacs", "add", "site", "--url", "https://pacs.example.org/dicom-web", "--user", "reader"])
     with pytest.raises(ConfigError, match=r"ANOMALENS_PACS_SITE_PASSWORD.*keyring is not available"):
         resolve_secret(get_profile("site"))
+    import io
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal())
     monkeypatch.setattr("getpass.getpass", lambda prompt="": "typed-secret")
     msg = one_line_error(capsys, ["pacs", "login", "site"])
     assert "could not store the password in the OS keyring" in msg and "ANOMALENS_PACS_SITE_PASSWORD" in msg
     assert "typed-secret" not in msg
+    # piped, as from a secrets manager: one line of stdin (getpass printed Python warnings and read nothing)
+    monkeypatch.setattr("getpass.getpass", lambda prompt="": pytest.fail("getpass on a pipe"))
+    monkeypatch.setattr("sys.stdin", io.StringIO("piped-secret\n"))
+    msg = one_line_error(capsys, ["pacs", "login", "site"])
+    assert "could not store the password in the OS keyring" in msg and "piped-secret" not in msg
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert "no password given" in one_line_error(capsys, ["pacs", "login", "site"])
     monkeypatch.setenv("ANOMALENS_PACS_PASSWORD", "from-env")  # the shared variable, when no own one is set
     assert resolve_secret(get_profile("site")) == "from-env"
 

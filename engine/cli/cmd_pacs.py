@@ -146,9 +146,16 @@ def run_login(args: argparse.Namespace) -> int:
         raise ConfigError(f"the PACS {profile.name!r} uses no credentials; add it again with --user or --token")
     who = f"{profile.user}@{profile.host}" if profile.user else profile.host
     try:
-        secret = getpass.getpass(f"{profile.secret_kind} for {who}: ")
+        if sys.stdin is not None and not sys.stdin.isatty():
+            # piped (echo … | anomalens pacs login NAME, a secrets manager): one line from stdin, as
+            # `docker login --password-stdin` reads it; getpass printed Python warnings and read nothing
+            secret = sys.stdin.readline().rstrip("\r\n")
+        else:
+            secret = getpass.getpass(f"{profile.secret_kind} for {who}: ")
     except (EOFError, KeyboardInterrupt):
         raise ConfigError(f"no {profile.secret_kind} given; nothing was stored") from None
+    if not secret:
+        raise ConfigError(f"no {profile.secret_kind} given; nothing was stored")
     store_secret(profile, secret)
     emit(args, {"stored": profile.name}, f"stored the {profile.secret_kind} for {profile.name!r} in the OS keyring")
     return 0
