@@ -570,6 +570,11 @@ def test_missing_slices_are_warned_about_and_left_out_of_the_seg(capsys, pacs, t
     real = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in pacs["series"]["gappy"]["paths"]}
     assert refs and refs <= real  # no frame for the filler of the missing slice
     assert set(data["pushed"]["status"]) == {"seg", "pmap", "sr"}
+    # what the PACS holds says the series was incomplete (it was stored as COMPLETE, like the full result)
+    sr = pydicom.dcmread(data["dicom"]["sr"])
+    assert sr.CompletionFlag == "PARTIAL"
+    for kind in ("seg", "pmap", "sr"):
+        assert pydicom.dcmread(data["dicom"][kind]).SeriesDescription.endswith("(incomplete series)")
 
 
 @pytest.mark.pacs

@@ -47,6 +47,24 @@ DESCRIPTIONS = {"seg": "AnomaLens anomaly mask", "pmap": "AnomaLens anomaly map"
 #: Codes of our own (a private coding scheme, as DICOM allows for concepts no standard scheme has).
 SCHEME = "99ANOMALENS"
 _INSTEAD = "the result's NIfTI files are written; its DICOM objects cannot be made from this series"
+#: Added to each object's series description when the series had missing slices (LO: 64 characters at most).
+INCOMPLETE = " (incomplete series)"
+
+
+def missing_slices(result: ScanResult) -> int:
+    """How many slices the series lacked (gap fillers the reader inserted, never scored)."""
+    from ..io.base import gap_indices
+
+    return len(gap_indices(result.volume))
+
+
+def described(kind: str, result: ScanResult) -> str:
+    """An object's series description, saying when the series it was made from lacked slices.
+
+    A result scored while the PACS held the series only in part was stored as if complete, and later sat beside
+    the full result under the same descriptions (15.99 and 19.70 mL, no way to tell which was partial).
+    """
+    return DESCRIPTIONS[kind] + (INCOMPLETE if missing_slices(result) else "")
 
 
 #: Namespace of AnomaLens's name-based UUIDs (fixed: changing it would change every pushed object's UIDs).
@@ -118,7 +136,7 @@ def build_result_objects(result: ScanResult, *, progress: ProgressCallback | Non
         masks.append(("Anomaly (AnomaLens, plain threshold)", result.mask))
     version = f"{result.model.label} ({result.model.fingerprint})"
     report(progress, 0.1, "building the segmentation")
-    seg = segmentation(result.volume, masks, series_description=DESCRIPTIONS["seg"],
+    seg = segmentation(result.volume, masks, series_description=described("seg", result),
                        series_number=SERIES_NUMBERS["seg"], algorithm_version=version[:64],
                        series_instance_uid=stable_uid(*key, "seg-series"), sop_instance_uid=stable_uid(*key, "seg"),
                        sources=src, instead=_INSTEAD, cancel=cancel)
@@ -162,7 +180,7 @@ def parametric_map(result: ScanResult, src: SourceImages, key: Sequence[str]) ->
     except (ValueError, TypeError, AttributeError) as exc:
         raise ConfigError(f"the source DICOM images lack what a Parametric Map must reference ({exc}); "
                           f"{_INSTEAD}") from exc
-    pm.SeriesDescription = DESCRIPTIONS["pmap"]
+    pm.SeriesDescription = described("pmap", result)
     # General Series' Laterality is type 2C; highdicom leaves it out of a map. The map shows the source's body
     # part, so it takes the source's value (present, maybe empty), as the SEG does.
     pm.Laterality = src.datasets[0].get("Laterality", "")
@@ -200,6 +218,9 @@ def measurement_report(result: ScanResult, src: SourceImages, seg: Dataset, pmap
               f"lesion mask {'SCR' if result.lesion_mask_kind == 'scr' else 'plain threshold'}"]
     if cal is not None:
         params.append(f"target false-positive area {cal.target_fpr:.4g}")
+    missing = missing_slices(result)
+    if missing:
+        params.append(f"incomplete series: {missing} slice(s) missing, not scored")
     algorithm = hd.sr.AlgorithmIdentification(name=f"AnomaLens {m.name}"[:64], version=m.label[:64],
                                               parameters=[p[:64] for p in params])
     device = hd.sr.DeviceObserverIdentifyingAttributes(uid=stable_uid(m.fingerprint, "device"), name="AnomaLens",
@@ -236,10 +257,10 @@ def measurement_report(result: ScanResult, src: SourceImages, seg: Dataset, pmap
         sr = hd.sr.Comprehensive3DSR(
             evidence=[*src.datasets, seg, pmap], content=content, series_instance_uid=stable_uid(*key, "sr-series"),
             series_number=SERIES_NUMBERS["sr"], sop_instance_uid=stable_uid(*key, "sr"), instance_number=1,
-            manufacturer="AnomaLens", is_complete=True, is_final=False, is_verified=False)
+            manufacturer="AnomaLens", is_complete=not missing, is_final=False, is_verified=False)
     except (ValueError, TypeError, AttributeError) as exc:
         raise ConfigError(f"the report could not be made from the source images ({exc}); {_INSTEAD}") from exc
-    sr.SeriesDescription = DESCRIPTIONS["sr"]
+    sr.SeriesDescription = described("sr", result)
     scheme = Dataset()
     scheme.CodingSchemeDesignator = SCHEME
     scheme.CodingSchemeName = "AnomaLens concepts"
