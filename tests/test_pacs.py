@@ -798,3 +798,15 @@ def test_an_image_cut_short_by_a_dropped_connection_is_never_cached(tmp_path, mo
     pull_series(Client(), study, series)
     assert Client.asked == [str(full[1].SOPInstanceUID)]
     assert len(pydicom.dcmread(victim).PixelData) == full[1].Rows * full[1].Columns * 2
+
+
+def test_pacs_words_read_as_sentences(capsys, own_config, no_keyring) -> None:
+    """"secret from missing", a keyring error cut mid-word ("non-recommend)"): said in words now."""
+    from anomalens.engine.pacs.profiles import _short
+
+    run_cli(capsys, ["pacs", "add", "site", "--url", "https://pacs.example.org/dicom-web", "--user", "reader"])
+    assert main(["pacs", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "no secret yet: anomalens pacs login site" in out and "secret from missing" not in out
+    cut = _short(RuntimeError("word " * 60))
+    assert cut.endswith(" …") and len(cut) <= 160 and cut[:-2].split(" ")[-1] == "word"

@@ -241,7 +241,10 @@ def push_scored(args: argparse.Namespace, result: Any, target: str, data: dict[s
     except AnomaLensError as exc:
         data["pushed"] = None
         emit(args, data, "\n".join(lines))
-        message = (f"{exc}; the result and its DICOM objects are kept in the output folder: push them later with "
+        from ..pacs.push import KEPT
+
+        message = (f"{str(exc).replace(KEPT, '')}; the result and its DICOM objects are kept in the output folder: "
+                   "push them later with "
                    f"'anomalens pacs push {folder} --pacs {target}'")
         try:
             again = type(exc)(message)
@@ -325,7 +328,8 @@ def run_score_batch(args: argparse.Namespace, inputs: list[Any]) -> int:
     data = summary.to_dict()
     done = "scored and pushed" if push else "scored"
     emit(args, data, f"{data['ok']} {done}, {data['skipped']} already done, {len(summary.failed)} failed "
-                     f"in {data['seconds']:.1f} s on {data['workers']} workers; manifest: {data['manifest']}")
+                     f"in {data['seconds']:.1f} s on {data['workers']} worker{'s' * (data['workers'] != 1)}; "
+                     f"manifest: {data['manifest']}")
     if summary.failed:
         for sid, err in summary.failed.items():
             print(f"anomalens: failed: {sid}: {err}", file=sys.stderr)

@@ -113,6 +113,14 @@ def run_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _secret_words(row: dict) -> str:
+    """Where a profile's secret comes from, in words ("secret from missing" read as a place called missing)."""
+    source = str(row.get("secret") or "")
+    if source in ("", "missing"):
+        return f"no secret yet: anomalens pacs login {row['name']}"
+    return f"secret from {source}"
+
+
 def run_list(args: argparse.Namespace) -> int:
     from ..pacs.profiles import default_name, load_profiles, secret_source
 
@@ -120,7 +128,7 @@ def run_list(args: argparse.Namespace) -> int:
     default = default_name()
     rows = [{**p.to_dict(), "default": name == default, "secret": secret_source(p)} for name, p in profiles.items()]
     lines = [f"{'*' if r['default'] else ' '} {r['name']}: {r['url']}"
-             + (f" (user {r['user']})" if r["user"] else "") + (f" [{r['auth']}, secret from {r['secret']}]"
+             + (f" (user {r['user']})" if r["user"] else "") + (f" [{r['auth']}, {_secret_words(r)}]"
                                                                 if r["auth"] != "none" else "")
              + (" [TLS not verified]" if r["insecure"] else "") for r in rows]
     emit(args, rows, "\n".join(lines) if lines else "no PACS configured: add one with 'anomalens pacs add NAME --url "

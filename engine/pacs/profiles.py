@@ -281,7 +281,7 @@ def store_secret(profile: PacsProfile, secret: str) -> None:
 
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:160]
+    return text if len(text) <= 160 else text[:157].rsplit(" ", 1)[0] + " …"  # whole words ("non-recommend)")
 
 
 def with_timeout(profile: PacsProfile, timeout: float | None) -> PacsProfile:

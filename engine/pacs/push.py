@@ -47,6 +47,8 @@ DESCRIPTIONS = {"seg": "AnomaLens anomaly mask", "pmap": "AnomaLens anomaly map"
 #: Codes of our own (a private coding scheme, as DICOM allows for concepts no standard scheme has).
 SCHEME = "99ANOMALENS"
 _INSTEAD = "the result's NIfTI files are written; its DICOM objects cannot be made from this series"
+#: What a refusal adds when the objects are pushed alone (``score --push`` says it in its own words instead).
+KEPT = "; nothing of the result is lost: it stays in the output folder"
 #: Added to each object's series description when the series had missing slices (LO: 64 characters at most).
 INCOMPLETE = " (incomplete series)"
 
@@ -335,8 +337,8 @@ def _stow(client: PacsClient, role: str, ds: Dataset, study: str) -> None:
     failed = list(getattr(answer, "FailedSOPSequence", None) or []) if answer is not None else []
     if failed:
         reasons = ", ".join(f"0x{int(item.get('FailureReason', 0)):04X}" for item in failed)
-        raise StowRejectedError(f"the PACS {client.profile.name!r} refused to store {what} (failure reason {reasons}); "
-                                "nothing of the result is lost: it stays in the output folder")
+        raise StowRejectedError(f"the PACS {client.profile.name!r} refused to store {what} (failure reason {reasons})"
+                                f"{KEPT}")
     confirmed = getattr(answer, "ReferencedSOPSequence", None) or []
     stored = [str(i.get("ReferencedSOPInstanceUID", "")) for i in confirmed]
     if answer is not None and stored and str(ds.SOPInstanceUID) not in stored:
@@ -345,8 +347,7 @@ def _stow(client: PacsClient, role: str, ds: Dataset, study: str) -> None:
     # only the PACS's own index says it is there.
     if not on_pacs(client, study, str(ds.SOPInstanceUID)):
         raise StowRejectedError(f"the PACS {client.profile.name!r} accepted {what} but does not hold it afterwards (a "
-                                "filter or storage rule on the PACS dropped it); nothing of the result is lost: it "
-                                "stays in the output folder")
+                                f"filter or storage rule on the PACS dropped it){KEPT}")
 
 
 def push_result(client: PacsClient, objects: ResultObjects, *, progress: ProgressCallback | None = None,
