@@ -65,4 +65,12 @@ class ScrollsWhenDocked:
         super().showEvent(event)  # type: ignore[misc]
         if not getattr(self, "_dock_checked", False):
             self._dock_checked = True
-            QTimer.singleShot(0, lambda: wrap_docked(self))  # type: ignore[arg-type]
+            QTimer.singleShot(0, lambda: _wrap_if_alive(self))  # type: ignore[arg-type]
+
+
+def _wrap_if_alive(widget: QWidget) -> None:
+    """``wrap_docked``, unless the dock was closed (its C++ object deleted) before the event loop came back."""
+    try:
+        wrap_docked(widget)
+    except RuntimeError:
+        pass
