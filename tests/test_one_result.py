@@ -217,3 +217,18 @@ def test_a_slice_without_tissue_scores_0_and_says_so(tmp_path) -> None:
     assert by_z[1].score == 0.0 and not by_z[1].flagged
     assert by_z[0].score > 0 and by_z[2].score > 0
     assert any("1 of the scored slices (1) holds no tissue: it scores 0" in w for w in result.warnings), result.warnings
+
+
+def test_the_flagged_slices_are_listed_as_runs() -> None:
+    """A 300-slice scan listed every flagged slice number on one line: runs read at a glance."""
+    from types import SimpleNamespace
+
+    from anomalens.engine.cli.cmd_model import score_lines
+
+    flagged = [*range(10, 200), 250, 251]
+    result = SimpleNamespace(
+        model=SimpleNamespace(label="m v1", fingerprint="sha256:x"), unit=SimpleNamespace(description="u"),
+        indices=list(range(300)), calibrated=True, flagged_slices=flagged, lesion_mask_kind="scr",
+        lesion_volume_ml=1.0, seconds_per_slice=0.1)
+    lines = score_lines(result, {"heatmap": Path("/o/heatmap.nii.gz")})
+    assert "192 of 300 slices flagged (SCR mask): 10-199,250-251" in lines

@@ -283,8 +283,10 @@ def score_lines(result: Any, paths: dict[str, Path]) -> list[str]:
     if result.calibrated:
         flagged = result.flagged_slices
         kind = "SCR" if result.lesion_mask_kind == "scr" else "plain"
+        from ..protocol import format_selection  # runs, "10-18, 22": 300 flagged slices made one long line
+
         lines.append(f"{len(flagged)} of {n} slices flagged ({kind} mask)"
-                     + (f": {', '.join(str(i) for i in flagged)}" if flagged else ""))
+                     + (f": {format_selection(flagged)}" if flagged else ""))
         lines.append(f"lesion volume: {result.lesion_volume_ml:.3f} mL")
     else:
         lines.append(f"{n} slices scored; the model is not calibrated, so nothing is flagged and there is no mask "
