@@ -5,13 +5,16 @@ Layout (``<data dir>/models``, ``ANOMALENS_DATA_DIR`` overrides the data dir)::
     models/
       brain-ct/                 a site profile
         v0001/                  bundle folders (weights.safetensors + bundle.json), never modified
-        v0002/                  fine-tuned from v0001: bundle.json's parent.path points to it
+        v0002/                  fine-tuned from v0001: bundle.json's parent.path is "v0001" (its folder name)
         active.json             {"version": "v0001"}: the one in use, written atomically
+        bases.json              {"v0001": "/abs/path"}: a version fine-tuned from a bundle outside the profile
       some-bundle/              a lone bundle is listed too
 
 A fine-tune writes a *new* version (``save_bundle(parent=...)`` is atomic) and makes it active; a
-rollback only rewrites ``active.json``. No version is ever deleted or overwritten, so any state a site
-ran with can be restored and audited.
+rollback only rewrites ``active.json``. A bundle names no file on disk: its parent is a sibling version's
+folder name, and the path of a base outside the profile (a user's ``/data/Doe_John_model``) is kept in the
+profile's own ``bases.json``, not in the bundle that may be copied to another site. No version is ever
+deleted or overwritten, so any state a site ran with can be restored and audited.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
     from .recalibration import Recalibration
 
 ACTIVE = "active.json"
+#: The profile's record of the bundles outside it that versions were fine-tuned from: ``{version: path}``.
+BASES = "bases.json"
 _VERSION = re.compile(r"^v(\d{4,})$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -79,8 +84,28 @@ class BundleInfo:
         name = f"{path.parent.name}/{path.name}" if _VERSION.match(path.name) else path.name
         return cls(path=path, name=name, detector=str(m.get("detector")),
                    bundle_version=int(m.get("bundle_version") or 1), created=str(m.get("created") or ""),
-                   parent=parent.get("path") if isinstance(parent, dict) else None, note=str(m.get("note") or ""),
-                   manifest=m)
+                   parent=_parent_path(path, parent), note=str(m.get("note") or ""), manifest=m)
+
+
+def _parent_path(path: Path, parent: Any) -> str | None:
+    """Where a bundle's parent is, as an absolute path (None: none recorded or found).
+
+    A sibling version named in it, a base the profile's ``bases.json`` names for it, or (bundles saved before
+    either existed) the absolute path it holds.
+    """
+    if not isinstance(parent, dict):
+        return None
+    ref = parent.get("path")
+    if isinstance(ref, str) and _VERSION.match(ref):
+        return str((path.parent / ref).resolve())
+    if parent.get("base") and _VERSION.match(path.name):
+        try:
+            bases = json.loads((path.parent / BASES).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        base = bases.get(path.name) if isinstance(bases, dict) else None
+        return base if isinstance(base, str) else None
+    return ref if isinstance(ref, str) else None
 
 
 def _is_bundle(path: Path) -> bool:
@@ -174,6 +199,18 @@ class ModelStore:
         existing = [int(p.name[1:]) for p in folder.iterdir() if _VERSION.match(p.name)] if folder.is_dir() else []
         return folder / f"v{max(existing, default=0) + 1:04d}"
 
+    def _record_base(self, version: Path, base: Path) -> None:
+        """Note in the profile's ``bases.json`` that ``version`` is fine-tuned from ``base`` (outside the profile)."""
+        record = version.parent / BASES
+        try:
+            bases = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            bases = {}
+        bases = bases if isinstance(bases, dict) else {}
+        bases[version.name] = str(base.resolve())
+        version.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(record, json.dumps(bases, indent=2) + "\n")
+
     def set_active(self, version_path: str | Path) -> BundleInfo:
         """Make a version its profile's active one (``active.json`` replaced atomically)."""
         p = Path(version_path)
@@ -224,11 +261,14 @@ class ModelStore:
         target = self.new_version_path(base)
         parent_path = Path(parent) if parent is not None else (Path(base) if _is_bundle(Path(base)) else None)
         parent_info = None
-        if parent_path is not None:
-            m = read_manifest(parent_path)
-            parent_info = {"created": m.get("created"), "bundle_version": m.get("bundle_version", 1),
-                           "path": str(parent_path.resolve())}
         for _ in range(5):  # another process may take the same number first: then use the next one
+            if parent_path is not None:
+                m = read_manifest(parent_path)
+                sibling = _VERSION.match(parent_path.name) and parent_path.resolve().parent == target.parent.resolve()
+                parent_info = {"created": m.get("created"), "bundle_version": m.get("bundle_version", 1),
+                               "path": parent_path.name if sibling else None, "base": not sibling}
+                if not sibling:  # the path stays in the profile's own record, never in the bundle
+                    self._record_base(target, parent_path)
             try:
                 save_bundle(detector, target, parent=parent_info, note=note)
                 break

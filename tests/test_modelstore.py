@@ -149,3 +149,24 @@ def test_a_profile_knows_the_bundle_it_started_from(tmp_path) -> None:
 
     shutil.rmtree(outside)
     assert store.base("shipped") is None  # gone: nothing to roll back to
+
+
+def test_a_version_bundle_names_no_file_on_disk(tmp_path):
+    """Fine-tunes wrote the parent's absolute path into bundle.json (a folder like /data/Doe_John_model):
+    a sibling version is named by its folder name, a base outside the profile in the profile's bases.json."""
+    store = ModelStore(tmp_path / "models")
+    outside = _fitted().save(tmp_path / "Doe_John_model")
+    v1 = store.save_version(_fitted(1), outside)
+    v2 = store.save_version(_fitted(2), v1.path)
+    for v in (v1, v2):
+        text = (v.path / "bundle.json").read_text()
+        assert str(tmp_path) not in text and "Doe_John" not in text
+    assert json.loads((v2.path / "bundle.json").read_text())["parent"]["path"] == "v0001"
+    assert v1.parent == str(outside.resolve()) and v2.parent == str(v1.path.resolve())
+    assert store.base(v1.path.parent.name) == outside.resolve()
+    assert [i.path for i in store.lineage(v2.path)] == [v2.path, v1.path, outside]
+    # a bundle from before, with the absolute path in it, still leads to its parent
+    legacy = json.loads((v2.path / "bundle.json").read_text())
+    legacy["parent"] = {"created": "x", "bundle_version": 2, "path": str(v1.path.resolve())}
+    (v2.path / "bundle.json").write_text(json.dumps(legacy))
+    assert store.lineage(v2.path)[1].path.resolve() == v1.path.resolve()
