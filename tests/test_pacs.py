@@ -810,3 +810,18 @@ def test_pacs_words_read_as_sentences(capsys, own_config, no_keyring) -> None:
     assert "no secret yet: anomalens pacs login site" in out and "secret from missing" not in out
     cut = _short(RuntimeError("word " * 60))
     assert cut.endswith(" …") and len(cut) <= 160 and cut[:-2].split(" ")[-1] == "word"
+
+
+@pytest.mark.pacs
+def test_ctrl_c_during_a_push_says_how_to_complete_it(capsys, pacs, tmp_path, monkeypatch) -> None:
+    """Interrupted mid-push (the SEG stored, the rest not), it said only "interrupted"."""
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("anomalens.engine.pacs.push.push_result", interrupted)
+    out = tmp_path / "out"
+    code = main(["score", "--model", str(pacs["model"]), f"pacs:{pacs['study']['main']}", "--out", str(out),
+                 "--push", "--pacs", PROFILE, "--keep-paths"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and err[-1] == (f"anomalens: interrupted: the push may be incomplete; 'anomalens pacs push "
+                                       f"{out / 'dicom'} --pacs {PROFILE}' completes it"), err

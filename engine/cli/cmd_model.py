@@ -238,6 +238,9 @@ def push_scored(args: argparse.Namespace, result: Any, target: str, data: dict[s
     try:
         with PacsClient.open(target) as client, terminal_progress("pushing") as progress:
             pushed = push_result(client, objects, progress=progress)
+    except KeyboardInterrupt:  # some objects may be on the PACS already: say how to complete it
+        raise KeyboardInterrupt(f"the push may be incomplete; 'anomalens pacs push {folder} --pacs {target}' "
+                                "completes it") from None
     except AnomaLensError as exc:
         data["pushed"] = None
         emit(args, data, "\n".join(lines))

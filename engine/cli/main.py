@@ -98,8 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Cancelled:
         print("anomalens: cancelled", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        print("anomalens: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a command may say what was left half done and how to finish it
+        print("anomalens: interrupted" + (f": {_shown(args, str(exc.args[0]))}" if exc.args else ""),
+              file=sys.stderr)
         return 130
     except AnomaLensError as exc:
         print(f"anomalens: error: {_shown(args, str(exc))}", file=sys.stderr)
