@@ -114,10 +114,12 @@ def merge_seen(training: dict[str, Any], other: Mapping[str, Any] | None) -> Non
         training[DIGESTS_KEY] = sorted(_digests(training.get(DIGESTS_KEY)) | digests)[:MAX_SLICES]
 
 
-def seen_in(training: Mapping[str, Any] | None, volume: Volume) -> list[int]:
+def seen_in(training: Mapping[str, Any] | None, volume: Volume, among: Iterable[int] | None = None) -> list[int]:
     """The array slices of ``volume`` the model was fitted or calibrated on ([] when none or unknown).
 
-    By the study's key and slice numbers, and by each slice's voxels (the same scan in another file).
+    By the study's key and slice numbers, and by each slice's voxels (the same scan in another file). Voxels
+    are hashed only for the slices ``among`` when given (the ones being scored): a viewer's "Score slice" on
+    a 500-slice CT would otherwise hash the whole volume for one slice.
     """
     training = training or {}
     record = _valid(training.get(SEEN_KEY))
@@ -128,5 +130,6 @@ def seen_in(training: Mapping[str, Any] | None, volume: Volume) -> list[int]:
         found.update(array_slices(volume, record.get(study_key(volume), [])))
     digests = _digests(training.get(DIGESTS_KEY))
     if digests:
-        found.update(k for k in range(volume.n_slices) if slice_digest(volume.array[k]) in digests)
+        candidates = range(volume.n_slices) if among is None else sorted({int(k) for k in among})
+        found.update(k for k in candidates if 0 <= k < volume.n_slices and slice_digest(volume.array[k]) in digests)
     return sorted(found)

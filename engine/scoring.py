@@ -305,7 +305,7 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
     if prepared is None or prepared.volume is not volume or prepared.intensity != IntensityConfig.from_dict(intensity):
         prepared = prepare(volume, intensity)
     warnings = _scan_warnings(detector, prepared)
-    seen = tuple(seen_in(detector.training, volume))
+    seen = tuple(seen_in(detector.training, volume, among=idx))
     overlap = sorted(set(seen) & {int(z) for z in idx})
     if overlap:
         warnings.append(seen_warning(overlap))

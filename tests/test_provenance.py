@@ -139,6 +139,7 @@ def test_the_same_scan_in_another_file_is_known_by_its_voxels(tmp_path: Path) ->
     for other in (zipped, converted):
         assert seen_in(training, load_volume(str(other))) == [1, 2, 3], other
         assert seen_in(training, load_volume(f"{other}#2-5")) == [0, 1]
+        assert seen_in(training, load_volume(str(other)), among=[3, 4]) == [3]  # only the slices being scored
     assert seen_in(training, _volume(seed=9)) == []
     blank = Volume(np.zeros((2, 32, 32), np.float32), spacing=(1.0, 1.0, 3.0))
     record_seen(training, blank, [0, 1])  # blank slices are alike in every scan: never taken as known
