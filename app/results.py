@@ -185,8 +185,11 @@ class ScanResults:
         idx = np.asarray(result.indices, dtype=int)
         self.maps[idx] = result.map[idx]
         lesion = result.lesion_mask
-        if lesion is not None:
-            self.mask[idx] = lesion[idx].astype(np.uint8)
+        # a slice edited by hand keeps the drawing: scoring it again (the same model, the same mask) wrote over it
+        edited = {int(z) for z in idx if self.hand_edited(int(z))}
+        mine = np.asarray([z for z in idx if int(z) not in edited], dtype=int)
+        if lesion is not None and mine.size:
+            self.mask[mine] = lesion[mine].astype(np.uint8)
         self.scored[idx] = True
         self.prepared = result.prepared
         self.calibration = result.calibration
@@ -194,7 +197,9 @@ class ScanResults:
         feats = result.raw.features
         for i, z in enumerate(idx):
             z = int(z)
-            if key is None:
+            if z in edited:
+                pass  # its cut stays what it was: the drawing is the user's
+            elif key is None:
                 self.cut_params.pop(z, None)
             else:
                 self.cut_params[z] = key
@@ -204,7 +209,7 @@ class ScanResults:
                 self.features.pop(z, None)
         for s in result.slices:
             self.slices[s.z] = s
-        self.note_written(idx)
+        self.note_written(mine)
         self.embeddings.add_result(result)
         # One word about fitted slices, over everything scored so far (a second scoring added a second, partial one)
         from ..engine.provenance import SEEN_WARNING_TAIL, seen_warning

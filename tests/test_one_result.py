@@ -232,3 +232,25 @@ def test_the_flagged_slices_are_listed_as_runs() -> None:
         lesion_volume_ml=1.0, seconds_per_slice=0.1)
     lines = score_lines(result, {"heatmap": Path("/o/heatmap.nii.gz")})
     assert "192 of 300 slices flagged (SCR mask): 10-199,250-251" in lines
+
+
+def test_scoring_a_slice_again_keeps_its_hand_edits() -> None:
+    """The same model scoring a slice again wrote its mask over the reader's drawing on it."""
+    import numpy as np
+
+    from anomalens.app.results import ScanResults
+    from anomalens.engine.scoring import score_scan
+    from anomalens.engine.volume import Volume
+    from tests.fakes import calibrated_patchcore
+    from tests.phantoms import phantom_slices
+
+    det = calibrated_patchcore(6, modality="MR")
+    vol = Volume(phantom_slices(3, 64, seed=3, lesion=True)[0], spacing=(1.0, 1.0, 3.0), modality="MR")
+    res = ScanResults.from_result("scan", score_scan(det, vol), detector=det)
+    res.mask[1, 5:9, 5:9] = 1  # drawn by hand
+    drawn = res.mask[1].copy()
+    res.mask[2] = 0  # not an edit: a slice wiped and scored again comes back
+    res.note_written([2])
+    res.merge(score_scan(det, vol, [1, 2]))
+    np.testing.assert_array_equal(res.mask[1], drawn)
+    assert res.hand_edited(1) and not res.hand_edited(2)
