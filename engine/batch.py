@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from .device import THREADS_ENV
 from .errors import AnomaLensError, ConfigError, EmptyInputError
 from .fileio import atomic_dir, atomic_write_text, ensure_folder
+from .io.dicom import is_dicom_file
 from .io.spec import split_spec
 from .logredact import redact_paths, remember
 
@@ -144,21 +145,9 @@ def is_study_folder(path: Path) -> bool:
             continue
         if child.is_dir() or child.name.lower().endswith(_SCAN_FILES):
             collection = True
-        elif child.is_file() and _is_dicom_file(child):
+        elif is_dicom_file(child):
             return False  # a series folder, whatever else lies beside it (info and train read it as one scan)
     return collection
-
-
-def _is_dicom_file(path: Path) -> bool:
-    """Whether a file looks like DICOM (its suffix or the "DICM" marker at byte 128): cheap, never parsed."""
-    if path.name.lower().endswith((".dcm", ".dicom", ".ima")):
-        return True
-    try:
-        with path.open("rb") as fh:
-            head = fh.read(132)
-    except OSError:
-        return False
-    return head[128:132] == b"DICM"
 
 
 def _read_list(path: Path) -> list[str]:
