@@ -424,7 +424,7 @@ def show_results(viewer: napari.Viewer, results: ScanResults) -> tuple[Any, Any]
         heat = viewer.add_image(results.maps, name=results.heatmap_name, scale=scale, colormap=HEATMAP_COLORMAP,
                                 opacity=HEATMAP_OPACITY, blending="additive", contrast_limits=limits,
                                 metadata=meta, **extra)
-        heat.metadata[RAMP_KEY] = tuple(float(v) for v in heat.contrast_limits)
+        set_ramp(heat, limits)  # remembered as ours, so a later window the reader sets is told apart
     else:
         heat.metadata.update(meta)
         if heat.data is not results.maps:
