@@ -63,6 +63,8 @@ class BatchSummary:
     ok: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    #: Of ``ok``, the studies whose push stored nothing: the PACS held every object already.
+    already_on_pacs: list[str] = field(default_factory=list)
     seconds: float = 0.0
     workers: int = 0
 
@@ -73,7 +75,8 @@ class BatchSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"out": str(self.out), "manifest": str(self.out / MANIFEST), "ok": len(self.ok),
-                "skipped": len(self.skipped), "failed": dict(self.failed), "seconds": round(self.seconds, 3),
+                "skipped": len(self.skipped), "failed": dict(self.failed),
+                "already_on_pacs": len(self.already_on_pacs), "seconds": round(self.seconds, 3),
                 "workers": self.workers}
 
 
@@ -445,6 +448,9 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             _save(out, manifest)
             if record["status"] == "ok":
                 summary.ok.append(s.id)
+                status = (record.get("pushed") or {}).get("status") or {}
+                if status and "stored" not in status.values():
+                    summary.already_on_pacs.append(s.id)
             else:
                 summary.failed[s.id] = str(record.get("error"))
             if on_result is not None:

@@ -648,7 +648,7 @@ def test_batch_query_scores_and_pushes_every_study(capsys, pacs, cluster, tmp_pa
     data, _ = run_cli(capsys, ["score", "--model", str(pacs["model"]), "--pacs", PROFILE, "--query",
                                "modality=MR since=2026-03-01", "--scheduler", cluster.scheduler.address, "--push",
                                "--out", str(out), "--json"])
-    assert data["ok"] == 3 and not data["failed"]
+    assert data["ok"] == 3 and not data["failed"] and data["already_on_pacs"] == 0
     manifest = read_batch_manifest(out)
     text = (out / "manifest.json").read_text()
     no_names(text)
@@ -663,6 +663,11 @@ def test_batch_query_scores_and_pushes_every_study(capsys, pacs, cluster, tmp_pa
                                 "modality=MR since=2026-03-01", "--scheduler", cluster.scheduler.address, "--push",
                                 "--out", str(out), "--json"])
     assert again["skipped"] == 3 and again["ok"] == 0  # resumable: keyed by UID, nothing redone
+    # Scored again into a new folder: the same UIDs, all on the PACS already, and the summary says so
+    argv = ["score", "--model", str(pacs["model"]), "--pacs", PROFILE, "--query", "modality=MR since=2026-03-01",
+            "--scheduler", cluster.scheduler.address, "--push", "--out", str(tmp_path / "batch2")]
+    assert main(argv) == 0
+    assert "3 scored and pushed (3 of them already on the PACS)" in capsys.readouterr().out
 
 
 @pytest.mark.pacs

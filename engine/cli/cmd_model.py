@@ -331,7 +331,9 @@ def run_score_batch(args: argparse.Namespace, inputs: list[Any]) -> int:
                         device=args.device, threads=getattr(args, "threads", None), keep_paths=args.keep_paths,
                         name_pattern=args.name_pattern or DEFAULT_NAME_PATTERN, gaps=args.gaps, push=push)
     data = summary.to_dict()
-    done = "scored and pushed" if push else "scored"
+    there = len(summary.already_on_pacs)
+    done = (f"scored and pushed ({there} of them already on the PACS)" if there else "scored and pushed") \
+        if push else "scored"
     emit(args, data, f"{data['ok']} {done}, {data['skipped']} already done, {len(summary.failed)} failed "
                      f"in {data['seconds']:.1f} s on {data['workers']} worker{'s' * (data['workers'] != 1)}; "
                      f"manifest: {data['manifest']}")
