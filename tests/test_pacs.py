@@ -238,6 +238,56 @@ def silent_server():
 
 
 @contextlib.contextmanager
+def busy_once_server(status: int = 503):
+    """Answers the first request with ``status`` (busy), every later one with an empty QIDO result."""
+    hits: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            code = status if not hits else 200
+            hits.append(code)
+            body = b"[]" if code == 200 else b""
+            self.send_response(code)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        yield srv.server_address[1], hits
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_a_hung_server_is_asked_once_and_a_busy_one_twice() -> None:
+    """--timeout is what the user waits (dicomweb-client's retry sent a timed-out request again: 10 s for 5)."""
+    import time
+
+    from anomalens.engine.pacs.client import PacsClient
+    from anomalens.engine.pacs.errors import PacsTimeoutError
+    from anomalens.engine.pacs.profiles import PacsProfile
+
+    with silent_server() as port:
+        client = PacsClient(PacsProfile(name="hung", url=f"http://127.0.0.1:{port}/dicom-web", timeout=0.5), None)
+        t0 = time.monotonic()
+        with pytest.raises(PacsTimeoutError, match=r"within 0\.5 s"):
+            client.check()
+        assert time.monotonic() - t0 < 0.95
+    for code in (503, 429):
+        with busy_once_server(code) as (port, hits):
+            client = PacsClient(PacsProfile(name="busy", url=f"http://127.0.0.1:{port}/dicom-web"), None)
+            assert client.search_studies({}, ["StudyInstanceUID"]) == []
+            assert hits == [code, 200]
+
+
+@contextlib.contextmanager
 def forbidding_server():
     """Answers every request with HTTP 403 (the user lacks the right)."""
 

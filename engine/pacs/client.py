@@ -72,6 +72,11 @@ class PacsClient:
             s.auth = requests.auth.HTTPBasicAuth(profile.user, secret or "")
         elif profile.auth == "bearer" and secret:
             s.auth = _bearer(secret)
+        # Retry once, briefly, what a busy server asks to be retried (429, 503, …), and nothing else: a request
+        # that timed out is not sent again (dicomweb-client's own retry repeats any failure, so a hung server
+        # with --timeout 5 kept the user 10 s for a message saying 5).
+        s.mount("http://", _retry_adapter())
+        s.mount("https://", _retry_adapter())
         self.session = s
         timeout = (min(CONNECT_TIMEOUT_S, profile.timeout), profile.timeout)
         try:
@@ -79,8 +84,7 @@ class PacsClient:
         except ValueError as exc:
             raise PacsError(f"the URL of the PACS {profile.name!r} is not usable: {exc}") from exc
         self._media = UNCOMPRESSED
-        # Retry what a busy server asks to be retried (429, 503, …) once, briefly: a user waits on it.
-        self.web.set_http_retry_params(retry=True, max_attempts=2, wait_exponential_multiplier=250)
+        self.web.set_http_retry_params(retry=False)
 
     @classmethod
     def open(cls, name: str | None = None) -> PacsClient:
@@ -248,6 +252,20 @@ class PacsClient:
             return PacsNotFoundError(f"{where} has nothing there (HTTP 404) while {what}: the study or series is "
                                      "not on this PACS, or the URL is not its DICOMweb root")
         return PacsError(f"{where} answered HTTP {code} {reason}".rstrip() + f" while {what}")
+
+
+#: Answers a busy server gives to say "ask again": retried once after a quarter of a second.
+RETRY_STATUSES = (408, 429, 503, 504)
+
+
+def _retry_adapter() -> Any:
+    """A transport that repeats a request once on ``RETRY_STATUSES`` only (never after a timeout or a reset)."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.util.retry import Retry
+
+    retry = Retry(total=1, connect=0, read=False, other=0, status=1, status_forcelist=RETRY_STATUSES,
+                  allowed_methods=None, backoff_factor=0.25, raise_on_status=False, respect_retry_after_header=False)
+    return HTTPAdapter(max_retries=retry)
 
 
 def _reason(exc: BaseException) -> str:
