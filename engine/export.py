@@ -22,6 +22,8 @@ from .progress import CancelToken, ProgressCallback, check, report
 from .volume import Volume
 
 SEGMENT_LABEL = "Anomaly (AnomaLens)"
+#: The Manufacturer of every DICOM object AnomaLens writes (``pacs push`` stores nothing else).
+MANUFACTURER = "AnomaLens"
 #: Type 2 attributes (may be empty, must be present) of the patient and study modules that the SEG copies
 #: from its source; anonymised files often lack them and highdicom then refuses.
 _TYPE2 = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
@@ -237,7 +239,7 @@ def segmentation(volume: Volume, masks: np.ndarray | Sequence[tuple[str, np.ndar
             source_images=src.datasets, pixel_array=pixels,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
             series_instance_uid=series_instance_uid or hd.UID(), series_number=series_number,
-            sop_instance_uid=sop_instance_uid or hd.UID(), instance_number=1, manufacturer="AnomaLens",
+            sop_instance_uid=sop_instance_uid or hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
             manufacturer_model_name="AnomaLens", software_versions=__version__, device_serial_number="0",
             content_label="ANOMALY", content_description="Unsupervised anomaly mask", omit_empty_frames=any_voxel)
     except (ValueError, TypeError, AttributeError) as exc:  # highdicom's checks of the source headers

@@ -603,6 +603,9 @@ def test_a_refused_push_keeps_the_result(capsys, pacs, tmp_path) -> None:
     assert (out / "heatmap.nii.gz").is_file() and (out / "scores.csv").is_file()
     assert sorted(p.name for p in (out / "dicom").iterdir()) == ["pmap.dcm", "seg.dcm", "sr.dcm"]
     assert "does not hold it afterwards" in one_line_error(capsys, ["pacs", "push", str(out / "dicom")])
+    # a scan's own image (not a result) is not copied back into the archive by mistake
+    scan_image = pacs["series"]["changing"]["paths"][0]
+    assert "was not made by AnomaLens" in one_line_error(capsys, ["pacs", "push", str(scan_image)])
 
 
 @pytest.mark.pacs

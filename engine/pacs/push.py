@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import ConfigError
+from ..export import MANUFACTURER
 from ..fileio import atomic_path
 from ..progress import CancelToken, ProgressCallback, check, report
 from .errors import PacsAuthError, PacsError, PacsTimeoutError, PacsUnreachableError, StowRejectedError
@@ -175,7 +176,7 @@ def parametric_map(result: ScanResult, src: SourceImages, key: Sequence[str]) ->
         pm = hd.pm.ParametricMap(
             source_images=src.datasets, pixel_array=arr, series_instance_uid=stable_uid(*key, "pmap-series"),
             series_number=SERIES_NUMBERS["pmap"], sop_instance_uid=stable_uid(*key, "pmap"), instance_number=1,
-            manufacturer="AnomaLens", manufacturer_model_name="AnomaLens", software_versions=__version__,
+            manufacturer=MANUFACTURER, manufacturer_model_name="AnomaLens", software_versions=__version__,
             device_serial_number="0", contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping], voi_lut_transformations=[voi], content_label="ANOMALYMAP",
             content_description=f"AnomaLens map, {result.unit.short}"[:64])
@@ -226,7 +227,7 @@ def measurement_report(result: ScanResult, src: SourceImages, seg: Dataset, pmap
     algorithm = hd.sr.AlgorithmIdentification(name=f"AnomaLens {m.name}"[:64], version=m.label[:64],
                                               parameters=[p[:64] for p in params])
     device = hd.sr.DeviceObserverIdentifyingAttributes(uid=stable_uid(m.fingerprint, "device"), name="AnomaLens",
-                                                       manufacturer_name="AnomaLens", model_name=m.label[:64])
+                                                       manufacturer_name=MANUFACTURER, model_name=m.label[:64])
     context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
         observer_type=codes.DCM.Device, observer_identifying_attributes=device))
     volume = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -259,7 +260,7 @@ def measurement_report(result: ScanResult, src: SourceImages, seg: Dataset, pmap
         sr = hd.sr.Comprehensive3DSR(
             evidence=[*src.datasets, seg, pmap], content=content, series_instance_uid=stable_uid(*key, "sr-series"),
             series_number=SERIES_NUMBERS["sr"], sop_instance_uid=stable_uid(*key, "sr"), instance_number=1,
-            manufacturer="AnomaLens", is_complete=not missing, is_final=False, is_verified=False)
+            manufacturer=MANUFACTURER, is_complete=not missing, is_final=False, is_verified=False)
     except (ValueError, TypeError, AttributeError) as exc:
         raise ConfigError(f"the report could not be made from the source images ({exc}); {_INSTEAD}") from exc
     sr.SeriesDescription = described("sr", result)
@@ -367,6 +368,12 @@ def push_files(client: PacsClient, paths: Sequence[str | Path], *, progress: Pro
     for p in paths:
         path = Path(p)
         try:
+            head = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Manufacturer"])
+            if str(head.get("Manufacturer", "")) != MANUFACTURER:
+                # A scan's own files pushed by mistake would land in the archive as a copy; every object
+                # AnomaLens makes (SEG, Parametric Map, SR) names it as the manufacturer.
+                raise ConfigError(f"{path.name} was not made by AnomaLens: 'pacs push' stores only AnomaLens "
+                                  "results (a result's dicom/ folder); send other files with the PACS's own tools")
             datasets[path.name] = pydicom.dcmread(path)
         except (OSError, pydicom.errors.InvalidDicomError) as exc:
             raise CorruptFileError(f"{path.name} is not a readable DICOM file ({exc})") from exc
