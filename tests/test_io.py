@@ -140,8 +140,9 @@ def test_memory_budget_is_checked_from_the_header(tmp_path: Path, monkeypatch: p
     truncated.write_bytes(raw[: len(raw) // 10])  # pixels missing: only a header-first check can say TooLarge
     with pytest.raises(TooLargeError, match=r"640\.0 KiB .*40×64×64"):
         read_scan(truncated, max_bytes=100_000)
-    with pytest.raises(CorruptFileError):
-        read_scan(truncated)
+    with pytest.raises(CorruptFileError, match=r"could not be read: Expected \d+ bytes, got \d+ bytes from "
+                                               r"truncated\.nii \(could the file be damaged\?\)$"):
+        read_scan(truncated)  # the reason, not its continuation line alone (" - could the file be damaged?")
     monkeypatch.setenv(MAX_BYTES_ENV, "1000")
     with pytest.raises(TooLargeError, match=MAX_BYTES_ENV):
         read_scan(path)

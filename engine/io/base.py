@@ -196,6 +196,8 @@ def short_reason(exc: BaseException, native: str = "", path: Path | None = None)
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     lines = [ln for ln in lines if not (_ITK_REASON.match(ln) and "success" in ln.lower())] or [type(exc).__name__]
     last = lines[-1]
+    if last.startswith("-") and len(lines) > 1:  # a continuation ("Expected 327680 bytes, got … from F\n - could
+        last = f"{lines[-2]} ({last.lstrip('- ').rstrip()})"  # the file be damaged?"): the reason is the line before
     if "ITK ERROR" in last:
         last = _ITK_PREFIX.sub("", last[last.index("ITK ERROR"):])
     if path is not None:
