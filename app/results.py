@@ -344,13 +344,22 @@ def heatmap_contrast(maps: np.ndarray, calibration: Calibration | None, unit: Ma
     vals = np.asarray(maps, dtype=np.float32)
     vals = vals[np.isfinite(vals) & (vals != 0)]
     if calibration is not None and unit.value == "normal-quantile":
-        lo = float(calibration.threshold) - RAMP_BELOW
-        hi = max(1.0, float(vals.max()) if vals.size else 1.0)
-        return (lo, hi if hi > lo else lo + 0.1)
+        return quantile_ramp(float(calibration.threshold), float(vals.max()) if vals.size else 1.0)
     if vals.size == 0:
         return (0.0, 1.0)
     lo, hi = (float(v) for v in np.percentile(vals, (50.0, 99.9)))
     return (lo, hi if hi > lo else lo + 1e-6)
+
+
+def quantile_ramp(threshold: float, top: float) -> tuple[float, float]:
+    """A normal-quantile heatmap's colour ramp: just under the mask's cut to the strongest score, at least 1.
+
+    One rule for scoring and for SCR's threshold moves: "Reset to calibrated" had left a ramp ending at 1.04
+    where scoring had set 1.00. The ramp starts ``RAMP_BELOW`` under ``threshold``; 1 is the top of the normal range.
+    """
+    lo = float(threshold) - RAMP_BELOW
+    hi = max(1.0, float(top))
+    return (lo, hi if hi > lo else lo + 0.1)
 
 
 def cut_threshold(state: AnomaLensState, res: ScanResults) -> float | None:
@@ -369,10 +378,9 @@ def follow_threshold(viewer: napari.Viewer, res: ScanResults, threshold: float |
     heat = find_layer(viewer, res.heatmap_name)
     if heat is None or threshold is None or res.calibration is None or res.unit.value != "normal-quantile":
         return
-    lo = float(threshold) - RAMP_BELOW
     # the ramp's top as heatmap_contrast sets it (at least 1, else the strongest score; unscored slices are 0),
     # not the current top: a move to 0.999 had raised it for good. Called on every slider move: no copy.
-    hi = max(1.0, float(res.maps.max()), lo + 0.1)
+    lo, hi = quantile_ramp(float(threshold), float(res.maps.max()))
     if user_set_contrast(heat):
         return  # the reader set their own window on the heatmap (napari's layer controls): theirs stays
     low, high = (float(v) for v in heat.contrast_limits_range)

@@ -202,6 +202,26 @@ def test_heatmap_contrast_starts_below_the_calibrated_threshold() -> None:
     assert 0.1 < lo < hi <= 1.7
 
 
+def test_scr_reset_gives_the_ramp_scoring_gave() -> None:
+    """SCR's threshold moves set the ramp by the same rule as scoring: "Reset to calibrated" had left a ramp
+    ending at 1.04 where scoring had set 1.00 (a map whose strongest score is under 1)."""
+    from types import SimpleNamespace
+
+    from anomalens.app.results import RAMP_KEY, follow_threshold
+
+    maps = np.zeros((2, 8, 8), np.float32)
+    maps[0, :4] = np.linspace(0.1, 0.999, 32).reshape(4, 8)
+    cal = SimpleNamespace(threshold=0.99)
+    scored = heatmap_contrast(maps, cal, MapUnit.QUANTILE)  # type: ignore[arg-type]
+    heat = SimpleNamespace(contrast_limits=scored, contrast_limits_range=(0.0, 2.0), metadata={RAMP_KEY: scored})
+    viewer = SimpleNamespace(layers={"h": heat})
+    res = SimpleNamespace(heatmap_name="h", calibration=cal, unit=MapUnit.QUANTILE, maps=maps)
+    follow_threshold(viewer, res, 0.95)  # type: ignore[arg-type]
+    assert heat.contrast_limits[0] == pytest.approx(0.95 - (0.99 - scored[0]))
+    follow_threshold(viewer, res, 0.99)  # type: ignore[arg-type]  # back to the calibrated point
+    assert tuple(heat.contrast_limits) == pytest.approx(scored)
+
+
 # -- live SCR ---------------------------------------------------------------------------------------
 def _fake_results(n: int = 3, size: int = 48, seed: int = 0) -> ScanResults:
     from scipy import ndimage

@@ -278,6 +278,7 @@ def test_the_curve_and_the_colour_ramp_follow_the_scr_threshold(make_napari_view
     heat, line = viewer.layers[res.heatmap_name], docks["Detector"].plot.threshold
     assert line.value() == pytest.approx(res.threshold)
     assert heat.contrast_limits[0] == pytest.approx(res.threshold - RAMP_BELOW, abs=1e-6)
+    scored = tuple(heat.contrast_limits)  # the ramp scoring set
     slider = docks["SCR"].threshold_slider
     lower = slider.minimum() + 0.25 * (res.threshold - slider.minimum())
     slider.setValue(lower)
@@ -291,6 +292,7 @@ def test_the_curve_and_the_colour_ramp_follow_the_scr_threshold(make_napari_view
     assert line.value() == pytest.approx(res.threshold)
     assert heat.contrast_limits[0] == pytest.approx(res.threshold - RAMP_BELOW, abs=1e-6)
     assert heat.contrast_limits[1] == pytest.approx(top, abs=1e-6)
+    assert tuple(heat.contrast_limits) == pytest.approx(scored, abs=1e-6)  # Reset left 1.04 where scoring set 1.00
     _wait(qtbot, docks["SCR"])
 
     # a window the reader sets on the heatmap (napari's contrast slider) stays through SCR moves and scoring
@@ -413,6 +415,31 @@ def test_the_threshold_label_stays_inside_the_plot(qtbot: Any, level: float) -> 
     assert frame.top() - 1 <= shown.top() and shown.bottom() <= frame.bottom() + 1, (shown, frame)
 
 
+@pytest.mark.parametrize("n", [1, 3, 25])
+def test_the_slice_axis_counts_whole_slices(qtbot: Any, n: int) -> None:
+    """A one-slice picture's curve had an axis "slice (x0.001)" running −400…400."""
+    from qtpy.QtWidgets import QApplication
+
+    from anomalens.app.widgets.score_plot import ScorePlot
+
+    plot = ScorePlot()
+    qtbot.addWidget(plot)
+    plot.resize(320, 150)
+    plot.show()
+    plot.set_range(n)
+    plot.set_scores({0: 1.2}, threshold=0.99, unit="normal quantile", model="m")
+    for _ in range(5):
+        QApplication.processEvents()
+    axis = plot.plot.getAxis("bottom")
+    assert axis.labelText == "slice" and axis.labelUnitPrefix == "" and axis.autoSIPrefixScale == 1.0
+    lo, hi = plot.plot.getViewBox().viewRange()[0]
+    drawn = axis._tickLevels  # the fixed ticks pyqtgraph draws, else its own (AxisItem.generateDrawSpecs)
+    levels = [[v for v, _ in level] for level in drawn] if drawn is not None else \
+        [level[1] for level in axis.tickValues(lo, hi, axis.width())]
+    ticks = [v for level in levels for v in level if lo <= v <= hi]
+    assert ticks and all(float(v).is_integer() for v in ticks), ticks
+
+
 @pytest.mark.parametrize("canvas_width", [720, 500])
 def test_the_canvas_texts_never_run_into_each_other_or_the_letters(make_napari_viewer: Any, qtbot: Any, env: Path,
                                                                    canvas_width: int) -> None:
@@ -455,3 +482,52 @@ def test_marking_a_slice_the_reference_lesion_covers_warns(make_napari_viewer: A
     goto_index(viewer, image, z)
     assert cal.mark_current_slice() == [z]
     assert f"⚠ the reference lesion lies on slice {z}: a fine-tune will learn it as normal" in cal.status.text()
+
+
+def test_an_inserted_slice_says_so_on_the_canvas(make_napari_viewer: Any, qtbot: Any, env: Path) -> None:
+    """A slice a DICOM series lacks is read as an empty slice; on screen it was plain black, nothing said why."""
+    from anomalens.app.gaps import GAP_OVERLAY
+    from anomalens.app.reader import image_layer_data
+    from anomalens.app.results import goto_index
+    from anomalens.app.widgets.detector import DetectorWidget
+
+    viewer, image, _ = _viewer(make_napari_viewer, with_reference=False)
+    vol = image.metadata["anomalens_volume"]
+    gappy = Volume(vol.array.copy(), spacing=vol.spacing, modality=vol.modality,
+                   metadata={**vol.metadata, "gap_slices": [2]})
+    data, kwargs, _ = image_layer_data(gappy, name="gappy")
+    viewer.layers.remove(image)
+    layer = viewer.add_image(data, **kwargs)
+    dock = DetectorWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Detector")
+    goto_index(viewer, layer, 1)
+    overlays = viewer.canvas.overlays
+    assert GAP_OVERLAY not in overlays or not overlays[GAP_OVERLAY].visible
+    goto_index(viewer, layer, 2)
+    label = overlays[GAP_OVERLAY]
+    assert label.visible and label.text.startswith("slice 2: missing from the series"), label.text
+    goto_index(viewer, layer, 3)
+    assert not label.visible
+
+
+def test_closing_the_scored_study_clears_its_status_line(make_napari_viewer: Any, qtbot: Any, env: Path) -> None:
+    """The Detector dock kept "dicom_full · lorentz v1: 1 slice scored … ⚠ trained on MR, this is CT" over the
+    next study, which had no result."""
+    viewer, _, _, docks = _scored(make_napari_viewer, qtbot, env, with_reference=False)
+    status = docks["Detector"].status
+    assert "scored" in status.text()
+    for lyr in list(viewer.layers):
+        viewer.layers.remove(lyr)
+    assert status.text() == ""
+
+
+def test_long_warnings_give_their_first_clause_in_the_status_line() -> None:
+    """Two whole warnings pushed the slice curve out of the Detector dock at 1,366×768."""
+    from anomalens.app.widgets.detector import WARNING_CHARS, short_warning
+
+    gap = ("slices missing between positions 12.50 and 17.50 mm along the slice normal: 1 empty slice was "
+           "inserted (z indices 6) so every slice lies at its true position; they are not part of the scan")
+    assert short_warning(gap) == "slices missing between positions 12.50 and 17.50 mm along the slice normal…"
+    assert short_warning("a short warning: kept whole") == "a short warning: kept whole"
+    long = "x" * 300
+    assert short_warning(long) == "x" * (WARNING_CHARS - 1) + "…"

@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 from ...engine.demo import DEFAULT_DETECTOR  # what "Train from marked normals" fits unless another is chosen
 from ...engine.errors import AnomaLensError, ModelError
 from ...engine.protocol import format_selection
+from ..gaps import show_gap_on_canvas
 from ..jobs import JobRunner
 from ..messages import notify_error, notify_info
 from ..naming import study_name
@@ -113,6 +114,7 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
         self.progress = QProgressBar()
         self.cancel_button = QPushButton("Cancel")
         self.status = QLabel("")
+        self._result_text: str | None = None  # the status line as _on_results last wrote it
         self.status.setWordWrap(True)
         self.plot = ScorePlot()
         self.table = SliceTable()
@@ -217,6 +219,7 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
         if self.image_layer() is not chosen or chosen is None:
             self._on_layer_changed(self.layer_combo.currentText())
         self._update_buttons()
+        show_gap_on_canvas(self.viewer, self.image_layer())
 
     def _on_layer_changed(self, name: str) -> None:
         layer = find_layer(self.viewer, name) if name else None
@@ -421,6 +424,8 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
         if res is None:
             self.plot.clear()
             self.table.clear()
+            if self.status.text() == self._result_text:  # it described a result no longer shown (study closed)
+                self.status.setText("")
             return
         rows = self.slice_rows(res)
         self.plot.set_scores(res.slice_scores, threshold=cut_threshold(self.state, res), unit=res.unit.short,
@@ -436,10 +441,15 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
                                            f"(slice {top.z})")
                  + (f", not counting the {len(own)} the model was fitted or calibrated on "
                     f"({format_selection(own)})" if own and top is not None and top.z not in own else "")]
-        lines += [f"⚠ {w}" for w in res.warnings]
+        lines += [f"⚠ {short_warning(w)}" for w in res.warnings]
+        cut = [w for w in res.warnings if short_warning(w) != w]
+        self.status.setToolTip("\n\n".join(res.warnings) if cut else "")
+        if cut:
+            lines[-1] += "  (hover for the whole text)"
         if res.stale:
             lines.append("these layers were made by a model that is no longer loaded (stale: model changed)")
-        self.status.setText("\n".join(lines))
+        self._result_text = "\n".join(lines)
+        self.status.setText(self._result_text)
 
     def _on_scr_moved(self, point: Any = None) -> None:
         """The curve's threshold line follows the threshold the mask is cut at (SCR's sliders move it)."""
@@ -534,9 +544,11 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
         goto_index(self.viewer, self.image_layer(), int(z))
 
     def _on_step(self, event: Any = None) -> None:
-        z = current_index(self.viewer, self.image_layer())
+        layer = self.image_layer()
+        z = current_index(self.viewer, layer)
         self.plot.set_current(z)
         self.table.set_current(z)
+        show_gap_on_canvas(self.viewer, layer)
 
     def _highlight(self, zyx: Any) -> None:
         layer = self.image_layer()
@@ -545,6 +557,20 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
         z, y, x = (float(v) for v in zyx)
         self.goto_slice(round(z))
         highlight_patch(self.viewer, layer, z, y, x)
+
+
+#: The longest warning the Detector dock's status line shows whole; longer ones give their first clause there
+#: (and all of it in the tooltip): at 1,366×768 two whole warnings pushed the slice curve out of the dock.
+WARNING_CHARS = 90
+
+
+def short_warning(text: str, most: int = WARNING_CHARS) -> str:
+    """``text`` whole when short, else its first clause (up to ': ' or '; '), cut to ``most`` characters."""
+    if len(text) <= most:
+        return text
+    ends = [i for i in (text.find(": "), text.find("; ")) if i >= 15]
+    head = text[:min(ends)] if ends else text
+    return (head if len(head) <= most else head[:most - 1].rstrip()) + "…"
 
 
 def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: str,

@@ -71,6 +71,8 @@ class ScorePlot(QWidget):
     """
 
     slice_clicked = Signal(int)
+    #: Up to this many slices, every slice gets its own tick on the slice axis.
+    SMALL_AXIS = 12
 
     def __init__(self, parent: QWidget | None = None) -> None:
         import pyqtgraph as pg
@@ -80,6 +82,8 @@ class ScorePlot(QWidget):
         self.plot.setMinimumHeight(120)
         self.plot.setLabel("bottom", "slice")
         self.plot.setLabel("left", "score")
+        for side in ("bottom", "left"):  # a one-slice picture's axis read "slice (x0.001)", −400…400
+            self.plot.getAxis(side).enableAutoSIPrefix(False)
         self.unit_label = "score"
         self.title = ""
         self.plot.showGrid(x=True, y=True, alpha=0.2)
@@ -213,8 +217,11 @@ class ScorePlot(QWidget):
         self.set_scores({})
 
     def set_range(self, n_slices: int) -> None:
-        """Span the slice axis over a volume of ``n_slices`` slices."""
-        self.plot.setXRange(-0.5, max(n_slices, 1) - 0.5, padding=0.02)
+        """Span the slice axis over a volume of ``n_slices`` slices, ticked at whole slices only."""
+        n = max(n_slices, 1)
+        self.plot.setXRange(-0.5, n - 0.5, padding=0.02)
+        # few slices: pyqtgraph's own ticks fall between them (−0.4, −0.2, … for one); many: its ticks are whole
+        self.plot.getAxis("bottom").setTicks([[(float(k), str(k)) for k in range(n)]] if n <= self.SMALL_AXIS else None)
 
     def set_current(self, z: int) -> None:
         self.cursor.setPos(float(z))
