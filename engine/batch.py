@@ -286,6 +286,10 @@ def score_study(study: Study, model: str, out_root: str, device: str = "cpu",
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}", outputs={})
     if objects is not None and record["status"] == "ok":
         _push(record, objects, str(push))
+    if record.get("error"):
+        # Redacted here too, where the reader registered the files its message names (a file beside a series,
+        # "Doe^John report.pdf"): the client's registry never saw them. The client keeps one of the two.
+        record["error_redacted"] = redact_paths(str(record["error"]))
     record["seconds"] = round(time.perf_counter() - t0, 3)
     return record
 
@@ -440,10 +444,11 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
             fut.release()
             record.update(model_fingerprint=fingerprint, spec_hash=hashlib.sha256(s.spec.encode()).hexdigest()[:12],
                           finished=datetime.now(UTC).isoformat(timespec="seconds"))
+            shown = record.pop("error_redacted", None)
             if not keep_paths:
                 record.pop("spec", None)
                 if record.get("error"):
-                    record["error"] = redact_paths(str(record["error"]))
+                    record["error"] = redact_paths(str(shown or record["error"]))
             manifest["studies"][s.id] = record
             _save(out, manifest)
             if record["status"] == "ok":

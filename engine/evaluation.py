@@ -272,7 +272,7 @@ def evaluate_model(detector: Detector, data: EvalData, scr: bool = True, reduce:
             notes.append("the calibration has no SCR λ (no features or intensities at calibration time), "
                          "so dice_scr and precision_scr are null")
     else:
-        notes.append("the model is not calibrated, so dice/precision (with and without SCR) have no operating "
+        notes.append("the model is not calibrated, so Dice and precision (with and without SCR) have no operating "
                      "point and are null: run 'anomalens calibrate --model MODEL --normals SPEC... --out NEW' "
                      "with held-out normal scans")
     notes += _overlap_notes(detector, data)

@@ -38,7 +38,10 @@ _GENERIC = frozenset({"", ".", "..", "data", "home", "tmp", "scans", "scan", "di
                       # the product's own file names: naming no one, and words its log lines use
                       "heatmap.nii.gz", "mask.nii.gz", "mask_scr.nii.gz", "mask_scr", "scores.csv", "manifest.json",
                       "bundle.json", "weights.safetensors", "metrics.json", "metrics.csv", "metrics.md",
-                      "viewer.log", "cases.sqlite", "active.json", "recent.json"})
+                      "viewer.log", "cases.sqlite", "active.json", "recent.json",
+                      # the product's own folders (its cache and config: ``…/anomalens/samples``); "anomalens"
+                      # taken for a name turned every "anomalens: …" progress line into "<path:…>: …"
+                      "anomalens", "samples", "cache", "config", "profiles", "site-profiles"})
 #: Folder levels above a file whose names are redacted on their own (a patient folder sits a few levels up:
 #: ``DOE^JOHN 12345/study/series/IM0001.dcm``).
 ANCESTORS = 6
@@ -131,10 +134,20 @@ def redact_paths(text: str) -> str:
 _UID_PATH = re.compile(r"(?:\d+(?:\.\d+)*|[A-Z_]+)(?:/(?:\d+(?:\.\d+)*|[A-Z_]+))+/?")
 
 
+#: Word pairs the product's own messages write with a slash: they name no one and are never paths.
+_WORD_PAIRS = frozenset({"input/output", "dice/precision", "nan/inf", "position/orientation", "bmad/mvtec",
+                         "dice_scr/precision_scr", "s/slice", "show/hide", "window/level", "centre/width",
+                         "positive/negative", "and/or", "w/l"})
+
+
 def _is_path(token_text: str) -> bool:
-    """A separator and something besides digits: ``epoch 3/30`` is progress, not a path; UIDs are not either."""
+    """Whether a token with a separator is a path.
+
+    Something besides digits is needed (``epoch 3/30`` is progress); DICOM UIDs and the product's own word
+    pairs are not paths either (``input/output error`` read ``input<path:…> error``).
+    """
     return (bool(re.search(r"[\\/]", token_text)) and bool(re.search(r"[^\d\\/]", token_text))
-            and not _UID_PATH.fullmatch(token_text))
+            and not _UID_PATH.fullmatch(token_text) and token_text.lower() not in _WORD_PAIRS)
 
 
 class RedactingFormatter(logging.Formatter):

@@ -220,14 +220,20 @@ def test_cli_batch_on_a_running_scheduler_exits_1_with_a_summary(capsys, data, c
     from anomalens.engine.cli.main import main
 
     lst = tmp_path / "studies.txt"
-    lst.write_text(f"{data['studies']}/case0.nii.gz\n{data['studies']}/broken.nii.gz\n")
+    patient = tmp_path / "Doe^John_0001"  # a folder holding only a report named after the patient
+    patient.mkdir()
+    (patient / "Doe^John report.pdf").write_bytes(b"%PDF-1.4 not an image")
+    lst.write_text(f"{data['studies']}/case0.nii.gz\n{data['studies']}/broken.nii.gz\n{patient}\n")
     out = tmp_path / "cli"
     code = main(["score", "--model", str(data["model"]), f"@{lst}", "--out", str(out),
                  "--scheduler", client.scheduler.address, "--device", "cpu", "--json"])
     captured = capsys.readouterr()
     assert code == 1
     res = json.loads(captured.out)
-    assert res["ok"] == 1 and len(res["failed"]) == 1 and res["workers"] >= 1
+    assert res["ok"] == 1 and len(res["failed"]) == 2 and res["workers"] >= 1
+    # the worker's message named the file beside it: redacted where the reader registered it (the worker)
+    assert "holds no DICOM images" in captured.err and "Doe" not in captured.err
+    assert "Doe" not in (out / "manifest.json").read_text()
     broken = study_id(f"{data['studies']}/broken.nii.gz")
     assert f"anomalens: failed: {broken}: <path:" in captured.err and str(data["studies"]) not in captured.err
     manifest = read_batch_manifest(out)

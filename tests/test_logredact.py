@@ -62,3 +62,21 @@ def test_dicom_uids_and_pacs_specs_are_no_paths() -> None:
     finally:
         forget_all()
     assert "jdoe" not in redact_paths("C:\\Users\\jdoe\\scan.nii")
+
+
+def test_the_products_own_words_and_folders_stay_readable() -> None:
+    """`eval` said "so <path:…> (with and without SCR) have no operating point" ("dice/precision"), and after a
+    sample was fetched into ``…/anomalens/samples`` every "anomalens: demo: …" progress line began "<path:…>"."""
+    from anomalens.engine.logredact import forget_all, remember
+
+    for line in ("so Dice/precision (with and without SCR) have no operating point",
+                 "cannot write the result: input/output error", "refusing NaN/inf voxels"):
+        assert redact_paths(line) == line
+    remember("/home/u/.cache/anomalens/site-profiles/default/v0001/bundle.json")
+    try:
+        progress = "anomalens: demo: patchcore on brain1:  90%"
+        assert redact_paths(progress) == progress
+        assert "v0001" not in redact_paths("read /home/u/.cache/anomalens/site-profiles/default/v0001")  # whole
+        assert "DOE" not in redact_paths("and/DOE")  # a word pair is an exact phrase, not a prefix
+    finally:
+        forget_all()

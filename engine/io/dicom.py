@@ -28,6 +28,7 @@ from ..errors import (
     ScanReadError,
     TooLargeError,
 )
+from ..logredact import remember
 from ..progress import CancelToken, ProgressCallback, check, report
 from ..volume import Volume, Window
 from .base import (
@@ -389,6 +390,13 @@ def _describe_series(rows: list[dict]) -> str:
 
 
 def _example(paths: list[Path], folder: Path) -> str:
+    """A few of ``paths`` by name, for a message the user acts on (which file to move away).
+
+    Each is registered for redaction: the CLI's error lines and every log show them as ``<path:…>`` tokens
+    unless ``--keep-paths`` (a file beside a series, ``Doe^John report.pdf``, reached the batch manifest).
+    """
+    for p in paths[:3]:
+        remember(p)
     names = [str(p.relative_to(folder)) for p in paths[:3]]
     return ", ".join(names) + (", ..." if len(paths) > 3 else "")
 
@@ -405,6 +413,7 @@ def read_folder(folder: Path, series_uid: str | None, max_bytes: int,
     if not scan.headers:
         if scan.damaged:
             exc = scan.damaged[0][1]
+            remember(scan.damaged[0][0])  # its reader's message names it
             if len(scan.damaged) == 1 and scan.n_files == 1:
                 raise exc
             raise type(exc)(f"none of the {scan.n_files} files in {folder} could be read as DICOM; e.g. {exc}")
