@@ -183,9 +183,18 @@ def expand_inputs(inputs: Sequence[str], name_pattern: str = DEFAULT_NAME_PATTER
     for spec in specs:
         s = Study(study_id(spec, name_pattern), spec)
         studies.setdefault(s.id, s)
-    if not studies:
+    if not studies or all(_holds_nothing(Path(s.spec)) for s in studies.values()):
+        # an empty folder (or one of notes) is no study: said at once, not as a study failed on a worker
         raise EmptyInputError("no studies found in the inputs: " + ", ".join(inputs))
     return list(studies.values())
+
+
+def _holds_nothing(path: Path) -> bool:
+    """A folder with no entry that could be a scan (nothing, hidden files, notes): no study at all."""
+    if not path.is_dir():
+        return False
+    return not any(not c.name.startswith(".") and not (c.is_file() and c.name.lower().endswith(_NOT_STUDIES))
+                   for c in path.iterdir())
 
 
 def is_batch(inputs: Sequence[str]) -> bool:

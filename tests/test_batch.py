@@ -100,6 +100,25 @@ def test_inputs_expand_from_folders_and_list_files(data, tmp_path: Path) -> None
     assert is_batch(["a.nii", "b.nii"]) and not is_batch([str(data["studies"] / "case0.nii.gz")])
 
 
+def test_an_empty_folder_is_no_study_even_with_workers(data, capsys, tmp_path: Path) -> None:
+    """With --workers an empty folder became one study failed on a worker: exit 1, a manifest, a cluster."""
+    from anomalens.engine.cli.main import main
+    from anomalens.engine.errors import EmptyInputError
+
+    empty, notes = tmp_path / "empty", tmp_path / "notes"
+    empty.mkdir()
+    notes.mkdir()
+    (notes / "readme.txt").write_text("nothing to score here\n")
+    for folder in (empty, notes):
+        with pytest.raises(EmptyInputError, match="no studies found"):
+            expand_inputs([str(folder)])
+        out = tmp_path / f"out-{folder.name}"
+        assert main(["score", "--model", str(data["model"]), str(folder), "--out", str(out), "--workers", "1"]) == 2
+        assert "no studies found" in capsys.readouterr().err and not out.exists()
+    # beside a real study, an empty folder is still tried (and fails alone): nothing a user listed is dropped
+    assert len(expand_inputs([str(empty), str(data["studies"] / "case0.nii.gz")])) == 2
+
+
 def test_cluster_matches_in_process_and_a_corrupt_study_fails_alone(capsys, data, client, tmp_path: Path) -> None:
     out = tmp_path / "out"
     seen: list[str] = []
