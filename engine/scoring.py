@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -209,7 +209,7 @@ class ScanResult:
             "scr": ({"source": self.scr_source} if self.scr_source else None) if self.scr is None else {
                 "threshold": self.scr.threshold, "lambda": self.scr.lam, "tau": self.scr.tau, "mode": self.scr.mode},
             "flagged_slices": self.flagged_slices if self.calibrated else None,
-            "seen_slices": list(self.seen_slices),
+            "seen_slices": file_slices(self.volume, self.seen_slices),
             "lesion_volume_ml": None if self.lesion_volume_ml is None else round(self.lesion_volume_ml, 4),
             "seconds_per_slice": round(self.seconds_per_slice, 4),
             "warnings": list(self.warnings),
@@ -307,12 +307,12 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
     warnings = _scan_warnings(detector, prepared)
     seen = tuple(seen_in(detector.training, volume, among=idx))
     overlap = sorted(set(seen) & {int(z) for z in idx})
-    if overlap:
-        warnings.append(seen_warning(overlap))
+    if overlap:  # slice numbers as in the file, as scores.csv gives them (not the selection's array indices)
+        warnings.append(seen_warning(file_slices(volume, overlap)))
     empty = [int(z) for z in idx if not prepared.foreground[int(z)].any()]
     if empty:
         one = len(empty) == 1
-        warnings.append(f"{len(empty)} of the scored slices ({format_selection(empty)}) "
+        warnings.append(f"{len(empty)} of the scored slices ({format_selection(file_slices(volume, empty))}) "
                         f"{'holds' if one else 'hold'} no tissue: {'it scores' if one else 'they score'} 0 and "
                         f"{'is' if one else 'are'} never flagged")
     grid = model_grid(detector)
@@ -393,6 +393,16 @@ def with_plain_mask(result: ScanResult) -> ScanResult:
         tissue = result.prepared.batch_foreground(idx)
         plain[idx] = (result.map[idx] > float(result.calibration.threshold)) & tissue
     return dataclasses.replace(result, mask=plain)
+
+
+def file_slices(volume: Volume, zs: Iterable[int]) -> list[int]:
+    """Array indices of ``volume`` as slice numbers of its file (a ``SPEC#5-14`` selection starts at 5, not 0).
+
+    What users read (scores.csv, ``flagged_slices``) numbers slices as in the file; a warning naming array
+    indices of a selection named slices the output did not hold.
+    """
+    original = volume.metadata.get("selected_slices")
+    return [int(original[int(z)]) if original is not None else int(z) for z in zs]
 
 
 def slice_scores(result: ScanResult) -> tuple[SliceScore, ...]:

@@ -66,6 +66,12 @@ def test_scoring_the_slices_a_model_was_fitted_on_says_so(tmp_path: Path) -> Non
     from anomalens.engine.detectors import load_bundle
 
     assert score_scan(load_bundle(saved), vol, [1]).seen_slices == (0, 1, 2)
+    # A selection from slice 1 on: warnings and the summary number slices as the file does (and scores.csv),
+    # they named the selection's array indices 0-1 for the file's slices 1-2
+    part = score_scan(det, load_volume(f"{fitted}#1-4"))
+    assert [s.index for s in part.slices] == [1, 2, 3, 4]
+    assert any("2 of the scored slices (1-2) were used" in w for w in part.warnings), part.warnings
+    assert part.summary()["seen_slices"] == [1, 2]
 
 
 def test_eval_leaves_out_the_slices_a_model_was_fitted_on(tmp_path: Path) -> None:
