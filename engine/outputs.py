@@ -35,7 +35,12 @@ def header_lines(result: ScanResult) -> list[str]:
         mask = (f"SCR mask (threshold {result.scr.threshold:.4g}, lambda {result.scr.lam:.4g}, {result.scr.mode})"
                 if result.scr is not None and result.mask_scr is not None
                 else f"plain mask (threshold {cal.threshold:.4g})")
-    return table_header(result.model, result.unit, result.calibration, mask, result.warnings)
+    lines = table_header(result.model, result.unit, result.calibration, mask, result.warnings)
+    if result.threads:  # before the warnings: what made the numbers, then what to beware of
+        at = 2 + (result.calibration is not None and mask is not None)
+        lines.insert(at, f"computed with {result.threads} torch CPU thread{'s' * (result.threads != 1)} (another "
+                         "count rounds the backbone's sums differently: the last digits can differ)")
+    return lines
 
 
 def table_header(model: ModelIdentity, unit: MapUnit, calibration: Calibration | None, mask: str | None,

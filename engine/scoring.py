@@ -157,6 +157,10 @@ class ScanResult:
     scr_source: str | None = None
     #: Array slices of this scan the model was fitted or calibrated on (``engine.provenance``): no test of it.
     seen_slices: tuple[int, ...] = ()
+    #: torch's CPU threads while it was scored: the backbone's sums round differently with another count
+    #: (brain1, PatchCore: features 1e-5 apart, up to 0.004 normal-quantile units, a mask voxel), so the same
+    #: model, scan and thread count give the same numbers to the bit, and a record says which count it was.
+    threads: int = 0
 
     @property
     def calibrated(self) -> bool:
@@ -210,6 +214,7 @@ class ScanResult:
                 "threshold": self.scr.threshold, "lambda": self.scr.lam, "tau": self.scr.tau, "mode": self.scr.mode},
             "flagged_slices": self.flagged_slices if self.calibrated else None,
             "seen_slices": file_slices(self.volume, self.seen_slices),
+            "torch_threads": self.threads,
             "lesion_volume_ml": None if self.lesion_volume_ml is None else round(self.lesion_volume_ml, 4),
             "seconds_per_slice": round(self.seconds_per_slice, 4),
             "warnings": list(self.warnings),
@@ -373,7 +378,7 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
                         calibration=cal, scr=point if cut else None, slices=(),
                         model=model or ModelIdentity.of(detector), raw=raw if detail else None,
                         warnings=tuple(dict.fromkeys(warnings)), seconds_per_slice=seconds,
-                        scr_source=own_method or None, seen_slices=seen)
+                        scr_source=own_method or None, seen_slices=seen, threads=_torch_threads())
     result.slices = slice_scores(result)
     report(progress, 1.0, "scored")
     return result
@@ -393,6 +398,12 @@ def with_plain_mask(result: ScanResult) -> ScanResult:
         tissue = result.prepared.batch_foreground(idx)
         plain[idx] = (result.map[idx] > float(result.calibration.threshold)) & tissue
     return dataclasses.replace(result, mask=plain)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
 
 
 def file_slices(volume: Volume, zs: Iterable[int]) -> list[int]:

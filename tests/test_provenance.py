@@ -60,6 +60,7 @@ def test_scoring_the_slices_a_model_was_fitted_on_says_so(tmp_path: Path) -> Non
     assert result.seen_slices == (0, 1, 2)
     assert any("3 of the scored slices (0-2) were used to fit or calibrate this model" in w for w in result.warnings)
     assert result.summary()["seen_slices"] == [0, 1, 2]
+    assert result.summary()["torch_threads"] == 1  # what the numbers were computed with (set above)
     assert not any("used to fit" in w for w in score_scan(det, vol, [4, 5]).warnings)  # held-out slices: no word
     assert score_scan(det, load_volume(str(other))).seen_slices == ()
     saved = det.save(tmp_path / "model")  # the record survives the bundle (JSON, hashed keys)
