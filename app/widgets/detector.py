@@ -443,7 +443,7 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
                     f"({format_selection(own)})" if own and top is not None and top.z not in own else "")]
         lines += [f"⚠ {short_warning(w)}" for w in res.warnings]
         cut = [w for w in res.warnings if short_warning(w) != w]
-        self.status.setToolTip("\n\n".join(res.warnings) if cut else "")
+        self.status.setToolTip("\n\n".join(res.warnings))
         if cut:
             lines[-1] += "  (hover for the whole text)"
         if res.stale:
