@@ -1034,6 +1034,9 @@ def main(argv: list[str] | None = None) -> int:
         close_after(viewer, seconds)
     scripted = score_and_quit(viewer, args.score_and_quit) if args.score_and_quit is not None else None
     run(gui_exceptions=True)
+    from .jobs import stop_all_work
+
+    stop_all_work()  # no worker may outlive the window into the interpreter's teardown
     return 0 if scripted is None or scripted["ok"] else 1
 
 

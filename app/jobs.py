@@ -9,6 +9,7 @@ handled on the UI thread, so a cancel is not reported as a crash and errors show
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,25 @@ def _preload_heavy_imports() -> None:
     (bench/bench_responsiveness.py measured 390–525 ms gaps). Paying it once at start-up is cheaper.
     """
     import torch._dynamo  # noqa: F401
+
+
+#: Every job runner alive, so the app can stop their work before the interpreter exits (``stop_all_work``).
+_RUNNERS: weakref.WeakSet[JobRunner] = weakref.WeakSet()
+
+
+def stop_all_work(timeout_s: float = 10.0) -> bool:
+    """Cancel every running job and wait for the thread pool to be idle; returns whether it became so.
+
+    A worker still running when the window closed (the Poincaré projection after ``--screenshot``, a scoring
+    the user left) finished after the interpreter had begun tearing its objects down, and superqt printed
+    "RuntimeError: Signal source has been deleted" on the way out.
+    """
+    from qtpy.QtCore import QThreadPool
+
+    for runner in list(_RUNNERS):
+        if runner._token is not None:
+            runner._token.cancel()
+    return bool(QThreadPool.globalInstance().waitForDone(int(timeout_s * 1000)))
 
 
 class JobRunner(QObject):
@@ -58,6 +78,7 @@ class JobRunner(QObject):
         self.cancel_requested_at: float | None = None
         self._progressed.connect(self._show_progress)
         self.cancel_button.clicked.connect(self.cancel)
+        _RUNNERS.add(self)
         self._idle()
         _preload_heavy_imports()
 

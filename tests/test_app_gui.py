@@ -549,3 +549,29 @@ def test_a_scan_closed_while_it_is_scored_gets_no_result_layers(make_napari_view
     _wait(qtbot, det_w)
     assert [lyr.name for lyr in viewer.layers] == [] and get_state(viewer).results is None
     assert "was closed while it was scored" in det_w.status.text()
+
+
+def test_no_worker_outlives_the_app(qtbot: Any) -> None:
+    """A worker still running when the window closed (the demo's Poincaré projection after --screenshot) ended
+    after the interpreter's teardown had begun: superqt printed "Signal source has been deleted" (3 of 3 runs)."""
+    import time
+
+    from napari.qt.threading import create_worker
+    from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
+
+    from anomalens.app.jobs import JobRunner, stop_all_work
+    from anomalens.engine.progress import check
+
+    worker = create_worker(time.sleep, 0.8, _ignore_errors=True)
+    worker.start()
+    runner = JobRunner(QProgressBar(), QPushButton(), QLabel())
+
+    def long_job(progress: Any, cancel: Any) -> None:
+        for _ in range(600):  # a minute unless cancelled
+            check(cancel)
+            time.sleep(0.1)
+
+    assert runner.start("long", long_job)
+    t0 = time.perf_counter()
+    assert stop_all_work(timeout_s=10.0)  # the job is cancelled, the plain worker waited for
+    assert time.perf_counter() - t0 < 5.0 and not worker.is_running

@@ -460,6 +460,8 @@ def test_the_demo_window_fits_the_screen(width: int, height: int, bundle: Path, 
     out, layout = _run_on_screen(width, height, ["--demo", "--screenshot", str(shot)], tmp_path,
                                  env_dirs + preamble)
     assert shot.is_file(), out.stdout[-2000:]
+    # no worker outlives the window (superqt: "RuntimeError: Signal source has been deleted" on the way out)
+    assert "Traceback" not in out.stderr and "Signal source" not in out.stderr, out.stderr[-2000:]
     _check_fits(layout, width, height, shot)
     # napari's layer docks are shown only where the canvas keeps its share with them
     assert layout["napari_docks_visible"] == (width >= 1920)
