@@ -327,9 +327,12 @@ def run_score_batch(args: argparse.Namespace, inputs: list[Any]) -> int:
     from ..batch import DEFAULT_NAME_PATTERN
 
     push = push_target(args, [getattr(i, "spec", i) for i in inputs]) if args.push else None
-    summary = run_batch(args.model, inputs, args.out, workers=args.workers, scheduler=args.scheduler,
-                        device=args.device, threads=getattr(args, "threads", None), keep_paths=args.keep_paths,
-                        name_pattern=args.name_pattern or DEFAULT_NAME_PATTERN, gaps=args.gaps, push=push)
+    try:
+        summary = run_batch(args.model, inputs, args.out, workers=args.workers, scheduler=args.scheduler,
+                            device=args.device, threads=getattr(args, "threads", None), keep_paths=args.keep_paths,
+                            name_pattern=args.name_pattern or DEFAULT_NAME_PATTERN, gaps=args.gaps, push=push)
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt("the finished studies are kept; the same command again goes on from there") from None
     data = summary.to_dict()
     there = len(summary.already_on_pacs)
     done = (f"scored and pushed ({there} of them already on the PACS)" if there else "scored and pushed") \
