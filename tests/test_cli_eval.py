@@ -118,6 +118,7 @@ def _eval(capsys, world, data: str, *extra: str, model: Path | None = None) -> d
 def test_eval_on_an_image_mask_pair(world, capsys) -> None:
     out = _eval(capsys, world, f"{world['image']}:{world['mask']}")
     assert out["n_slices"] == 7 and out["n_anomalous_slices"] == 4 and out["seconds_per_slice"] > 0
+    assert out["bootstrap"] == 50 and out["confidence"] == 0.95  # what the *_ci intervals rest on
     for key in ("image_auroc", "pixel_auroc", "pixel_ap", "best_dice", "dice", "precision", "dice_scr", "fpr95"):
         assert isinstance(out[key], float) and math.isfinite(out[key]), key
     assert out["pixel_auroc"] > 0.8  # bright disc lesions are easy for a memory bank of normal patches

@@ -150,6 +150,7 @@ def evaluate(
             "reduce": reduce,
             "threshold": None if threshold is None else float(threshold),
             "confidence": float(confidence),
+            "bootstrap": int(n_boot) if n_boot > 0 and len(m) >= 2 else 0,  # resamples behind the *_ci intervals
             "notes": notes,
         }
     )
