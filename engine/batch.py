@@ -35,6 +35,7 @@ from .fileio import atomic_dir, atomic_write_text, ensure_folder
 from .io.dicom import is_dicom_file
 from .io.spec import split_spec
 from .logredact import redact_paths, remember
+from .progress import ProgressCallback, report
 
 if TYPE_CHECKING:
     from .detectors import Detector
@@ -361,7 +362,8 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
               device: str = "cpu", processes: bool = True, show_progress: bool | None = None,
               on_result: Callable[[str, dict[str, Any]], None] | None = None,
               threads: int | None = None, keep_paths: bool = False,
-              name_pattern: str = DEFAULT_NAME_PATTERN, gaps: str = "fill", push: str | None = None) -> BatchSummary:
+              name_pattern: str = DEFAULT_NAME_PATTERN, gaps: str = "fill", push: str | None = None,
+              progress: ProgressCallback | None = None) -> BatchSummary:
     """Score many studies on dask.distributed, resumable, writing ``out/<id>/`` and ``out/manifest.json``.
 
     Args:
@@ -373,7 +375,9 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
         client: an existing ``distributed.Client`` (tests, notebooks); takes precedence over the above.
         device: device each worker scores on (``auto`` resolves on the worker).
         processes: local cluster of processes (default) or threads.
-        show_progress: tqdm bar over finished studies on stderr (default: when stderr is a terminal).
+        show_progress: tqdm bar over finished studies on stderr (default: when stderr is a terminal), unless
+            ``progress`` is given.
+        progress: ``progress(fraction, "k/N studies done")`` after each study (the CLI's bar or log lines).
         on_result: called as ``on_result(study_id, record)`` after each result is recorded.
         threads: torch threads in each worker. None: ``$ANOMALENS_THREADS`` in the worker's environment;
             for a local cluster without it, the cores shared out evenly among the workers.
@@ -440,7 +444,10 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
         summary.workers = len(client.scheduler_info(n_workers=-1).get("workers", {}))
         futures = {client.submit(score_study, s, model_path, str(out), device, threads, gaps, push, pure=False,
                                  key=f"anomalens-score-{s.id}-{fingerprint}-{time.time_ns()}"): s for s in todo}
-        for fut in _progress(as_completed(futures), len(futures), show_progress):
+        done = 0
+        for fut in _progress(as_completed(futures), len(futures), False if progress is not None else show_progress):
+            done += 1
+            report(progress, done / len(futures), f"{done}/{len(futures)} studies done")
             s = futures[fut]
             try:
                 record = fut.result()

@@ -235,8 +235,12 @@ def test_a_killed_worker_loses_no_finished_result_and_the_rerun_completes(data, 
     assert not [p for p in out.iterdir() if p.name.startswith(".")], "the rerun sweeps half-written folders"
 
 
-def test_cli_batch_on_a_running_scheduler_exits_1_with_a_summary(capsys, data, client, tmp_path: Path) -> None:
+def test_cli_batch_on_a_running_scheduler_exits_1_with_a_summary(capsys, data, client, tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    from anomalens.engine.cli import progressbar
     from anomalens.engine.cli.main import main
+
+    monkeypatch.setattr(progressbar, "QUIET_START_S", 0.0)  # a log's progress lines from the first study on
 
     lst = tmp_path / "studies.txt"
     patient = tmp_path / "Doe^John_0001"  # a folder holding only a report named after the patient
@@ -250,6 +254,7 @@ def test_cli_batch_on_a_running_scheduler_exits_1_with_a_summary(capsys, data, c
     assert code == 1
     res = json.loads(captured.out)
     assert res["ok"] == 1 and len(res["failed"]) == 2 and res["workers"] >= 1
+    assert "anomalens: scoring studies: 100% 3/3 studies done" in captured.err  # a batch in a log says how far
     # the worker's message named the file beside it: redacted where the reader registered it (the worker)
     assert "holds no DICOM images" in captured.err and "Doe" not in captured.err
     assert "Doe" not in (out / "manifest.json").read_text()

@@ -328,9 +328,11 @@ def run_score_batch(args: argparse.Namespace, inputs: list[Any]) -> int:
 
     push = push_target(args, [getattr(i, "spec", i) for i in inputs]) if args.push else None
     try:
-        summary = run_batch(args.model, inputs, args.out, workers=args.workers, scheduler=args.scheduler,
-                            device=args.device, threads=getattr(args, "threads", None), keep_paths=args.keep_paths,
-                            name_pattern=args.name_pattern or DEFAULT_NAME_PATTERN, gaps=args.gaps, push=push)
+        with terminal_progress("scoring studies") as progress:  # a bar on a terminal, lines in a log
+            summary = run_batch(args.model, inputs, args.out, workers=args.workers, scheduler=args.scheduler,
+                                device=args.device, threads=getattr(args, "threads", None),
+                                keep_paths=args.keep_paths, name_pattern=args.name_pattern or DEFAULT_NAME_PATTERN,
+                                gaps=args.gaps, push=push, progress=progress)
     except KeyboardInterrupt:
         raise KeyboardInterrupt("the finished studies are kept; the same command again goes on from there") from None
     data = summary.to_dict()
