@@ -62,15 +62,30 @@ def _show(kind: str, text: str) -> None:
         log.exception("could not show a notification: %s", text)
 
 
-def say(viewer: object, text: str) -> None:
-    """Put ``text`` in the window's status bar where it stays.
+#: How long a key's answer stays in the desktop window's status label (unless something replaces it first).
+SAY_KEEP_S = 15.0
+
+
+def say(viewer: object, text: str, keep_s: float = SAY_KEEP_S) -> None:
+    """Put ``text`` in the window's status bar, where it stays ``keep_s`` seconds.
 
     napari rewrites its own status line (``viewer.status``) on the next slice change or mouse move, so a key's
     answer ("flagged slice 12 (1 of 5) — wrapped around") was gone before anyone read it. The desktop
     window's AnomaLens status label keeps it; in plain napari (no such label) only napari's line is set.
+    It does not stay for good: "marked 1 new slice normal" still stood there after a fine-tune and a rollback.
     """
     viewer.status = text  # type: ignore[attr-defined]
     window = getattr(viewer, "window", None)
     label = getattr(getattr(window, "anomalens_files", None), "status", None)
     if label is not None:
         label.setText(text)
+        from qtpy.QtCore import QTimer
+
+        def expire(label: object = label, text: str = text) -> None:
+            try:
+                if label.text() == text:  # type: ignore[attr-defined]  # not replaced meanwhile
+                    label.setText("")  # type: ignore[attr-defined]
+            except RuntimeError:  # the window closed meanwhile
+                pass
+
+        QTimer.singleShot(int(keep_s * 1000), expire)

@@ -575,3 +575,23 @@ def test_no_worker_outlives_the_app(qtbot: Any) -> None:
     t0 = time.perf_counter()
     assert stop_all_work(timeout_s=10.0)  # the job is cancelled, the plain worker waited for
     assert time.perf_counter() - t0 < 5.0 and not worker.is_running
+
+
+def test_a_keys_answer_in_the_status_bar_expires(qtbot: Any) -> None:
+    """"marked 1 new slice normal" still stood in the status bar after a fine-tune and a rollback."""
+    from types import SimpleNamespace
+
+    from qtpy.QtWidgets import QLabel
+
+    from anomalens.app.messages import say
+
+    label = QLabel()
+    qtbot.addWidget(label)
+    viewer = SimpleNamespace(status="", window=SimpleNamespace(anomalens_files=SimpleNamespace(status=label)))
+    say(viewer, "marked 1 new slice normal", keep_s=0.2)
+    assert label.text() == "marked 1 new slice normal" and viewer.status == label.text()
+    qtbot.waitUntil(lambda: label.text() == "", timeout=2000)
+    say(viewer, "flagged slice 12 (1 of 5)", keep_s=0.2)
+    label.setText("Opening brain1…")  # replaced by something else meanwhile: that stays
+    qtbot.wait(400)
+    assert label.text() == "Opening brain1…"
