@@ -18,7 +18,7 @@ from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
 
 from ..engine.errors import Cancelled
 from ..engine.progress import CancelToken, ProgressCallback
-from .messages import log, notify_error
+from .messages import log, notify_error, notify_info
 
 Work = Callable[[ProgressCallback, CancelToken], Any]
 #: Shortest time between two progress updates a job sends to the UI thread.
@@ -187,6 +187,8 @@ class JobRunner(QObject):
             self.status.setText(notify_error(exc, f"{name} failed"))
             self.done.emit(name, exc)
             return
+        if self.cancel_requested_at is not None:  # Cancel came after the last check: say why there is a result
+            notify_info(f"{name} had finished before Cancel took effect: its result is shown")
         self.done.emit(name, box.get("value"))
 
     def _idle(self) -> None:

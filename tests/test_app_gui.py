@@ -595,3 +595,28 @@ def test_a_keys_answer_in_the_status_bar_expires(qtbot: Any) -> None:
     label.setText("Opening brain1…")  # replaced by something else meanwhile: that stays
     qtbot.wait(400)
     assert label.text() == "Opening brain1…"
+
+
+def test_a_cancel_that_comes_too_late_says_why_there_is_a_result(qtbot: Any) -> None:
+    """Cancel pressed at 24/25 slices: the full result appeared with no word on the cancel."""
+    import threading
+
+    from napari.utils.notifications import notification_manager
+    from qtpy.QtWidgets import QLabel, QProgressBar, QPushButton
+
+    from anomalens.app.jobs import JobRunner
+
+    runner = JobRunner(QProgressBar(), QPushButton(), QLabel())
+    release, shown = threading.Event(), []
+
+    def last_slice(progress: Any, cancel: Any) -> str:
+        release.wait(5)  # past its last cancel check: nothing looks at the token any more
+        return "result"
+
+    assert runner.start("Scoring 25 slices", last_slice, shown.append)
+    start = len(notification_manager.records)
+    runner.cancel()
+    release.set()
+    assert runner.wait(5)
+    told = [str(n.message) for n in notification_manager.records[start:]]
+    assert shown == ["result"] and any("had finished before Cancel took effect" in m for m in told), told
