@@ -173,12 +173,13 @@ class FileActions(QObject):
 
         return show_pacs_dialog(self)
 
-    def open_path(self, path: str | Path, series_uid: str | None = None) -> bool:
+    def open_path(self, path: str | Path, series_uid: str | None = None, nan_policy: str | None = None) -> bool:
         """Read a scan in the background and add it as a layer; failures become a message, nothing is lost.
 
-        A DICOM folder with several series asks which one to open (instead of failing).
+        A DICOM folder with several series asks which one to open (instead of failing); so does a scan with
+        NaN or infinite voxels, whether to open it with them replaced (the CLI's ``--nan clean``).
         """
-        from ..engine.errors import MultipleSeriesError
+        from ..engine.errors import MultipleSeriesError, NonFiniteVoxelsError
         from ..engine.io import read_scan
         from ..engine.logredact import remember
         from .reader import image_layer_data
@@ -188,15 +189,22 @@ class FileActions(QObject):
 
         def work(progress: Any, cancel: Any) -> Any:
             try:
-                return image_layer_data(read_scan(p, series_uid=series_uid, progress=progress, cancel=cancel))
-            except MultipleSeriesError as exc:
-                return exc  # handled on the UI thread: the user picks a series
+                return image_layer_data(read_scan(p, series_uid=series_uid, nan_policy=nan_policy,
+                                                  progress=progress, cancel=cancel))
+            except (MultipleSeriesError, NonFiniteVoxelsError) as exc:
+                return exc  # handled on the UI thread: the user picks a series, or whether to clean
 
         def done(result: Any) -> None:
             if isinstance(result, MultipleSeriesError):
                 uid = self.choose_series(result.series)
                 if uid:
                     QTimer.singleShot(0, lambda: self.open_path(p, series_uid=uid))
+                return
+            if isinstance(result, NonFiniteVoxelsError):
+                if self.confirm_clean(p.name, result):
+                    QTimer.singleShot(0, lambda: self.open_path(p, series_uid=series_uid, nan_policy="clean"))
+                else:
+                    self.jobs.status.setText(f"{p.name} not opened: {result.bad} voxels are NaN or infinite")
                 return
             data, kwargs, _kind = result
             if not self.make_room(str(kwargs.get("name") or p.name)):
@@ -257,6 +265,17 @@ class FileActions(QObject):
         box.exec()
         clicked = box.clickedButton()
         return "replace" if clicked is replace else "both" if clicked is both else "cancel"
+
+    def confirm_clean(self, name: str, exc: Any) -> bool:
+        """Ask whether to open a scan with its NaN/infinite voxels replaced by its lowest value (the file stays)."""
+        from qtpy.QtWidgets import QMessageBox
+
+        answer = QMessageBox.question(
+            self.viewer.window._qt_window, "Voxels without a value",
+            f"{name}: {exc.bad} of {exc.total} voxels are NaN or infinite, which would spoil every score.\n\n"
+            "Open it with them replaced by the scan's lowest value? The file itself is not changed, and the "
+            "result's warnings will say so.")
+        return answer == QMessageBox.StandardButton.Yes
 
     def choose_series(self, series: list[dict]) -> str | None:
         """Ask which DICOM series to open; returns its UID (None when the user cancels)."""

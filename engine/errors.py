@@ -39,6 +39,14 @@ class InvalidVolumeError(AnomaLensError):
     """The pixel data is unusable: wrong dimensions, NaN/inf that may not be cleaned, and so on."""
 
 
+class NonFiniteVoxelsError(InvalidVolumeError):
+    """NaN or infinite voxels under the ``refuse`` policy: readable with ``nan_policy="clean"`` (the viewer asks)."""
+
+    def __init__(self, message: str, bad: int = 0, total: int = 0) -> None:
+        super().__init__(message)
+        self.bad, self.total = bad, total
+
+
 class TooLargeError(AnomaLensError):
     """The input exceeds the memory budget."""
 

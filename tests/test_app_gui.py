@@ -620,3 +620,31 @@ def test_a_cancel_that_comes_too_late_says_why_there_is_a_result(qtbot: Any) -> 
     assert runner.wait(5)
     told = [str(n.message) for n in notification_manager.records[start:]]
     assert shown == ["result"] and any("had finished before Cancel took effect" in m for m in told), told
+
+
+def test_a_scan_with_nan_voxels_asks_whether_to_clean(make_napari_viewer: Any, qtbot: Any, app_env: Path,
+                                                      tmp_path: Path, monkeypatch: Any) -> None:
+    """The viewer said "pass --nan clean (the anomalens command)… or read with nan_policy='clean'": a radiologist
+    has no command line there. It asks, and opens the scan cleaned (the file untouched) or not at all."""
+    from anomalens.app.desktop import setup_viewer
+    from anomalens.app.recent import RecentFiles
+
+    viewer = make_napari_viewer(show=True)
+    files = setup_viewer(viewer, RecentFiles(tmp_path / "recent.json"))
+    arr = phantom((4, 16, 20))
+    arr[1, 3, 4], arr[2, 5, 6] = np.nan, np.inf
+    path = write_sitk(tmp_path / "nan.nii.gz", arr)
+    before = path.read_bytes()
+    answers: list[bool] = [False, True]
+    asked: list[tuple[int, int]] = []
+    monkeypatch.setattr(files, "confirm_clean", lambda name, exc: asked.append((exc.bad, exc.total))
+                        or answers.pop(0))
+    assert files.open_path(path)
+    qtbot.waitUntil(lambda: not files.jobs.running, timeout=20000)
+    assert asked == [(2, arr.size)] and len(viewer.layers) == 0  # "No": nothing opened, and it says why
+    assert "2 voxels are NaN or infinite" in files.status.text()
+    assert files.open_path(path)
+    qtbot.waitUntil(lambda: len(viewer.layers) == 1 and not files.jobs.running, timeout=20000)
+    data = np.asarray(viewer.layers[0].data)
+    assert np.isfinite(data).all() and len(asked) == 2
+    assert path.read_bytes() == before  # the source scan is never modified

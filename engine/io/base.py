@@ -22,6 +22,7 @@ from ..errors import (
     ConfigError,
     CorruptFileError,
     InvalidVolumeError,
+    NonFiniteVoxelsError,
     NotAScanError,
     ScanReadError,
     TooLargeError,
@@ -269,9 +270,9 @@ def apply_nan_policy(volume: Volume, nan_policy: str | None = None) -> Volume:
     bad = int(finite.size - np.count_nonzero(finite))
     total = finite.size
     if nan_policy == "refuse":
-        raise InvalidVolumeError(
-            f"{bad} of {total} voxels are NaN or infinite; to replace them by the lowest finite value, {NAN_REMEDY}"
-        )
+        raise NonFiniteVoxelsError(
+            f"{bad} of {total} voxels are NaN or infinite; to replace them by the lowest finite value, {NAN_REMEDY}",
+            bad=bad, total=total)
     if not finite.any():
         raise InvalidVolumeError("every voxel is NaN or infinite; there is nothing to clean up")
     low = float(volume.array[finite].min())
