@@ -261,6 +261,8 @@ def viewer_letters(viewer: Any) -> dict[str, str] | None:
     layer = reference_layer(viewer)
     if layer is None or viewer.dims.ndisplay != 2 or layer.ndim != 3:
         return None
+    if layer.metadata[_VOLUME_KEY].metadata.get("patient_geometry") is False:
+        return None  # a PNG/JPEG/TIFF picture: no patient directions to letter (a photo got A/P/R/L)
     lin = np.asarray(layer.affine.linear_matrix, dtype=float)
     if (not np.allclose(lin, np.diag(np.diag(lin))) or not np.allclose(layer.rotate, np.eye(3))
             or not np.allclose(layer.shear, 0.0)):

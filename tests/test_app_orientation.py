@@ -304,3 +304,26 @@ def test_in_the_desktop_window_three_planes_take_the_column_and_are_fitted(make_
     assert not toggle_three_plane(viewer)
     assert docks_visible(viewer)  # and come back
     qtbot.wait(100)
+
+
+def test_a_picture_gets_no_patient_letters(make_napari_viewer: Any, qtbot: Any, tmp_path: Path) -> None:
+    """A PNG has rows and columns, not patient directions: a photo scored in the viewer had A/P/R/L on it."""
+    from PIL import Image
+
+    from anomalens.app.orientation import install_orientation_overlay, viewer_letters
+    from anomalens.app.reader import image_layer_data
+    from anomalens.engine.io import read_scan
+
+    path = tmp_path / "photo.png"
+    Image.fromarray((np.random.default_rng(0).random((32, 40)) * 255).astype(np.uint8)).save(path)
+    picture = read_scan(path)
+    assert picture.metadata["patient_geometry"] is False
+    viewer = make_napari_viewer(show=True)
+    data, kwargs, _ = image_layer_data(picture, name="photo")
+    viewer.add_image(data, **kwargs)
+    install_orientation_overlay(viewer)
+    qtbot.wait(50)
+    assert viewer_letters(viewer) is None
+    assert not viewer.canvas.overlays["anomalens_orient_top"].visible
+    scan = write_sitk(tmp_path / "scan.nii.gz", phantom_slices(3, 32, seed=1)[0].astype(np.float32))
+    assert "patient_geometry" not in read_scan(scan).metadata  # a scan file keeps its letters

@@ -260,4 +260,5 @@ class PictureReader(SimpleITKReader):
         if io == "JPEGImageIO" and b"\xff\xd9" not in _tail(path, 4096):
             # libjpeg pads a cut-off JPEG with grey and only prints a warning; say so where the user sees it.
             volume.warnings.append("the JPEG file seems truncated (no end marker); its lower part may be blank")
+        volume.metadata["patient_geometry"] = False  # a picture's rows and columns are no patient directions
         return volume
