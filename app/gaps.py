@@ -24,7 +24,7 @@ def gap_overlay(viewer: Any) -> Any:
 
     overlays = viewer.canvas.overlays
     if GAP_OVERLAY not in overlays:
-        overlays[GAP_OVERLAY] = TextOverlay(text="", position="top_left", color=GAP_COLOR, font_size=12,
+        overlays[GAP_OVERLAY] = TextOverlay(text="", position="top_left", color=GAP_COLOR, font_size=10,
                                             visible=False)
     return overlays[GAP_OVERLAY]
 
@@ -47,6 +47,7 @@ def show_gap_on_canvas(viewer: Any, layer: Any) -> bool:
     if overlays is None or (z is None and GAP_OVERLAY not in overlays):
         return z is not None  # nothing shown, nothing to hide: no overlay is made for scans without gaps
     overlay = gap_overlay(viewer)
-    overlay.text = "" if z is None else f"slice {z}: missing from the series (inserted empty, not scored)"
+    # short lines: one long one ran under the "A" at the top edge's centre
+    overlay.text = "" if z is None else f"slice {z}:\nnot in the series\n(inserted empty)"
     overlay.visible = z is not None
     return z is not None
