@@ -8,6 +8,7 @@ it. The CLI, the viewer's workers, batch scoring and the tests all call these sa
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,8 @@ from .volume import Volume
 if TYPE_CHECKING:
     from .domain import TrainingDomain
 
+
+log = logging.getLogger(__name__)
 
 class PreparedScan:
     """A scan normalised for a model: slices in [0, 1] on the scan's grid, and its tissue mask.
@@ -249,6 +252,8 @@ def train(detector: str, normals: Sequence[str] | np.ndarray, config: dict | Non
     det.fit(stack, progress=lambda f, m: report(progress, 0.1 + 0.9 * f, m), cancel=cancel)
     det.notes = info.pop("warnings", [])  # what reading the normals turned up: shown by the caller, not saved
     det.training.update(info)  # modality, domain, orientation: score_scan warns about scans unlike these
+    log.info("trained %s on %d normal slices of %d×%d px (working grid %s)", detector, len(stack),
+             *stack.shape[1:], "from the scans" if grid_d else "none: slices as given")
     return det
 
 

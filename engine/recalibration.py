@@ -9,6 +9,7 @@ calibration slices before and after, at the plain and the SCR operating point.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from .detectors.result import AnomalyResult
     from .postprocess.survival import LesionProbe
 
+
+log = logging.getLogger(__name__)
 
 #: Slice copies with synthetic lesions the calibration has the detector score, and lesions on each (kept apart).
 LESION_SLICES = 16
@@ -72,6 +75,8 @@ def calibrate_detector(detector: Detector, normals: np.ndarray, foreground: np.n
     cal = dataclasses.replace(cal, n_slices=len(normals), fingerprint=fingerprint(normals),
                               created=datetime.now(UTC).isoformat(timespec="seconds"), notes=(*cal.notes, *extra))
     detector.calibration = cal
+    log.info("calibrated on %d normal slices: plain threshold %.4g (%.2f%% of normal tissue), SCR threshold "
+             "%.4g, lambda %.4g", len(normals), cal.threshold, 100 * cal.target_fpr, cal.scr.threshold, cal.scr.lam)
     detector.bundle_manifest = None  # no longer the saved version it was loaded as
     return cal
 

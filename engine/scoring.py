@@ -15,6 +15,7 @@ lesion volume) is the SCR mask when SCR is calibrated, else the plain one.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,8 @@ from .provenance import seen_in, seen_warning
 if TYPE_CHECKING:
     from .detectors.base import Detector
     from .volume import Volume
+
+log = logging.getLogger(__name__)
 
 #: Slices scored per detector call. One value for every caller: batch composition must not change a number.
 SCORE_BATCH = 8
@@ -380,6 +383,8 @@ def score_scan(detector: Detector, volume: Volume, slices: Sequence[int] | np.nd
                         warnings=tuple(dict.fromkeys(warnings)), seconds_per_slice=seconds,
                         scr_source=own_method or None, seen_slices=seen, threads=_torch_threads())
     result.slices = slice_scores(result)
+    log.info("scored %d slices (%.3f s each, %d torch threads): %d flagged, unit %s", len(idx), seconds,
+             result.threads, len(result.flagged_slices), result.unit.short)
     report(progress, 1.0, "scored")
     return result
 

@@ -93,6 +93,28 @@ def test_train_then_score_writes_outputs_on_the_input_grid(capsys, scans, tmp_pa
                             "--device", "cpu"])
     assert set(res["files"]) == {"heatmap", "scores"}  # an uncalibrated model: raw map, no mask
     assert res["unit"] == "raw" and res["flagged_slices"] is None and res["model"]["detector"] == "patchcore"
+    # -v says what was done, in lines a log keeps ("-v adds nothing" on score, train or batch)
+    import logging
+
+    from anomalens.engine.cli.main import main
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    keep = Keep(level=logging.INFO)
+    logging.getLogger("anomalens").addHandler(keep)
+    try:
+        assert main(["-v", "score", "--model", str(model), str(scans["test"]), "--out", str(tmp_path / "v"),
+                     "--device", "cpu"]) == 0
+    finally:
+        logging.getLogger("anomalens").removeHandler(keep)
+        logging.getLogger("anomalens").setLevel(logging.NOTSET)
+    capsys.readouterr()
+    assert any(m.startswith("loaded a patchcore model (not calibrated)") for m in records), records
+    assert any(m.startswith("scored ") and "torch threads" in m for m in records), records
     heat = sitk.ReadImage(res["files"]["heatmap"])
     src = sitk.ReadImage(str(scans["test"]))
     assert heat.GetSize() == src.GetSize()

@@ -83,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler()
     handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, handlers=[handler])
+    # our own loggers follow -v even where the root logger was configured before (an embedding program)
+    logging.getLogger("anomalens").setLevel(logging.INFO if args.verbose else logging.NOTSET)
     if not args.verbose:
         # dask.distributed sets its own loggers to INFO when it is imported (a batch printed 24 lines of
         # scheduler chatter without -v); its config variable reaches the worker processes too

@@ -8,6 +8,7 @@ config; tensors come from safetensors, which cannot run code. Files that need un
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ from ..logredact import remember
 
 if TYPE_CHECKING:
     from .base import Detector
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 #: Tensors of backbone weights a model carries (``Detector.backbone_weights``), apart from its own state.
@@ -280,4 +283,6 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
         raise ModelError(f"{path} does not match the {cls.name} detector's layout: {exc}") from exc
     detector.fitted = True
     detector.bundle_manifest = manifest
+    log.info("loaded a %s model (%s) on %s", cls.name, "calibrated" if detector.calibration is not None
+             else "not calibrated", getattr(detector, "device", device))
     return detector
