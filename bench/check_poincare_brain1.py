@@ -153,7 +153,7 @@ def measure(result, reference: np.ndarray, head_logits: np.ndarray | None = None
         print("every head's own hyperplane (the disk draws head 0's; the heatmap averages them all):")
         for h, logit in enumerate(head_logits):
             print(f"  head {h}: reference-lesion patches {_share(ref, logit > 0)}, other patches "
-                  f"{_share(~ref, logit > 0)}")
+                  f"{_share(~ref, logit > 0)}, flagged patches {_share(flagged, logit > 0)}")
 
 
 if __name__ == "__main__":
