@@ -20,11 +20,25 @@ if TYPE_CHECKING:
 
 @dataclass
 class SliceEmbedding:
-    """The patches of one slice: points, (y, x) centres on the scan's grid, and the map's value at each centre."""
+    """The patches of one slice: points, (y, x) centres on the scan's grid, and the map's value at each centre.
+
+    ``alternatives``: the same patches' points in the detector's other views (``Embeddings.alternatives``).
+    """
 
     points: np.ndarray
     centers: np.ndarray
     values: np.ndarray
+    alternatives: tuple[np.ndarray, ...] = ()
+
+
+@dataclass(frozen=True)
+class ViewGeometry:
+    """What one view (a Lorentz head) draws its points in: curvature and classifier hyperplane."""
+
+    curvature: float
+    hyperplane: np.ndarray | None
+    offset: float
+    of: str
 
 
 def values_at_centers(maps: np.ndarray, z: int, centers: np.ndarray) -> np.ndarray:
@@ -66,6 +80,7 @@ class EmbeddingStore:
         self.hyperplane: np.ndarray | None = None
         self.offset = 0.0
         self.hyperplane_of = ""
+        self.alternatives: tuple[ViewGeometry, ...] = ()  # the other views' geometry (slices hold their points)
         self.generation = 0
 
     def clear(self) -> None:
@@ -82,17 +97,21 @@ class EmbeddingStore:
 
     def add(self, emb: Embeddings, z_of: np.ndarray, maps: np.ndarray) -> None:
         """Store ``emb`` with slice ``j`` of it at volume z ``z_of[j]``, valued by ``maps`` at the patch centres."""
-        if emb.manifold != self.manifold:
+        if emb.manifold != self.manifold or len(emb.alternatives) != len(self.alternatives):
             self.slices.clear()
         self.manifold, self.curvature = emb.manifold, float(emb.curvature)
         self.hyperplane, self.offset = emb.hyperplane, float(emb.hyperplane_offset)
         self.hyperplane_of = emb.hyperplane_of
+        self.alternatives = tuple(ViewGeometry(float(a.curvature), a.hyperplane, float(a.hyperplane_offset),
+                                               a.hyperplane_of) for a in emb.alternatives)
         sl = np.asarray(emb.slice_index, dtype=int)
         points, centers = np.asarray(emb.points), np.asarray(emb.centers, dtype=np.float32)
+        others = [np.asarray(a.points) for a in emb.alternatives]
         for j in np.unique(sl):
             keep = sl == j
             z = int(z_of[j])
-            self.slices[z] = SliceEmbedding(points[keep], centers[keep], values_at_centers(maps, z, centers[keep]))
+            self.slices[z] = SliceEmbedding(points[keep], centers[keep], values_at_centers(maps, z, centers[keep]),
+                                            tuple(o[keep] for o in others))
         self.generation += 1
 
     def __len__(self) -> int:
@@ -106,10 +125,15 @@ class EmbeddingStore:
             return None
         zs = sorted(self.slices)
         parts = [self.slices[z] for z in zs]
-        return Embeddings(points=np.concatenate([p.points for p in parts]),
-                          slice_index=np.concatenate([np.full(len(p.points), z) for z, p in zip(zs, parts,
-                                                                                                 strict=True)]),
-                          centers=np.concatenate([p.centers for p in parts]), manifold=self.manifold,
-                          curvature=self.curvature, scores=np.concatenate([p.values for p in parts]),
+        slice_index = np.concatenate([np.full(len(p.points), z) for z, p in zip(zs, parts, strict=True)])
+        centers = np.concatenate([p.centers for p in parts])
+        scores = np.concatenate([p.values for p in parts])
+        alternatives = tuple(
+            Embeddings(points=np.concatenate([p.alternatives[k] for p in parts]), slice_index=slice_index,
+                       centers=centers, manifold=self.manifold, curvature=g.curvature, scores=scores,
+                       hyperplane=g.hyperplane, hyperplane_offset=g.offset, hyperplane_of=g.of)
+            for k, g in enumerate(self.alternatives))
+        return Embeddings(points=np.concatenate([p.points for p in parts]), slice_index=slice_index,
+                          centers=centers, manifold=self.manifold, curvature=self.curvature, scores=scores,
                           hyperplane=self.hyperplane, hyperplane_offset=self.offset,
-                          hyperplane_of=self.hyperplane_of)
+                          hyperplane_of=self.hyperplane_of, alternatives=alternatives)

@@ -14,8 +14,8 @@ normal). It prints:
   hyperplane, against the share of the other patches there: exactly (in the model's 64 dimensions, where
   the isometry keeps every side) and as drawn on the disk;
 * the flagged patches (centre inside the result's lesion mask) and how many of them are across;
-* the same shares for every head's own hyperplane (the detector averages several heads; the disk shows the
-  first one's embedding and hyperplane).
+* the same shares for every head's own hyperplane (the detector averages several heads; the disk draws the
+  head whose hyperplane holds the most of the result's flagged patches, ``engine.projection.explaining_view``).
 
 The fit takes ~4 minutes on a 2-core CPU (one torch thread), too slow for CI. ``--model DIR`` keeps the
 fitted bundle: a later run with the same DIR loads it and only scores and measures.
@@ -88,28 +88,19 @@ def main() -> None:
     if args.fit_only:
         return
     idx = data.split.evaluate
-    heads: list[np.ndarray] = []  # every head's logits, not only the first head's that the disk draws
-    own_logits = det._logits
-    det._logits = lambda x, z=None: _kept(own_logits(x, z), heads)
     t0 = time.perf_counter()
     result = score_scan(det, data.volume, idx)
-    det._logits = own_logits
     print(f"scored {len(idx)} evaluated slices in {time.perf_counter() - t0:.1f} s; curvature "
           f"{det.head.curvature:.4g}, threshold {result.threshold:.3f} ({result.unit.value})")
     paths = fetch_sample("brain1")
     assert paths.mask is not None
-    measure(result, read_scan(paths.mask).array > 0, np.concatenate(heads, axis=1))
+    measure(result, read_scan(paths.mask).array > 0)
 
 
-def _kept(logits: torch.Tensor, into: list[np.ndarray]) -> torch.Tensor:
-    into.append(logits.detach().cpu().numpy())
-    return logits
-
-
-def measure(result, reference: np.ndarray, head_logits: np.ndarray | None = None) -> None:
+def measure(result, reference: np.ndarray) -> None:
     """Project as the dock does (``disk_views``, same normal reference) and print the numbers."""
     from anomalens.app.embeddings import EmbeddingStore, values_at_patches
-    from anomalens.engine.projection import disk_views, project_embeddings, reference_selection
+    from anomalens.engine.projection import disk_views, hyperplane_side, project_embeddings, reference_selection
 
     store = EmbeddingStore()
     store.add_result(result)
@@ -124,7 +115,7 @@ def measure(result, reference: np.ndarray, head_logits: np.ndarray | None = None
     normal, how = reference_selection(np.asarray(emb.scores), threshold=result.threshold, slice_index=z)
     old = np.hypot(*project_embeddings(emb).xy.astype(np.float64).T)
     t0 = time.perf_counter()
-    proj, per_slice = disk_views(emb, normal, how)
+    proj, per_slice = disk_views(emb, normal, how, flagged=flagged)  # as the dock: its mask picks the head
     print(f"projected {len(emb.points)} patches ({len(np.unique(z))} slices) in {time.perf_counter() - t0:.1f} s")
     print(f"normal reference for the centroid: {how}")
     print(f"note: {proj.note}")
@@ -149,11 +140,15 @@ def measure(result, reference: np.ndarray, head_logits: np.ndarray | None = None
     print(f"  plain-threshold mask patches:       {_share(plain, across)} | {_share(plain, drawn)}")
     print(f"  slice means:                        {_share(np.ones(len(per_slice), bool), per_slice.side > 0)}")
     print(f"points drawn on the other side than they are: {int((across != drawn).sum())} of {len(across)}")
-    if head_logits is not None and head_logits.shape[1] == len(ref):
-        print("every head's own hyperplane (the disk draws head 0's; the heatmap averages them all):")
-        for h, logit in enumerate(head_logits):
-            print(f"  head {h}: reference-lesion patches {_share(ref, logit > 0)}, other patches "
-                  f"{_share(~ref, logit > 0)}, flagged patches {_share(flagged, logit > 0)}")
+    print(f"drawn: {proj.hyperplane_of or 'the only hyperplane'}")
+    views = [emb, *emb.alternatives]
+    if len(views) > 1:
+        print("every head's own hyperplane (the disk draws the one above; the heatmap averages them all):")
+        for h, view in enumerate(views):
+            side = hyperplane_side(view)
+            if side is not None:
+                print(f"  head {h + 1}: reference-lesion patches {_share(ref, side > 0)}, other patches "
+                      f"{_share(~ref, side > 0)}, flagged patches {_share(flagged, side > 0)}")
 
 
 if __name__ == "__main__":

@@ -266,6 +266,20 @@ def parse_slices(selection: str | None, n: int) -> np.ndarray:
     return np.asarray(parse_selection(selection, n), dtype=int)
 
 
+def _merge_embeddings(es: Sequence[Any], offsets: np.ndarray) -> Any:
+    """Batches' embeddings as one (the geometry, hyperplane and its owner are the first part's; its views too)."""
+    slice_index = np.concatenate([e.slice_index + o for e, o in zip(es, offsets, strict=True)])
+    centers = np.concatenate([e.centers for e in es])
+    scores = None if any(e.scores is None for e in es) else np.concatenate([e.scores for e in es])
+    n_views = min(len(e.alternatives) for e in es)
+    views = tuple(dataclasses.replace(es[0].alternatives[k], points=np.concatenate([e.alternatives[k].points
+                                                                                     for e in es]),
+                                      slice_index=slice_index, centers=centers, scores=scores)
+                  for k in range(n_views))
+    return dataclasses.replace(es[0], points=np.concatenate([e.points for e in es]), slice_index=slice_index,
+                               centers=centers, scores=scores, alternatives=views)
+
+
 def merge_results(parts: Sequence[AnomalyResult]) -> AnomalyResult:
     """Concatenate batch results (embeddings get their slice indices offset)."""
     if len(parts) == 1:
@@ -275,14 +289,7 @@ def merge_results(parts: Sequence[AnomalyResult]) -> AnomalyResult:
     if all(p.embeddings is not None for p in parts):
         offsets = np.cumsum([0] + [p.n_slices for p in parts[:-1]])
         es = [p.embeddings for p in parts]
-        e0 = es[0]
-        emb = dataclasses.replace(  # the geometry, hyperplane and its owner are the first part's
-            e0,
-            points=np.concatenate([e.points for e in es]),
-            slice_index=np.concatenate([e.slice_index + o for e, o in zip(es, offsets, strict=True)]),
-            centers=np.concatenate([e.centers for e in es]),
-            scores=None if any(e.scores is None for e in es) else np.concatenate([e.scores for e in es]),
-        )
+        emb = _merge_embeddings(es, offsets)
     own = None if any(p.own_masks is None for p in parts) else np.concatenate([p.own_masks for p in parts])
     return AnomalyResult(heatmaps=np.concatenate([p.heatmaps for p in parts]),
                          scores=np.concatenate([p.scores for p in parts]), embeddings=emb, features=feats,

@@ -85,6 +85,7 @@ class DiskProjection:
         centring: how the view was centred (one sentence; empty when it was not).
         scale: factor applied to tangent lengths for display (1: none; not an isometry otherwise).
         finite: ``(N,)`` which input embeddings were kept (non-finite ones are left out).
+        hyperplane_of: whose hyperplane is drawn (``Embeddings.hyperplane_of``; empty: the only one).
     """
 
     xy: np.ndarray
@@ -102,6 +103,7 @@ class DiskProjection:
     centring: str = ""
     scale: float = 1.0
     finite: np.ndarray | None = None
+    hyperplane_of: str = ""
 
     def __len__(self) -> int:
         return len(self.xy)
@@ -481,6 +483,8 @@ def project_embeddings(emb: Embeddings, per_slice: bool = False, max_fit: int = 
     if plane not in PLANES:
         raise ConfigError(f"plane must be one of {', '.join(PLANES)}, got {plane!r}")
     _validate(emb)
+    if emb.alternatives:  # one view is drawn (``explaining_view`` picks it); the others do not follow subsets
+        emb = dataclasses.replace(emb, alternatives=())
     raw = np.asarray(emb.points)
     finite = np.isfinite(raw).all(axis=1)
     dropped = int((~finite).sum())
@@ -577,16 +581,68 @@ def project_embeddings(emb: Embeddings, per_slice: bool = False, max_fit: int = 
                           geodesic=None if geodesic is None else geodesic.astype(np.float32), note=note,
                           curvature=c, basis=basis, explained=explained, per_slice=per_slice, side=side,
                           drawn_side=drawn, centring=centring.note if centring is not None else "", scale=scale,
+                          hyperplane_of=emb.hyperplane_of,
                           finite=finite)
 
 
+def hyperplane_side(emb: Embeddings) -> np.ndarray | None:
+    """Each point's signed distance to ``emb``'s hyperplane in its own dimensions (positive: anomalous side)."""
+    if emb.hyperplane is None or emb.manifold not in ("lorentz", "euclidean"):
+        return None
+    points = np.asarray(emb.points, dtype=np.float64)
+    hyper = np.asarray(emb.hyperplane, dtype=np.float64).reshape(-1)
+    # a Lorentz hyperplane's normal is a tangent vector at the origin: no time coordinate
+    space = points.shape[1] - (emb.manifold == "lorentz")
+    if points.ndim != 2 or hyper.shape[0] != space or not float(np.linalg.norm(hyper)) > 0:
+        return None
+    if emb.manifold == "euclidean":
+        return points @ hyper + float(emb.hyperplane_offset)
+    import torch
+
+    from .geometry import lorentz
+
+    x, z = torch.from_numpy(points), torch.from_numpy(hyper)
+    return (lorentz.hyperplane_logit(x, z, float(emb.hyperplane_offset), float(emb.curvature))
+            / torch.linalg.vector_norm(z)).numpy()
+
+
+def explaining_view(emb: Embeddings, flagged: np.ndarray | None) -> Embeddings:
+    """Of a detector's views (``emb`` and its ``alternatives``: the Lorentz heads), the one to draw.
+
+    The heatmap averages several heads, and each has its own embedding and hyperplane; the disk can draw one.
+    It draws the head whose hyperplane holds the most of the result's flagged patches on its anomalous side
+    (ties: the first), which explains the mask the user sees best. Only the result's own mask decides, never a
+    reference lesion. On brain1 (Lorentz, seed 0) the heads held 30, 22 and 49 of the 50 flagged patches, and
+    the third head also 51 of the 83 reference-lesion patches against 26 for the first (which was drawn before).
+    Without flagged patches (an uncalibrated model, nothing flagged) the first view stays.
+    """
+    views = [emb, *emb.alternatives]
+    if len(views) == 1 or flagged is None:
+        return dataclasses.replace(emb, alternatives=())
+    mask = np.asarray(flagged, dtype=bool).reshape(-1)
+    if len(mask) != len(emb.points) or not mask.any():
+        return dataclasses.replace(emb, alternatives=())
+    held = []
+    for view in views:
+        side = hyperplane_side(view)
+        held.append(-1 if side is None else int((side[mask] > 0).sum()))
+    k = int(np.argmax(held))
+    chosen = views[k]
+    note = (f"head {k + 1} of {len(views)}, the one whose hyperplane holds the most of the {int(mask.sum())} "
+            f"flagged patches ({held[k]}; the others {', '.join(str(h) for i, h in enumerate(held) if i != k)}); "
+            f"the heatmap averages all {len(views)}")
+    return dataclasses.replace(chosen, hyperplane_of=note, alternatives=())
+
+
 def disk_views(emb: Embeddings, reference: np.ndarray | None, reference_note: str,
-               seed: int = 0) -> tuple[DiskProjection, DiskProjection]:
+               seed: int = 0, flagged: np.ndarray | None = None) -> tuple[DiskProjection, DiskProjection]:
     """The viewer's two pictures (patches, slice means): centred on ``reference``, classifier plane, spread.
 
-    One entry point for the dock and for ``bench/check_poincare_brain1.py``, so what is measured is what the
-    user sees.
+    ``flagged``: per patch, whether its centre lies in the result's mask; with several views (heads) it picks
+    the one drawn (``explaining_view``). One entry point for the dock and for ``bench/check_poincare_brain1.py``,
+    so what is measured is what the user sees.
     """
+    emb = explaining_view(emb, flagged)
     kw = {"reference": reference, "reference_note": reference_note, "plane": "classifier", "spread": True,
           "seed": seed}
     return project_embeddings(emb, per_slice=False, **kw), project_embeddings(emb, per_slice=True, **kw)

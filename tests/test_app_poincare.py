@@ -237,9 +237,9 @@ def test_the_disk_is_centred_on_normal_tissue_with_outlines_and_a_hyperplane_rep
     assert f"{int((flagged & (p.side > 0)).sum())} of {int(flagged.sum())} flagged patches" in text
     assert "2 of 2 patches in the reference lesion" in text
     assert "head 1 of" not in text  # one classifier: no head to name
-    w.results.embeddings.hyperplane_of = "head 1 of 3, the heatmap averaging all 3"
+    w.patch_projection.hyperplane_of = "head 1 of 3, the heatmap averaging all 3"  # the view drawn names its head
     assert w.hyperplane_report().startswith("Anomalous side of the hyperplane of head 1 of 3, the heatmap averaging")
-    w.results.embeddings.hyperplane_of = ""
+    w.patch_projection.hyperplane_of = ""
 
     # marking slices normal re-centres on them (and says so) and rings them
     state.set_marked_slices([0, 1])

@@ -43,6 +43,15 @@ def test_lorentz_embeddings_lie_on_the_hyperboloid(data) -> None:
     assert det.head.manifold.c.requires_grad, "the curvature is learnable"
     assert 0.0 <= emb.scores.min() and emb.scores.max() <= 1.0, "points are coloured by probability"
     assert res.heatmaps.min() >= 0.0, "a fused heatmap is a sum of surprises"
+    # every head's view of the same patches, with its own curvature and hyperplane, for the disk to choose from
+    assert len(emb.alternatives) == len(det.heads) - 1
+    for k, (alt, head) in enumerate(zip(emb.alternatives, det.heads[1:], strict=True), start=2):
+        assert alt.points.shape == emb.points.shape and alt.curvature == pytest.approx(head.curvature)
+        assert alt.hyperplane_of.startswith(f"head {k} of {len(det.heads)}") and alt.scores is emb.scores
+        logits = head.logit(torch.as_tensor(alt.points, dtype=torch.float32)).detach().numpy()
+        from anomalens.engine.projection import hyperplane_side
+
+        assert np.array_equal(hyperplane_side(alt) > 0, logits > 0)  # the side drawn is the head's decision
     np.testing.assert_allclose(res.scores, res.heatmaps.reshape(2, -1).max(1))
     det.config.fuse_memory = False  # the paper's classifier alone: the heads' evidence −log(1 − p̄), in nats
     alone = det.score(tests).heatmaps

@@ -140,3 +140,74 @@ def test_the_picture_is_deterministic_and_fast():
         torch.set_num_threads(threads)
     np.testing.assert_allclose(a.xy, b.xy, atol=1e-5)  # same picture whatever the thread count
     assert min(times) < 0.2  # measured ~3 ms on one core (bench/bench_projection.py --threads 1)
+
+
+def test_the_disk_draws_the_head_that_holds_the_flagged_patches():
+    """The Lorentz detector averages heads; the disk drew the first one's hyperplane, which held 30 of brain1's 50
+    flagged patches where another held 49. It now draws the one that explains the result's own mask."""
+    import dataclasses
+
+    from anomalens.engine.projection import disk_views, explaining_view, hyperplane_side
+
+    rng = np.random.default_rng(0)
+    pts = rng.standard_normal((400, 2))
+    base = dict(slice_index=np.repeat(np.arange(20), 20), centers=rng.random((400, 2)) * 64, manifold="euclidean",
+                scores=rng.random(400))
+    across_x = Embeddings(points=pts, hyperplane=np.array([1.0, 0.0]), hyperplane_of="head 1 of 2", **base)
+    across_y = Embeddings(points=pts, hyperplane=np.array([0.0, 1.0]), hyperplane_of="head 2 of 2", **base)
+    emb = dataclasses.replace(across_x, alternatives=(across_y,))
+    flagged = (pts[:, 1] > 0.5) & (pts[:, 0] < 0)  # what the result's mask holds: all across head 2's line
+    view = explaining_view(emb, flagged)
+    assert view.hyperplane[1] == 1.0 and view.hyperplane_of.startswith("head 2 of 2, the one whose hyperplane")
+    assert f"({int(flagged.sum())}; the others 0)" in view.hyperplane_of and not view.alternatives
+    assert np.array_equal(hyperplane_side(view) > 0, pts[:, 1] > 0)
+    # nothing flagged (an uncalibrated model) or no mask: the first head, as before
+    assert explaining_view(emb, np.zeros(400, bool)).hyperplane[0] == 1.0
+    assert explaining_view(emb, None).hyperplane[0] == 1.0
+    # a tie keeps the first; the dock's entry point draws the chosen one and names it
+    both = (pts[:, 0] > 0) & (pts[:, 1] > 0)
+    assert explaining_view(emb, both).hyperplane[0] == 1.0
+    patches, _ = disk_views(emb, None, "", flagged=flagged)
+    assert patches.hyperplane_of.startswith("head 2 of 2") and np.array_equal(patches.side > 0, pts[:, 1] > 0)
+
+
+def test_batches_of_a_result_keep_every_heads_view():
+    """score_scan merges batches of slices: the other heads' views must follow (they were dropped, or refused)."""
+    import dataclasses
+
+    from anomalens.engine.detectors import AnomalyResult
+    from anomalens.engine.pipeline import merge_results
+
+    parts = []
+    for b in range(2):
+        e, _ = _lorentz(n=40, seed=b)
+        alt = dataclasses.replace(e, points=e.points * 1.0, curvature=0.3, hyperplane_of="head 2 of 2")
+        parts.append(AnomalyResult(heatmaps=np.zeros((2, 8, 8), np.float32), scores=np.zeros(2),
+                                   embeddings=dataclasses.replace(e, slice_index=np.repeat([0, 1], 20),
+                                                                  alternatives=(dataclasses.replace(
+                                                                      alt, slice_index=np.repeat([0, 1], 20)),))))
+    merged = merge_results(parts).embeddings
+    assert merged is not None and len(merged.alternatives) == 1
+    alt = merged.alternatives[0]
+    assert len(alt.points) == 80 and alt.curvature == 0.3 and alt.hyperplane_of == "head 2 of 2"
+    assert np.array_equal(alt.slice_index, merged.slice_index) and list(np.unique(merged.slice_index)) == [0, 1, 2, 3]
+
+
+def test_the_viewers_store_keeps_every_heads_view_per_slice():
+    import dataclasses
+
+    from anomalens.app.embeddings import EmbeddingStore
+
+    e, _ = _lorentz(n=40)
+    e = dataclasses.replace(e, slice_index=np.repeat([0, 1], 20))
+    alt = dataclasses.replace(e, points=e.points[::-1].copy(), curvature=0.3, hyperplane=np.ones(12),
+                              hyperplane_of="head 2 of 2")
+    store = EmbeddingStore()
+    store.add(dataclasses.replace(e, alternatives=(alt,)), np.array([5, 9]), np.zeros((10, 64, 64), np.float32))
+    out = store.combined()
+    assert out is not None and len(out.alternatives) == 1
+    view = out.alternatives[0]
+    assert view.curvature == 0.3 and view.hyperplane_of == "head 2 of 2"
+    assert np.array_equal(view.hyperplane, np.ones(12))
+    np.testing.assert_array_equal(view.points, alt.points)  # slices 5 and 9 in order: the same patches as scored
+    np.testing.assert_array_equal(view.slice_index, out.slice_index)

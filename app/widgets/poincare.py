@@ -68,17 +68,18 @@ LASSO_LAYER = "AnomaLens lasso"
 _EMPTY_NOTE = "Score a slice or the volume in the Detector dock to see its embeddings here."
 
 
-def project_both(emb: Embeddings, reference: np.ndarray | None = None,
-                 reference_note: str = "") -> tuple[DiskProjection, DiskProjection]:
+def project_both(emb: Embeddings, reference: np.ndarray | None = None, reference_note: str = "",
+                 flagged: np.ndarray | None = None) -> tuple[DiskProjection, DiskProjection]:
     """Per-patch and per-slice pictures of the same embeddings, centred on ``reference`` (worker thread).
 
     ``reference`` is the mask of normal patches (``engine.projection.reference_selection``); None: all.
+    ``flagged``: the patches in the result's mask, which choose the head drawn (``explaining_view``).
     """
     from ...engine.projection import disk_views, reference_selection
 
     if reference is None:
         reference, reference_note = reference_selection(None, slice_index=np.asarray(emb.slice_index))
-    return disk_views(emb, reference, reference_note or "the reference patches")
+    return disk_views(emb, reference, reference_note or "the reference patches", flagged=flagged)
 
 
 def reference_layer(viewer: napari.viewer.Viewer, shape: tuple[int, ...]) -> Any:
@@ -323,9 +324,12 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
             return
         key = self._key()
         reference, how = self.normal_reference(emb)
+        res = self.results  # its mask, as shown now, picks the head drawn (the one that explains it best)
+        flagged = None if res is None or res.mask is None or not emb.alternatives else \
+            values_at_patches(res.mask, np.asarray(emb.slice_index), np.asarray(emb.centers)) > 0
         if len(emb.points) <= self.sync_limit and not background:
             try:
-                self._set_projections(project_both(emb, reference, how), key)
+                self._set_projections(project_both(emb, reference, how, flagged), key)
             except AnomaLensError as exc:
                 self.status.setText(notify_error(exc, "Poincaré disk"))
             return
@@ -333,7 +337,7 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
 
         self._pending = key
         self.status.setText(f"projecting {len(emb.points)} embeddings…")
-        worker = create_worker(project_both, emb, reference, how, _ignore_errors=True)
+        worker = create_worker(project_both, emb, reference, how, flagged, _ignore_errors=True)
         worker.returned.connect(lambda res, k=key: self._set_projections(res, k))
         worker.errored.connect(lambda exc: self.status.setText(notify_error(exc, "Poincaré disk")))
         self._worker = worker
@@ -479,7 +483,7 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         rest = ~(inside if inside is not None else flagged)
         share = 100 * float(across[rest].mean()) if rest.any() else 0.0
         parts.append(f"{share:.1f} % of the {int(rest.sum())} others")
-        whose = f" of {res.embeddings.hyperplane_of}" if res.embeddings.hyperplane_of else ""
+        whose = f" of {proj.hyperplane_of}" if proj.hyperplane_of else ""
         text = (f"Anomalous side of the hyperplane{whose} (exact, {proj.basis.shape[0]}-D, all {len(across)} "
                 "scored patches): " + "; ".join(parts) + ".")
         if proj.drawn_side is not None:

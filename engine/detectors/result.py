@@ -21,7 +21,9 @@ class Embeddings:
     Euclidean). ``hyperplane`` is the classifier's normal vector in the same ambient coordinates, when the
     detector has one; ``hyperplane_of`` says whose it is when the detector's output is not that one
     classifier's alone (the Lorentz detector averages several heads and can draw one), e.g. "head 1 of 3,
-    the heatmap averaging all 3".
+    the heatmap averaging all 3". ``alternatives`` are the other heads' views of the same patches (their own
+    points, curvature and hyperplane; the same slices, centres and scores), so a viewer can draw the head
+    that best explains a result (``engine.projection.explaining_view``).
     """
 
     points: np.ndarray
@@ -33,6 +35,7 @@ class Embeddings:
     hyperplane: np.ndarray | None = None
     hyperplane_offset: float = 0.0
     hyperplane_of: str = ""
+    alternatives: tuple[Embeddings, ...] = ()
 
     def __post_init__(self) -> None:
         if self.manifold not in MANIFOLDS:
@@ -42,6 +45,8 @@ class Embeddings:
             raise ValueError("points, slice_index and centers must have the same length")
         if self.scores is not None and len(self.scores) != n:
             raise ValueError("scores must have one value per point")
+        if any(len(alt.points) != n or alt.alternatives for alt in self.alternatives):
+            raise ValueError("each alternative view holds the same patches, and no alternatives of its own")
 
 
 @dataclass

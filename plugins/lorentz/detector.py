@@ -542,17 +542,19 @@ class LorentzDetector(Detector):
                cancel: CancelToken | None) -> AnomalyResult:
         assert self.head is not None
         n, H, W = slices.shape
-        probs, points, patch = [], [], []
+        probs, patch = [], []
+        points: list[list[torch.Tensor]] = [[] for _ in self.heads]  # every head's embedding of the patches
         fuse = self._fusing
         grid = None
         for b in batches(n, self.config.batch_size, progress, cancel, "scored {done}/{total} slices"):
             raw = self._raw_features(slices[b], cancel)
             grid = tuple(next(iter(raw.values())).shape[-2:])
             x = self._inputs(self._flatten(self._standardise(raw)), self.bank)
-            z = self.head.embed(x)
-            logits = self._logits(x, z)
+            zs = [head.embed(x) for head in self.heads]
+            logits = torch.stack([head.logit(z) for head, z in zip(self.heads, zs, strict=True)])
             prob = torch.sigmoid(logits).mean(0)
-            points.append(z)
+            for kept, z in zip(points, zs, strict=True):
+                kept.append(z)
             probs.append(prob)
             if fuse:
                 patch.append(torch.as_tensor(self._fused(raw, prob)))
@@ -564,22 +566,26 @@ class LorentzDetector(Detector):
                           self.config.input_size)
         probability_map = not fuse and self.head_map == "probability"
         maps = np.clip(maps, 0, 1) if probability_map else np.maximum(maps, 0)
-        normal, offset = self.head.hyperplane()
-        emb = Embeddings(
-            points=torch.cat(points).cpu().numpy(), slice_index=patch_slice_index(grid, n),
-            centers=patch_centers(grid, (H, W), n), manifold=self.head.manifold_name, curvature=self.head.curvature,
-            scores=p.cpu().numpy(),  # the heads' mean probability (the classifier's own output)
-            hyperplane=normal.detach().cpu().numpy(), hyperplane_offset=float(offset),
-            hyperplane_of="" if len(self.heads) == 1 else
-            f"head 1 of {len(self.heads)}, the heatmap averaging all {len(self.heads)}")
+        slice_index, centers = patch_slice_index(grid, n), patch_centers(grid, (H, W), n)
+        scores = p.cpu().numpy()  # the heads' mean probability (the classifier's own output)
+        views = []
+        for k, (head, kept) in enumerate(zip(self.heads, points, strict=True)):
+            normal, offset = head.hyperplane()
+            views.append(Embeddings(
+                points=torch.cat(kept).cpu().numpy(), slice_index=slice_index, centers=centers,
+                manifold=head.manifold_name, curvature=head.curvature, scores=scores,
+                hyperplane=normal.detach().cpu().numpy(), hyperplane_offset=float(offset),
+                hyperplane_of="" if len(self.heads) == 1 else
+                f"head {k + 1} of {len(self.heads)}, the heatmap averaging all {len(self.heads)}"))
+        emb = dataclasses.replace(views[0], alternatives=tuple(views[1:]))
         heatmap = ("surprise (nats) of the heads' mean probability plus that of the distance to the normal "
                    "memory bank" if fuse else HEAD_MAPS[self.head_map])
         return AnomalyResult(heatmaps=maps, scores=maps.reshape(n, -1).max(1), embeddings=emb,
                              info={"image_score": "max of the heatmap", "curvature": self.head.curvature,
                                    "heatmap": heatmap,
                                    "heads": f"mean probability of {len(self.heads)} heads; the embedding and "
-                                            "hyperplane shown are the first head's, points coloured by the "
-                                            "mean probability"})
+                                            "hyperplane are the first head's, the others' in its alternatives, "
+                                            "points coloured by the mean probability"})
 
     @property
     def _fusing(self) -> bool:
