@@ -199,7 +199,7 @@ class LorentzDetector(Detector):
 
     @property
     def head(self) -> torch.nn.Module | None:
-        """The first head: its embedding and hyperplane are what the Poincaré-disk view shows."""
+        """The first head: its embedding and hyperplane come first in a result (the others' as alternatives)."""
         return self.heads[0] if self.heads else None
 
     # -- features ------------------------------------------------------------------------------
