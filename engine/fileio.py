@@ -232,7 +232,9 @@ def atomic_dir(target: str | Path, overwrite: bool = False, verify: Verify | Non
     """Yield a temporary folder beside ``target`` that is renamed into place once written, synced and verified.
 
     With ``overwrite`` an existing ``target`` is moved aside first and removed only after the rename,
-    so at every instant either the old or the new folder is complete.
+    so at every instant either the old or the new folder is complete. Without it, a ``target`` another
+    process wrote meanwhile is never replaced: ``FileExistsError`` (two fine-tunes saving one model version
+    both said "saved v0002", and the first one's was gone).
     """
     target = Path(target)
     remember(target)
@@ -256,10 +258,13 @@ def atomic_dir(target: str | Path, overwrite: bool = False, verify: Verify | Non
             if verify is not None:
                 verify(tmp)
             stage.name = "replace"
-            if target.exists():
-                old = target.with_name(f".{target.name}.old-{HOST}-{os.getpid()}")
-                os.replace(target, old)
-            os.replace(tmp, target)
+            if overwrite:
+                if target.exists():
+                    old = target.with_name(f".{target.name}.old-{HOST}-{os.getpid()}")
+                    os.replace(target, old)
+                os.replace(tmp, target)
+            else:
+                _rename_new(tmp, target)
             _fsync_dir(target.parent)
             if old is not None:
                 shutil.rmtree(old, ignore_errors=True)
@@ -272,6 +277,22 @@ def atomic_dir(target: str | Path, overwrite: bool = False, verify: Verify | Non
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _rename_new(tmp: Path, target: Path) -> None:
+    """Rename the folder ``tmp`` to ``target``, which must not exist (or be an empty folder): never a replace.
+
+    POSIX ``rename`` refuses a non-empty target folder (ENOTEMPTY/EEXIST) and Windows any existing target, so
+    the check and the rename are one step: no other process's folder can slip in between.
+    """
+    if target.exists() and not (target.is_dir() and not any(target.iterdir())):
+        raise FileExistsError(f"{target} already exists")
+    try:
+        os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) or isinstance(exc, FileExistsError):
+            raise FileExistsError(f"{target} already exists") from exc
+        raise
 
 
 class StagedFiles:

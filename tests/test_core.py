@@ -85,6 +85,23 @@ def test_atomic_dir_replaces_whole_folder(tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == ["model"]
 
 
+def test_atomic_dir_never_replaces_a_folder_another_process_wrote_meanwhile(tmp_path: Path) -> None:
+    """Two fine-tunes saving one model version both said "saved v0002", and the first one's was gone."""
+    target = tmp_path / "v0002"
+    with pytest.raises(FileExistsError):
+        with atomic_dir(target) as d:
+            (d / "bundle.json").write_text("mine")
+            target.mkdir()  # another process renamed its whole version into place while this one wrote
+            (target / "bundle.json").write_text("theirs")
+    assert (target / "bundle.json").read_text() == "theirs"
+    assert sorted(os.listdir(tmp_path)) == ["v0002"]  # and no temporary is left behind
+    empty = tmp_path / "empty"
+    with atomic_dir(empty) as d:  # a folder made and left empty meanwhile holds nothing to lose
+        (d / "a").write_text("1")
+        empty.mkdir()
+    assert (empty / "a").read_text() == "1"
+
+
 def test_volume_checks_and_geometry() -> None:
     v = Volume(np.zeros((4, 8, 9)), spacing=(0.5, 0.6, 2.0), windows=[Window(40, 80, "brain")])
     assert v.array.dtype == np.float32 and v.shape == (4, 8, 9)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from anomalens.engine.errors import ConfigError, ModelError
-from anomalens.engine.modelstore import ModelStore, models_dir
+from anomalens.engine.modelstore import BundleInfo, ModelStore, models_dir
 from tests.fakes import MeanDetector
 
 
@@ -84,6 +84,30 @@ def test_a_taken_version_number_moves_to_the_next(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store, "new_version_path", stale)
     assert store.save_version(_fitted(1), "p").version == "v0002"
+
+
+def test_a_version_written_meanwhile_by_another_process_is_kept(tmp_path, monkeypatch):
+    """The number was free when this save began; another process's v0002 arrived before its rename."""
+    import shutil
+
+    from anomalens.engine.detectors import bundle
+
+    store = ModelStore(tmp_path)
+    store.save_version(_fitted(), "p")
+    theirs = store.save_version(_fitted(2), "other", note="theirs")  # a whole version, to copy in as if raced
+    real = bundle._save_weights
+    raced = []
+
+    def save_weights(tensors, path):
+        real(tensors, path)
+        if not raced:
+            raced.append(True)
+            shutil.copytree(theirs.path, tmp_path / "p" / "v0002")
+
+    monkeypatch.setattr(bundle, "_save_weights", save_weights)
+    mine = store.save_version(_fitted(1), "p", note="mine")
+    assert mine.version == "v0003" and mine.note == "mine"
+    assert BundleInfo.read(tmp_path / "p" / "v0002").note == "theirs"  # nothing written over
 
 
 def test_fine_tune_site_saves_a_calibrated_child_and_reports_false_positives(tmp_path):
