@@ -336,7 +336,27 @@ def test_score_never_writes_into_a_scan_or_model_folder(data, capsys, tmp_path: 
     msg = assert_one_line_error(capsys, ["score", "--model", str(data["model"]), str(data["studies"] / "case0.nii.gz"),
                                          str(data["studies"] / "case1.nii.gz"), "--out", str(data["model"] / "o")])
     assert "outputs never go into" in msg
+    # every command, every way of naming the source: a list file, a slice selection, an IMAGE:MASK pair, the
+    # folder of a scan file (whose expert mask.nii.gz a score replaced), a model's own folder
+    lst = tmp_path / "list.txt"
+    lst.write_text(f"{series}\n")
+    case = data["studies"] / "case0.nii.gz"
+    (tmp_path / "expert").mkdir()
+    scan = tmp_path / "expert" / "t1.nii.gz"
+    scan.write_bytes(case.read_bytes())
+    for argv in (["score", "--model", str(data["model"]), f"@{lst}", str(case), "--out", str(series)],
+                 ["score", "--model", str(data["model"]), str(scan), "--out", str(scan.parent)],
+                 ["train", "--detector", "patchcore", "--normals", f"{series}#0-1", "--out", str(series / "m")],
+                 ["calibrate", "--model", str(data["model"]), "--normals", f"{series}#0-1", "--out",
+                  str(series / "cal")],
+                 ["calibrate", "--model", str(data["model"]), "--normals", str(case), "--out",
+                  str(data["model"] / "c")],
+                 ["eval", "--model", str(data["model"]), "--data", f"{scan}:{case}", "--report", str(scan.parent)]):
+        msg = assert_one_line_error(capsys, argv)
+        assert "outputs never go into a scan's or a model's folder" in msg, (argv[0], msg)
     assert sorted(p.name for p in series.iterdir()) == before  # the source is as it was
+    assert sorted(p.name for p in scan.parent.iterdir()) == ["t1.nii.gz"]
+    assert sorted(p.name for p in data["model"].iterdir()) == ["bundle.json", "weights.safetensors"]
 
 
 def test_ctrl_c_during_a_batch_prints_one_line(data, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..progress import stage
 from .cmd_model import warn
+from .guards import refuse_source_folder
 from .main import emit
 from .progressbar import terminal_progress
 
@@ -97,6 +98,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--target-fpr must be between 0 and 0.5, got {args.target_fpr}")
     if args.out.exists():
         raise ConfigError(f"{args.out} already exists; models are never overwritten, choose a new folder")
+    refuse_source_folder(args.out, [*args.normals, args.model])
     manifest = read_manifest(args.model)
     det = load_bundle(args.model, device=args.device)
     notes: list[str] = []
@@ -186,6 +188,8 @@ def run_eval(args: argparse.Namespace) -> int:
                           "memory); 1000 gives intervals to two digits")
     if args.report is not None and args.report.exists() and not args.report.is_dir():
         raise ConfigError(f"{args.report} is a file; --report needs a folder")
+    if args.report is not None:
+        refuse_source_folder(args.report, [args.data, args.model], option="--report")
     det = load_bundle(args.model, device=args.device)
     with terminal_progress("evaluating") as progress:
         data = load_eval_data(args.data, progress=stage(progress, 0.0, 0.1))

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from .guards import refuse_source_folder
 from .main import emit
 from .progressbar import terminal_progress
 
@@ -114,6 +115,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     if args.out.exists():
         raise ConfigError(f"{args.out} already exists; models are never overwritten, choose a new folder")
+    refuse_source_folder(args.out, args.normals)
     config = parse_options(args.options)
     if args.epochs is not None:
         known = get_detector_class(args.detector).config_class.__dataclass_fields__
@@ -296,23 +298,6 @@ def score_lines(result: Any, paths: dict[str, Path]) -> list[str]:
                      "(run 'anomalens calibrate' with held-out normal scans)")
     lines.append(f"{result.seconds_per_slice:.3f} s per slice")
     return lines
-
-
-def refuse_source_folder(out: Path, sources: list[Any]) -> None:
-    """Refuse an output folder that is, or lies inside, a scan folder or the model being used.
-
-    Written into a DICOM folder, the maps and masks join the series: the source is modified, and the next
-    reading of the folder takes them for studies of its own.
-    """
-    target = Path(out).expanduser().resolve()
-    for source in sources:
-        text = str(getattr(source, "spec", source))
-        if text.startswith(("sample:", "pacs:", "@")):
-            continue  # samples, PACS studies and list files are not folders the output could land in
-        folder = Path(text.split("#")[0]).expanduser().resolve()
-        if folder.is_dir() and (target == folder or folder in target.parents):
-            raise ConfigError(f"--out {out} is inside {text.split('#')[0]}, which this command reads: "
-                              "outputs never go into a scan's or a model's folder; choose another one")
 
 
 def run_score_batch(args: argparse.Namespace, inputs: list[Any]) -> int:
