@@ -342,6 +342,10 @@ def test_mni152_resolves_with_a_brain_mask(env) -> None:
     assert 0.1 < inside.mean() < 0.5  # a brain inside its bounding box
     stamp = paths.roi_mask.stat().st_mtime_ns
     assert fetch_sample("mni152").roi_mask.stat().st_mtime_ns == stamp  # derived once, then reused
+    whole = paths.roi_mask.read_bytes()
+    paths.roi_mask.write_bytes(whole[:2000])  # cut off (a full disk, a crash): was kept and failed every open
+    again = fetch_sample("mni152").roi_mask
+    assert again.read_bytes() == whole and sitk.ReadImage(str(again)).GetSize() == (197, 233, 189)
 
 
 def test_installed_dicom_samples_resolve_to_real_files() -> None:

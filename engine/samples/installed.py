@@ -64,8 +64,11 @@ def mni152_paths(progress: ProgressCallback | None = None, cancel: CancelToken |
     stamp = folder / "source.json"
     template_hash = _sha256(template)
     try:
-        recorded = json.loads(stamp.read_text(encoding="utf-8")).get("template_sha256")
-        if recorded == template_hash and mask.is_file():
+        recorded = json.loads(stamp.read_text(encoding="utf-8"))
+        # the mask's own hash too: a cut-off mask passed "is_file" and failed every later open until the
+        # user found and deleted the cache by hand
+        if recorded.get("template_sha256") == template_hash and mask.is_file() \
+                and recorded.get("mask_sha256") == _sha256(mask):
             return SamplePaths(image=template, mask=None, roi_mask=mask)
     except (OSError, ValueError, AttributeError):
         pass
@@ -84,6 +87,7 @@ def mni152_paths(progress: ProgressCallback | None = None, cancel: CancelToken |
         brain.CopyInformation(image)
         sitk.WriteImage(brain, str(tmp / mask.name), useCompression=True)
         (tmp / stamp.name).write_text(json.dumps({"template": MNI152_T1, "template_sha256": template_hash,
+                                                  "mask_sha256": _sha256(tmp / mask.name),
                                                   "threshold": MNI152_MASK_THRESHOLD}), encoding="utf-8")
     report(progress, 1.0, "MNI152 ready")
     return SamplePaths(image=template, mask=None, roi_mask=mask)
