@@ -222,6 +222,27 @@ def test_json_api_fetch_extracts_only_offered_cases(env, make_index, fake_sdist,
     assert is_available_offline("brain1") and is_available_offline("lung1")
 
 
+def test_a_full_disk_during_the_download_says_so_not_to_find_a_mirror(env, make_index, fake_sdist,
+                                                                        monkeypatch) -> None:
+    """A full cache disk gave three lines: "from any package index", a URL in tokens, and advice to set a mirror."""
+    import errno
+
+    from anomalens.engine.samples import pipindex
+
+    index = make_index(mode="json")
+    monkeypatch.setenv("PIP_INDEX_URL", index.url)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pipindex, "_download", full)
+    with pytest.raises(SampleError) as err:
+        fetch_sample("brain1")
+    text = str(err.value)
+    assert "\n" not in text and "No space left on device" in text and "ANOMALENS_CACHE_DIR" in text
+    assert "package index" not in text and "PIP_INDEX_URL" not in text
+
+
 def test_html_only_index_is_used_as_pep503(env, make_index, fake_sdist, monkeypatch) -> None:
     index = make_index(mode="html")
     monkeypatch.setenv("PIP_INDEX_URL", index.url.rstrip("/"))  # no trailing slash: must still work

@@ -7,6 +7,7 @@ is pinned in the product, so a mirror can make the download fail but never make 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
@@ -37,6 +38,9 @@ MAX_DOWNLOAD_BYTES = 1024 * 1024 * 1024
 _CHUNK = 256 * 1024
 # What a failed request or an unparsable page can raise (URLError, TLS and timeouts are OSErrors).
 _NET_ERRORS = (OSError, ValueError, http.client.HTTPException)
+#: Errors of writing the download to the local cache: another index would not help (the advice to set a
+#: mirror sent a user with a full disk looking for one).
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 
 @dataclass(frozen=True)
@@ -261,6 +265,10 @@ def fetch_verified(
             failures.append(f"{where}: {exc}")
             continue
         except _NET_ERRORS as exc:
+            if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:  # this machine's disk, not the index
+                raise SampleError(f"could not save the {normalize_project(project)} download into the sample cache: "
+                                  f"{exc.strerror or exc}; free some space there, or set ANOMALENS_CACHE_DIR to a "
+                                  "folder on another disk") from exc
             failures.append(f"{where}: download of {redact(found.url)} failed: {describe_error(exc)}")
             continue
         return source
