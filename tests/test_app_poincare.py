@@ -288,3 +288,32 @@ def test_hover_rings_the_patch_and_a_lasso_on_the_scan_selects_points(make_napar
     w.set_per_slice(True)
     w._on_canvas_shapes()
     assert sorted(w.slice_projection.slice_index[w.selection].tolist()) == [2, 3]
+
+
+def test_a_real_click_on_a_hovered_point_reaches_it(make_napari_viewer: Any, qtbot: Any) -> None:
+    """The hover ring, drawn exactly on the point under the mouse, took every click: clicking a point never
+    jumped to its slice (the tests called the click handler directly)."""
+    from qtpy.QtCore import QEvent, QPointF, Qt
+    from qtpy.QtGui import QMouseEvent
+    from qtpy.QtWidgets import QApplication
+
+    from anomalens.app.widgets.poincare import PoincareWidget
+
+    viewer = make_napari_viewer(show=True)
+    w = PoincareWidget(viewer)
+    w.resize(400, 500)
+    w.show()
+    hits: list[int] = []
+    w.scatter.sigClicked.connect(lambda item, points, event: hits.append(len(points)))
+    w.scatter.setData(x=[0.3], y=[0.2], data=[0])
+    w.hover_ring.setData(x=[0.3], y=[0.2])  # what hovering the point draws
+    qtbot.wait(200)
+    at = QPointF(w.plot.mapFromScene(w.view.mapViewToScene(QPointF(0.3, 0.2))))
+    where = QPointF(w.plot.viewport().mapToGlobal(at.toPoint()))
+    for kind, button, buttons in ((QEvent.Type.MouseMove, Qt.MouseButton.NoButton, Qt.MouseButton.NoButton),
+                                  (QEvent.Type.MouseButtonPress, Qt.MouseButton.LeftButton, Qt.MouseButton.LeftButton),
+                                  (QEvent.Type.MouseButtonRelease, Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton)):
+        QApplication.sendEvent(w.plot.viewport(), QMouseEvent(kind, at, where, button, buttons,
+                                                              Qt.KeyboardModifier.NoModifier))
+        qtbot.wait(60)
+    assert hits == [1]

@@ -82,6 +82,11 @@ def project_both(emb: Embeddings, reference: np.ndarray | None = None, reference
     return disk_views(emb, reference, reference_note or "the reference patches", flagged=flagged)
 
 
+def _pass_click(event: Any) -> None:
+    """A ring's click handler: decline, so pyqtgraph's scene offers the click to the point under it."""
+    event.ignore()
+
+
 def reference_layer(viewer: napari.viewer.Viewer, shape: tuple[int, ...]) -> Any:
     """The reference lesion mask: a labels layer with the "lesion" role on the scan's grid (``shape``), or None."""
     from napari.layers import Labels
@@ -210,6 +215,12 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         for item in (self.geodesic, self.marked_rings, self.reference_rings, self.selected_rings, self.scatter,
                      self.hover_ring):
             self.view.addItem(item)
+        for ring in (self.geodesic, self.marked_rings, self.reference_rings, self.selected_rings, self.hover_ring):
+            # drawings over the points: a click goes through to the point (the hover ring, drawn exactly on the
+            # point under the mouse, took every click, and clicking a point never jumped to its slice)
+            ring.setAcceptedMouseButtons(pg.QtCore.Qt.MouseButton.NoButton)
+            ring.setAcceptHoverEvents(False)
+            ring.mouseClickEvent = _pass_click  # pyqtgraph's scene offers clicks to items whatever they accept
         self.colormap = pg.colormap.get(HEATMAP_COLORMAP)  # the heatmap layer's: one colour, one value
 
         top = QHBoxLayout()  # the mode on a row of its own: with the lassos beside it the dock is wider
