@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,13 +26,15 @@ class BundleEntry:
     detector: str = ""
     calibrated: bool = False
     error: str = ""
+    site_default: bool = False  # its profile's active version (what the site uses)
 
     @property
     def label(self) -> str:
         name = self.name or self.path.name
         if self.error:
             return f"{name} (unreadable)"
-        return f"{name} ({self.detector}{', calibrated' if self.calibrated else ''})"
+        return (f"{name} ({self.detector}{', calibrated' if self.calibrated else ''}"
+                f"{', site default' if self.site_default else ''})")
 
 
 def describe_bundle(path: str | Path) -> BundleEntry:
@@ -59,7 +62,14 @@ def list_bundles(folder: str | Path | None = None) -> list[BundleEntry]:
     from ..engine.logredact import remember
 
     store = ModelStore(folder)
-    entries = {b.path: BundleEntry(b.path, b.name, b.detector, b.calibrated) for b in store.bundles()}
+    active = set()
+    for profile in store.profiles():
+        with contextlib.suppress(AnomaLensError, OSError):
+            info = store.active(profile)
+            if info is not None:
+                active.add(info.path)
+    entries = {b.path: BundleEntry(b.path, b.name, b.detector, b.calibrated, site_default=b.path in active)
+               for b in store.bundles()}
     for p in entries:
         remember(p)  # profiles trained before names were hashed may be named after a scan's file
     if store.root.is_dir():

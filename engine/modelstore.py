@@ -125,7 +125,10 @@ class ModelStore:
             return []
         found: list[BundleInfo] = []
         for p in sorted(self.root.iterdir()):
-            candidates = [p] if _is_bundle(p) else sorted(q for q in p.iterdir() if _is_bundle(q)) \
+            # a bundle folder may hold versions too: fine-tunes of a bundle in the store were saved inside it
+            # before they got a profile of their own ("<name>-site"), and were listed nowhere
+            candidates = ([p, *self._version_dirs(p)] if _is_bundle(p) else sorted(q for q in p.iterdir()
+                                                                                   if _is_bundle(q))) \
                 if p.is_dir() and not p.name.startswith(".") else []
             for q in candidates:
                 try:
@@ -139,7 +142,7 @@ class ModelStore:
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir()
-                      if p.is_dir() and not _is_bundle(p) and any(self._version_dirs(p)))
+                      if p.is_dir() and not p.name.startswith(".") and any(self._version_dirs(p)))
 
     def _profile_dir(self, profile: str) -> Path:
         if not _NAME.match(profile):
@@ -194,6 +197,10 @@ class ModelStore:
             folder = base_path.parent
         elif _is_bundle(base_path) or len(base_path.parts) > 1:
             folder = self._profile_dir(re.sub(r"[^A-Za-z0-9._-]", "-", base_path.name).lstrip(".-") or "profile")
+            if folder.resolve() == base_path.resolve() and not self._version_dirs(folder):
+                # the bundle lives in the store under that very name: its versions get a profile of their own
+                # (saved inside the bundle's folder, they were listed nowhere after a restart)
+                folder = self._profile_dir(f"{folder.name}-site")
         else:
             folder = self._profile_dir(str(base))
         existing = [int(p.name[1:]) for p in folder.iterdir() if _VERSION.match(p.name)] if folder.is_dir() else []

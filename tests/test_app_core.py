@@ -377,3 +377,21 @@ def test_an_export_target_folder_or_wrong_suffix_is_handled(tmp_path: Path) -> N
     for name, kind in (("heat.png", "heatmap"), ("scores.nii.gz", "csv"), ("view.csv", "png")):
         with pytest.raises(ConfigError, match="export is written as"):
             with_suffix(tmp_path / name, kind)
+
+
+def test_model_list_offers_a_fine_tuned_version_and_names_the_site_default(tmp_path: Path) -> None:
+    """After a restart the fine-tuned versions of the demo model were not in the Model list at all."""
+    from anomalens.engine.modelstore import ModelStore
+    from tests.fakes import MeanDetector
+
+    def fitted(seed: int) -> MeanDetector:
+        return MeanDetector().fit(np.random.default_rng(seed).random((3, 16, 16), dtype=np.float32))
+
+    base = fitted(0).save(tmp_path / "demo")
+    store = ModelStore(tmp_path)
+    v1 = store.save_version(fitted(1), base)
+    store.save_version(fitted(2), v1.path)
+    store.rollback("demo-site", 1)
+    labels = {e.path.relative_to(tmp_path).as_posix(): e.label for e in list_bundles(tmp_path)}
+    assert set(labels) == {"demo", "demo-site/v0001", "demo-site/v0002"}
+    assert labels["demo-site/v0001"].endswith(", site default)") and "site default" not in labels["demo-site/v0002"]

@@ -194,3 +194,23 @@ def test_a_version_bundle_names_no_file_on_disk(tmp_path):
     legacy["parent"] = {"created": "x", "bundle_version": 2, "path": str(v1.path.resolve())}
     (v2.path / "bundle.json").write_text(json.dumps(legacy))
     assert store.lineage(v2.path)[1].path.resolve() == v1.path.resolve()
+
+
+def test_a_fine_tune_of_a_bundle_in_the_store_is_listed_after_a_restart(tmp_path):
+    """The demo model lives in the store as 'demo-brain1-lorentz'; its fine-tunes were saved inside its own
+    folder, where neither the model list nor the profile list looked: after a restart they were unreachable."""
+    import shutil
+
+    store = ModelStore(tmp_path)
+    base = _fitted().save(tmp_path / "demo")
+    v1 = store.save_version(_fitted(1), base, note="site fine-tune")
+    assert v1.path == tmp_path / "demo-site" / "v0001" and store.base("demo-site") == base.resolve()
+    fresh = ModelStore(tmp_path)  # the next session
+    assert fresh.profiles() == ["demo-site"] and fresh.active("demo-site").path == v1.path
+    assert {b.path for b in fresh.bundles()} == {base, v1.path}
+    # versions an earlier release saved inside the bundle's folder are listed too, and new ones follow them
+    legacy = tmp_path / "old"
+    shutil.copytree(base, legacy)
+    shutil.copytree(v1.path, legacy / "v0001")
+    assert legacy / "v0001" in {b.path for b in fresh.bundles()} and "old" in fresh.profiles()
+    assert fresh.new_version_path(legacy) == legacy / "v0002"
