@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,27 @@ def model_dir(detector: str) -> Path:
     return data_dir() / "models" / f"demo-brain1-{detector}"
 
 
+def keep_site_versions(model: Path) -> None:
+    """Move a site's fine-tunes out of a demo model folder about to be replaced, into a profile of their own.
+
+    Earlier releases saved the fine-tunes of a model kept in the store inside its folder (``v0001``,
+    ``active.json``); retraining the demo deleted that folder with them.
+    """
+    import re
+
+    if not model.is_dir():
+        return
+    items = [p for p in model.iterdir() if re.fullmatch(r"v\d{4}", p.name) or p.name in ("active.json", "bases.json")]
+    if not items:
+        return
+    target = model.with_name(f"{model.name}-site")
+    if target.exists():
+        target = model.with_name(f"{model.name}-site-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}")
+    target.mkdir(parents=True)
+    for item in items:
+        shutil.move(str(item), str(target / item.name))
+
+
 def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, device: str = "auto",
              retrain: bool = False, progress: ProgressCallback | None = None,
              cancel: CancelToken | None = None) -> DemoOutput:
@@ -93,9 +115,8 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
         det.training.update({TRAINING_KEY: domain.to_dict(), "modality": data.volume.modality})
         record_seen(det.training, data.volume, data.split.train)  # fitted or calibrated on: never a test
         calibrate_detector(det, data.calibration, cancel=cancel)
-        if path.exists():
-            shutil.rmtree(path)
-        det.save(path)
+        keep_site_versions(path)
+        det.save(path, overwrite=True)  # the old demo model stays whole until the new one is in place
         det = load_bundle(path, device=device)  # what every later run scores with, version and all
     report(progress, 0.9, "scoring held-out slices")
     idx = data.split.evaluate

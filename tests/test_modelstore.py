@@ -214,3 +214,22 @@ def test_a_fine_tune_of_a_bundle_in_the_store_is_listed_after_a_restart(tmp_path
     shutil.copytree(v1.path, legacy / "v0001")
     assert legacy / "v0001" in {b.path for b in fresh.bundles()} and "old" in fresh.profiles()
     assert fresh.new_version_path(legacy) == legacy / "v0002"
+
+
+def test_retraining_the_demo_keeps_the_site_versions_saved_inside_it(tmp_path):
+    """Earlier releases saved the demo model's fine-tunes inside its folder; a retrain deleted the folder."""
+    import shutil
+
+    from anomalens.engine.demo import keep_site_versions
+
+    store = ModelStore(tmp_path)
+    demo = _fitted().save(tmp_path / "demo-brain1-lorentz")
+    v1 = store.save_version(_fitted(1), demo, note="site")
+    shutil.move(str(v1.path), str(demo / "v0001"))  # the old layout
+    shutil.move(str(v1.path.parent / "active.json"), str(demo / "active.json"))
+    shutil.rmtree(v1.path.parent)
+    keep_site_versions(demo)
+    _fitted(2).save(demo, overwrite=True)
+    assert sorted(p.name for p in demo.iterdir()) == ["bundle.json", "weights.safetensors"]
+    kept = tmp_path / "demo-brain1-lorentz-site"
+    assert ModelStore(tmp_path).active(kept.name).note == "site"
