@@ -152,6 +152,23 @@ class ScanResults:
     #: calibration slice's top pixel is the top of the normal range by construction.
     normal_slices: frozenset[int] = frozenset()
 
+    def ramp_maps(self) -> np.ndarray:
+        """The scored slices the colour ramp is set from: not the model's own normals, unless nothing else.
+
+        After a fine-tune the ramp's top came from a slice it was fitted on (11.96 normal-quantile units on a
+        calibration slice), which left the flagged lesion (0.999) without colour on the canvas and the disk.
+        """
+        return self.maps[self._ramp_slices()]
+
+    def ramp_top(self) -> float:
+        """The highest value of ``ramp_maps`` without copying them (SCR's slider moves ask on every step)."""
+        return max((float(self.maps[z].max()) for z in np.flatnonzero(self._ramp_slices())), default=0.0)
+
+    def _ramp_slices(self) -> np.ndarray:
+        fresh = np.asarray(self.scored, bool).copy()
+        fresh[[z for z in self.normal_slices if 0 <= z < len(fresh)]] = False
+        return fresh if fresh.any() else np.asarray(self.scored, bool)
+
     def reading_start(self, among: Iterable[SliceScore] | None = None) -> SliceScore | None:
         """The highest-scoring slice (of ``among``, else of all scored) outside ``normal_slices``.
 
@@ -380,7 +397,7 @@ def follow_threshold(viewer: napari.Viewer, res: ScanResults, threshold: float |
         return
     # the ramp's top as heatmap_contrast sets it (at least 1, else the strongest score; unscored slices are 0),
     # not the current top: a move to 0.999 had raised it for good. Called on every slider move: no copy.
-    lo, hi = quantile_ramp(float(threshold), float(res.maps.max()))
+    lo, hi = quantile_ramp(float(threshold), res.ramp_top())
     if user_set_contrast(heat):
         return  # the reader set their own window on the heatmap (napari's layer controls): theirs stays
     low, high = (float(v) for v in heat.contrast_limits_range)
@@ -421,7 +438,7 @@ def show_results(viewer: napari.Viewer, results: ScanResults) -> tuple[Any, Any]
     """
     source = find_layer(viewer, results.layer_name)
     scale, extra = result_geometry(source, results.volume)  # exactly the scan layer's grid (radiological)
-    limits = heatmap_contrast(results.maps[results.scored], results.calibration, results.unit)
+    limits = heatmap_contrast(results.ramp_maps(), results.calibration, results.unit)
     meta = {ROLE_KEY: "heatmap", UNIT_KEY: results.unit.value, "unit_description": results.unit.description,
             MODEL_KEY: results.label, "model_fingerprint": results.model.fingerprint}
     heat = find_layer(viewer, results.heatmap_name)

@@ -215,11 +215,26 @@ def test_scr_reset_gives_the_ramp_scoring_gave() -> None:
     scored = heatmap_contrast(maps, cal, MapUnit.QUANTILE)  # type: ignore[arg-type]
     heat = SimpleNamespace(contrast_limits=scored, contrast_limits_range=(0.0, 2.0), metadata={RAMP_KEY: scored})
     viewer = SimpleNamespace(layers={"h": heat})
-    res = SimpleNamespace(heatmap_name="h", calibration=cal, unit=MapUnit.QUANTILE, maps=maps)
+    res = SimpleNamespace(heatmap_name="h", calibration=cal, unit=MapUnit.QUANTILE, maps=maps,
+                          ramp_top=lambda: float(maps.max()))
     follow_threshold(viewer, res, 0.95)  # type: ignore[arg-type]
     assert heat.contrast_limits[0] == pytest.approx(0.95 - (0.99 - scored[0]))
     follow_threshold(viewer, res, 0.99)  # type: ignore[arg-type]  # back to the calibrated point
     assert tuple(heat.contrast_limits) == pytest.approx(scored)
+
+
+def test_the_colour_ramp_ignores_the_models_own_normal_slices() -> None:
+    """After a fine-tune the ramp's top came from a slice the model was fitted on (11.96), and the flagged
+    lesion (0.999) got no colour on the canvas or the disk."""
+    res = _fake_results(n=3)
+    res.scored[:] = True
+    res.maps[:] = 0.5
+    res.maps[0, 10, 10] = 11.96  # a calibration slice's top
+    res.maps[2, 20, 20] = 0.999  # the lesion
+    res.normal_slices = frozenset({0})
+    assert res.ramp_top() == pytest.approx(0.999) and float(res.ramp_maps().max()) == pytest.approx(0.999)
+    res.normal_slices = frozenset({0, 1, 2})  # nothing else scored: its own normals are all there is
+    assert res.ramp_top() == pytest.approx(11.96)
 
 
 # -- live SCR ---------------------------------------------------------------------------------------

@@ -510,7 +510,7 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         heat = find_layer(self.viewer, res.heatmap_name)
         if heat is not None:
             return (float(heat.contrast_limits[0]), float(heat.contrast_limits[1]))
-        return heatmap_contrast(res.maps[res.scored], res.calibration, res.unit)
+        return heatmap_contrast(res.ramp_maps(), res.calibration, res.unit)
 
     def _brushes(self, proj: DiskProjection, idx: np.ndarray) -> list:
         import pyqtgraph as pg
