@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -36,8 +37,10 @@ from .volume import Volume
 
 SCHEMA_VERSION = 1
 SOURCES = ("slice", "range", "lasso")
-#: Bytes of a file read for its identity when it has no UID (headers of NIfTI/NRRD/MHA fit easily).
+#: Bytes of a file read for its identity when it has no UID (headers of NIfTI/NRRD/MHA fit easily), at its
+#: start and at its end, with ``SAMPLED_BLOCKS`` blocks of ``BLOCK_BYTES`` spread through it.
 HEADER_BYTES = 64 * 1024
+SAMPLED_BLOCKS, BLOCK_BYTES = 32, 4096
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -80,12 +83,39 @@ def study_key(volume: Volume) -> str:
     src = Path(volume.source) if volume.source is not None else None
     if src is not None and src.is_file():
         with src.open("rb") as fh:
-            h.update(b"file-head:" + fh.read(HEADER_BYTES))
+            size = os.fstat(fh.fileno()).st_size
+            h.update(b"file-v2:" + str(size).encode() + fh.read(HEADER_BYTES))
+            # blocks through the whole file: two uncompressed NIfTIs of one template space (the same header,
+            # 64 KiB of background first) shared a key, and one patient's marks showed on another's scan
+            for k in range(SAMPLED_BLOCKS):
+                fh.seek(size * k // SAMPLED_BLOCKS)
+                h.update(fh.read(BLOCK_BYTES))
+            fh.seek(max(0, size - HEADER_BYTES))
+            h.update(fh.read(HEADER_BYTES))
         h.update(repr(volume.shape[1:]).encode())  # in-plane only: a slice selection is the same study
-        return "f-" + h.hexdigest()[:32]
+        return "g-" + h.hexdigest()[:32]
     h.update(b"voxels:" + repr(volume.shape).encode() + repr(volume.spacing).encode())
     h.update(np.ascontiguousarray(volume.array).tobytes())
     return "v-" + h.hexdigest()[:32]
+
+
+def legacy_study_key(volume: Volume) -> str | None:
+    """The key releases before ``g-`` keys gave a file (its first 64 KiB only); None for other sources.
+
+    Read to carry a study's marks over (``CaseLibrary.register``), never to match models: two files could
+    share it.
+    """
+    meta = volume.metadata or {}
+    if meta.get("series_uid") or meta.get("SeriesInstanceUID") or volume.source is None:
+        return None
+    src = Path(volume.source)
+    if not src.is_file():
+        return None
+    h = hashlib.sha256()
+    with src.open("rb") as fh:
+        h.update(b"file-head:" + fh.read(HEADER_BYTES))
+    h.update(repr(volume.shape[1:]).encode())
+    return "f-" + h.hexdigest()[:32]
 
 
 def _full_slices(volume: Volume) -> int:
@@ -225,11 +255,31 @@ class CaseLibrary:
         """Record a study (its key, size, modality and, optionally, its path for reopening); return its key."""
         key = study_key(volume)
         src = str(volume.source) if (remember_path and volume.source is not None) else None
+        legacy = legacy_study_key(volume)
         with self._write() as db:
+            new = not db.execute("SELECT 1 FROM studies WHERE key=?", (key,)).fetchall()
             db.execute("INSERT INTO studies(key, source, n_slices, modality, created) VALUES (?, ?, ?, ?, ?) "
                        "ON CONFLICT(key) DO UPDATE SET source=COALESCE(excluded.source, studies.source)",
                        (key, src, _full_slices(volume), volume.modality, _now()))
+            if new and legacy is not None:  # marks made under the older key: copied over, never moved
+                db.execute("INSERT OR IGNORE INTO marks SELECT ?, slice, source, created FROM marks WHERE key=?",
+                           (key, legacy))
+                db.execute("INSERT OR IGNORE INTO patches SELECT ?, slice, y, x, created FROM patches WHERE key=?",
+                           (key, legacy))
         return key
+
+    def carry_over(self, volume: Volume) -> bool:
+        """Copy a study's marks made under its older key (``legacy_study_key``) to its key, once; True if done.
+
+        Readers call it before reading marks, so marks made before the key changed are not lost.
+        """
+        legacy = legacy_study_key(volume)
+        if legacy is None or not self._read("SELECT 1 FROM marks WHERE key=? LIMIT 1", (legacy,)):
+            return False
+        if self._read("SELECT 1 FROM studies WHERE key=?", (study_key(volume),)):
+            return False  # registered under its key already: copied then (or marked anew since)
+        self.register(volume, remember_path=False)
+        return True
 
     def study(self, key: str) -> dict[str, Any] | None:
         """What is known of a study: ``source`` (or None), ``n_slices``, ``modality``, ``created``."""

@@ -124,11 +124,14 @@ def seen_in(training: Mapping[str, Any] | None, volume: Volume, among: Iterable[
     training = training or {}
     record = _valid(training.get(SEEN_KEY))
     found: set[int] = set()
+    digests = _digests(training.get(DIGESTS_KEY))
     if record:
-        from .caselib import array_slices, study_key
+        from .caselib import array_slices, legacy_study_key, study_key
 
         found.update(array_slices(volume, record.get(study_key(volume), [])))
-    digests = _digests(training.get(DIGESTS_KEY))
+        legacy = legacy_study_key(volume)
+        if legacy is not None and not digests:  # a model from before both keys and digests: its key alone
+            found.update(array_slices(volume, record.get(legacy, [])))
     if digests:
         candidates = range(volume.n_slices) if among is None else sorted({int(k) for k in among})
         found.update(k for k in candidates if 0 <= k < volume.n_slices and slice_digest(volume.array[k]) in digests)

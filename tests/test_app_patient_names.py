@@ -210,4 +210,4 @@ def test_suggested_names_come_from_the_series_description_or_a_hash_never_the_la
         assert res.file_stem == stem == export_stem(vol, "patchcore v1")  # ...files are named without it
         if label is not None:
             assert study_label(vol, study_key(vol)) == label
-    assert study_key(plain)[:2] == "f-" and study_key(plain)[2:10].isalnum()
+    assert study_key(plain)[:2] == "g-" and study_key(plain)[2:10].isalnum()

@@ -142,6 +142,34 @@ def test_study_keys_hide_identity_and_ignore_slice_selection(tmp_path):
     assert study_key(_volume(seed=1)) != study_key(_volume(seed=2))  # no file: the voxels decide
 
 
+def test_two_scans_alike_in_their_first_64_kib_are_two_studies(tmp_path):
+    """Uncompressed NIfTIs of one template space (the same header, background first) shared a key: a slice
+    marked normal on one patient showed as marked on another's scan, and a model fitted on one saw the other."""
+    from anomalens.engine.caselib import HEADER_BYTES, legacy_study_key
+
+    head = b"\x5c\x01" + b"\0" * (HEADER_BYTES + 20_000)
+    rng = np.random.default_rng(0)
+    scans = []
+    for name in ("patientA.nii", "patientB.nii"):
+        path = tmp_path / name
+        path.write_bytes(head + rng.bytes(200_000) + b"\0" * 100_000)  # the brains differ in the middle
+        vol = _volume()
+        vol.source = path
+        scans.append(vol)
+    a, b = scans
+    assert legacy_study_key(a) == legacy_study_key(b)  # what the old key could not tell apart
+    assert study_key(a) != study_key(b) and study_key(a).startswith("g-")
+    assert study_key(a) == study_key(a.select_slices([1, 2]))
+
+    # marks made under the old key come along once (copied, the old rows kept)
+    with CaseLibrary(tmp_path / "lib.sqlite") as lib:
+        with lib._write() as db:
+            db.execute("INSERT INTO marks VALUES (?, 3, 'slice', '2026-12-01T00:00:00+00:00')", (legacy_study_key(a),))
+        assert lib.carry_over(a) and lib.marks(study_key(a)) == [3]
+        assert not lib.carry_over(a)  # once
+        assert lib.marks(legacy_study_key(a)) == [3]
+
+
 def test_selection_numbering_round_trips():
     v = _volume().select_slices([1, 3, 4])
     assert original_slices(v, [0, 2]) == [1, 4]

@@ -104,7 +104,9 @@ def sync_marks(state: AnomaLensState) -> list[int]:
     if key is None or state.volume is None:
         state.set_marked_slices([])
         return []
-    z = array_slices(state.volume, case_library(state).marks(key))
+    lib = case_library(state)
+    lib.carry_over(state.volume)  # marks made under the key earlier releases gave files
+    z = array_slices(state.volume, lib.marks(key))
     state.set_marked_slices(z)
     return z
 
