@@ -148,6 +148,11 @@ def false_positives(detector: Detector, normals: np.ndarray, foreground: np.ndar
                           scr=None if scr_mask is None else _tissue_share(scr_mask, fg))
 
 
+#: A fine-tune whose model flags more than this many times its target on the slices it was fine-tuned on
+#: gets a warning (its calibration slices do not represent the user's normals).
+UNREPRESENTATIVE = 5.0
+
+
 def _tissue_share(mask: np.ndarray, foreground: np.ndarray) -> float:
     """The share of the tissue a mask flags (0 where there is no tissue)."""
     return float(np.count_nonzero(mask & foreground)) / max(int(np.count_nonzero(foreground)), 1)
@@ -166,6 +171,9 @@ class Recalibration:
     #: The detector's own cut that fills the SCR slot (InvDetect ``scr_mode=paper``), else None: then ``after.scr``
     #: is that cut's false-positive area, and the engine's SCR point is calibrated but not what the user sees.
     own_scr: str | None = None
+    #: After a fine-tune: the share of tissue the new model flags on the slices it was fine-tuned on (normal by
+    #: the user's word, like the calibration slices; None: no fine-tune).
+    tuned_fp: float | None = None
 
     @property
     def notes(self) -> tuple[str, ...]:
@@ -174,12 +182,22 @@ class Recalibration:
     @property
     def warnings(self) -> list[str]:
         """What a user must not miss: SCR's point could not keep the synthetic lesions (a compromise)."""
+        out = []
+        target = self.calibration.target_fpr
+        if self.tuned_fp is not None and self.tuned_fp > UNREPRESENTATIVE * target:
+            # a fine-tune on 5 marks (3 to adapt, 2 to calibrate) flagged 23 of 25 slices, the marked ones too,
+            # and said only "more sensitive"
+            out.append(f"the new model flags {self.tuned_fp:.1%} of the tissue of the {self.n_fine_tune} slices you "
+                       f"marked normal and fine-tuned it on, against the {100 * target:.3g} % target met on the "
+                       f"{self.n_calibration} it was calibrated on: those do not represent your normal slices (too "
+                       "few, or unlike them). Mark more normal slices across the scan and fine-tune again, or roll "
+                       "back")
         les = self.calibration.lesions
-        if les is None or les.met is not False or les.rate is None:
-            return []
-        return [f"SCR keeps only {les.rate:.0%} of the synthetic lesions its threshold finds (target "
-                f"{les.target:.0%}) at any point that meets the false-positive target: its mask may erase small "
-                "lesions; compare it with the plain mask"]
+        if les is not None and les.met is False and les.rate is not None:
+            out.append(f"SCR keeps only {les.rate:.0%} of the synthetic lesions its threshold finds (target "
+                       f"{les.target:.0%}) at any point that meets the false-positive target: its mask may erase "
+                       "small lesions; compare it with the plain mask")
+        return out
 
     def describe(self) -> list[str]:
         """Plain words for a person: what changed, against the target, on which slices."""
@@ -288,6 +306,12 @@ def recalibrate(detector: Detector, normals: np.ndarray, *, fine_tune: bool = Fa
     else:
         scr_after, own_scr = cal.fp_area_scr, None
     after = FalsePositives(plain=float(cal.fp_area if cal.fp_area is not None else 0.0), scr=scr_after)
+    tuned = None
+    if tune is not None:  # normal by the user's word too: a model that flags them was calibrated on too little
+        check(cancel)
+        fp = false_positives(detector, tune, cancel=cancel)
+        tuned = None if fp is None else fp.plain
     report(progress, 1.0, "calibrated")
     return Recalibration(detector=detector, calibration=cal, before=before, after=after,
-                         n_fine_tune=0 if tune is None else len(tune), n_calibration=len(calib), own_scr=own_scr)
+                         n_fine_tune=0 if tune is None else len(tune), n_calibration=len(calib), own_scr=own_scr,
+                         tuned_fp=tuned)

@@ -233,3 +233,20 @@ def test_retraining_the_demo_keeps_the_site_versions_saved_inside_it(tmp_path):
     assert sorted(p.name for p in demo.iterdir()) == ["bundle.json", "weights.safetensors"]
     kept = tmp_path / "demo-brain1-lorentz-site"
     assert ModelStore(tmp_path).active(kept.name).note == "site"
+
+
+def test_a_fine_tune_whose_calibration_slices_do_not_represent_the_marks_warns():
+    """5 marks (3 adapt, 2 calibrate) gave a model that flagged 23 of 25 slices, marked ones too; the report
+    said only "more sensitive"."""
+    from anomalens.engine.recalibration import recalibrate
+    from tests.phantoms import phantom_slices
+
+    normals = phantom_slices(6, 64, seed=3)[0]
+    det = MeanDetector().fit(normals)
+    alike = normals.copy()
+    alike[1::2] = normals.mean(0)  # the calibration slices (every other one): as quiet as a slice can be
+    rec = recalibrate(det, alike, fine_tune=True)
+    assert rec.tuned_fp is not None and rec.tuned_fp > 5 * rec.calibration.target_fpr
+    assert any("slices you marked normal and fine-tuned it on" in w for w in rec.warnings), rec.warnings
+    fair = recalibrate(MeanDetector().fit(normals), normals, fine_tune=True)
+    assert not any("marked normal" in w for w in fair.warnings), (fair.tuned_fp, fair.warnings)

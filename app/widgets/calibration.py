@@ -372,6 +372,7 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
         self.undo_button.setToolTip("Undo the latest mark or unmark (Shift+N)")
         self.finetune_button = QPushButton("Fine-tune on marks")
         self.fp_label = QLabel("")
+        self._report_for: Any = None  # the model the fine-tune report (fp_label) describes
         self.fp_label.setWordWrap(True)
         self.versions = QListWidget()
         self.versions.setMinimumHeight(80)
@@ -574,8 +575,13 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
             self.last_update = out.update
             previous = self.state.detector
             self.state.set_model(out.detector, out.update.info.path)
-            self.fp_label.setText("\n".join(f"• {line}" for line in out.update.recalibration.describe()))
+            rec = out.update.recalibration
+            self._report_for = out.detector  # the report describes this model; another one loaded clears it
+            self.fp_label.setText("\n".join([*(f"⚠ {w}" for w in rec.warnings),
+                                             *(f"• {line}" for line in rec.describe())]))
             notify_info(f"saved and loaded {out.update.info.name} ({model_identity(out.detector).label})")
+            for w in rec.warnings:
+                notify_warning(w)
             rescore_shown(self.viewer, self.state, self.jobs, previous)
 
         return self.jobs.start("Fine-tuning", lambda progress, cancel: fine_tune_work(
@@ -587,6 +593,8 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
         from ...engine.modelstore import ModelStore
 
         self.versions.clear()
+        if self.state.detector is not self._report_for:
+            self.fp_label.setText("")  # a fine-tune's report, after a rollback, described a model no longer loaded
         store = ModelStore()
         profile, base = profile_of(store, self.state.model_path)
         profile = profile or self._started_from_loaded(store, base)
