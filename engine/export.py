@@ -39,11 +39,11 @@ def export_heatmap(volume: Volume, heatmap: np.ndarray, path: str | Path, descri
     return write_like(volume, np.asarray(heatmap, dtype=np.float32), path, description=description)
 
 
-def export_mask(volume: Volume, mask: np.ndarray, path: str | Path) -> Path:
-    """The binary mask (uint8 0/1, the scan's grid) as NIfTI/NRRD/MHA by suffix."""
+def export_mask(volume: Volume, mask: np.ndarray, path: str | Path, description: str = "") -> Path:
+    """The binary mask (uint8 0/1, the scan's grid) as NIfTI/NRRD/MHA by suffix; ``description`` in the header."""
     from .io import write_like
 
-    return write_like(volume, np.asarray(mask).astype(bool), path)
+    return write_like(volume, np.asarray(mask).astype(bool), path, description=description)
 
 
 def save_png(rgb: np.ndarray, path: str | Path) -> Path:

@@ -118,6 +118,8 @@ def test_exports_of_a_scored_dicom_series_read_back(make_napari_viewer: Any, qtb
     np.testing.assert_allclose(sitk.GetArrayFromImage(heat_img), state.results.maps, rtol=1e-6)
     assert "normal quantile" in heat_img.GetMetaData("descrip")  # the file says its unit
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "mask.nii.gz"))).astype(bool), shown)
+    # the mask file says what it is, as the CLI's do (the viewer's header was empty)
+    assert sitk.ReadImage(str(out / "mask.nii.gz")).GetMetaData("descrip").startswith("AnomaLens mask as shown")
 
     # DICOM SEG on the source images, pixels equal to the mask layer
     assert exp_w.export_seg(out / "mask_seg.dcm")

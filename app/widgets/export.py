@@ -248,8 +248,11 @@ class ExportWidget(ScrollsWhenDocked, QWidget):
         if res is None or mask is None:
             return self._nothing("mask")
         vol = res.volume
+        # what the file holds, as ``anomalens score`` says it in its masks' headers (the viewer's had none)
+        description = (f"AnomaLens mask as shown ({res.label})"
+                       + (", edited by hand" if res.hand_edited_slices() else ""))[:80]
         return self._write("mask", path, f"{res.file_stem}_mask",
-                           lambda target, progress, cancel: export_mask(vol, mask, target))
+                           lambda target, progress, cancel: export_mask(vol, mask, target, description=description))
 
     def export_seg(self, path: str | Path | None = None) -> bool:
         """Write the mask as shown as a DICOM SEG referencing the source series (DICOM scans only)."""
