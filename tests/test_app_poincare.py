@@ -135,6 +135,7 @@ def test_lasso_marks_normals_that_are_then_ringed(make_napari_viewer: Any, qtbot
     lo, hi = xy[keep].min(0) - 1e-3, xy[keep].max(0) + 1e-3
     box = np.array([[lo[0], lo[1]], [hi[0], lo[1]], [hi[0], hi[1]], [lo[0], hi[1]]])
     selected = w.select_in_polygon(box)
+    assert w.status.text() == f"{selected.size} point(s) selected"  # not replaced by a count of all points
     # the same lasso drawn with the mouse (a left-drag on the disk while Lasso is on)
     w.clear_selection()
     w.lasso_button.setChecked(True)
@@ -280,6 +281,7 @@ def test_hover_rings_the_patch_and_a_lasso_on_the_scan_selects_points(make_napar
     assert tuple(map(str, shapes.units)) == tuple(map(str, layer.units))  # no "inconsistent units" warning
     shapes.add_polygons([np.array([[2, 8, 16], [2, 8, 24], [2, 16, 24], [2, 16, 16]], dtype=float)])
     assert w.selection.tolist() == [lesion]
+    assert w.status.text() == "1 point(s) selected from the lasso on the scan"  # it said "16 patches of slice 2"
     assert len(w.selected_rings.points()) == 1 and state.extras["disk_selection"] == [(2, 12.0, 20.0)]
     assert w.mark_button.isEnabled()
     # a second polygon on slice 3 adds that slice's lesion patch; in slice mode both slices are selected
@@ -288,6 +290,8 @@ def test_hover_rings_the_patch_and_a_lasso_on_the_scan_selects_points(make_napar
     w.set_per_slice(True)
     w._on_canvas_shapes()
     assert sorted(w.slice_projection.slice_index[w.selection].tolist()) == [2, 3]
+    w.clear_selection()
+    assert "projecting" not in w.status.text() and "scored slice" in w.status.text()  # per slice: what is drawn
 
 
 def test_a_real_click_on_a_hovered_point_reaches_it(make_napari_viewer: Any, qtbot: Any) -> None:

@@ -414,15 +414,18 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
             self._update_buttons()
             return
         self.note.setText(proj.note)
+        chosen = f"; {self.selection.size} selected" if self.selection.size else ""  # a lasso's count stays said
         if self.per_slice:
             self.shown = np.arange(len(proj))
+            # (the line said "projecting 40000 embeddings…" long after they had landed)
+            self.status.setText(f"{len(proj)} scored slice{'s' * (len(proj) != 1)}, one point each{chosen}")
         else:
             z = self.current_z()
             self.shown = np.flatnonzero(proj.slice_index == z)
             if self.shown.size == 0:
                 self.status.setText(f"slice {z} is not scored yet: score it (or the volume) in the Detector dock")
             else:
-                self.status.setText(f"{self.shown.size} patches of slice {z}")
+                self.status.setText(f"{self.shown.size} patches of slice {z}{chosen}")
         xy = proj.xy[self.shown]
         self.scatter.setData(x=xy[:, 0], y=xy[:, 1], data=self.shown, brush=self._brushes(proj, self.shown))
         marked = set(self.state.extras.get("marked_slices") or [])
@@ -630,8 +633,8 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
             inside = points_in_poly(proj.xy[self.shown].astype(float), poly)
             self.selection = self.shown[inside]
         self.state.set_disk_selection(self.selected_patches())
-        self.status.setText(f"{self.selection.size} point(s) selected")
         self.redraw()
+        self.status.setText(f"{self.selection.size} point(s) selected")
         return self.selection
 
     def start_canvas_lasso(self) -> Any:
@@ -701,8 +704,8 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         else:
             self.selection = np.flatnonzero(np.isin(proj.slice_index, patches.slice_index[hit]))
         self.state.set_disk_selection(self.selected_patches())
-        self.status.setText(f"{self.selection.size} point(s) selected from the lasso on the scan")
         self.redraw()
+        self.status.setText(f"{self.selection.size} point(s) selected from the lasso on the scan")  # after redraw's
         return self.selection
 
     def selected_patches(self) -> list[tuple[int, float, float]]:
