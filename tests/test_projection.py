@@ -211,3 +211,21 @@ def test_the_viewers_store_keeps_every_heads_view_per_slice():
     assert np.array_equal(view.hyperplane, np.ones(12))
     np.testing.assert_array_equal(view.points, alt.points)  # slices 5 and 9 in order: the same patches as scored
     np.testing.assert_array_equal(view.slice_index, out.slice_index)
+
+
+def test_the_viewers_store_keeps_only_patches_on_the_scan():
+    """The working grid pads a scan to its field of view: 7,600 of brain1's 40,000 patches were centred off the
+    scan; hovering one ringed a spot beside the image and the report counted them among the others."""
+    import dataclasses
+
+    from anomalens.app.embeddings import EmbeddingStore
+
+    e, _ = _lorentz(n=40)
+    centers = np.asarray(e.centers).copy()
+    centers[:5] = [[-10.0, 5.0], [5.0, -10.0], [70.0, 5.0], [5.0, 80.0], [-1.0, 64.0]]  # four off, one on the edge
+    e = dataclasses.replace(e, slice_index=np.zeros(40, int), centers=centers)
+    store = EmbeddingStore()
+    store.add(e, np.array([0]), np.zeros((1, 64, 64), np.float32))
+    out = store.combined()
+    assert out is not None and len(out.points) == 36
+    assert [-1.0, 64.0] in out.centers.tolist() and [-10.0, 5.0] not in out.centers.tolist()
