@@ -71,21 +71,23 @@ def say(viewer: object, text: str, keep_s: float = SAY_KEEP_S) -> None:
 
     napari rewrites its own status line (``viewer.status``) on the next slice change or mouse move, so a key's
     answer ("flagged slice 12 (1 of 5) — wrapped around") was gone before anyone read it. The desktop
-    window's AnomaLens status label keeps it; in plain napari (no such label) only napari's line is set.
+    window's AnomaLens status label keeps it; in plain napari (no such label) napari's line is set.
     It does not stay for good: "marked 1 new slice normal" still stood there after a fine-tune and a rollback.
     """
-    viewer.status = text  # type: ignore[attr-defined]
     window = getattr(viewer, "window", None)
     label = getattr(getattr(window, "anomalens_files", None), "status", None)
-    if label is not None:
-        label.setText(text)
-        from qtpy.QtCore import QTimer
+    if label is None:
+        viewer.status = text  # type: ignore[attr-defined]
+        return
+    # only there: said in napari's line too, a warning stood twice in the status bar, both cut off at 1,366 px
+    label.setText(text)
+    from qtpy.QtCore import QTimer
 
-        def expire(label: object = label, text: str = text) -> None:
-            try:
-                if label.text() == text:  # type: ignore[attr-defined]  # not replaced meanwhile
-                    label.setText("")  # type: ignore[attr-defined]
-            except RuntimeError:  # the window closed meanwhile
-                pass
+    def expire(label: object = label, text: str = text) -> None:
+        try:
+            if label.text() == text:  # type: ignore[attr-defined]  # not replaced meanwhile
+                label.setText("")  # type: ignore[attr-defined]
+        except RuntimeError:  # the window closed meanwhile
+            pass
 
-        QTimer.singleShot(int(keep_s * 1000), expire)
+    QTimer.singleShot(int(keep_s * 1000), expire)

@@ -195,9 +195,10 @@ def test_shortcuts_move_slices_toggle_layers_mark_and_undo(make_napari_viewer: A
         visits.append(z())
     assert visits == flagged
     _press(qtbot, viewer, key_for("next_flagged"))
-    assert z() == flagged[0] and "wrapped" in viewer.status
+    assert z() == flagged[0] and "wrapped" in viewer.window.anomalens_files.status.text()
     qtbot.wait(50)  # napari rewrites its own status line on the slice change; the window's label keeps the answer
     assert "wrapped" in viewer.window.anomalens_files.status.text()
+    assert "wrapped" not in str(viewer.status)  # said once: twice, both copies were cut off at 1,366 px
     _press(qtbot, viewer, key_for("previous_flagged"))
     assert z() == flagged[-1]
 
