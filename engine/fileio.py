@@ -108,8 +108,16 @@ def ensure_folder(folder: str | Path, what: str = "output") -> Path:
     except OSError as exc:
         raise OutputError(f"cannot create the {what} folder {folder.name}: {describe_os_error(exc)}") from exc
     if not os.access(folder, os.W_OK | os.X_OK):
-        raise OutputError(f"cannot write into the {what} folder {folder.name}: no permission")
+        raise OutputError(f"cannot write into the {what} folder {folder.name}: {_why_not_writable(folder)}")
     return folder
+
+
+def _why_not_writable(folder: Path) -> str:
+    """"read-only file system" where it is one (a full-disk's cousin: "no permission" sent users to chmod)."""
+    with contextlib.suppress(OSError, AttributeError):
+        if os.statvfs(folder).f_flag & os.ST_RDONLY:
+            return "it is on a read-only file system"
+    return "no permission"
 
 
 @contextlib.contextmanager

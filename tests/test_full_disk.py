@@ -237,3 +237,22 @@ def test_a_folder_replace_that_fails_puts_the_old_folder_back(tmp_path: Path, mo
     monkeypatch.setattr(fileio.os, "replace", real)
     assert (target / "weights").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_a_read_only_output_folder_is_called_read_only(tmp_path, monkeypatch) -> None:
+    """A read-only mount was reported as "no permission", which sends a user to chmod."""
+    import os
+    from types import SimpleNamespace
+
+    import pytest
+
+    from anomalens.engine.errors import OutputError
+    from anomalens.engine.fileio import ensure_folder
+
+    monkeypatch.setattr(os, "access", lambda *a, **k: False)
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=os.ST_RDONLY))
+    with pytest.raises(OutputError, match="read-only file system"):
+        ensure_folder(tmp_path)
+    monkeypatch.setattr(os, "statvfs", lambda p: SimpleNamespace(f_flag=0))
+    with pytest.raises(OutputError, match="no permission"):
+        ensure_folder(tmp_path)
