@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .detectors.bundle import MANIFEST, read_manifest, save_bundle
-from .errors import AnomaLensError, ConfigError, ModelError
+from .errors import AnomaLensError, ConfigError, ModelError, OutputError
 from .fileio import atomic_write_text
 from .paths import data_dir
 from .progress import CancelToken, ProgressCallback, check, report, stage
@@ -285,7 +285,13 @@ class ModelStore:
                 target = self.new_version_path(base)
         else:
             raise ModelError(f"could not find a free version folder next to {target}")
-        return self.set_active(target) if activate else BundleInfo.read(target)
+        if not activate:
+            return BundleInfo.read(target)
+        try:
+            return self.set_active(target)
+        except OutputError as exc:  # the version is whole and kept: say so, not only that the write failed
+            raise OutputError(f"saved {target.parent.name}/{target.name}, but could not make it the version in use "
+                              f"({exc}); it is in the version list, and the one in use is unchanged") from exc
 
 
 # --------------------------------------------------------------------------------------------- site fine-tuning

@@ -250,3 +250,22 @@ def test_a_fine_tune_whose_calibration_slices_do_not_represent_the_marks_warns()
     assert any("slices you marked normal and fine-tuned it on" in w for w in rec.warnings), rec.warnings
     fair = recalibrate(MeanDetector().fit(normals), normals, fine_tune=True)
     assert not any("marked normal" in w for w in fair.warnings), (fair.tuned_fp, fair.warnings)
+
+
+def test_a_version_saved_but_not_made_active_says_so(tmp_path, monkeypatch):
+    """With room for the bundle but not for active.json, the user read "disk full …: nothing was replaced"
+    while a new version sat in the profile."""
+    from anomalens.engine.errors import OutputError
+
+    store = ModelStore(tmp_path)
+    v1 = store.save_version(_fitted(), "p")
+
+    def full(*args, **kwargs):
+        raise OutputError("disk full while writing active.json: nothing was replaced")
+
+    monkeypatch.setattr(store, "set_active", full)
+    with pytest.raises(OutputError, match=r"saved p/v0002, but could not make it the version in use .*the one in use "
+                                          r"is unchanged"):
+        store.save_version(_fitted(1), "p")
+    monkeypatch.undo()
+    assert [v.version for v in store.versions("p")] == ["v0001", "v0002"] and store.active("p").path == v1.path
