@@ -238,6 +238,18 @@ def silent_server():
 
 
 @contextlib.contextmanager
+def _serving(handler: type):
+    """A loopback HTTP server answering with ``handler`` in a thread; yields its port."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield srv.server_address[1]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+@contextlib.contextmanager
 def busy_once_server(status: int = 503):
     """Answers the first request with ``status`` (busy), every later one with an empty QIDO result."""
     hits: list[int] = []
@@ -256,14 +268,8 @@ def busy_once_server(status: int = 503):
         def log_message(self, *args) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield srv.server_address[1], hits
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with _serving(Handler) as port:
+        yield port, hits
 
 
 def test_a_hung_server_is_asked_once_and_a_busy_one_twice() -> None:
@@ -300,14 +306,8 @@ def forbidding_server():
         def log_message(self, *args) -> None:
             pass
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=srv.serve_forever, daemon=True)
-    t.start()
-    try:
-        yield srv.server_address[1]
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with _serving(Handler) as port:
+        yield port
 
 
 def test_server_down_timeout_and_403_are_one_line_errors(capsys, own_config, monkeypatch) -> None:
