@@ -46,6 +46,7 @@ from ..results import (
     ScoreOutcome,
     current_index,
     cut_threshold,
+    elide,
     find_layer,
     format_score,
     goto_index,
@@ -441,10 +442,10 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
                                            f"(slice {top.z})")
                  + (f", not counting the {len(own)} the model was fitted or calibrated on "
                     f"({format_selection(own)})" if own and top is not None and top.z not in own else "")]
-        lines += [f"⚠ {short_warning(w)}" for w in res.warnings]
-        cut = [w for w in res.warnings if short_warning(w) != w]
+        shown = [short_warning(w) for w in res.warnings]
+        lines += [f"⚠ {w}" for w in shown]
         self.status.setToolTip("\n\n".join(res.warnings))
-        if cut:
+        if shown != list(res.warnings):
             lines[-1] += "  (hover for the whole text)"
         if res.stale:
             lines.append("these layers were made by a model that is no longer loaded (stale: model changed)")
@@ -569,8 +570,7 @@ def short_warning(text: str, most: int = WARNING_CHARS) -> str:
     if len(text) <= most:
         return text
     ends = [i for i in (text.find(": "), text.find("; ")) if i >= 15]
-    head = text[:min(ends)] if ends else text
-    return (head if len(head) <= most else head[:most - 1].rstrip()) + "…"
+    return elide((text[:min(ends)] if ends else text) + "…", most)  # the ellipsis says more is on hover
 
 
 def train_on_slices(detector: str, volume: Volume, slices: list[int], profile: str,

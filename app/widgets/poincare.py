@@ -217,10 +217,9 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
             self.view.addItem(item)
         for ring in (self.geodesic, self.marked_rings, self.reference_rings, self.selected_rings, self.hover_ring):
             # drawings over the points: a click goes through to the point (the hover ring, drawn exactly on the
-            # point under the mouse, took every click, and clicking a point never jumped to its slice)
-            ring.setAcceptedMouseButtons(pg.QtCore.Qt.MouseButton.NoButton)
-            ring.setAcceptHoverEvents(False)
-            ring.mouseClickEvent = _pass_click  # pyqtgraph's scene offers clicks to items whatever they accept
+            # point under the mouse, took every click, and clicking a point never jumped to its slice). pyqtgraph's
+            # scene offers clicks to every item under the mouse, whatever Qt buttons it accepts, until one takes it
+            ring.mouseClickEvent = _pass_click
         self.colormap = pg.colormap.get(HEATMAP_COLORMAP)  # the heatmap layer's: one colour, one value
 
         top = QHBoxLayout()  # the mode on a row of its own: with the lassos beside it the dock is wider
