@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
 class PreparedScan:
     """A scan normalised for a model: slices in [0, 1] on the scan's grid, and its tissue mask.
 

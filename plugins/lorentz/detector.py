@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -453,15 +454,14 @@ class LorentzDetector(Detector):
         self.memory = torch.cat(banks).contiguous()
         self.surprise["memory"] = Surprise.fit(torch.cat(ref))
 
-    def _logits(self, x: dict[str, torch.Tensor], z: torch.Tensor | None = None) -> torch.Tensor:
-        """(heads, N) anomaly logits per patch (``z``: head 0's embedding, if already computed)."""
-        head0 = self.heads[0]
-        first = head0.logit(head0.embed(x) if z is None else z)
-        return torch.stack([first, *(head(x) for head in self.heads[1:])])
+    def _logits(self, x: dict[str, torch.Tensor], zs: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """(heads, N) anomaly logits per patch (``zs``: every head's embedding of ``x``, if already computed)."""
+        zs = [head.embed(x) for head in self.heads] if zs is None else zs
+        return torch.stack([head.logit(z) for head, z in zip(self.heads, zs, strict=True)])
 
-    def _mean_prob(self, x: dict[str, torch.Tensor], z: torch.Tensor | None = None) -> torch.Tensor:
-        """The heads' mean anomaly probability per patch (``z``: head 0's embedding, if already computed)."""
-        return torch.sigmoid(self._logits(x, z)).mean(0)
+    def _mean_prob(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The heads' mean anomaly probability per patch."""
+        return torch.sigmoid(self._logits(x)).mean(0)
 
     @staticmethod
     def _evidence(logits: torch.Tensor) -> torch.Tensor:
@@ -550,8 +550,8 @@ class LorentzDetector(Detector):
             raw = self._raw_features(slices[b], cancel)
             grid = tuple(next(iter(raw.values())).shape[-2:])
             x = self._inputs(self._flatten(self._standardise(raw)), self.bank)
-            zs = [head.embed(x) for head in self.heads]
-            logits = torch.stack([head.logit(z) for head, z in zip(self.heads, zs, strict=True)])
+            zs = [head.embed(x) for head in self.heads]  # kept for the Poincaré disk: every head's view
+            logits = self._logits(x, zs)
             prob = torch.sigmoid(logits).mean(0)
             for kept, z in zip(points, zs, strict=True):
                 kept.append(z)
