@@ -9,9 +9,7 @@ write its files (those of ``anomalens score``) and the metrics to ``demo-output/
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -59,27 +57,6 @@ def model_dir(detector: str) -> Path:
     return data_dir() / "models" / f"demo-brain1-{detector}"
 
 
-def keep_site_versions(model: Path) -> None:
-    """Move a site's fine-tunes out of a demo model folder about to be replaced, into a profile of their own.
-
-    Earlier releases saved the fine-tunes of a model kept in the store inside its folder (``v0001``,
-    ``active.json``); retraining the demo deleted that folder with them.
-    """
-    import re
-
-    if not model.is_dir():
-        return
-    items = [p for p in model.iterdir() if re.fullmatch(r"v\d{4}", p.name) or p.name in ("active.json", "bases.json")]
-    if not items:
-        return
-    target = model.with_name(f"{model.name}-site")
-    if target.exists():
-        target = model.with_name(f"{model.name}-site-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}")
-    target.mkdir(parents=True)
-    for item in items:
-        shutil.move(str(item), str(target / item.name))
-
-
 def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, device: str = "auto",
              retrain: bool = False, progress: ProgressCallback | None = None,
              cancel: CancelToken | None = None) -> DemoOutput:
@@ -94,6 +71,7 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
     from .fileio import atomic_write_text
     from .io import read_scan
     from .metrics import evaluate
+    from .modelstore import ModelStore
     from .outputs import write_scan_result
     from .pipeline import load_volume, model_grid
     from .provenance import record_seen
@@ -115,7 +93,7 @@ def run_demo(out: str | Path = "demo-output", detector: str = DEFAULT_DETECTOR, 
         det.training.update({TRAINING_KEY: domain.to_dict(), "modality": data.volume.modality})
         record_seen(det.training, data.volume, data.split.train)  # fitted or calibrated on: never a test
         calibrate_detector(det, data.calibration, cancel=cancel)
-        keep_site_versions(path)
+        ModelStore(path.parent).move_versions_out(path)  # a site's fine-tunes saved inside it stay
         det.save(path, overwrite=True)  # the old demo model stays whole until the new one is in place
         det = load_bundle(path, device=device)  # what every later run scores with, version and all
     report(progress, 0.9, "scoring held-out slices")

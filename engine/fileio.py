@@ -298,7 +298,7 @@ def _rename_new(tmp: Path, target: Path) -> None:
     try:
         os.rename(tmp, target)
     except OSError as exc:
-        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY) or isinstance(exc, FileExistsError):
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
             raise FileExistsError(f"{target} already exists") from exc
         raise
 

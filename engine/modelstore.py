@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -205,6 +207,26 @@ class ModelStore:
             folder = self._profile_dir(str(base))
         existing = [int(p.name[1:]) for p in folder.iterdir() if _VERSION.match(p.name)] if folder.is_dir() else []
         return folder / f"v{max(existing, default=0) + 1:04d}"
+
+    def move_versions_out(self, bundle: str | Path) -> Path | None:
+        """Move versions saved inside a bundle's folder into a profile of their own; returns it (None: none).
+
+        Earlier releases saved the fine-tunes of a bundle kept in the store inside its folder (``v0001``,
+        ``active.json``); replacing the bundle (the demo retrains its model) deleted them with it. They go to
+        ``<name>-site``, the profile ``new_version_path`` gives such a bundle now (or a dated one if taken).
+        """
+        folder = Path(bundle)
+        items = [p for p in folder.iterdir() if _VERSION.match(p.name) or p.name in (ACTIVE, BASES)] \
+            if folder.is_dir() else []
+        if not items:
+            return None
+        target = self._profile_dir(f"{folder.name}-site")
+        if target.exists():
+            target = self._profile_dir(f"{folder.name}-site-{datetime.now(UTC).strftime('%Y%m%d%H%M%S')}")
+        target.mkdir(parents=True)
+        for item in items:
+            shutil.move(str(item), str(target / item.name))
+        return target
 
     def _record_base(self, version: Path, base: Path) -> None:
         """Note in the profile's ``bases.json`` that ``version`` is fine-tuned from ``base`` (outside the profile)."""

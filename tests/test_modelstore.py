@@ -220,7 +220,6 @@ def test_retraining_the_demo_keeps_the_site_versions_saved_inside_it(tmp_path):
     """Earlier releases saved the demo model's fine-tunes inside its folder; a retrain deleted the folder."""
     import shutil
 
-    from anomalens.engine.demo import keep_site_versions
 
     store = ModelStore(tmp_path)
     demo = _fitted().save(tmp_path / "demo-brain1-lorentz")
@@ -228,7 +227,7 @@ def test_retraining_the_demo_keeps_the_site_versions_saved_inside_it(tmp_path):
     shutil.move(str(v1.path), str(demo / "v0001"))  # the old layout
     shutil.move(str(v1.path.parent / "active.json"), str(demo / "active.json"))
     shutil.rmtree(v1.path.parent)
-    keep_site_versions(demo)
+    assert ModelStore(tmp_path).move_versions_out(demo) == tmp_path / "demo-brain1-lorentz-site"
     _fitted(2).save(demo, overwrite=True)
     assert sorted(p.name for p in demo.iterdir()) == ["bundle.json", "weights.safetensors"]
     kept = tmp_path / "demo-brain1-lorentz-site"
