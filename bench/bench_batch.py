@@ -58,7 +58,7 @@ def measure(model: Path, specs: list[str], warm_spec: str, workers: int, root: P
         client.gather(futs)
         t1 = time.perf_counter()
         out = root / f"out-{workers}"
-        summary = run_batch(model, specs, out, client=client, device="cpu", show_progress=False)
+        summary = run_batch(model, specs, out, client=client, device="cpu")
         t2 = time.perf_counter()
         assert not summary.failed and len(summary.ok) == len(specs), summary
     finally:

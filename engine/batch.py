@@ -20,10 +20,9 @@ import json
 import logging
 import os
 import re
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -359,7 +358,7 @@ def _sweep_leftovers(out: Path, todo: Sequence[Study]) -> None:
 
 def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: str | Path, *,
               workers: int | None = None, scheduler: str | None = None, client: Any = None,
-              device: str = "cpu", processes: bool = True, show_progress: bool | None = None,
+              device: str = "cpu", processes: bool = True,
               on_result: Callable[[str, dict[str, Any]], None] | None = None,
               threads: int | None = None, keep_paths: bool = False,
               name_pattern: str = DEFAULT_NAME_PATTERN, gaps: str = "fill", push: str | None = None,
@@ -375,9 +374,8 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
         client: an existing ``distributed.Client`` (tests, notebooks); takes precedence over the above.
         device: device each worker scores on (``auto`` resolves on the worker).
         processes: local cluster of processes (default) or threads.
-        show_progress: tqdm bar over finished studies on stderr (default: when stderr is a terminal), unless
-            ``progress`` is given.
-        progress: ``progress(fraction, "k/N studies done")`` after each study (the CLI's bar or log lines).
+        progress: ``progress(fraction, "k/N studies done")`` after each study (the CLI passes its bar on a
+            terminal, or plain lines in a log).
         on_result: called as ``on_result(study_id, record)`` after each result is recorded.
         threads: torch threads in each worker. None: ``$ANOMALENS_THREADS`` in the worker's environment;
             for a local cluster without it, the cores shared out evenly among the workers.
@@ -445,7 +443,7 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
         futures = {client.submit(score_study, s, model_path, str(out), device, threads, gaps, push, pure=False,
                                  key=f"anomalens-score-{s.id}-{fingerprint}-{time.time_ns()}"): s for s in todo}
         done = 0
-        for fut in _progress(as_completed(futures), len(futures), False if progress is not None else show_progress):
+        for fut in as_completed(futures):
             done += 1
             report(progress, done / len(futures), f"{done}/{len(futures)} studies done")
             s = futures[fut]
@@ -515,13 +513,3 @@ def _check_push(model: str, pacs: str) -> None:
 def _save(out: Path, manifest: dict[str, Any]) -> None:
     manifest["updated"] = datetime.now(UTC).isoformat(timespec="seconds")
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True, default=str))
-
-
-def _progress(items: Iterable[Any], total: int, enabled: bool | None) -> Iterable[Any]:
-    if enabled is None:
-        enabled = sys.stderr.isatty() or os.environ.get("ANOMALENS_PROGRESS", "") == "1"
-    if not enabled:
-        return items
-    from tqdm import tqdm
-
-    return tqdm(items, total=total, desc="studies", unit="study", file=sys.stderr)
