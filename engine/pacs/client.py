@@ -75,8 +75,9 @@ class PacsClient:
         # Retry once, briefly, what a busy server asks to be retried (429, 503, …), and nothing else: a request
         # that timed out is not sent again (dicomweb-client's own retry repeats any failure, so a hung server
         # with --timeout 5 kept the user 10 s for a message saying 5).
-        s.mount("http://", _retry_adapter())
-        s.mount("https://", _retry_adapter())
+        adapter = _retry_adapter()
+        s.mount("http://", adapter)
+        s.mount("https://", adapter)
         self.session = s
         timeout = (min(CONNECT_TIMEOUT_S, profile.timeout), profile.timeout)
         try:
