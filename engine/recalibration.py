@@ -185,8 +185,9 @@ class Recalibration:
         out = []
         target = self.calibration.target_fpr
         if self.tuned_fp is not None and self.tuned_fp > UNREPRESENTATIVE * target:
-            # a fine-tune on 5 marks (3 to adapt, 2 to calibrate) flagged 23 of 25 slices, the marked ones too,
-            # and said only "more sensitive"
+            # the marks are normal by the user's word: a model that flags them was calibrated on slices unlike
+            # them. (It sees only the marks: 5 marks once gave a model flagging 23 of 25 slices, the fine-tuned
+            # ones scoring low, and this did not fire; the viewer's slice curve shows that case.)
             out.append(f"the new model flags {self.tuned_fp:.1%} of the tissue of the {self.n_fine_tune} slices you "
                        f"marked normal and fine-tuned it on, against the {100 * target:.3g} % target met on the "
                        f"{self.n_calibration} it was calibrated on: those do not represent your normal slices (too "

@@ -235,7 +235,7 @@ def test_retraining_the_demo_keeps_the_site_versions_saved_inside_it(tmp_path):
 
 
 def test_a_fine_tune_whose_calibration_slices_do_not_represent_the_marks_warns():
-    """5 marks (3 adapt, 2 calibrate) gave a model that flagged 23 of 25 slices, marked ones too; the report
+    """A model that flags the very slices the user marked normal was calibrated on slices unlike them; the report
     said only "more sensitive"."""
     from anomalens.engine.recalibration import recalibrate
     from tests.phantoms import phantom_slices
