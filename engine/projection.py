@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -295,11 +296,14 @@ def to_disk(u: np.ndarray, c: float) -> np.ndarray:
     return np.where(r > 0.9995, p / np.maximum(r, 1e-12) * 0.9995, p)
 
 
-def _per_slice(v: np.ndarray, emb: Embeddings) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
-    """Mean tangent vector, max score and top patch centre of each slice.
+def _per_slice(v: np.ndarray, emb: Embeddings, slice_scores: Mapping[int, float] | None = None,
+               ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray]:
+    """Mean tangent vector, score and top patch centre of each slice.
 
     The tangent-space mean is the usual cheap stand-in for the Fréchet mean on a hyperbolic manifold: exact
-    for the direction at small radii, slightly shrunk for far-out points, fine for a picture.
+    for the direction at small radii, slightly shrunk for far-out points, fine for a picture. The score is
+    the slice's own from ``slice_scores`` (z → the result's slice score, the number the score curve and the
+    slice table show) where given, else the highest of its patches' scores.
     """
     sl = np.asarray(emb.slice_index, dtype=int)
     uniq, inv = np.unique(sl, return_inverse=True)
@@ -310,6 +314,9 @@ def _per_slice(v: np.ndarray, emb: Embeddings) -> tuple[np.ndarray, np.ndarray |
     means = np.add.reduceat(v[order].astype(np.float64), starts, axis=0) / counts[:, None]
     first = order[starts]
     scores = None if s is None else s[first].astype(np.float32)
+    if slice_scores is not None:
+        own = np.array([slice_scores.get(int(z), np.nan) for z in uniq], dtype=np.float32)
+        scores = own if scores is None else np.where(np.isfinite(own), own, scores)
     centers = np.asarray(emb.centers, dtype=np.float32)[first]
     return means, scores, uniq, centers
 
@@ -462,7 +469,8 @@ def _validate(emb: Embeddings) -> None:
 
 def project_embeddings(emb: Embeddings, per_slice: bool = False, max_fit: int = MAX_FIT, seed: int = 0,
                        reference: np.ndarray | None = None, reference_note: str = "the reference patches",
-                       plane: str = "principal", spread: bool = False) -> DiskProjection:
+                       plane: str = "principal", spread: bool = False,
+                       slice_scores: Mapping[int, float] | None = None) -> DiskProjection:
     """Project embeddings onto the unit Poincaré disk (see the module docstring for the method).
 
     Args:
@@ -477,6 +485,8 @@ def project_embeddings(emb: Embeddings, per_slice: bool = False, max_fit: int = 
             hyperplane) or ``"principal"`` (the two main directions).
         spread: scale hyperbolic pictures that would be a blob (or crowd the rim) for display; not an
             isometry, and the note says so.
+        slice_scores: with ``per_slice``, each slice's score by z (the result's, as its curve shows it);
+            slices missing there take their highest patch score.
     """
     import torch
 
@@ -510,7 +520,7 @@ def project_embeddings(emb: Embeddings, per_slice: bool = False, max_fit: int = 
         v, hyperbolic = tangent_vectors(emb)
     scores = None if emb.scores is None else np.asarray(emb.scores, dtype=np.float32)
     if per_slice:
-        v, scores, slice_index, centers = _per_slice(v, emb) if len(v) else (
+        v, scores, slice_index, centers = _per_slice(v, emb, slice_scores) if len(v) else (
             v, scores, np.zeros(0, int), np.zeros((0, 2), np.float32))
         view_ref = None
     else:
@@ -635,14 +645,18 @@ def explaining_view(emb: Embeddings, flagged: np.ndarray | None) -> Embeddings:
 
 
 def disk_views(emb: Embeddings, reference: np.ndarray | None, reference_note: str,
-               seed: int = 0, flagged: np.ndarray | None = None) -> tuple[DiskProjection, DiskProjection]:
+               seed: int = 0, flagged: np.ndarray | None = None,
+               slice_scores: Mapping[int, float] | None = None) -> tuple[DiskProjection, DiskProjection]:
     """The viewer's two pictures (patches, slice means): centred on ``reference``, classifier plane, spread.
 
     ``flagged``: per patch, whether its centre lies in the result's mask; with several views (heads) it picks
-    the one drawn (``explaining_view``). One entry point for the dock and for ``bench/check_poincare_brain1.py``,
-    so what is measured is what the user sees.
+    the one drawn (``explaining_view``). ``slice_scores``: z → the result's slice score, the value of each
+    slice-mean point (else its highest patch value, which can differ from the curve's in the third decimal).
+    One entry point for the dock and for ``bench/check_poincare_brain1.py``, so what is measured is what the
+    user sees.
     """
     emb = explaining_view(emb, flagged)
     kw = {"reference": reference, "reference_note": reference_note, "plane": "classifier", "spread": True,
           "seed": seed}
-    return project_embeddings(emb, per_slice=False, **kw), project_embeddings(emb, per_slice=True, **kw)
+    return (project_embeddings(emb, per_slice=False, **kw),
+            project_embeddings(emb, per_slice=True, slice_scores=slice_scores, **kw))

@@ -110,6 +110,10 @@ def test_one_point_per_embedding_and_a_click_jumps_to_the_slice(make_napari_view
 
     w.set_per_slice(True)
     assert len(w.scatter.points()) == N_SLICES
+    res = state.results  # each slice's point says the slice's own score, the number its curve and table say
+    for z, sl in res.slices.items():
+        k = list(w.slice_projection.slice_index).index(z)
+        assert w.slice_projection.scores[k] == pytest.approx(sl.score, rel=1e-6)
     requested, highlighted = [], []
     state.slice_requested.connect(requested.append)
     state.highlight_requested.connect(highlighted.append)

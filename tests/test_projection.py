@@ -12,7 +12,7 @@ import torch
 from anomalens.engine.detectors import Embeddings
 from anomalens.engine.errors import ConfigError
 from anomalens.engine.geometry import lorentz, poincare
-from anomalens.engine.projection import project_embeddings
+from anomalens.engine.projection import disk_views, project_embeddings
 
 
 def _lorentz(n=600, d=12, c=0.7, seed=0, scale=0.8, in_plane=False, **kw) -> tuple[Embeddings, np.ndarray]:
@@ -107,6 +107,20 @@ def test_per_slice_mode_takes_means_max_scores_and_top_patch():
     mean_k = lorentz.logmap0(torch.from_numpy(emb.points[emb.slice_index == 7]), emb.curvature).numpy().mean(0)
     r = 2 / math.sqrt(emb.curvature) * np.arctanh(np.linalg.norm(proj.xy[7].astype(np.float64)))
     assert r == pytest.approx(np.linalg.norm(mean_k @ proj.basis), rel=1e-3)
+
+
+def test_slice_points_take_the_results_own_slice_scores_where_given():
+    """The slice point's value is the curve's (the map's maximum), not its patches' highest sampled value."""
+    emb, _ = _lorentz(n=200, d=8, seed=6)
+    plain = project_embeddings(emb, per_slice=True)
+    own = {0: 5.5, 7: -1.25}  # slice 3 etc. missing: they keep their highest patch score
+    proj = project_embeddings(emb, per_slice=True, slice_scores=own)
+    assert proj.scores[0] == pytest.approx(5.5) and proj.scores[7] == pytest.approx(-1.25)
+    assert proj.scores[3] == pytest.approx(plain.scores[3])
+    np.testing.assert_array_equal(proj.xy, plain.xy)  # only the values change, not where the points are
+    np.testing.assert_array_equal(proj.centers, plain.centers)
+    _, slices = disk_views(emb, None, "all", slice_scores=own)
+    assert slices.scores[0] == pytest.approx(5.5)
 
 
 def test_sphere_nonfinite_and_bad_input():

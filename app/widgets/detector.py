@@ -60,6 +60,7 @@ from ..results import (
     style_references,
 )
 from ..state import get_state
+from ..turns import next_turn
 from .docking import ScrollsWhenDocked
 from .score_plot import ScorePlot
 from .slice_table import SliceTable, rows_of
@@ -165,7 +166,8 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
         self.plot.slice_clicked.connect(self.goto_slice)
         self.table.slice_clicked.connect(self.goto_slice)
         self.state.mask_changed.connect(self._on_mask_changed)
-        self.state.marks_changed.connect(self.plot.set_marked)
+        self._marks_later = next_turn(self, self._show_marks)  # the canvas answers N first (app/turns.py)
+        self.state.marks_changed.connect(self._on_marks_changed)
         self.viewer.layers.events.inserted.connect(self._on_layers_changed)
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.jobs.started.connect(self._update_buttons)
@@ -347,6 +349,12 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
         self.bundle_combo.blockSignals(False)
         if self._loaded is None or self._loaded[0] != path:
             self._loaded = (path, self.device_combo.currentText() or "cpu")
+
+    def _on_marks_changed(self, _marked: Any = None) -> None:
+        self._marks_later.start()
+
+    def _show_marks(self) -> None:
+        self.plot.set_marked(self.state.extras.get("marked_slices") or [])
 
     def _update_buttons(self, *_: Any) -> None:
         has_model = self.state.detector is not None

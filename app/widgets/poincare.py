@@ -46,6 +46,7 @@ from ..results import (
     highlight_patch,
 )
 from ..state import get_state
+from ..turns import next_turn
 from .calibration import ensure_volume, flagged_warning, mark_normal, scan_layer
 from .docking import ScrollsWhenDocked
 
@@ -69,17 +70,20 @@ _EMPTY_NOTE = "Score a slice or the volume in the Detector dock to see its embed
 
 
 def project_both(emb: Embeddings, reference: np.ndarray | None = None, reference_note: str = "",
-                 flagged: np.ndarray | None = None) -> tuple[DiskProjection, DiskProjection]:
+                 flagged: np.ndarray | None = None,
+                 slice_scores: dict[int, float] | None = None) -> tuple[DiskProjection, DiskProjection]:
     """Per-patch and per-slice pictures of the same embeddings, centred on ``reference`` (worker thread).
 
     ``reference`` is the mask of normal patches (``engine.projection.reference_selection``); None: all.
     ``flagged``: the patches in the result's mask, which choose the head drawn (``explaining_view``).
+    ``slice_scores``: z → the result's slice score, the slice points' values (the curve's numbers).
     """
     from ...engine.projection import disk_views, reference_selection
 
     if reference is None:
         reference, reference_note = reference_selection(None, slice_index=np.asarray(emb.slice_index))
-    return disk_views(emb, reference, reference_note or "the reference patches", flagged=flagged)
+    return disk_views(emb, reference, reference_note or "the reference patches", flagged=flagged,
+                      slice_scores=slice_scores)
 
 
 def _pass_click(event: Any) -> None:
@@ -249,7 +253,8 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
         self.state.score_changed.connect(self._on_score)
-        self.state.marks_changed.connect(self._on_marks_changed)
+        self._marks_later = next_turn(self, self._on_marks_changed)  # the canvas answers N first (app/turns.py)
+        self.state.marks_changed.connect(self._marks_later_start)
         self.state.mask_changed.connect(self._on_mask_changed)
         self.viewer.dims.events.current_step.connect(self._on_step)
         self._update_buttons()
@@ -267,6 +272,9 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
     def projection(self) -> DiskProjection | None:
         """The projection the disk shows now (patches or slice means)."""
         return self.slice_projection if self.per_slice else self.patch_projection
+
+    def _marks_later_start(self, _marked: Any = None) -> None:
+        self._marks_later.start()
 
     def _on_marks_changed(self, marked: Any = None) -> None:
         """Marks ring points and may change the normal reference the disk is centred on: project again then."""
@@ -337,9 +345,10 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         res = self.results  # its mask, as shown now, picks the head drawn (the one that explains it best)
         flagged = None if res is None or res.mask is None or not emb.alternatives else \
             values_at_patches(res.mask, np.asarray(emb.slice_index), np.asarray(emb.centers)) > 0
+        own = None if res is None else {int(z): float(sl.score) for z, sl in res.slices.items()}
         if len(emb.points) <= self.sync_limit and not background:
             try:
-                self._set_projections(project_both(emb, reference, how, flagged), key)
+                self._set_projections(project_both(emb, reference, how, flagged, own), key)
             except AnomaLensError as exc:
                 self.status.setText(notify_error(exc, "Poincaré disk"))
             return
@@ -347,20 +356,20 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
 
         self._pending = key
         self.status.setText(f"projecting {len(emb.points)} embeddings…")
-        worker = create_worker(project_both, emb, reference, how, flagged, _ignore_errors=True)
+        worker = create_worker(project_both, emb, reference, how, flagged, own, _ignore_errors=True)
         worker.returned.connect(lambda res, k=key: self._set_projections(res, k))
         worker.errored.connect(lambda exc: self.status.setText(notify_error(exc, "Poincaré disk")))
         self._worker = worker
         worker.start()
 
     def wait(self, timeout_s: float = 10.0) -> bool:
-        """Block (processing Qt events) until a background projection has landed (for tests)."""
+        """Block (processing Qt events) until a due re-centring and a background projection have landed (tests)."""
         import time
 
         from qtpy.QtWidgets import QApplication
 
         end = time.perf_counter() + timeout_s
-        while self._pending is not None and time.perf_counter() < end:
+        while (self._pending is not None or self._marks_later.isActive()) and time.perf_counter() < end:
             QApplication.processEvents()
             time.sleep(0.005)
         return self._pending is None
@@ -531,7 +540,7 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         res = self.results
         if res is None:
             return
-        what = "the highest heatmap value of its slice's patches" if self.per_slice else \
+        what = "its slice's score (the heatmap's maximum there, as on the curve)" if self.per_slice else \
             "the heatmap value at its patch centre"
         rings = "Rings: green, marked normal; cyan, selected"
         layer = reference_layer(self.viewer, tuple(res.maps.shape))
@@ -552,7 +561,7 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         y, x = (float(v) for v in proj.centers[index])
         text = f"slice {z}, patch at (y {y:.0f}, x {x:.0f})"
         if proj.scores is not None:
-            where = "highest heatmap value of the slice's patches" if self.per_slice else "heatmap value there"
+            where = "the slice's score, as on the curve" if self.per_slice else "heatmap value there"
             unit = self.results.unit if self.results is not None else "raw"
             text += f": {format_score(float(proj.scores[index]), unit)} {self.unit_short()} ({where})"
         return text
@@ -735,6 +744,8 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         except AnomaLensError as exc:
             self.status.setText(notify_error(exc))
             return []
+        self._marks_later.stop()  # the disk's own button: its rings now, not a turn later
+        self._on_marks_changed()
         warning = flagged_warning(self.state, new, notify=True, viewer=self.viewer)
         self.status.setText(f"marked {len(new)} new slice{'s' * (len(new) != 1)} normal"
                             + (f"; {warning}" if warning else ""))
