@@ -134,6 +134,17 @@ def undo_mark(viewer: napari.Viewer) -> bool | None:
     return done
 
 
+def redo_mark(viewer: napari.Viewer) -> bool | None:
+    """Apply again the mark or unmark undone last (the Calibration dock's Redo)."""
+    dock = calibration_dock(viewer)
+    if dock is None:
+        say(viewer, "the Calibration dock is not open")
+        return None
+    done = dock.redo()
+    say(viewer, dock.status.text() if hasattr(dock, "status") else "")
+    return done
+
+
 def toggle_three_plane(viewer: napari.Viewer) -> bool | None:
     """The linked axial/coronal/sagittal view (``app.threeplane``), on or off."""
     try:
@@ -162,6 +173,7 @@ SHORTCUTS: tuple[Shortcut, ...] = (
     Shortcut("toggle_mask", "Shift+M", "Show/hide the predicted mask", lambda v: toggle_result_layer(v, "mask")),
     Shortcut("mark_normal", "N", "Mark the current slice normal", mark_normal),
     Shortcut("undo_mark", "Shift+N", "Undo the last mark", undo_mark),
+    Shortcut("redo_mark", "Ctrl+Shift+N", "Redo the mark undone last", redo_mark),
     Shortcut("next_window", "W", "Next window/level preset", lambda v: cycle(v, 1)),
     Shortcut("previous_window", "Shift+W", "Previous window/level preset", lambda v: cycle(v, -1)),
     Shortcut("three_plane", "Ctrl+3", "Three-plane view (axial, coronal, sagittal) on/off", toggle_three_plane),

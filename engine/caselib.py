@@ -63,6 +63,11 @@ def default_path() -> Path:
     return data_dir() / "cases.sqlite"
 
 
+def _end_redo_chain(db: sqlite3.Connection, key: str) -> None:
+    """A new change of ``key``: its undone changes can no longer be redone (``undone`` 2: undone for good)."""
+    db.execute("UPDATE ops SET undone=2 WHERE key=? AND undone=1", (key,))
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
@@ -315,6 +320,7 @@ class CaseLibrary:
                 if cur.rowcount:
                     new_pts.append([z, y, x])
             if new or new_pts:
+                _end_redo_chain(db, key)
                 db.execute("INSERT INTO ops(key, kind, created, changes) VALUES (?, 'mark', ?, ?)",
                            (key, now, json.dumps({"slices": new, "source": source, "patches": new_pts})))
         return new
@@ -331,6 +337,7 @@ class CaseLibrary:
             db.executemany("DELETE FROM marks WHERE key=? AND slice=?", [(key, r[0]) for r in removed])
             db.executemany("DELETE FROM patches WHERE key=? AND slice=?", [(key, z) for z in sorted(drop)])
             if removed or pts:
+                _end_redo_chain(db, key)
                 db.execute("INSERT INTO ops(key, kind, created, changes) VALUES (?, 'unmark', ?, ?)",
                            (key, now, json.dumps({"rows": removed, "patches": pts})))
         return sorted(r[0] for r in removed)
@@ -395,3 +402,33 @@ class CaseLibrary:
                 sl = [r[0] for r in ch["rows"]]
             db.execute("UPDATE ops SET undone=1 WHERE id=?", (op_id,))
         return Operation(op_id, k, kind, created, tuple(sl), True)
+
+    def redo(self, key: str | None = None) -> Operation | None:
+        """Apply again the change undone last (of one study, or of all); None when there is none to redo.
+
+        Only changes undone since the study's latest new change can be redone: a new mark or unmark after an
+        undo ends the chain, as in an editor (otherwise a redo could mark a slice the user has since decided
+        about). A mark comes back with its original source and time.
+        """
+        with self._write() as db:
+            where, args = ("", ()) if key is None else (" AND key=?", (key,))
+            in_force = db.execute("SELECT MAX(id) FROM ops WHERE undone=0" + where, args).fetchone()[0] or 0
+            row = db.execute("SELECT id, key, kind, created, changes FROM ops WHERE undone=1 AND id>?" + where
+                             + " ORDER BY id ASC LIMIT 1", (in_force, *args)).fetchone()
+            if row is None:
+                return None
+            op_id, k, kind, created, changes = row
+            ch = json.loads(changes)
+            if kind == "mark":
+                db.executemany("INSERT OR IGNORE INTO marks(key, slice, source, created) VALUES (?, ?, ?, ?)",
+                               [(k, s, ch.get("source", "slice"), created) for s in ch["slices"]])
+                db.executemany("INSERT OR IGNORE INTO patches VALUES (?, ?, ?, ?, ?)",
+                               [(k, *p, created) for p in ch.get("patches", [])])
+                sl = ch["slices"]
+            else:
+                db.executemany("DELETE FROM marks WHERE key=? AND slice=?", [(k, r[0]) for r in ch["rows"]])
+                db.executemany("DELETE FROM patches WHERE key=? AND slice=? AND y=? AND x=?",
+                               [(k, *p[:3]) for p in ch.get("patches", [])])
+                sl = [r[0] for r in ch["rows"]]
+            db.execute("UPDATE ops SET undone=0 WHERE id=?", (op_id,))
+        return Operation(op_id, k, kind, created, tuple(sl), False)

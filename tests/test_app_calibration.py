@@ -71,6 +71,9 @@ def test_marks_persist_across_a_restart(make_napari_viewer: Any, qtbot: Any, env
     assert state.extras["marked_slices"] == [0, 1, 3]
     assert "0-1, 3" in w.marks_label.text()
     assert w.undo() and state.extras["marked_slices"] == [3]
+    assert w.redo() and state.extras["marked_slices"] == [0, 1, 3] and "redid mark of 2" in w.status.text()
+    assert not w.redo() and w.status.text() == "nothing to redo"
+    assert w.undo() and state.extras["marked_slices"] == [3]
     w.mark_range(1, 0)
     assert w.unmark_current_slice() == [3] and state.extras["marked_slices"] == [0, 1]
     state.set_disk_selection([(4, 10.0, 12.0)])

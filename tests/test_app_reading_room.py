@@ -117,7 +117,7 @@ def test_every_shortcut_is_free_in_napari_registered_and_listed_in_help(make_nap
     napari_keys |= {coerce_keybinding(str(kb.keybinding)) for kb in get_app_model().keybindings}
     assert napari_keys and not napari_keys & set(ours), [str(k) for k in napari_keys & set(ours)]
     wanted = {"next_slice", "previous_slice", "next_flagged", "previous_flagged", "toggle_heatmap", "toggle_mask",
-              "mark_normal", "undo_mark", "next_window", "previous_window", "three_plane", "toggle_docks"}
+              "mark_normal", "undo_mark", "redo_mark", "next_window", "previous_window", "three_plane", "toggle_docks"}
     assert wanted <= {s.action for s in SHORTCUTS}
 
     viewer = _desktop(make_napari_viewer(show=True), tmp_path)
@@ -217,6 +217,10 @@ def test_shortcuts_move_slices_toggle_layers_mark_and_undo(make_napari_viewer: A
     viewer.dims.set_current_step(0, 1)
     assert 1 not in (state.extras.get("marked_slices") or [])
     _press(qtbot, viewer, key_for("mark_normal"))
+    assert state.extras["marked_slices"] == [1]
+    _press(qtbot, viewer, key_for("undo_mark"))
+    assert state.extras["marked_slices"] == []
+    _press(qtbot, viewer, key_for("redo_mark"))
     assert state.extras["marked_slices"] == [1]
     _press(qtbot, viewer, key_for("undo_mark"))
     assert state.extras["marked_slices"] == []

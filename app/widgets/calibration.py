@@ -430,6 +430,8 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
         self.mark_selection_button.setToolTip("The slices of the points lassoed on the Poincaré disk; the "
                                               "patches themselves are kept too")
         self.undo_button = QPushButton("Undo mark")
+        self.redo_button = QPushButton("Redo mark")
+        self.redo_button.setToolTip("Apply again the mark or unmark undone last (Ctrl+Shift+N)")
         self.mark_slice_button.setToolTip("Mark the slice on screen normal (N)")
         self.mark_range_button.setToolTip("Mark every slice from … to … normal")
         self.undo_button.setToolTip("Undo the latest mark or unmark (Shift+N)")
@@ -459,11 +461,12 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
         grid = QGridLayout()
         grid.addWidget(self.mark_slice_button, 0, 0)
         grid.addWidget(self.unmark_slice_button, 0, 1)
-        grid.addWidget(self.mark_selection_button, 1, 0)
-        grid.addWidget(self.undo_button, 1, 1)
-        grid.addWidget(self.range_from, 2, 0)
-        grid.addWidget(self.range_to, 2, 1)
-        grid.addWidget(self.mark_range_button, 3, 0, 1, 2)
+        grid.addWidget(self.undo_button, 1, 0)
+        grid.addWidget(self.redo_button, 1, 1)
+        grid.addWidget(self.mark_selection_button, 2, 0, 1, 2)
+        grid.addWidget(self.range_from, 3, 0)
+        grid.addWidget(self.range_to, 3, 1)
+        grid.addWidget(self.mark_range_button, 4, 0, 1, 2)
         mv.addLayout(grid)
         tune = QGroupBox("Site profile")
         tv = QVBoxLayout(tune)
@@ -488,6 +491,7 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
                                                                        self.range_to.value()))
         self.mark_selection_button.clicked.connect(self.mark_selection)
         self.undo_button.clicked.connect(self.undo)
+        self.redo_button.clicked.connect(self.redo)
         self.finetune_button.clicked.connect(self.fine_tune)
         self.rollback_button.clicked.connect(lambda: self.rollback())
         self.versions.currentRowChanged.connect(self._update_buttons)
@@ -560,6 +564,7 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
         self.mark_range_button.setEnabled(has_scan)
         self.mark_selection_button.setEnabled(has_scan and bool(self.state.extras.get("disk_selection")))
         self.undo_button.setEnabled(has_scan)
+        self.redo_button.setEnabled(has_scan)
         self.finetune_button.setEnabled(has_scan and len(marked) >= MIN_MARKED and self.state.detector is not None
                                         and not busy)
         self.finetune_button.setToolTip(
@@ -618,6 +623,14 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
         op = case_library(self.state).undo(key) if key is not None else None
         sync_marks(self.state)
         self.status.setText("nothing to undo" if op is None else f"undid {op.kind} of {len(op.slices)} slice(s)")
+        return op is not None
+
+    def redo(self) -> bool:
+        """Apply again the shown study's mark or unmark undone last (none after a newer change)."""
+        key = current_study(self.state)
+        op = case_library(self.state).redo(key) if key is not None else None
+        sync_marks(self.state)
+        self.status.setText("nothing to redo" if op is None else f"redid {op.kind} of {len(op.slices)} slice(s)")
         return op is not None
 
     def goto_slice(self, z: int) -> None:
