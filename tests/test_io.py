@@ -441,6 +441,15 @@ def test_write_like_puts_results_on_the_scan_grid(tmp_path: Path, suffix: str) -
     assert sitk.ReadImage(str(mask)).GetPixelID() == sitk.sitkUInt8
 
 
+def test_the_same_result_written_twice_gives_the_same_bytes(tmp_path: Path) -> None:
+    """No temporary name or time in the gzip header: identical runs can be checked by their files' hashes."""
+    vol = Volume(np.arange(2 * 4 * 5, dtype=np.float32).reshape(2, 4, 5), spacing=(0.5, 0.5, 2.0))
+    a = write_like(vol, vol.array, tmp_path / "a" / "heatmap.nii.gz")
+    b = write_like(vol, vol.array, tmp_path / "b" / "heatmap.nii.gz")
+    assert a.read_bytes() == b.read_bytes()
+    assert a.read_bytes()[3] & 0x08 == 0  # gzip FLG: no FNAME field
+
+
 def test_write_like_refuses_wrong_shapes_and_formats(tmp_path: Path) -> None:
     vol = Volume(np.zeros((2, 4, 4)))
     with pytest.raises(InvalidVolumeError, match="does not match"):

@@ -92,7 +92,8 @@ def _write_nifti(volume: Volume, arr: np.ndarray, path: Path, compress: bool, de
     if description:
         img.header["descrip"] = description[:79].encode("ascii", "replace")
     with path.open("wb") as raw:
-        fh = gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) if compress else raw
+        # no name, no time in the gzip header: the same volume gives the same bytes (it held the temporary name)
+        fh = gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) if compress else raw
         try:
             head = io.BytesIO()
             img.header.write_to(head)  # the header and its (empty) extension flag
