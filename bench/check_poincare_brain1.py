@@ -14,6 +14,8 @@ normal). It prints:
   hyperplane, against the share of the other patches there: exactly (in the model's 64 dimensions, where
   the isometry keeps every side) and as drawn on the disk;
 * the flagged patches (centre inside the result's lesion mask) and how many of them are across;
+* how many reference-lesion patches the result itself flags (its mask, its map over the threshold): the
+  share across the hyperplane is read against that;
 * the same shares for every head's own hyperplane (the detector averages several heads; the disk draws the
   head whose hyperplane holds the most of the result's flagged patches, ``engine.projection.explaining_view``).
 
@@ -139,6 +141,10 @@ def measure(result, reference: np.ndarray) -> None:
           f"{_share(flagged, drawn)}")
     print(f"  plain-threshold mask patches:       {_share(plain, across)} | {_share(plain, drawn)}")
     print(f"  slice means:                        {_share(np.ones(len(per_slice), bool), per_slice.side > 0)}")
+    above = np.asarray(emb.scores) > result.threshold if result.threshold is not None else np.zeros(len(ref), bool)
+    print("what bounds the lesion's share: the result itself (no hyperplane involved)")
+    print(f"  reference-lesion patches in the result's mask: {_share(ref, flagged)}; "
+          f"heatmap above the calibrated threshold at their centre: {_share(ref, above)}")
     print(f"points drawn on the other side than they are: {int((across != drawn).sum())} of {len(across)}")
     print(f"drawn: {proj.hyperplane_of or 'the only hyperplane'}")
     views = [emb, *emb.alternatives]
