@@ -253,8 +253,8 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         self.viewer.layers.events.removed.connect(self._on_layers_changed)
         self.mode_combo.currentIndexChanged.connect(self._on_mode_changed)
         self.state.score_changed.connect(self._on_score)
-        self._marks_later = next_turn(self, self._on_marks_changed)  # the canvas answers N first (app/turns.py)
-        self.state.marks_changed.connect(self._marks_later_start)
+        self._marks_later = next_turn(self, self._show_marks)  # the canvas answers N first (app/turns.py)
+        self.state.marks_changed.connect(self._on_marks_changed)
         self.state.mask_changed.connect(self._on_mask_changed)
         self.viewer.dims.events.current_step.connect(self._on_step)
         self._update_buttons()
@@ -273,10 +273,10 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
         """The projection the disk shows now (patches or slice means)."""
         return self.slice_projection if self.per_slice else self.patch_projection
 
-    def _marks_later_start(self, _marked: Any = None) -> None:
+    def _on_marks_changed(self, _marked: Any = None) -> None:
         self._marks_later.start()
 
-    def _on_marks_changed(self, marked: Any = None) -> None:
+    def _show_marks(self) -> None:
         """Marks ring points and may change the normal reference the disk is centred on: project again then."""
         if self.results is not None and len(self.store) and self._projected is not None \
                 and self._projected != self._key():
@@ -745,7 +745,7 @@ class PoincareWidget(ScrollsWhenDocked, QWidget):
             self.status.setText(notify_error(exc))
             return []
         self._marks_later.stop()  # the disk's own button: its rings now, not a turn later
-        self._on_marks_changed()
+        self._show_marks()
         warning = flagged_warning(self.state, new, notify=True, viewer=self.viewer)
         self.status.setText(f"marked {len(new)} new slice{'s' * (len(new) != 1)} normal"
                             + (f"; {warning}" if warning else ""))
