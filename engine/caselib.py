@@ -63,6 +63,25 @@ def default_path() -> Path:
     return data_dir() / "cases.sqlite"
 
 
+def _legacy_is_this(db: sqlite3.Connection, legacy: str, volume: Volume) -> bool:
+    """Whether marks under the older key ``legacy`` belong to ``volume``'s file as far as the library knows.
+
+    Two files could share an older key; its marks went to both. They are this file's when the study was
+    recorded at this file's path, or at no path, or at one that no longer exists (a moved file); not when
+    another file that still exists was recorded there (it is that scan's marks, or both scans': never copy
+    one patient's marks onto another's scan).
+    """
+    row = db.execute("SELECT source FROM studies WHERE key=?", (legacy,)).fetchone()
+    recorded = None if row is None else row[0]
+    if recorded is None or volume.source is None:
+        return True
+    there, here = Path(recorded), Path(volume.source)
+    try:
+        return not there.exists() or there.samefile(here)
+    except OSError:
+        return True
+
+
 def _end_redo_chain(db: sqlite3.Connection, key: str) -> None:
     """A new change of ``key``: its undone changes can no longer be redone (``undone`` 2: undone for good)."""
     db.execute("UPDATE ops SET undone=2 WHERE key=? AND undone=1", (key,))
@@ -266,7 +285,8 @@ class CaseLibrary:
             db.execute("INSERT INTO studies(key, source, n_slices, modality, created) VALUES (?, ?, ?, ?, ?) "
                        "ON CONFLICT(key) DO UPDATE SET source=COALESCE(excluded.source, studies.source)",
                        (key, src, _full_slices(volume), volume.modality, _now()))
-            if new and legacy is not None:  # marks made under the older key: copied over, never moved
+            if new and legacy is not None and _legacy_is_this(db, legacy, volume):
+                # marks made under the older key: copied over, never moved
                 db.execute("INSERT OR IGNORE INTO marks SELECT ?, slice, source, created FROM marks WHERE key=?",
                            (key, legacy))
                 db.execute("INSERT OR IGNORE INTO patches SELECT ?, slice, y, x, created FROM patches WHERE key=?",
@@ -281,6 +301,9 @@ class CaseLibrary:
         legacy = legacy_study_key(volume)
         if legacy is None or not self._read("SELECT 1 FROM marks WHERE key=? LIMIT 1", (legacy,)):
             return False
+        with self._lock:
+            if not _legacy_is_this(self.db, legacy, volume):
+                return False
         if self._read("SELECT 1 FROM studies WHERE key=?", (study_key(volume),)):
             return False  # registered under its key already: copied then (or marked anew since)
         self.register(volume, remember_path=False)

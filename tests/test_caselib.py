@@ -195,6 +195,24 @@ def test_two_scans_alike_in_their_first_64_kib_are_two_studies(tmp_path):
         assert not lib.carry_over(a)  # once
         assert lib.marks(legacy_study_key(a)) == [3]
 
+    # the old key was recorded at patient A's path: patient B's scan, alike in its head, does not get A's marks
+    with CaseLibrary(tmp_path / "lib2.sqlite") as lib:
+        with lib._write() as db:
+            db.execute("INSERT INTO studies(key, source, n_slices, modality, created) VALUES (?, ?, 4, 'MR', "
+                       "'2026-12-01T00:00:00+00:00')", (legacy_study_key(a), str(a.source)))
+            db.execute("INSERT INTO marks VALUES (?, 3, 'slice', '2026-12-01T00:00:00+00:00')", (legacy_study_key(a),))
+        assert not lib.carry_over(b) and lib.marks(study_key(b)) == []
+        lib.register(b)
+        assert lib.marks(study_key(b)) == []
+        assert lib.carry_over(a) and lib.marks(study_key(a)) == [3]
+    # recorded at a path that is gone (the file was moved): the scan now found there takes them
+    with CaseLibrary(tmp_path / "lib3.sqlite") as lib:
+        with lib._write() as db:
+            db.execute("INSERT INTO studies(key, source, n_slices, modality, created) VALUES (?, ?, 4, 'MR', "
+                       "'2026-12-01T00:00:00+00:00')", (legacy_study_key(a), str(tmp_path / "moved-away.nii")))
+            db.execute("INSERT INTO marks VALUES (?, 5, 'slice', '2026-12-01T00:00:00+00:00')", (legacy_study_key(a),))
+        assert lib.carry_over(b) and lib.marks(study_key(b)) == [5]
+
 
 def test_selection_numbering_round_trips():
     v = _volume().select_slices([1, 3, 4])
