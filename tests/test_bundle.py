@@ -118,5 +118,40 @@ def test_weights_that_do_not_fit_the_layout(tmp_path: Path) -> None:
 
     path = fitted().save(tmp_path / "m")
     save_file({"other": torch.zeros(2)}, str(path / "weights.safetensors"))
+    with pytest.raises(ModelError, match="checksum"):
+        load_bundle(path)
+    _rewrite_digest(path)  # forged with its checksum: the layout check still refuses it
     with pytest.raises(ModelError, match="layout"):
+        load_bundle(path)
+
+
+def _rewrite_digest(path: Path, digest: str | None = "auto") -> None:
+    from anomalens.engine.detectors.bundle import file_sha256
+
+    manifest = json.loads((path / "bundle.json").read_text())
+    if digest == "auto":
+        manifest["weights_sha256"] = file_sha256(path / "weights.safetensors")
+    elif digest is None:
+        manifest.pop("weights_sha256", None)
+    else:
+        manifest["weights_sha256"] = digest
+    (path / "bundle.json").write_text(json.dumps(manifest))
+
+
+def test_a_changed_weight_byte_is_refused_by_the_checksum(tmp_path: Path) -> None:
+    """A model copied with one flipped bit in a tensor loaded and scored with wrong weights; now it is refused."""
+    det = fitted()
+    path = det.save(tmp_path / "m")
+    manifest = json.loads((path / "bundle.json").read_text())
+    assert len(manifest["weights_sha256"]) == 64
+    assert load_bundle(path).content_fingerprint() == det.content_fingerprint()
+    data = bytearray((path / "weights.safetensors").read_bytes())
+    data[-3] ^= 0x10  # inside the last tensor's bytes: safetensors' own checks see nothing wrong
+    (path / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="does not match the checksum"):
+        load_bundle(path)
+    _rewrite_digest(path, None)  # a bundle saved before the checksum existed loads as it did
+    assert load_bundle(path).content_fingerprint() != det.content_fingerprint()
+    _rewrite_digest(path, "not-a-digest")
+    with pytest.raises(ModelError, match="weights_sha256 must be 64 hexadecimal digits"):
         load_bundle(path)

@@ -43,9 +43,15 @@ def _forge_config(bundle: Path, tmp: Path, **changes) -> Path:
 def _forge_bank(bundle: Path, tmp: Path, bank: torch.Tensor) -> Path:
     from safetensors.torch import save_file
 
+    from anomalens.engine.detectors.bundle import file_sha256
+
     out = tmp / "forged"
     shutil.copytree(bundle, out)
     save_file({"memory_bank": bank}, str(out / "weights.safetensors"))
+    # a forger rewrites the checksum too: it guards against damage, the checks below against forgery
+    manifest = json.loads((out / "bundle.json").read_text())
+    manifest["weights_sha256"] = file_sha256(out / "weights.safetensors")
+    (out / "bundle.json").write_text(json.dumps(manifest))
     return out
 
 

@@ -7,8 +7,10 @@ config; tensors come from safetensors, which cannot run code. Files that need un
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -92,6 +94,9 @@ def check_manifest(manifest: Any) -> dict[str, Any]:
     for key in _OBJECT_KEYS:
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise ModelError(f"{MANIFEST}'s {key} must be an object, got {type(manifest[key]).__name__}")
+    digest = manifest.get("weights_sha256")
+    if digest is not None and not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+        raise ModelError(f"{MANIFEST}'s weights_sha256 must be 64 hexadecimal digits, got {digest!r}")
     for key in ("seed", "bundle_version"):
         v = manifest.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**63:
@@ -194,21 +199,43 @@ def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "anomalens_version": __version__,
     }
-    text = json.dumps(manifest, indent=2, sort_keys=True)
+    written: dict[str, str] = {}
     try:
-        with atomic_dir(path, overwrite=overwrite, verify=lambda folder: _verify_saved(folder, text)) as tmp:
+        with atomic_dir(path, overwrite=overwrite, verify=lambda folder: _verify_saved(folder, written["text"])) as tmp:
             _save_weights(tensors, tmp / WEIGHTS)
-            (tmp / MANIFEST).write_text(text, encoding="utf-8")
+            manifest["weights_sha256"] = file_sha256(tmp / WEIGHTS)  # what was written, read back
+            written["text"] = json.dumps(manifest, indent=2, sort_keys=True)
+            (tmp / MANIFEST).write_text(written["text"], encoding="utf-8")
     except FileExistsError as exc:
         raise ModelError(f"{path} already exists; choose a new folder (bundles are never overwritten)") from exc
     detector.bundle_manifest = manifest  # it is now this saved version
     return path
 
 
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in blocks (a model's weights can be hundreds of MB)."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_digest(weights: Path, manifest: dict[str, Any]) -> None:
+    """The weights are the bytes the model was saved with (bundles saved before the checksum: not checked).
+
+    safetensors' own checks catch a truncated or malformed file, not a changed byte in a tensor: a model
+    copied with a flipped bit loaded and scored with wrong weights, its outputs naming a new fingerprint.
+    """
+    want = manifest.get("weights_sha256")
+    if want is not None and file_sha256(weights) != want:
+        raise ModelError(f"{WEIGHTS} of this model does not match the checksum its {MANIFEST} recorded when it "
+                         "was saved: the file was changed or damaged since; use a good copy of the model")
+
+
 def _save_weights(tensors: dict[str, Any], target: Path) -> None:
     """Safetensors' writer, its I/O failures as the OSError they are (its own error type hides the errno)."""
     import errno
-    import re
 
     from safetensors import SafetensorError
     from safetensors.torch import save_file
@@ -262,6 +289,7 @@ def load_bundle(path: str | Path, device: str = "cpu") -> Detector:
     except ConfigError as exc:
         raise ModelError(f"this model's preprocessing is invalid: {exc}") from exc
     check_weights(weights)
+    _check_digest(weights, manifest)
     try:
         tensors = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
