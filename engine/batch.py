@@ -474,9 +474,11 @@ def run_batch(model: str | Path, inputs: Sequence[str] | Sequence[Study], out: s
                 summary.failed[s.id] = str(record.get("error"))
             if on_result is not None:
                 on_result(s.id, record)
-    except KeyboardInterrupt:
-        # Ctrl-C: the CLI says "interrupted" in one line; closing the cluster under it makes distributed log
-        # the tasks it cancels as errors with tracebacks (the results so far are in the manifest, a rerun resumes)
+    except BaseException:
+        # The batch ends early: Ctrl-C, or a manifest that can no longer be written (a full or read-only disk).
+        # The CLI says so in one line; closing the cluster under running tasks makes distributed log each task
+        # it cancels, as warnings or errors with tracebacks (the results so far are in the manifest, a rerun
+        # resumes)
         logging.getLogger("distributed").setLevel(logging.CRITICAL)
         if own_client:  # and each worker, whose task is cancelled under it
             with contextlib.suppress(Exception):

@@ -126,6 +126,39 @@ def test_score_on_a_full_tmpfs_replaces_nothing(world, tmp_path: Path) -> None:
         assert _snapshot(out) == before
 
 
+def test_a_batch_whose_disk_turns_read_only_ends_in_one_line(world, tmp_path: Path) -> None:
+    """The manifest could no longer be written: the CLI said so, and dask logged a cancelled task beside it."""
+    import time
+
+    from anomalens.engine.batch import MANIFEST, read_batch_manifest
+
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    for i in range(30):
+        shutil.copy(world["case"], studies / f"c{i:02d}.nii.gz")
+    with _small_tmpfs(tmp_path / f"fs-{uuid.uuid4().hex[:6]}", 20_000) as fs:
+        out = fs / "out"
+        env = {**os.environ, "ANOMALENS_THREADS": "1", "ANOMALENS_PROGRESS": "0"}
+        proc = subprocess.Popen([sys.executable, "-m", "anomalens.engine.cli", "score", "--model",
+                                 str(world["calibrated"]), str(studies), "--out", str(out), "--workers", "1"],
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:  # until a first study is recorded
+            with contextlib.suppress(OSError, ValueError):
+                if (out / MANIFEST).exists() and read_batch_manifest(out).get("studies"):
+                    break
+            time.sleep(0.05)
+        remounted = False
+        while proc.poll() is None and not remounted and time.monotonic() < deadline:  # busy while files are open
+            remounted = subprocess.run(["mount", "-o", "remount,ro", str(fs)], capture_output=True).returncode == 0
+        _, err = proc.communicate(timeout=180)
+        if not remounted:
+            pytest.skip("the batch ended before the file system could be made read-only")
+        lines = [ln for ln in err.splitlines() if ln.strip()]
+        assert proc.returncode == 2 and lines == [lines[0]], err
+        assert "read-only file system" in lines[0], err
+
+
 def test_train_and_calibrate_on_a_refusing_disk_leave_no_bundle(world) -> None:
     for argv in (["train", "--detector", "patchcore", "--normals", str(world["normals"]), *PATCHCORE_SET],
                  ["calibrate", "--model", str(world["model"]), "--normals", str(world["held_out"])]):
