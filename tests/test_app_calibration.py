@@ -129,6 +129,10 @@ def test_fine_tune_makes_a_new_version_and_rollback_restores_the_old(make_napari
     assert "3 slices marked normal" in manifest["note"]
     assert w.version_rows() == ["v0002", "v0001"]
     assert ModelStore().active("phantom").path == v2
+    # the row names the model as the rest of the viewer does (layer names, the curve): both numbers, side by side
+    from anomalens.app.results import model_identity
+
+    assert f"v0002 ({model_identity(state.detector).label})" in w.versions.item(0).text()
 
     w.versions.setCurrentRow(1)
     assert w.rollback_button.isEnabled()

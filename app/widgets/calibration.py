@@ -692,7 +692,10 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
             # "● v0001" beside "base (loaded)" read as two models in use)
             is_active = active is not None and info.path == active.path
             loaded = self.state.model_path is not None and Path(self.state.model_path) == info.path
-            text = (f"{'● ' if loaded else '   '}{info.version}  {info.created.replace('T', ' ')[:16]}"
+            # the folder's number and the model's own ("lorentz v3": what layer names, the curve and outputs
+            # say), side by side: the two counts differ (a store's first folder holds a calibrated v2)
+            text = (f"{'● ' if loaded else '   '}{info.version} ({info.detector} v{info.bundle_version})  "
+                    f"{info.created.replace('T', ' ')[:16]}"
                     f"{'  (loaded)' if loaded else ''}{'  (site default)' if is_active and not loaded else ''}"
                     f"  {info.note}")
             item = QListWidgetItem(text)
