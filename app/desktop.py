@@ -640,11 +640,13 @@ class MenuEntries(QObject):
 
 def setup_reading_room(viewer: napari.Viewer) -> ReadingBar:
     """Window/level chooser and right-drag, keyboard shortcuts, Help entry, the image fitted to the canvas."""
+    from . import statusvalues
     from .shortcuts import register_shortcuts
     from .windowlevel import install_right_drag
 
     register_shortcuts(viewer)
     install_right_drag(viewer)
+    statusvalues.install()  # -1000 HU, not -1e+03
     bar = ReadingBar(viewer)
     bar.place()
     viewer.window.anomalens_toolbar = bar

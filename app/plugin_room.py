@@ -37,6 +37,7 @@ def setup(viewer: Any) -> bool:
         qt_window.isVisible()  # the viewer closed before the event loop came back: nothing to set up
     except RuntimeError:
         return False
+    from . import statusvalues
     from .desktop import MenuEntries
     from .reader import prefer_anomalens_reader
     from .shortcuts import register_shortcuts
@@ -45,6 +46,7 @@ def setup(viewer: Any) -> bool:
 
     register_shortcuts(viewer)
     install_right_drag(viewer)
+    statusvalues.install()  # -1000 HU, not -1e+03
     window.anomalens_menus = MenuEntries(viewer, docks=False)
     add_three_plane_menu_item(viewer)
     prefer_anomalens_reader()

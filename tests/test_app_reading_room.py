@@ -487,3 +487,19 @@ def test_the_real_demo_screenshot_fits_a_laptop_screen(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     [line] = [ln for ln in out.stdout.splitlines() if ln.startswith("AnomaLens layout: ")]
     _check_fits(json.loads(line.split(": ", 1)[1]), 1366, 768, shot)
+
+
+def test_the_status_bar_reads_hounsfield_units_whole() -> None:
+    """napari wrote a voxel's value to three significant digits: air on CT read "-1e+03", bone "1.52e+03"."""
+    from napari.layers import Image
+
+    from anomalens.app import statusvalues
+
+    data = np.zeros((2, 4, 4), np.float32)
+    data[0, 0], data[0, 1], data[0, 2] = -1000.0, 1523.6, 35.24  # rows of the shown slice
+    layer = Image(data, scale=(5.0, 0.7, 0.7))
+    assert statusvalues.install() and statusvalues.install()  # once per process, the second call a no-op
+    value = lambda y: layer.get_status((0.0, y * 0.7, 0.7), world=True)["value"]  # noqa: E731
+    assert (value(0), value(1), value(2)) == ("-1000", "1524", "35.2")
+    heat = Image(np.full((1, 2, 2), 0.99437, np.float32))
+    assert heat.get_status((0, 0, 0), world=True)["value"] == "0.994"  # small values keep napari's digits
