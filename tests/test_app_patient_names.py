@@ -66,7 +66,11 @@ def _contents(path: Path) -> bytes:
 
 
 def _seg_without_patient(path: Path) -> bytes:
-    """The SEG's bytes with its patient elements and UIDs (random digits: "12345" may occur) blanked."""
+    """The SEG's bytes with its patient elements, UIDs and times blanked.
+
+    UIDs hold random digits and times the clock's ("12345" occurs in a SEG written at 12:34:5x): neither is
+    the patient's.
+    """
     import pydicom
 
     ds = pydicom.dcmread(path)
@@ -77,6 +81,8 @@ def _seg_without_patient(path: Path) -> bytes:
             elem.value = ""
         elif elem.VR == "UI" and elem.value:
             elem.value = "1.2"  # a placeholder UID: the element stays, its random digits go
+        elif elem.VR in ("DA", "TM", "DT") and elem.value:
+            elem.value = ""  # when it was written, not whom it is about
 
     ds.walk(blank)
     ds.file_meta.walk(blank)
