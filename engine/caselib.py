@@ -426,6 +426,15 @@ class CaseLibrary:
             db.execute("UPDATE ops SET undone=1 WHERE id=?", (op_id,))
         return Operation(op_id, k, kind, created, tuple(sl), True)
 
+    def can_undo(self, key: str) -> bool:
+        """Whether ``undo(key)`` has a change to revert."""
+        return bool(self._read("SELECT 1 FROM ops WHERE key=? AND undone=0 LIMIT 1", (key,)))
+
+    def can_redo(self, key: str) -> bool:
+        """Whether ``redo(key)`` has a change to apply again (the same rule as ``redo``)."""
+        in_force = self._read("SELECT MAX(id) FROM ops WHERE key=? AND undone=0", (key,))[0][0] or 0
+        return bool(self._read("SELECT 1 FROM ops WHERE key=? AND undone=1 AND id>? LIMIT 1", (key, in_force)))
+
     def redo(self, key: str | None = None) -> Operation | None:
         """Apply again the change undone last (of one study, or of all); None when there is none to redo.
 

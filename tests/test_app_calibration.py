@@ -70,9 +70,11 @@ def test_marks_persist_across_a_restart(make_napari_viewer: Any, qtbot: Any, env
     assert w.mark_range(0, 1) == [0, 1]
     assert state.extras["marked_slices"] == [0, 1, 3]
     assert "0-1, 3" in w.marks_label.text()
+    assert not w.redo_button.isEnabled() and w.undo_button.isEnabled()  # nothing undone yet
     assert w.undo() and state.extras["marked_slices"] == [3]
+    assert w.redo_button.isEnabled()
     assert w.redo() and state.extras["marked_slices"] == [0, 1, 3] and "redid mark of 2" in w.status.text()
-    assert not w.redo() and w.status.text() == "nothing to redo"
+    assert not w.redo() and w.status.text() == "nothing to redo" and not w.redo_button.isEnabled()
     assert w.undo() and state.extras["marked_slices"] == [3]
     w.mark_range(1, 0)
     assert w.unmark_current_slice() == [3] and state.extras["marked_slices"] == [0, 1]

@@ -61,20 +61,20 @@ def test_redo_applies_again_what_undo_took_back_until_a_new_change(tmp_path):
         lib.mark_normal("k", [1, 2], source="range")
         lib.mark_normal("k", [5], source="lasso", patches=[(5, 10.5, 3.0)])
         lib.unmark("k", [1])
-        assert lib.redo("k") is None  # nothing undone yet
+        assert lib.redo("k") is None and not lib.can_redo("k") and lib.can_undo("k")  # nothing undone yet
         assert lib.undo("k").kind == "unmark" and lib.undo("k").slices == (5,)
         assert lib.marks("k") == [1, 2] and lib.patches("k") == []
         op = lib.redo("k")  # the change undone last comes back first
         assert op.kind == "mark" and op.slices == (5,) and not op.undone
         assert lib.marks("k") == [1, 2, 5] and lib.patches("k") == [(5, 10.5, 3.0)]
         assert lib._read("SELECT source FROM marks WHERE key='k' AND slice=5") == [("lasso",)]
-        assert lib.redo("k").kind == "unmark" and lib.marks("k") == [2, 5]
-        assert lib.redo("k") is None
+        assert lib.can_redo("k") and lib.redo("k").kind == "unmark" and lib.marks("k") == [2, 5]
+        assert lib.redo("k") is None and not lib.can_redo("k")
         # undo and redo again, then a new change: what was undone before it cannot be redone any more
         lib.undo("k")
         lib.undo("k")
         lib.mark_normal("k", [9])
-        assert lib.redo("k") is None and lib.marks("k") == [1, 2, 9]
+        assert lib.redo("k") is None and not lib.can_redo("k") and lib.marks("k") == [1, 2, 9]
         assert lib.undo("k").slices == (9,) and lib.redo("k").slices == (9,)
         # another study's changes are its own
         lib.mark_normal("other", [0])

@@ -431,6 +431,7 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
                                               "patches themselves are kept too")
         self.undo_button = QPushButton("Undo mark")
         self.redo_button = QPushButton("Redo mark")
+        self._history = (False, False)  # (can undo, can redo) for the shown study, see _show_marks
         self.redo_button.setToolTip("Apply again the mark or unmark undone last (Ctrl+Shift+N)")
         self.mark_slice_button.setToolTip("Mark the slice on screen normal (N)")
         self.mark_range_button.setToolTip("Mark every slice from … to … normal")
@@ -542,6 +543,13 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
         return list(self.state.extras.get("marked_slices") or [])
 
     def _show_marks(self, z: Any = None) -> None:
+        # whether Undo and Redo have anything to do, asked when the marks change (not on every slice step)
+        try:
+            key = current_study(self.state) if self.state.volume is not None else None
+            lib = case_library(self.state) if key is not None else None
+            self._history = (False, False) if lib is None else (lib.can_undo(key), lib.can_redo(key))
+        except (AnomaLensError, OSError):  # the scan's file is gone: nothing to undo or redo on it
+            self._history = (False, False)
         marked = self.marked_slices()
         n = len(marked)
         self.marks_label.setText(f"Marked normal: {format_slices(marked)} ({n} slice{'s' * (n != 1)})" if marked
@@ -563,8 +571,9 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
         self.unmark_slice_button.setEnabled(has_scan and here)
         self.mark_range_button.setEnabled(has_scan)
         self.mark_selection_button.setEnabled(has_scan and bool(self.state.extras.get("disk_selection")))
-        self.undo_button.setEnabled(has_scan)
-        self.redo_button.setEnabled(has_scan)
+        can_undo, can_redo = self._history
+        self.undo_button.setEnabled(has_scan and can_undo)
+        self.redo_button.setEnabled(has_scan and can_redo)
         self.finetune_button.setEnabled(has_scan and len(marked) >= MIN_MARKED and self.state.detector is not None
                                         and not busy)
         self.finetune_button.setToolTip(
