@@ -45,6 +45,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -456,6 +457,15 @@ def _lorentz_side(v: np.ndarray, z: np.ndarray, a: float, c: float) -> np.ndarra
     from .geometry import lorentz
 
     x = lorentz.expmap0(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)), c)
+    return _lorentz_point_side(x, z, a, c)
+
+
+def _lorentz_point_side(x: Any, z: np.ndarray, a: float, c: float) -> np.ndarray:
+    """Signed distance (positive: anomalous side) of hyperboloid points ``x`` (a tensor) to hyperplane ``(z, a)``."""
+    import torch
+
+    from .geometry import lorentz
+
     zt = torch.from_numpy(np.asarray(z, dtype=np.float64).reshape(-1))
     return (lorentz.hyperplane_logit(x, zt, a, c) / torch.linalg.vector_norm(zt)).numpy()
 
@@ -609,11 +619,7 @@ def hyperplane_side(emb: Embeddings) -> np.ndarray | None:
         return points @ hyper + float(emb.hyperplane_offset)
     import torch
 
-    from .geometry import lorentz
-
-    x, z = torch.from_numpy(points), torch.from_numpy(hyper)
-    return (lorentz.hyperplane_logit(x, z, float(emb.hyperplane_offset), float(emb.curvature))
-            / torch.linalg.vector_norm(z)).numpy()
+    return _lorentz_point_side(torch.from_numpy(points), hyper, float(emb.hyperplane_offset), float(emb.curvature))
 
 
 def explaining_view(emb: Embeddings, flagged: np.ndarray | None) -> Embeddings:
