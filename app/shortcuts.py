@@ -112,37 +112,30 @@ def calibration_dock(viewer: napari.Viewer) -> Any:
     return getattr(viewer.window, "anomalens_docks", {}).get("Calibration")
 
 
-def mark_normal(viewer: napari.Viewer) -> list[int] | None:
-    """Mark the shown slice normal through the Calibration dock (its checks, its status line)."""
+def _through_calibration(viewer: napari.Viewer, act: Callable[[Any], Any]) -> Any:
+    """Do ``act(dock)`` on the Calibration dock (its checks, its status line), and say the line in the window."""
     dock = calibration_dock(viewer)
     if dock is None:
         say(viewer, "the Calibration dock is not open")
         return None
-    new = dock.mark_current_slice()
+    done = act(dock)
     say(viewer, dock.status.text() if hasattr(dock, "status") else "")
-    return new
+    return done
+
+
+def mark_normal(viewer: napari.Viewer) -> list[int] | None:
+    """Mark the shown slice normal through the Calibration dock."""
+    return _through_calibration(viewer, lambda dock: dock.mark_current_slice())
 
 
 def undo_mark(viewer: napari.Viewer) -> bool | None:
     """Undo the shown study's latest mark or unmark (the Calibration dock's Undo)."""
-    dock = calibration_dock(viewer)
-    if dock is None:
-        say(viewer, "the Calibration dock is not open")
-        return None
-    done = dock.undo()
-    say(viewer, dock.status.text() if hasattr(dock, "status") else "")
-    return done
+    return _through_calibration(viewer, lambda dock: dock.undo())
 
 
 def redo_mark(viewer: napari.Viewer) -> bool | None:
     """Apply again the mark or unmark undone last (the Calibration dock's Redo)."""
-    dock = calibration_dock(viewer)
-    if dock is None:
-        say(viewer, "the Calibration dock is not open")
-        return None
-    done = dock.redo()
-    say(viewer, dock.status.text() if hasattr(dock, "status") else "")
-    return done
+    return _through_calibration(viewer, lambda dock: dock.redo())
 
 
 def toggle_three_plane(viewer: napari.Viewer) -> bool | None:
