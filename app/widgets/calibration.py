@@ -17,6 +17,7 @@ and the Detector dock's score curve shades every marked slice green.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ...engine.caselib import CaseLibrary, Operation, array_slices, original_slices, study_key
 from ...engine.errors import AnomaLensError
 from ..jobs import JobRunner
 from ..messages import notify_error, notify_info, notify_warning
@@ -50,7 +52,6 @@ from .docking import ScrollsWhenDocked
 if TYPE_CHECKING:
     import napari
 
-    from ...engine.caselib import CaseLibrary
     from ...engine.detectors import Detector
     from ...engine.modelstore import ModelStore, SiteUpdate
     from ...engine.volume import Volume
@@ -73,8 +74,6 @@ FRAME_WARM_KEY = "anomalens_marked_frame_built"  # the scan layer's frame visual
 
 def case_library(state: AnomaLensState) -> CaseLibrary:
     """The viewer's case library (opened on first use at the default path, ``ANOMALENS_DATA_DIR`` aware)."""
-    from ...engine.caselib import CaseLibrary
-
     lib = state.extras.get(LIBRARY_KEY)
     if lib is None or lib.closed:
         lib = state.extras[LIBRARY_KEY] = CaseLibrary()
@@ -83,8 +82,6 @@ def case_library(state: AnomaLensState) -> CaseLibrary:
 
 def current_study(state: AnomaLensState) -> str | None:
     """The case-library key of the shown scan (cached per volume; None without a scan)."""
-    from ...engine.caselib import study_key
-
     vol = state.volume
     if vol is None:
         return None
@@ -98,8 +95,6 @@ def current_study(state: AnomaLensState) -> str | None:
 
 def sync_marks(state: AnomaLensState) -> list[int]:
     """Read the shown study's marks from the library into ``state`` (as array z indices) and return them."""
-    from ...engine.caselib import array_slices
-
     key = current_study(state)
     if key is None or state.volume is None:
         state.set_marked_slices([])
@@ -114,8 +109,6 @@ def sync_marks(state: AnomaLensState) -> list[int]:
 def mark_normal(state: AnomaLensState, z: list[int], source: str,
                 patches: list[tuple[int, float, float]] | None = None) -> list[int]:
     """Mark array slices ``z`` of the shown scan normal (in one transaction); returns the newly marked z."""
-    from ...engine.caselib import array_slices, original_slices
-
     vol = state.volume
     if vol is None:
         raise AnomaLensError("open a scan first")
@@ -617,8 +610,6 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
 
     def unmark_current_slice(self) -> list[int]:
         """Remove the current slice's mark."""
-        from ...engine.caselib import array_slices, original_slices
-
         key, vol = current_study(self.state), self.state.volume
         if key is None or vol is None:
             return []
@@ -628,18 +619,17 @@ class CalibrationWidget(ScrollsWhenDocked, QWidget):
 
     def undo(self) -> bool:
         """Undo the shown study's latest mark or unmark."""
-        key = current_study(self.state)
-        op = case_library(self.state).undo(key) if key is not None else None
-        sync_marks(self.state)
-        self.status.setText("nothing to undo" if op is None else f"undid {op.kind} of {len(op.slices)} slice(s)")
-        return op is not None
+        return self._replay(CaseLibrary.undo, "nothing to undo", "undid")
 
     def redo(self) -> bool:
         """Apply again the shown study's mark or unmark undone last (none after a newer change)."""
+        return self._replay(CaseLibrary.redo, "nothing to redo", "redid")
+
+    def _replay(self, step: Callable[[CaseLibrary, str], Operation | None], nothing: str, did: str) -> bool:
         key = current_study(self.state)
-        op = case_library(self.state).redo(key) if key is not None else None
+        op = step(case_library(self.state), key) if key is not None else None
         sync_marks(self.state)
-        self.status.setText("nothing to redo" if op is None else f"redid {op.kind} of {len(op.slices)} slice(s)")
+        self.status.setText(nothing if op is None else f"{did} {op.kind} of {len(op.slices)} slice(s)")
         return op is not None
 
     def goto_slice(self, z: int) -> None:
