@@ -13,6 +13,13 @@ fields on the CPU (vispy's ``SDFRendererCPU``, ~5 ms a glyph, per canvas), so th
 letters recomputed the main canvas' glyphs; that output, too, depends only on the glyph bitmap and the
 target size, and is kept by those.
 
+And each text visual re-sent the same constant texture on every draw: vispy's ``TextVisual`` assigns its font's
+spatial-filter kernel (16×1024 RGBA, loaded once per font) to its program before each draw, and gloo answers
+an array assigned to a sampler by uploading it again. Under Mesa's software OpenGL each such upload also waits
+for the drawing still queued against that texture: a napari canvas carries about eight text visuals (edge
+letters, scale bar, colour-bar labels), so every repaint spent some 20 ms on uploads of unchanged data. The
+same array object assigned again to a program that already holds it is now skipped.
+
 Installed by the desktop window and by the three-plane view (AnomaLens's own actions), once per process;
 a vispy without those methods is left as it is.
 """
@@ -45,6 +52,7 @@ def install() -> bool:
     if not _memoise_parse(Program):
         return False
     _memoise_glyphs(SDFRendererCPU)
+    _upload_kernel_once(Program)
     _state["installed"] = True
     return True
 
@@ -105,6 +113,30 @@ def _memoise_glyphs(renderer_cls: Any) -> bool:
 
     render_to_texture.__wrapped__ = original  # type: ignore[attr-defined]
     renderer_cls.render_to_texture = render_to_texture
+    return True
+
+
+#: The sampler vispy's text visual re-assigns, unchanged, before every draw.
+KERNEL_UNIFORM = "u_kernel"
+
+
+def _upload_kernel_once(program_cls: Any) -> bool:
+    original = getattr(program_cls, "__setitem__", None)
+    if original is None:
+        return False
+
+    def setitem(self: Any, name: str, data: Any) -> None:
+        if name == KERNEL_UNIFORM and isinstance(data, np.ndarray):
+            if self.__dict__.get("_anomalens_kernel") is data and self._user_variables.get(name) is not None:
+                _state["kernel_skips"] = _state.get("kernel_skips", 0) + 1
+                return
+            original(self, name, data)
+            self.__dict__["_anomalens_kernel"] = data
+            return
+        original(self, name, data)
+
+    setitem.__wrapped__ = original  # type: ignore[attr-defined]
+    program_cls.__setitem__ = setitem
     return True
 
 

@@ -95,3 +95,42 @@ def test_the_start_up_freeze_runs_once_and_leaves_collection_on() -> None:
             "assert gc.isenabled()\nprint('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr  # in a process of its own: no freeze here
+
+
+KERNEL_FRAG = """
+uniform sampler2D u_kernel;
+varying vec4 v_color;
+void main() { gl_FragColor = v_color * texture2D(u_kernel, vec2(0.5, 0.5)); }
+"""
+
+
+def test_a_text_kernel_assigned_again_unchanged_is_not_uploaded_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vispy.gloo import Program
+    from vispy.gloo.texture import BaseTexture
+
+    from anomalens.app import glcache
+
+    assert glcache.install()
+    uploads: list[tuple[int, ...]] = []
+    own_set_data = BaseTexture.set_data
+
+    def counted(self, data, *args, **kwargs):
+        uploads.append(np.shape(data))
+        return own_set_data(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(BaseTexture, "set_data", counted)
+    kernel = np.zeros((16, 1024, 4), np.uint8)
+    program = Program(VERT, KERNEL_FRAG)
+    program["u_kernel"] = kernel  # the first assignment makes the texture (its data with it)
+    texture = program._user_variables["u_kernel"]
+    for _ in range(3):  # what vispy's TextVisual does before every draw
+        program["u_kernel"] = kernel
+    assert uploads == [] and program._user_variables["u_kernel"] is texture
+    program["u_kernel"] = kernel.copy()  # other data (another font's kernel) is uploaded as vispy would
+    assert uploads == [(16, 1024, 4)]
+    program.set_shaders(VERT, KERNEL_FRAG)  # new sources forget the texture: the next assignment is vispy's again
+    program["u_kernel"] = kernel
+    assert "u_kernel" in program._user_variables or "u_kernel" in program._pending_variables
+    other = Program(VERT, KERNEL_FRAG)  # another program holding nothing yet takes the same array
+    other["u_kernel"] = kernel
+    assert other._user_variables["u_kernel"] is not texture

@@ -164,7 +164,14 @@ def test_the_three_plane_view_is_linked_by_its_crosshair(make_napari_viewer: Any
     viewer = make_napari_viewer(show=True)
     data, kwargs, _ = image_layer_data(vol, name="scan")
     viewer.add_image(data, **kwargs)
-    assert toggle_three_plane(viewer)
+    from napari.settings import get_settings
+
+    settings = get_settings()
+    saving_before, saves = settings._save_on_change, []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(settings), "save", lambda *a, **k: saves.append(a))
+        assert toggle_three_plane(viewer)
+    assert saves == [] and settings._save_on_change == saving_before  # the dock's side was not written to disk
     view = three_plane_view(viewer)
     assert view is not None and not view.ready  # the click returns at once; the canvases follow, a step a turn
     qtbot.waitUntil(lambda: view.ready, timeout=20000)
