@@ -100,6 +100,27 @@ def test_pictures_become_one_grey_slice(tmp_path: Path, suffix: str) -> None:
     assert out.metadata["format"] in {"PNG", "TIFF", "JPEG"}
 
 
+def test_a_colour_picture_becomes_grey_a_block_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The luma of a colour picture is computed in float32 blocks: its peak is the grey slice, not 8× it."""
+    import tracemalloc
+
+    from anomalens.engine.io import base
+
+    rng = np.random.default_rng(2)
+    rgba = rng.integers(0, 256, size=(300, 400, 4), dtype=np.uint8)
+    path = write_sitk(tmp_path / "photo.png", rgba, is_vector=True)
+    monkeypatch.setattr(base, "LUMA_CHUNK", 1000)  # blocks end mid-row, and the last one is short
+    tracemalloc.start()
+    try:
+        out = read_scan(path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    grey = rgba[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])  # alpha dropped
+    np.testing.assert_allclose(out.array[0], grey, rtol=1e-6, atol=1e-4)
+    assert peak < 2 * out.array.nbytes  # a float64 copy of the channels alone was 6× the grey slice
+
+
 def test_picture_with_wrong_suffix_is_read_by_its_magic(tmp_path: Path) -> None:
     grey = (np.arange(20 * 30).reshape(20, 30) % 251).astype(np.uint8)
     png = write_sitk(tmp_path / "a.png", grey)

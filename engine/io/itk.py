@@ -99,7 +99,10 @@ def read_with_sitk(path: Path, image_io: str, fmt: str, max_bytes: int,
     shape = tuple(reversed(size[:3])) if dim >= 3 else (1, size[1], size[0])
     check_budget(shape + ((components,) if components > 1 else ()), max_bytes, path.name)
     if voxels is not None and components == 1:
-        array = voxels(path, size)
+        array, note = voxels(path, size), None
+        if np.iscomplexobj(array):
+            array = np.abs(array)
+            warnings.append("the file holds complex values; using their magnitude")
     else:
         if dim > 3:
             reader.SetExtractIndex([0] * dim)
@@ -107,12 +110,10 @@ def read_with_sitk(path: Path, image_io: str, fmt: str, max_bytes: int,
         with library_errors(path, fmt):
             with native_output():
                 image = reader.Execute()
-            array = sitk.GetArrayFromImage(image)
-            del image  # ITK's copy of the voxels: not held beside the array for the rest of the read
-    if np.iscomplexobj(array):
-        array = np.abs(array)
-        warnings.append("the file holds complex values; using their magnitude")
-    array, note = to_grey(array, components)
+            # A view on ITK's buffer, made grey and float32 (what Volume keeps) before the buffer goes: no
+            # second copy of the source beside them (a numpy copy of ITK's voxels was one).
+            array, note = _grey_float32(sitk.GetArrayViewFromImage(image), components, warnings)
+            del image
     if note:
         warnings.append(note)
     if dim == 2:
@@ -130,6 +131,17 @@ def read_with_sitk(path: Path, image_io: str, fmt: str, max_bytes: int,
     return Volume(array=array, spacing=spacing, origin=origin, direction=direction3,
                   modality=_MET_MODALITY.get(header.get("Modality", ""), "OT"), metadata=meta, source=path,
                   warnings=warnings)
+
+
+def _grey_float32(view: np.ndarray, components: int, warnings: list[str]) -> tuple[np.ndarray, str | None]:
+    """``view`` (ITK's voxels, read-only) as an array of its own: magnitude if complex, grey, float32."""
+    if np.iscomplexobj(view):
+        view = np.abs(view)
+        warnings.append("the file holds complex values; using their magnitude")
+    grey, note = to_grey(view, components)
+    if np.may_share_memory(grey, view):  # still ITK's buffer, freed with its image: copy it out
+        return np.array(grey, dtype=np.float32, copy=True), note
+    return grey.astype(np.float32, copy=False), note
 
 
 _QUIET = threading.local()
