@@ -640,13 +640,14 @@ class MenuEntries(QObject):
 
 def setup_reading_room(viewer: napari.Viewer) -> ReadingBar:
     """Window/level chooser and right-drag, keyboard shortcuts, Help entry, the image fitted to the canvas."""
-    from . import statusvalues
+    from . import statusvalues, toasts
     from .shortcuts import register_shortcuts
     from .windowlevel import install_right_drag
 
     register_shortcuts(viewer)
     install_right_drag(viewer)
     statusvalues.install()  # -1000 HU, not -1e+03
+    toasts.install(viewer.window._qt_window)  # a toast raised while away goes once the user is back
     bar = ReadingBar(viewer)
     bar.place()
     viewer.window.anomalens_toolbar = bar

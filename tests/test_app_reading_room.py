@@ -503,3 +503,23 @@ def test_the_status_bar_reads_hounsfield_units_whole() -> None:
     assert (value(0), value(1), value(2)) == ("-1000", "1524", "35.2")
     heat = Image(np.full((1, 2, 2), 0.99437, np.float32))
     assert heat.get_status((0, 0, 0), world=True)["value"] == "0.994"  # small values keep napari's digits
+
+
+def test_a_toast_raised_while_the_window_was_away_goes_once_the_user_is_back(make_napari_viewer: Any, qtbot: Any,
+                                                                             env: Path, tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+    from qtpy.QtCore import QEvent
+    from qtpy.QtWidgets import QApplication
+
+    viewer = _desktop(make_napari_viewer(show=True), tmp_path)
+    canvas = viewer.window._qt_viewer.canvas.native
+    monkeypatch.setattr(NapariQtNotification, "DISMISS_AFTER", 150)
+    monkeypatch.setattr(canvas, "isActiveWindow", lambda: False)  # the user is in another program
+    toast = NapariQtNotification("scoring finished", "info", parent=canvas)
+    toast.show()
+    qtbot.wait(400)
+    assert toast in NapariQtNotification._instances and not toast.timer.isActive()  # napari keeps it while away
+    QApplication.sendEvent(viewer.window._qt_window, QEvent(QEvent.Type.WindowActivate))  # the user is back
+    assert toast.timer.isActive()
+    qtbot.waitUntil(lambda: toast not in NapariQtNotification._instances, timeout=5000)  # faded out and closed
