@@ -124,6 +124,7 @@ class ThreePlaneView:
         self._syncing = False
         self._closed = False
         self.step_ms: list[float] = []  # UI-thread time of each staged build step
+        self.step_log: list[tuple[str, float, float]] = []  # (step, start, end) in perf_counter seconds
         self.failed = False  # a build step raised: the build stopped there
         self.point: list[float] = [float(v) for v in viewer.dims.point]
         self.main_plane = self._main_plane()
@@ -212,9 +213,12 @@ class ThreePlaneView:
 
         if self._closed or not self._steps:
             return
+        step = self._steps.popleft()
         t0 = time.perf_counter()
-        self._run(self._steps.popleft())
-        self.step_ms.append((time.perf_counter() - t0) * 1000.0)  # for bench_reading_room
+        self._run(step)
+        t1 = time.perf_counter()
+        self.step_ms.append((t1 - t0) * 1000.0)  # for bench_reading_room
+        self.step_log.append((getattr(step, "func", step).__name__, t0, t1))
         if self._steps:
             QTimer.singleShot(STEP_GAP_MS, self._next_step)
 

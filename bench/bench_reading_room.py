@@ -70,14 +70,17 @@ class _Heartbeat:
         self._timer.timeout.connect(self._beat)
         self._last = 0.0
         self.worst = 0.0
+        self.worst_span = (0.0, 0.0)  # (start, end) of the longest gap, perf_counter seconds
 
     def start(self) -> None:
         self._last, self.worst = time.perf_counter(), 0.0
+        self.worst_span = (self._last, self._last)
         self._timer.start()
 
     def _beat(self) -> None:
         now = time.perf_counter()
-        self.worst = max(self.worst, now - self._last)
+        if now - self._last > self.worst:
+            self.worst, self.worst_span = now - self._last, (self._last, now)
         self._last = now
 
     def stop(self) -> float:
@@ -292,14 +295,22 @@ def main() -> None:
             paints = _PaintClock()
             paints.watch(viewer.window._qt_viewer)
             t_build = time.perf_counter()
-            blocks = []
+            blocks, spans = [], []
             while view is not None and not view.ready and time.perf_counter() - t_build < 30:
                 for qtv in list(view.qt_viewers.values()):
                     paints.watch(qtv)
                 blocks.append(_time(app, lambda: None)[2])
+                spans.append(_heartbeat[0].worst_span)
             build_s = time.perf_counter() - t_build
             for _ in range(5):  # the paints the last steps asked for
                 blocks.append(_time(app, lambda: None)[2])
+                spans.append(_heartbeat[0].worst_span)
+            if view is not None and blocks:
+                worst_at = max(range(len(blocks)), key=blocks.__getitem__)
+                a, b = spans[worst_at]
+                inside = [name for name, t0, t1 in view.step_log if t0 < b and t1 > a]
+                print(f"the build's longest block, {blocks[worst_at]:.0f} ms, held step(s): "
+                      f"{', '.join(inside) or 'none (repaints only)'}")
             steps = view.step_ms if view is not None else []
             if steps:
                 # '+repaint' here: each canvas paint during the build alone (an event of its own, like a step)
