@@ -24,8 +24,9 @@ import re
 import threading
 from pathlib import Path
 
-# A quoted string that contains a path separator (repr() of a path, possibly with spaces in it)…
-_QUOTED = re.compile(r"""(['"])((?:(?!\1).)*[\\/](?:(?!\1).)*)\1""")
+# A quoted string that contains a path separator (repr() of a path, possibly with spaces in it)… An apostrophe
+# inside a word ("a result's dicom/ folder … the PACS's own tools") neither opens nor closes one.
+_QUOTED = re.compile(r"""(?<!\w)(['"])((?:(?!\1).)*[\\/](?:(?!\1).)*)\1(?!\w)""")
 # …or a bare token with a separator: /a/b, ./a, C:\a\b, \\server\share, a/b.dcm, file:///a.
 _BARE = re.compile(r"""(?:(?<![\w.])[A-Za-z]:|\b[\w.~-]+:/)?(?:[\w.~$%+^-]*[\\/])+[\w.~$%+^-]*""")
 # A URL: its scheme, host and port say which server (never whose scan); its path may hold study UIDs.

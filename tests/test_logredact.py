@@ -18,6 +18,17 @@ def test_paths_are_replaced_by_stable_placeholders() -> None:
     assert redact_paths("'/a/b.dcm'") == redact_paths("'/a/b.dcm'") != redact_paths("'/a/c.dcm'")
 
 
+def test_an_apostrophe_inside_a_word_is_no_quote() -> None:
+    advice = ("'pacs push' stores only AnomaLens results (the files in a result's dicom folder, or a/b); send "
+              "other files with the PACS's own tools")
+    out = redact_paths(advice)
+    assert out.startswith("'pacs push' stores only AnomaLens results (the files in a result's dicom folder, or ")
+    assert out.endswith("); send other files with the PACS's own tools") and out.count("<path:") == 1  # a/b alone
+    for quoted in ("cannot open '/home/Doe John/scan.nii'", "PosixPath('/a/b c/d.nii')", "('x/y z', 3)"):
+        redacted = redact_paths(quoted)
+        assert "Doe" not in redacted and " c/" not in redacted and "y z" not in redacted and "<path:" in redacted
+
+
 def test_plain_text_is_left_alone() -> None:
     text = "epoch 3/30: scored 25 slices in 1.2 s, threshold 0.53 (1 % FPR), λ = 30; 3 of 4 learners"
     assert redact_paths(text) == text

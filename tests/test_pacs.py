@@ -605,7 +605,10 @@ def test_a_refused_push_keeps_the_result(capsys, pacs, tmp_path) -> None:
     assert "does not hold it afterwards" in one_line_error(capsys, ["pacs", "push", str(out / "dicom")])
     # a scan's own image (not a result) is not copied back into the archive by mistake
     scan_image = pacs["series"]["changing"]["paths"][0]
-    assert "was not made by AnomaLens" in one_line_error(capsys, ["pacs", "push", str(scan_image)])
+    msg = one_line_error(capsys, ["pacs", "push", str(scan_image)])
+    assert "was not made by AnomaLens" in msg
+    assert msg.endswith("(the files in a result's dicom folder); send other files with the PACS's own tools")
+    assert Path(scan_image).name not in msg and "<path:" in msg  # a file name may name the patient
 
 
 @pytest.mark.pacs

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..logredact import remember
 from .main import emit
 from .progressbar import terminal_progress
 
@@ -241,6 +242,7 @@ def run_push(args: argparse.Namespace) -> int:
 
     files: list[Path] = []
     for item in args.files:
+        remember(item)  # a file or folder name may name the patient: error lines show a token
         p = Path(item).expanduser()
         if p.is_dir():
             files.extend(sorted(f for f in p.glob("*.dcm") if f.is_file()))
@@ -248,6 +250,8 @@ def run_push(args: argparse.Namespace) -> int:
             files.append(p)
         else:
             raise ConfigError(f"{item} is neither a DICOM file nor a folder")
+    for f in files:
+        remember(f)
     if not files:
         raise ConfigError("no .dcm files to push in " + ", ".join(args.files))
     with PacsClient.open(args.pacs) as client, terminal_progress("pushing") as progress:

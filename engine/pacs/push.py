@@ -373,7 +373,8 @@ def push_files(client: PacsClient, paths: Sequence[str | Path], *, progress: Pro
                 # A scan's own files pushed by mistake would land in the archive as a copy; every object
                 # AnomaLens makes (SEG, Parametric Map, SR) names it as the manufacturer.
                 raise ConfigError(f"{path.name} was not made by AnomaLens: 'pacs push' stores only AnomaLens "
-                                  "results (a result's dicom/ folder); send other files with the PACS's own tools")
+                                  "results (the files in a result's dicom folder); send other files with the "
+                                  "PACS's own tools")
             datasets[path.name] = pydicom.dcmread(path)
         except (OSError, pydicom.errors.InvalidDicomError) as exc:
             raise CorruptFileError(f"{path.name} is not a readable DICOM file ({exc})") from exc
