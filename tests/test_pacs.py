@@ -326,6 +326,24 @@ def test_server_down_timeout_and_403_are_one_line_errors(capsys, own_config, mon
         assert "HTTP 403" in one_line_error(capsys, ["pacs", "test", "--pacs", "strict"])
 
 
+def test_a_server_that_stops_mid_answer_did_not_answer_in_time() -> None:
+    """A streamed pull's read timeout reaches us as a ConnectionError: it reads as the timeout it is."""
+    import requests
+    from urllib3.exceptions import ReadTimeoutError
+
+    from anomalens.engine.pacs.client import PacsClient
+    from anomalens.engine.pacs.errors import PacsTimeoutError, PacsUnreachableError
+    from anomalens.engine.pacs.profiles import PacsProfile
+
+    client = PacsClient(PacsProfile(name="slow", url="http://127.0.0.1:1/dicom-web", timeout=5), None)
+    stalled = requests.exceptions.ConnectionError(ReadTimeoutError(None, "/x", "Read timed out."))
+    err = client.translate(stalled, "retrieving series 1.2.3")
+    assert isinstance(err, PacsTimeoutError)
+    assert "did not answer within 5 s while retrieving series 1.2.3" in str(err)
+    refused = client.translate(requests.exceptions.ConnectionError("[Errno 111] Connection refused"), "finding")
+    assert isinstance(refused, PacsUnreachableError) and "connection refused" in str(refused)
+
+
 # ============================================================ against Orthanc
 
 

@@ -225,7 +225,7 @@ class PacsClient:
             wait = min(CONNECT_TIMEOUT_S, p.timeout)
             return PacsTimeoutError(f"{where} did not accept a connection within {wait:g} s while {what}; check the "
                                     "address and that the server runs")
-        if isinstance(exc, requests.exceptions.Timeout):
+        if isinstance(exc, requests.exceptions.Timeout) or _read_timed_out(exc):
             return PacsTimeoutError(f"{where} did not answer within {p.timeout:g} s while {what}; it may be busy: "
                                     "try again later, or give it longer with 'anomalens pacs add … --timeout S'")
         if isinstance(exc, requests.exceptions.HTTPError) and exc.response is not None:
@@ -267,6 +267,30 @@ def _retry_adapter() -> Any:
     retry = Retry(total=1, connect=0, read=False, other=0, status=1, status_forcelist=RETRY_STATUSES,
                   allowed_methods=None, backoff_factor=0.25, raise_on_status=False, respect_retry_after_header=False)
     return HTTPAdapter(max_retries=retry)
+
+
+def _read_timed_out(exc: BaseException) -> bool:
+    """Whether a ``requests`` failure is a read that timed out mid-answer.
+
+    While a streamed answer (a series' images) is read, ``requests`` reports the timeout as a
+    ``ConnectionError`` wrapping urllib3's ``ReadTimeoutError``, not as its own ``Timeout``: a server that
+    stopped mid-pull read "cannot reach … (timed out)" where one that hung before answering read "did not
+    answer within N s".
+    """
+    from urllib3.exceptions import ReadTimeoutError
+
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, ReadTimeoutError | TimeoutError):
+            return True
+        if isinstance(e, BaseException):
+            todo += [*e.args, e.__cause__, e.__context__, getattr(e, "reason", None)]
+    return False
 
 
 def _reason(exc: BaseException) -> str:
