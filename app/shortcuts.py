@@ -108,8 +108,20 @@ def toggle_result_layer(viewer: napari.Viewer, role: str) -> bool | None:
 
 
 def calibration_dock(viewer: napari.Viewer) -> Any:
-    """The desktop window's Calibration dock (None in a plain napari without it)."""
-    return getattr(viewer.window, "anomalens_docks", {}).get("Calibration")
+    """The window's Calibration dock: the desktop window's, or one opened from napari's Plugins menu; else None.
+
+    A plain napari viewer keeps no list of AnomaLens docks: N, Shift+N and Ctrl+Shift+N did nothing there while
+    the dock's buttons worked, so the dock is looked for among the window's widgets.
+    """
+    dock = getattr(viewer.window, "anomalens_docks", {}).get("Calibration")
+    if dock is not None:
+        return dock
+    from .widgets.calibration import CalibrationWidget
+
+    qt_window = getattr(viewer.window, "_qt_window", None)
+    found = qt_window.findChildren(CalibrationWidget) if qt_window is not None else []
+    shown = [w for w in found if w.isVisible()]
+    return (shown or found or [None])[0]
 
 
 def _through_calibration(viewer: napari.Viewer, act: Callable[[Any], Any]) -> Any:

@@ -516,6 +516,23 @@ def test_a_napari_user_gets_the_reading_room_keys_with_the_first_anomalens_dock(
     assert any("AnomaLens keyboard shortcuts" in a.text() for a in viewer.window.help_menu.actions())
     assert not any("AnomaLens docks" in a.text() for a in viewer.window.window_menu.actions())
 
+    # N, Shift+N and Ctrl+Shift+N reach the plugin's Calibration dock (they found none outside the desktop window)
+    from qtpy.QtCore import Qt
+
+    from anomalens.app.widgets.calibration import CalibrationWidget
+
+    [calibration] = viewer.window._qt_window.findChildren(CalibrationWidget)
+    _lesion_layer(viewer)
+    viewer.dims.set_current_step(0, 2)
+    qtbot.wait(50)
+    canvas = viewer.window._qt_viewer.canvas.native
+    qtbot.keyClick(canvas, Qt.Key.Key_N)
+    assert calibration.marked_slices() == [2]
+    qtbot.keyClick(canvas, Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier)
+    assert calibration.marked_slices() == []
+    qtbot.keyClick(canvas, Qt.Key.Key_N, Qt.KeyboardModifier.ShiftModifier | Qt.KeyboardModifier.ControlModifier)
+    assert calibration.marked_slices() == [2]
+
 
 def test_the_desktop_window_sets_its_reading_room_up_once(make_napari_viewer: Any, qtbot: Any, app_env: Path) -> None:
     from qtpy.QtWidgets import QApplication
