@@ -114,6 +114,7 @@ class ThreePlaneView:
         glcache.install()  # the extra canvases build the main canvas' shader programs again: parse once
         self.viewer = viewer
         self.dock: Any = None  # the napari dock holding ``widget`` (set by toggle_three_plane)
+        self.stepped_aside: list[Any] = []  # weak references to the docks hidden while the view is open
         self.watcher: Any = None
         self.watched: Any = None
         self._links: list[tuple[Any, Callable]] = []
@@ -649,6 +650,7 @@ def toggle_three_plane(viewer: Any) -> bool:
     view.restore_docks = docks_visible(viewer)
     if view.restore_docks:
         set_docks_visible(viewer, False)
+    view.stepped_aside = _step_aside(viewer)  # a plain napari's right-hand docks (the desktop's are hidden above)
     with _settings_file_untouched():
         view.dock = viewer.window.add_dock_widget(view.widget, name=DOCK_NAME, area="right", tabify=False)
     _size_dock(viewer, view.dock)
@@ -702,6 +704,14 @@ def close_three_plane(viewer: Any) -> None:
         from .desktop import set_docks_visible
 
         set_docks_visible(viewer, True)
+    for ref in getattr(view, "stepped_aside", []):
+        dock = ref()
+        try:
+            if dock is not None:
+                dock.show()
+        except RuntimeError:  # deleted meanwhile (its plugin closed it)
+            continue
+    view.stepped_aside = []
 
 
 @contextmanager
@@ -724,6 +734,28 @@ def _settings_file_untouched() -> Iterator[None]:
         yield
     finally:
         settings._save_on_change = before
+
+
+def _step_aside(viewer: Any) -> list[Any]:
+    """Hide the docks shown in the window's right-hand column; weak references to them, to show them again.
+
+    In a plain napari viewer the AnomaLens docks opened from the Plugins menu (and any other plugin's) stay
+    stacked in that column, and the three-plane dock added below them got 15–40 px of height per plane. The
+    desktop window hides its own docks itself; what is left there is docked by the user and steps aside too.
+    """
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QDockWidget
+
+    qwin = getattr(getattr(viewer, "window", None), "_qt_window", None)
+    if qwin is None:
+        return []
+    aside = []
+    for dock in qwin.findChildren(QDockWidget):
+        if dock.isVisible() and not dock.isFloating() and dock.parent() is qwin \
+                and qwin.dockWidgetArea(dock) == Qt.DockWidgetArea.RightDockWidgetArea:
+            dock.hide()
+            aside.append(weakref.ref(dock))
+    return aside
 
 
 def _size_dock(viewer: Any, dock: Any) -> None:

@@ -534,6 +534,29 @@ def test_a_napari_user_gets_the_reading_room_keys_with_the_first_anomalens_dock(
     assert calibration.marked_slices() == [2]
 
 
+def test_in_a_plain_napari_the_three_planes_get_the_column_and_its_docks_come_back(make_napari_viewer: Any,
+                                                                                   qtbot: Any, app_env: Path) -> None:
+    """napari stacks plugin docks in one column: the three-plane dock added below five of them got 15–40 px."""
+    from anomalens.app.desktop import ensure_plugin_registered
+    from anomalens.app.threeplane import three_plane_view, toggle_three_plane
+
+    ensure_plugin_registered()
+    viewer = make_napari_viewer(show=True)
+    docks = [viewer.window.add_plugin_dock_widget("anomalens", name)[0] for name in ("Detector", "SCR", "Calibration")]
+    _lesion_layer(viewer)
+    qtbot.waitUntil(lambda: all(d.isVisible() for d in docks), timeout=5000)
+    assert toggle_three_plane(viewer)
+    view = three_plane_view(viewer)
+    qtbot.waitUntil(lambda: view.ready, timeout=20000)
+    assert not any(d.isVisible() for d in docks)
+    column = viewer.window._qt_window.height()
+    for name, qtv in view.qt_viewers.items():  # each plane a readable share of the window's height
+        assert qtv.canvas.native.height() > column // 4, (name, qtv.canvas.native.height(), column)
+    assert not toggle_three_plane(viewer)
+    qtbot.waitUntil(lambda: all(d.isVisible() for d in docks), timeout=5000)
+    qtbot.wait(100)
+
+
 def test_the_desktop_window_sets_its_reading_room_up_once(make_napari_viewer: Any, qtbot: Any, app_env: Path) -> None:
     from qtpy.QtWidgets import QApplication
 
