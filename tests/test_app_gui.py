@@ -557,6 +557,25 @@ def test_in_a_plain_napari_the_three_planes_get_the_column_and_its_docks_come_ba
     qtbot.wait(100)
 
 
+def test_the_detector_dock_follows_the_scan_picked_in_the_layer_list(make_napari_viewer: Any, qtbot: Any,
+                                                                       app_env: Path) -> None:
+    from anomalens.app.state import get_state
+    from anomalens.app.widgets.detector import DetectorWidget
+
+    viewer = make_napari_viewer(show=True)
+    first, _ = _lesion_layer(viewer)
+    det_w = DetectorWidget(viewer)
+    viewer.window.add_dock_widget(det_w, name="Detector")
+    second, _ = _lesion_layer(viewer, n=6)
+    state = get_state(viewer)
+    viewer.layers.selection.active = first
+    assert det_w.image_layer() is first and state.volume.n_slices == 4
+    viewer.layers.selection.active = second
+    assert det_w.image_layer() is second and state.volume.n_slices == 6
+    viewer.layers.selection.active = None  # nothing picked: the dock keeps its scan
+    assert det_w.image_layer() is second
+
+
 def test_the_desktop_window_sets_its_reading_room_up_once(make_napari_viewer: Any, qtbot: Any, app_env: Path) -> None:
     from qtpy.QtWidgets import QApplication
 

@@ -160,6 +160,7 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
         self.bundle_combo.activated.connect(self._on_bundle_chosen)
         self.device_combo.currentTextChanged.connect(self._on_device_changed)
         self.layer_combo.currentTextChanged.connect(self._on_layer_changed)
+        self.viewer.layers.selection.events.active.connect(self._follow_active)
         self.score_slice_button.clicked.connect(self.score_slice)
         self.score_volume_button.clicked.connect(self.score_volume)
         self.train_button.clicked.connect(self.train_from_marked)
@@ -199,6 +200,18 @@ class DetectorWidget(ScrollsWhenDocked, QWidget):
     def image_layer(self) -> Any:
         """The image layer chosen in the dock (None when there is none)."""
         return find_layer(self.viewer, self.layer_combo.currentText()) if self.layer_combo.count() else None
+
+    def _follow_active(self, event: Any = None) -> None:
+        """Choose the scan picked in napari's layer list (with two scans open the docks stayed on the first).
+
+        Result layers are not in the Image box and change nothing; nor does anything while a job runs, so a scan
+        added meanwhile does not take the dock from the one being scored.
+        """
+        layer = self.viewer.layers.selection.active
+        if layer is None or layer is self.image_layer() or self.jobs.running:
+            return
+        if self.layer_combo.findText(layer.name) >= 0:
+            self.layer_combo.setCurrentText(layer.name)
 
     def _watch_name(self, event: Any = None) -> None:
         """Follow a new layer's renames: the Image box lists layers by name, and a renamed scan stays chosen."""
