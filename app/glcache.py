@@ -128,8 +128,7 @@ def _upload_kernel_once(program_cls: Any) -> bool:
     def setitem(self: Any, name: str, data: Any) -> None:
         if name == KERNEL_UNIFORM and isinstance(data, np.ndarray):
             if self.__dict__.get("_anomalens_kernel") is data and self._user_variables.get(name) is not None:
-                _state["kernel_skips"] = _state.get("kernel_skips", 0) + 1
-                return
+                return  # the texture made from this very array is still the program's
             original(self, name, data)
             self.__dict__["_anomalens_kernel"] = data
             return
