@@ -16,26 +16,34 @@ from typing import Any
 from qtpy.QtCore import QEvent, QObject
 
 
-def start_waiting_toasts() -> int:
-    """Give every shown toast that never got its dismiss timer that timer; start the newest; returns how many."""
+def start_waiting_toasts(qt_window: Any) -> int:
+    """Give every toast shown over ``qt_window`` that never got its dismiss timer that timer; start the newest.
+
+    napari keeps its toasts in one list for the process: one over a window closed meanwhile (its Qt objects
+    deleted) is skipped, as is one over another window. Returns how many toasts were given a timer.
+    """
     try:
         from napari._qt.dialogs.qt_notification import NapariQtNotification
     except ImportError:  # another napari layout: its toasts are left as they are
         return 0
     waiting = []
     for toast in list(getattr(NapariQtNotification, "_instances", [])):
-        timer = getattr(toast, "timer", None)
-        dismiss = int(getattr(toast, "DISMISS_AFTER", 0))
-        if timer is None or dismiss <= 0 or timer.interval() != 0:  # napari set this one up (interval set)
+        try:
+            over = toast.parentWidget()
+            if not toast.isVisible() or over is None or not (over is qt_window or qt_window.isAncestorOf(over)):
+                continue
+            timer = toast.timer
+            dismiss = int(getattr(toast, "DISMISS_AFTER", 0))
+            if dismiss <= 0 or timer.interval() != 0:  # napari set this one up (its interval is set)
+                continue
+            timer.setInterval(dismiss)
+            timer.setSingleShot(True)
+            timer.timeout.connect(toast.close_with_fade)
+        except (RuntimeError, AttributeError):  # its Qt object is gone, or napari's toast changed shape
             continue
-        timer.setInterval(dismiss)
-        timer.setSingleShot(True)
-        timer.timeout.connect(toast.close_with_fade)
         waiting.append(toast)
-    if waiting:
-        newest = waiting[-1]
-        if not newest.underMouse():  # a hovered toast starts its timer when the pointer leaves (napari)
-            newest.timer.start()
+    if waiting and not waiting[-1].underMouse():  # a hovered toast starts its timer when the pointer leaves
+        waiting[-1].timer.start()
     return len(waiting)
 
 
@@ -44,7 +52,7 @@ class _OnActivate(QObject):
 
     def eventFilter(self, obj: Any, event: Any) -> bool:
         if event.type() == QEvent.Type.WindowActivate:
-            start_waiting_toasts()
+            start_waiting_toasts(obj)
         return False
 
 

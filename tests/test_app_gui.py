@@ -457,8 +457,11 @@ def test_the_detector_dock_follows_a_renamed_scan_and_never_scores_one_off_scree
     data, kwargs, _ = image_layer_data(Volume(slices, spacing=(0.9, 0.9, 3.0), modality="MR"), name="elsewhere")
     kwargs["translate"] = (500.0, *kwargs["translate"][1:])  # its slices lie far from the shown position
     other = viewer.add_image(data, **kwargs)
+    assert det_w.image_layer() is other  # the new scan is napari's active layer: the dock follows it
+    viewer.layers.selection.active = image  # the user picks case 42 again in the layer list
+    assert det_w.image_layer() is image
     det_w.goto_slice(1)  # back on case 42's slice 1 (adding a layer may move the view)
-    det_w.layer_combo.setCurrentText("elsewhere")
+    det_w.layer_combo.setCurrentText("elsewhere")  # then the other scan in the dock, while case 42 is shown
     assert det_w.image_layer() is other
     assert not det_w.score_slice()  # refused: the canvas shows none of its slices
     assert "not on screen here" in det_w.status.text()

@@ -518,8 +518,26 @@ def test_a_toast_raised_while_the_window_was_away_goes_once_the_user_is_back(mak
     monkeypatch.setattr(canvas, "isActiveWindow", lambda: False)  # the user is in another program
     toast = NapariQtNotification("scoring finished", "info", parent=canvas)
     toast.show()
+    from qtpy.QtWidgets import QWidget
+
+    other_window = QWidget()  # another window, also in the background: its toast is not this window's to time
+    qtbot.addWidget(other_window)
+    other_window.show()
+    monkeypatch.setattr(other_window, "isActiveWindow", lambda: False)
+    elsewhere = NapariQtNotification("another window's", "info", parent=other_window)
+    elsewhere.show()
     qtbot.wait(400)
     assert toast in NapariQtNotification._instances and not toast.timer.isActive()  # napari keeps it while away
+    gone_parent = QWidget()  # a toast over a window closed meanwhile stays in napari's list, its Qt objects gone
+    monkeypatch.setattr(gone_parent, "isActiveWindow", lambda: False)
+    gone = NapariQtNotification("from a closed window", "info", parent=gone_parent)
+    gone.show()
+    gone_parent.deleteLater()
+    qtbot.wait(50)
     QApplication.sendEvent(viewer.window._qt_window, QEvent(QEvent.Type.WindowActivate))  # the user is back
     assert toast.timer.isActive()
+    assert not elsewhere.timer.isActive()
     qtbot.waitUntil(lambda: toast not in NapariQtNotification._instances, timeout=5000)  # faded out and closed
+    assert elsewhere in NapariQtNotification._instances
+    elsewhere.close()
+    NapariQtNotification._instances.remove(gone)  # what napari's own close would have done
