@@ -55,6 +55,11 @@ STEP_GAP_MS = 15
 #: (~90 ms at 1,920×1,080 under software OpenGL) come first, so the first step does not share their turn.
 FIRST_STEP_MS = 120
 
+#: A new canvas' edge letters, a build step each: each letter is a text visual of its own, and its first draw
+#: (a shader program, the glyphs) was 50-60 ms of a paint at 1,920×1,080 under software OpenGL; two in one turn
+#: made the build's longest block. The last step adds the rest and keeps them current.
+LETTER_STEPS: tuple[tuple[str, ...], ...] = (("top",), ("bottom",), ("left",), ())
+
 _views: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
@@ -172,7 +177,7 @@ class ThreePlaneView:
         (napari makes them with a canvas' first layer, a third of that step) while it is not shown yet (a shown
         canvas repaints at once on every resize, and the sliders resize it twice), then put in the dock (the
         dock's layout and the canvas' first paint), each in a turn of its own; each mirrorable layer into each
-        canvas (a canvas oriented after its first); each canvas' letters in two halves; then the links.
+        canvas (a canvas oriented after its first); each canvas' letters, one a turn; then the links.
         """
         steps: list[Callable[[], None]] = [self._gc_hold.start]
         for name in self.plane_names:  # a canvas is made, given its sliders, put in the dock: a turn each
@@ -183,7 +188,8 @@ class ThreePlaneView:
                 steps.append(partial(self._mirror_step, weakref.ref(layer), name))
                 if i == 0:  # the first layer makes the canvas' sliders, orienting it moves them: a turn each
                     steps.append(partial(self._set_up_plane, name))
-        steps += [partial(self._dress_plane, name, half) for half in (0, 1) for name in self.plane_names]
+        steps += [partial(self._dress_plane, name, part)
+                  for part in range(len(LETTER_STEPS)) for name in self.plane_names]
         steps.append(self._finish_links)
         return steps
 
@@ -267,13 +273,13 @@ class ThreePlaneView:
         if len(self._mirrors.get(id(layer), [])) == len(self.plane_names):
             self._link_layer(layer)
 
-    def _dress_plane(self, name: str, half: int) -> None:
-        """Give plane ``name`` its top and bottom letters (``half`` 0), then the other two (1)."""
+    def _dress_plane(self, name: str, part: int) -> None:
+        """Give plane ``name`` the letters of ``LETTER_STEPS[part]``; the last part keeps them current."""
         if name not in self.planes:
             return
         model = self.planes[name]
-        if half == 0:
-            show_some_letters(model, ("top", "bottom"))
+        if part < len(LETTER_STEPS) - 1:
+            show_some_letters(model, LETTER_STEPS[part])
         else:
             install_orientation_overlay(model, follow_scan=False)
 
