@@ -46,6 +46,15 @@ def _lesion_layer(viewer: Any, n: int = 4) -> Any:
     return viewer.add_image(data, **kwargs), masks
 
 
+def _detector_dock(viewer: Any) -> Any:
+    """A Detector dock in ``viewer``, as the desktop window adds it."""
+    from anomalens.app.widgets.detector import DetectorWidget
+
+    det_w = DetectorWidget(viewer)
+    viewer.window.add_dock_widget(det_w, name="Detector")
+    return det_w
+
+
 def _wait(qtbot: Any, widget: Any, timeout: float = 30.0) -> None:
     qtbot.waitUntil(lambda: not widget.jobs.running, timeout=int(timeout * 1000))
 
@@ -437,12 +446,10 @@ def test_the_detector_dock_follows_a_renamed_scan_and_never_scores_one_off_scree
     scans, Score slice scored a slice of the one not on screen (its index clamped to its last slice)."""
     from anomalens.app.reader import image_layer_data
     from anomalens.app.state import get_state
-    from anomalens.app.widgets.detector import DetectorWidget
 
     viewer = make_napari_viewer(show=True)
     image, _ = _lesion_layer(viewer)
-    det_w = DetectorWidget(viewer)
-    viewer.window.add_dock_widget(det_w, name="Detector")
+    det_w = _detector_dock(viewer)
     state = get_state(viewer)
     assert det_w.set_bundle(app_env)
     _wait(qtbot, det_w)
@@ -563,12 +570,10 @@ def test_in_a_plain_napari_the_three_planes_get_the_column_and_its_docks_come_ba
 def test_the_detector_dock_follows_the_scan_picked_in_the_layer_list(make_napari_viewer: Any, qtbot: Any,
                                                                        app_env: Path) -> None:
     from anomalens.app.state import get_state
-    from anomalens.app.widgets.detector import DetectorWidget
 
     viewer = make_napari_viewer(show=True)
     first, _ = _lesion_layer(viewer)
-    det_w = DetectorWidget(viewer)
-    viewer.window.add_dock_widget(det_w, name="Detector")
+    det_w = _detector_dock(viewer)
     second, _ = _lesion_layer(viewer, n=6)
     state = get_state(viewer)
     viewer.layers.selection.active = first
@@ -598,12 +603,10 @@ def test_a_scan_closed_while_it_is_scored_gets_no_result_layers(make_napari_view
                                                                 app_env: Path) -> None:
     """Its heatmap and mask appeared after it was gone, with the curve and status describing it."""
     from anomalens.app.state import get_state
-    from anomalens.app.widgets.detector import DetectorWidget
 
     viewer = make_napari_viewer(show=True)
     image, _ = _lesion_layer(viewer)
-    det_w = DetectorWidget(viewer)
-    viewer.window.add_dock_widget(det_w, name="Detector")
+    det_w = _detector_dock(viewer)
     assert det_w.set_bundle(app_env)
     _wait(qtbot, det_w)
     assert det_w.score_volume()
