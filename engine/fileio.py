@@ -40,6 +40,15 @@ _PID = re.compile(r"^\.(?P<name>.+)\.(?P<host>[0-9a-f]{6})-(?P<pid>\d+)\.[0-9a-f
 _OLD = re.compile(r"^\.(?P<name>.+)\.old-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)$")
 
 
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, read in blocks (a model's weights or a template can be hundreds of MB)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def describe_os_error(exc: BaseException) -> str:
     """A few words for an OSError: "disk full", "no permission", … (never a path)."""
     code = getattr(exc, "errno", None)

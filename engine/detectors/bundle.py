@@ -7,7 +7,6 @@ config; tensors come from safetensors, which cannot run code. Files that need un
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ..calibration import Calibration
 from ..domain import TrainingDomain
 from ..errors import ConfigError, ModelError, UnsafeModelFileError
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, file_sha256
 from ..logredact import remember
 
 if TYPE_CHECKING:
@@ -210,15 +209,6 @@ def save_bundle(detector: Detector, path: str | Path, overwrite: bool = False,
         raise ModelError(f"{path} already exists; choose a new folder (bundles are never overwritten)") from exc
     detector.bundle_manifest = manifest  # it is now this saved version
     return path
-
-
-def file_sha256(path: Path) -> str:
-    """The SHA-256 of a file, read in blocks (a model's weights can be hundreds of MB)."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_digest(weights: Path, manifest: dict[str, Any]) -> None:

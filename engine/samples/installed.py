@@ -7,14 +7,13 @@ download, which the product must never do implicitly.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
 import logging
 from pathlib import Path
 
 from ..errors import SampleError
-from ..fileio import atomic_dir
+from ..fileio import atomic_dir, file_sha256
 from ..progress import CancelToken, ProgressCallback, check, report
 from .cache import remove_stale_temps, samples_dir
 from .info import SamplePaths
@@ -44,14 +43,6 @@ def installed_file(distribution: str, relpath: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def mni152_paths(progress: ProgressCallback | None = None, cancel: CancelToken | None = None) -> SamplePaths:
     """The MNI152 T1 template from nilearn, and its brain mask (derived once into the cache).
 
@@ -62,13 +53,13 @@ def mni152_paths(progress: ProgressCallback | None = None, cancel: CancelToken |
     folder = samples_dir() / "mni152"
     mask = folder / "brain_mask.nii.gz"
     stamp = folder / "source.json"
-    template_hash = _sha256(template)
+    template_hash = file_sha256(template)
     try:
         recorded = json.loads(stamp.read_text(encoding="utf-8"))
         # the mask's own hash too: a cut-off mask passed "is_file" and failed every later open until the
         # user found and deleted the cache by hand
         if recorded.get("template_sha256") == template_hash and mask.is_file() \
-                and recorded.get("mask_sha256") == _sha256(mask):
+                and recorded.get("mask_sha256") == file_sha256(mask):
             return SamplePaths(image=template, mask=None, roi_mask=mask)
     except (OSError, ValueError, AttributeError):
         pass
@@ -87,7 +78,7 @@ def mni152_paths(progress: ProgressCallback | None = None, cancel: CancelToken |
         brain.CopyInformation(image)
         sitk.WriteImage(brain, str(tmp / mask.name), useCompression=True)
         (tmp / stamp.name).write_text(json.dumps({"template": MNI152_T1, "template_sha256": template_hash,
-                                                  "mask_sha256": _sha256(tmp / mask.name),
+                                                  "mask_sha256": file_sha256(tmp / mask.name),
                                                   "threshold": MNI152_MASK_THRESHOLD}), encoding="utf-8")
     report(progress, 1.0, "MNI152 ready")
     return SamplePaths(image=template, mask=None, roi_mask=mask)
