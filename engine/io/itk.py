@@ -135,10 +135,11 @@ def read_with_sitk(path: Path, image_io: str, fmt: str, max_bytes: int,
 
 def _grey_float32(view: np.ndarray, components: int, warnings: list[str]) -> tuple[np.ndarray, str | None]:
     """``view`` (ITK's voxels, read-only) as an array of its own: magnitude if complex, grey, float32."""
+    values = view
     if np.iscomplexobj(view):
-        view = np.abs(view)
+        values = np.abs(view)  # an array of its own already
         warnings.append("the file holds complex values; using their magnitude")
-    grey, note = to_grey(view, components)
+    grey, note = to_grey(values, components)
     if np.may_share_memory(grey, view):  # still ITK's buffer, freed with its image: copy it out
         return np.array(grey, dtype=np.float32, copy=True), note
     return grey.astype(np.float32, copy=False), note
